@@ -1,0 +1,154 @@
+//! Carrying out a plan: all of it, or none of it.
+//!
+//! Before the first iptables command runs, every wished rule is checked by
+//! the kernel tools (`iptables-restore --test`), so a rule iptables rejects
+//! stops the apply with the wish's name before any rule changes. If a
+//! command fails part-way anyway (another program raced us, the kernel said
+//! no), the commands already run are undone in reverse, so the firewall is
+//! left as it was.
+
+use crate::netfilter::{Backend, Error, RuleCheck, Scope};
+use crate::plan::{Command, Plan, Program};
+use crate::state::State;
+use crate::wishes::{RuleItem, Wishes};
+
+/// Progress reported while applying, for the CLI's output and the daemon's
+/// audit log.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// About to run command `index` (1-based) of `total`.
+    Executing {
+        index: usize,
+        total: usize,
+        command: &'a Command,
+    },
+    /// A command ran.
+    Done { command: &'a Command },
+    /// Undoing a command after a failure.
+    RollingBack { command: String },
+}
+
+/// A failed apply, after rollback.
+#[derive(Debug, thiserror::Error)]
+#[error("{cause}{}", rollback_summary(.undone, .rollback_failures))]
+pub struct ApplyError {
+    pub cause: Error,
+    /// How many commands had run and were undone.
+    pub undone: usize,
+    /// Undo commands that failed in turn: the firewall may differ from
+    /// before in these places.
+    pub rollback_failures: Vec<String>,
+}
+
+fn rollback_summary(undone: &usize, failures: &[String]) -> String {
+    if *undone == 0 && failures.is_empty() {
+        return "; nothing was changed".to_string();
+    }
+    if failures.is_empty() {
+        return format!("; rolled back the {undone} command(s) already run");
+    }
+    format!(
+        "; rolling back the {undone} command(s) already run failed for: {}",
+        failures.join("; ")
+    )
+}
+
+/// What a set of wishes needs read from the kernel.
+pub fn scope(wishes: &Wishes) -> Scope {
+    use crate::state::Family;
+    Scope {
+        v4: wishes.chains.iter().any(|c| c.family == Family::V4),
+        v6: wishes.chains.iter().any(|c| c.family == Family::V6),
+        ipsets: !wishes.ipsets.is_empty(),
+    }
+}
+
+/// Every wished rule, for the kernel tools to check.
+pub fn rule_checks(wishes: &Wishes, state: &State) -> Vec<RuleCheck> {
+    let mut out = Vec::new();
+    for chain in &wishes.chains {
+        let missing = state
+            .ruleset(chain.family)
+            .chain(&chain.table, &chain.chain)
+            .is_none();
+        for item in chain.rules.iter().flatten() {
+            if let RuleItem::Named(r) = item {
+                out.push(RuleCheck {
+                    family: chain.family,
+                    table: chain.table.clone(),
+                    chain: chain.chain.clone(),
+                    chain_missing: missing,
+                    rule: r.rule.clone(),
+                    label: format!("{}/{}", chain.label(), r.name),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Runs `plan`, checking `checks` first; on failure undoes what ran.
+/// Returns how many commands ran.
+pub fn apply(
+    backend: &mut dyn Backend,
+    plan: &Plan,
+    checks: &[RuleCheck],
+    on: &mut dyn FnMut(Event),
+) -> Result<usize, ApplyError> {
+    let total = plan.commands.len();
+    let mut done: Vec<&Command> = Vec::new();
+    let mut checked = false;
+    for (i, command) in plan.commands.iter().enumerate() {
+        // ipsets come first in a plan and may be what the rules reference,
+        // so the check runs once they exist and before any rule changes.
+        if !checked && matches!(command.program, Program::Iptables(_)) {
+            checked = true;
+            if let Err(cause) = backend.check_rules(checks) {
+                return Err(roll_back(backend, &done, cause, on));
+            }
+        }
+        on(Event::Executing {
+            index: i + 1,
+            total,
+            command,
+        });
+        if let Err(cause) = backend.run(command) {
+            return Err(roll_back(backend, &done, cause, on));
+        }
+        on(Event::Done { command });
+        done.push(command);
+    }
+    Ok(total)
+}
+
+fn roll_back(
+    backend: &mut dyn Backend,
+    done: &[&Command],
+    cause: Error,
+    on: &mut dyn FnMut(Event),
+) -> ApplyError {
+    let mut failures = Vec::new();
+    for command in done.iter().rev() {
+        let Some(undo) = &command.undo else {
+            failures.push(format!("`{command}` cannot be undone"));
+            continue;
+        };
+        let reverse = Command {
+            args: undo.clone(),
+            undo: None,
+            reason: format!("roll back `{command}`"),
+            ..(*command).clone()
+        };
+        on(Event::RollingBack {
+            command: reverse.to_string(),
+        });
+        if let Err(e) = backend.run(&reverse) {
+            failures.push(e.to_string());
+        }
+    }
+    ApplyError {
+        cause,
+        undone: done.len(),
+        rollback_failures: failures,
+    }
+}

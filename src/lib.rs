@@ -1,0 +1,18 @@
+//! pyfw keeps a host's netfilter state (iptables and ip6tables rules, chain
+//! policies, ipsets) equal to a declarative file of wishes, while Docker,
+//! libvirt, Kubernetes and fail2ban keep writing their own rules beside it.
+//!
+//! The crate is a functional core with an imperative shell:
+//! - pure: [`wishes`] (the file), [`state`] (what the kernel holds, and its
+//!   parsers), [`rule`] and [`ipset`] (their pieces), and [`plan`] (the
+//!   commands that turn one into the other);
+//! - shell: [`netfilter`] (the only place that starts processes) and
+//!   [`apply`] (running a plan all or nothing).
+
+pub mod apply;
+pub mod ipset;
+pub mod netfilter;
+pub mod plan;
+pub mod rule;
+pub mod state;
+pub mod wishes;

@@ -1,0 +1,245 @@
+//! The `pyfw` command: one-shot `plan`, `apply`, `check` and `state`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use pyfw::apply::{self, Event};
+use pyfw::netfilter::{Backend, System};
+use pyfw::plan::Plan;
+use pyfw::state::{self, State, render_ipsets, render_ruleset};
+use pyfw::wishes::{self, Wishes};
+
+const EXIT_HELP: &str = "\
+Exit status:
+  0  success; for `check`, netfilter matches the wishes
+  1  error: the wishes file is invalid, a dump cannot be read, or a command failed
+     (an apply that fails part-way undoes what it ran)
+  2  `check` only: netfilter differs from the wishes (the plan is printed)
+
+Output:
+  `plan` prints one command per line; every other line starts with `#`.
+  `apply` prints `Executing command  i/N: CMD` before each command, then the
+  changes to the state it read.";
+
+/// Keeps netfilter (iptables, ip6tables, ipset) equal to a file of wishes,
+/// beside the rules Docker, libvirt, Kubernetes and fail2ban write.
+#[derive(Parser, Debug)]
+#[command(version, after_help = EXIT_HELP)]
+struct Cli {
+    /// The wishes file.
+    #[arg(
+        long,
+        global = true,
+        env = "PYFW_WISHES",
+        default_value = "/etc/pyfw/wishes.yaml"
+    )]
+    wishes: PathBuf,
+
+    /// Same as the `apply` command (the original pyfw's spelling).
+    #[arg(long)]
+    apply: bool,
+
+    #[command(flatten)]
+    dumps: Dumps,
+
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+/// Saved state to plan from instead of the kernel; needs no root.
+#[derive(clap::Args, Debug, Default, Clone)]
+struct Dumps {
+    /// Read IPv4 rules from this `iptables-save` output.
+    #[arg(long, global = true, value_name = "FILE")]
+    iptables_save: Option<PathBuf>,
+    /// Read IPv6 rules from this `ip6tables-save` output.
+    #[arg(long, global = true, value_name = "FILE")]
+    ip6tables_save: Option<PathBuf>,
+    /// Read sets from this `ipset save` output.
+    #[arg(long, global = true, value_name = "FILE")]
+    ipset_save: Option<PathBuf>,
+}
+
+impl Dumps {
+    fn given(&self) -> bool {
+        self.iptables_save.is_some() || self.ip6tables_save.is_some() || self.ipset_save.is_some()
+    }
+}
+
+#[derive(Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
+enum Cmd {
+    /// Print the commands that would make netfilter match the wishes (default).
+    Plan,
+    /// Run those commands, then print what changed.
+    Apply,
+    /// Exit 0 when netfilter matches the wishes, 2 when it does not.
+    Check,
+    /// Print the state pyfw sees.
+    State,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PYFW_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .without_time()
+        .init();
+    let cli = Cli::parse();
+    let command = match (cli.apply, cli.command) {
+        (true, Some(other)) if other != Cmd::Apply => {
+            eprintln!("pyfw: error: --apply cannot be combined with the `{other:?}` command");
+            return ExitCode::from(1);
+        }
+        (true, _) => Cmd::Apply,
+        (false, command) => command.unwrap_or(Cmd::Plan),
+    };
+    match run(&cli, command) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("pyfw: error: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: &Cli, command: Cmd) -> Result<ExitCode, String> {
+    if command == Cmd::Apply && cli.dumps.given() {
+        return Err("`apply` changes the kernel; it cannot plan from saved dumps".into());
+    }
+    let mut backend = System::default();
+    if command == Cmd::State {
+        let state = read_state(&mut backend, &cli.dumps, pyfw::netfilter::Scope::ALL)?;
+        print!("{state}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let wishes = wishes::load(&cli.wishes).map_err(|e| e.to_string())?;
+    let scope = apply::scope(&wishes);
+    let before = read_state(&mut backend, &cli.dumps, scope)?;
+    let plan = pyfw::plan::plan(&wishes, &before);
+    match command {
+        Cmd::Plan => {
+            print_plan(&wishes, &plan, &cli.dumps);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Check => {
+            if plan.is_empty() {
+                println!("# in sync: netfilter matches {}", wishes.path.display());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                print_plan(&wishes, &plan, &cli.dumps);
+                Ok(ExitCode::from(2))
+            }
+        }
+        Cmd::Apply | Cmd::State => {
+            if plan.is_empty() {
+                println!(
+                    "Nothing to do: netfilter already matches {}",
+                    wishes.path.display()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            let checks = apply::rule_checks(&wishes, &before);
+            let width = plan.commands.len().to_string().len().max(2);
+            let mut on = |e: Event| match e {
+                Event::Executing {
+                    index,
+                    total,
+                    command,
+                } => println!("Executing command {index:>width$}/{total}: {command}"),
+                Event::RollingBack { command } => println!("Rolling back: {command}"),
+                Event::Done { .. } => {}
+            };
+            apply::apply(&mut backend, &plan, &checks, &mut on).map_err(|e| e.to_string())?;
+            let after = backend.read_state(scope).map_err(|e| e.to_string())?;
+            print_diff(&before, &after);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn read_state(
+    backend: &mut System,
+    dumps: &Dumps,
+    scope: pyfw::netfilter::Scope,
+) -> Result<State, String> {
+    if !dumps.given() {
+        return backend.read_state(scope).map_err(|e| e.to_string());
+    }
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))
+    };
+    let mut state = State::default();
+    if let Some(p) = &dumps.iptables_save {
+        state.v4 =
+            state::parse_iptables_save(&read(p)?).map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    if let Some(p) = &dumps.ip6tables_save {
+        state.v6 =
+            state::parse_iptables_save(&read(p)?).map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    if let Some(p) = &dumps.ipset_save {
+        state.ipsets =
+            state::parse_ipset_save(&read(p)?).map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    Ok(state)
+}
+
+fn print_plan(wishes: &Wishes, plan: &Plan, dumps: &Dumps) {
+    println!(
+        "# pyfw plan for {}: {} command(s)",
+        wishes.path.display(),
+        plan.commands.len()
+    );
+    if dumps.given() {
+        println!("# planned from saved dumps; a dump not given is read as empty");
+    }
+    println!("# rule text is compared as written, token by token");
+    if plan.is_empty() {
+        println!("# nothing to do: netfilter matches the wishes");
+    }
+    let mut last_reason = "";
+    for c in &plan.commands {
+        if c.reason != last_reason {
+            println!("# {}", c.reason);
+            last_reason = &c.reason;
+        }
+        println!("{c}");
+    }
+}
+
+/// Prints how the rules and sets pyfw read changed, `-`/`+` per line.
+fn print_diff(before: &State, after: &State) {
+    let render = |s: &State| {
+        format!(
+            "{}{}{}",
+            render_ruleset(&s.v4),
+            render_ruleset(&s.v6),
+            render_ipsets(&s.ipsets)
+        )
+    };
+    let (old, new) = (render(before), render(after));
+    let diff = similar::TextDiff::from_lines(&old, &new);
+    println!("State changes:");
+    for change in diff.iter_all_changes() {
+        let sign = match change.tag() {
+            similar::ChangeTag::Delete => "-",
+            similar::ChangeTag::Insert => "+",
+            similar::ChangeTag::Equal => continue,
+        };
+        print!("{sign} {change}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

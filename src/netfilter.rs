@@ -1,0 +1,279 @@
+//! The I/O edge: the only module that starts processes.
+//!
+//! Everything pyfw does to the kernel goes through [`Backend`], so tests can
+//! script a fake one and the planner never sees a process. The real backend
+//! runs `iptables`, `ip6tables` and `ipset` with an argument vector (never a
+//! shell), with `LC_ALL=C` so that messages are stable, with a timeout so a
+//! wedged tool cannot hang the daemon, and with stdout and stderr kept apart.
+
+use std::io::{Read, Write};
+use std::process::{Child, Stdio};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use wait_timeout::ChildExt;
+
+use crate::plan::Command;
+use crate::rule::Rule;
+use crate::state::{self, Family, State};
+
+/// What to read: the families and sets a plan can touch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scope {
+    pub v4: bool,
+    pub v6: bool,
+    pub ipsets: bool,
+}
+
+impl Scope {
+    pub const ALL: Scope = Scope {
+        v4: true,
+        v6: true,
+        ipsets: true,
+    };
+}
+
+/// A wished rule for the kernel tools to check before anything changes.
+#[derive(Clone, Debug)]
+pub struct RuleCheck {
+    pub family: Family,
+    pub table: String,
+    pub chain: String,
+    /// True when the chain does not exist yet (the plan creates it).
+    pub chain_missing: bool,
+    pub rule: Rule,
+    /// `table/chain/NAME`, for the message.
+    pub label: String,
+}
+
+/// A failure at the I/O edge. Each names the command and the tool's words.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot run `{command}`: {source}")]
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
+    #[error("`{command}` did not finish within {timeout:?}; killed it")]
+    Timeout { command: String, timeout: Duration },
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Failed {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("cannot read the output of `{command}`: {source}")]
+    Parse {
+        command: String,
+        source: state::ParseError,
+    },
+    #[error("{label}: iptables rejects the rule: {message}")]
+    Rejected { label: String, message: String },
+}
+
+/// Reads netfilter state and changes it one command at a time.
+pub trait Backend {
+    /// Reads the rulesets and sets in `scope`.
+    fn read_state(&mut self, scope: Scope) -> Result<State, Error>;
+    /// Asks the kernel tools whether they accept every rule, changing
+    /// nothing. Sets the rules name must exist already.
+    fn check_rules(&mut self, checks: &[RuleCheck]) -> Result<(), Error>;
+    /// Runs one planned command.
+    fn run(&mut self, command: &Command) -> Result<(), Error>;
+}
+
+/// The real kernel tools, found on `PATH`.
+#[derive(Clone, Debug)]
+pub struct System {
+    pub timeout: Duration,
+}
+
+impl Default for System {
+    fn default() -> Self {
+        System {
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What a finished process printed.
+pub struct Output {
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl System {
+    /// Runs `program args` with optional input and returns what it printed,
+    /// or an error when it fails, hangs or cannot start.
+    pub fn exec(
+        &self,
+        program: &str,
+        args: &[String],
+        input: Option<&str>,
+    ) -> Result<Output, Error> {
+        let command = format!("{program} {}", crate::rule::display_args(args));
+        let spawn_err = |source| Error::Spawn {
+            command: command.clone(),
+            source,
+        };
+        let mut child = std::process::Command::new(program)
+            .args(args)
+            .env("LC_ALL", "C")
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(spawn_err)?;
+        let writer = input.and_then(|text| {
+            let mut stdin = child.stdin.take()?;
+            let text = text.to_string();
+            // A tool that exits early closes the pipe; its own error says why.
+            Some(std::thread::spawn(move || {
+                let _ = stdin.write_all(text.as_bytes());
+            }))
+        });
+        let stdout = drain(child.stdout.take());
+        let stderr = drain(child.stderr.take());
+        let status = match child.wait_timeout(self.timeout).map_err(spawn_err)? {
+            Some(status) => status,
+            None => {
+                kill(&mut child);
+                return Err(Error::Timeout {
+                    command,
+                    timeout: self.timeout,
+                });
+            }
+        };
+        if let Some(w) = writer {
+            let _ = w.join();
+        }
+        let stdout = stdout.join().unwrap_or_default();
+        let stderr = stderr.join().unwrap_or_default();
+        if !status.success() {
+            return Err(Error::Failed {
+                command,
+                status: status.to_string(),
+                stderr: stderr.trim().to_string(),
+            });
+        }
+        Ok(Output { stdout, stderr })
+    }
+
+    fn save(&self, family: Family) -> Result<state::Ruleset, Error> {
+        let program = format!("{}-save", family.command());
+        let out = self.exec(&program, &[], None)?;
+        state::parse_iptables_save(&out.stdout).map_err(|source| Error::Parse {
+            command: program,
+            source,
+        })
+    }
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut buf);
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+}
+
+impl Backend for System {
+    fn read_state(&mut self, scope: Scope) -> Result<State, Error> {
+        let mut state = State::default();
+        if scope.v4 {
+            state.v4 = self.save(Family::V4)?;
+        }
+        if scope.v6 {
+            state.v6 = self.save(Family::V6)?;
+        }
+        if scope.ipsets {
+            let out = self.exec("ipset", &["save".to_string()], None)?;
+            state.ipsets = state::parse_ipset_save(&out.stdout).map_err(|source| Error::Parse {
+                command: "ipset save".into(),
+                source,
+            })?;
+        }
+        Ok(state)
+    }
+
+    fn check_rules(&mut self, checks: &[RuleCheck]) -> Result<(), Error> {
+        for family in [Family::V4, Family::V6] {
+            let tables: std::collections::BTreeSet<&str> = checks
+                .iter()
+                .filter(|c| c.family == family)
+                .map(|c| c.table.as_str())
+                .collect();
+            for table in tables {
+                let batch: Vec<&RuleCheck> = checks
+                    .iter()
+                    .filter(|c| c.family == family && c.table == table)
+                    .collect();
+                // `--test` parses and checks the whole transaction without
+                // committing it, so declaring chains here creates nothing.
+                let mut text = format!("*{table}\n");
+                let mut lines = vec![None];
+                let mut declared = std::collections::HashSet::new();
+                for c in &batch {
+                    if c.chain_missing && declared.insert(c.chain.as_str()) {
+                        text.push_str(&format!(":{} - [0:0]\n", c.chain));
+                        lines.push(None);
+                    }
+                }
+                for c in &batch {
+                    let args = [
+                        vec!["-A".to_string(), c.chain.clone()],
+                        c.rule.args().to_vec(),
+                    ]
+                    .concat();
+                    text.push_str(&crate::rule::display_args(&args));
+                    text.push('\n');
+                    lines.push(Some(c.label.as_str()));
+                }
+                text.push_str("COMMIT\n");
+                let program = format!("{}-restore", family.command());
+                let args = ["--test", "--noflush", "--wait"].map(String::from);
+                if let Err(e) = self.exec(&program, &args, Some(&text)) {
+                    let Error::Failed { stderr, .. } = &e else {
+                        return Err(e);
+                    };
+                    let line = stderr
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Error occurred at line: "))
+                        .and_then(|n| n.trim().parse::<usize>().ok());
+                    let label = line
+                        .and_then(|n| n.checked_sub(1))
+                        .and_then(|i| lines.get(i).copied().flatten());
+                    let message = stderr
+                        .lines()
+                        .find(|l| !l.trim().is_empty())
+                        .unwrap_or("")
+                        .to_string();
+                    return Err(match label {
+                        Some(label) => Error::Rejected {
+                            label: label.to_string(),
+                            message,
+                        },
+                        None => e,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, command: &Command) -> Result<(), Error> {
+        self.exec(command.program.name(), &command.args, None)
+            .map(|_| ())
+    }
+}

@@ -1,0 +1,621 @@
+//! The planner: a pure function from wishes and state to ordered commands.
+//!
+//! The desired order of a wished chain is: the wished rules in order, with
+//! each `~match` group where it stands, then every other rule in its current
+//! order. The planner keeps the rules that are already in the right relative
+//! order (a longest increasing subsequence) and moves only the rest, so a
+//! Docker restart that pushes one rule down costs one move, not a rewrite.
+//!
+//! Commands are chosen so that a wished rule that exists is never missing,
+//! even for an instant: a rule moved up is first copied as
+//! `_pyfw_temp_NAME` at its new place (the spec's temp-rule trick), and a
+//! replaced rule is inserted before its old text is deleted. Every command
+//! carries its inverse so that the shell can roll back a plan that fails
+//! half-way.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use crate::rule::{Rule, TEMP_PREFIX, display_args};
+use crate::state::{Chain, Family, Ipset, State, builtin_chains};
+use crate::wishes::{ChainWish, IpsetWish, RuleItem, Wishes};
+
+/// The program a command runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Program {
+    Iptables(Family),
+    Ipset,
+}
+
+impl Program {
+    pub fn name(self) -> &'static str {
+        match self {
+            Program::Iptables(f) => f.command(),
+            Program::Ipset => "ipset",
+        }
+    }
+}
+
+/// One command of a plan: argv for `program`, why it runs, and how to
+/// undo it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Command {
+    pub program: Program,
+    pub args: Vec<String>,
+    /// Arguments that reverse this command, for rolling back a failed apply.
+    /// `None` for the few that cannot be undone; plans put those last.
+    pub undo: Option<Vec<String>>,
+    /// Why this command runs, for plan output and audit logs.
+    pub reason: String,
+    /// The chain (`filter/INPUT`) or set (`ipset NAME`) it changes.
+    pub target: String,
+    /// The wished rule or set name it serves, if any.
+    pub wish: Option<String>,
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.program.name(), display_args(&self.args))
+    }
+}
+
+/// The commands that make the state match the wishes, in the order they must
+/// run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub commands: Vec<Command>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.commands.is_empty()
+    }
+}
+
+/// Plans the commands that make `state` match `wishes`.
+pub fn plan(wishes: &Wishes, state: &State) -> Plan {
+    let mut out = Plan::default();
+    let mut last = Vec::new();
+    for set in &wishes.ipsets {
+        plan_ipset(
+            set,
+            state.ipsets.get(&set.name),
+            &mut out.commands,
+            &mut last,
+        );
+    }
+    // User chains come first so that a chain is filled before a jump to it
+    // lands; then names in order, for plans that read the same every time.
+    let mut chains: Vec<&ChainWish> = wishes.chains.iter().collect();
+    chains.sort_by_key(|c| {
+        let builtin = builtin_chains(&c.table).contains(&c.chain.as_str());
+        (c.family, c.table.clone(), builtin, c.chain.clone())
+    });
+    for wish in &chains {
+        if state
+            .ruleset(wish.family)
+            .chain(&wish.table, &wish.chain)
+            .is_none()
+        {
+            out.commands.push(Command {
+                program: Program::Iptables(wish.family),
+                args: ipt_args(&wish.table, ["-N", wish.chain.as_str()]),
+                undo: Some(ipt_args(&wish.table, ["-X", wish.chain.as_str()])),
+                reason: format!("{}: chain missing", wish.label()),
+                target: wish.label(),
+                wish: None,
+            });
+        }
+    }
+    for wish in &chains {
+        let current = state
+            .ruleset(wish.family)
+            .chain(&wish.table, &wish.chain)
+            .map(|c| c.rules)
+            .unwrap_or_default();
+        if wish.rules.is_some() {
+            out.commands.extend(plan_chain(wish, &current));
+        }
+    }
+    // Policies last, so that a DROP policy never lands before its allow rules.
+    for wish in &chains {
+        let Some(policy) = &wish.policy else { continue };
+        let current = state
+            .ruleset(wish.family)
+            .chain(&wish.table, &wish.chain)
+            .and_then(|c: Chain| c.policy)
+            .unwrap_or_else(|| "ACCEPT".to_string());
+        if &current != policy {
+            out.commands.push(Command {
+                program: Program::Iptables(wish.family),
+                args: ipt_args(&wish.table, ["-P", &wish.chain, policy]),
+                undo: Some(ipt_args(&wish.table, ["-P", &wish.chain, &current])),
+                reason: format!("{}: policy is {current}, wished {policy}", wish.label()),
+                target: wish.label(),
+                wish: None,
+            });
+        }
+    }
+    out.commands.append(&mut last);
+    out
+}
+
+fn ipt_args<'a>(table: &str, rest: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut args = vec!["-w".to_string(), "-t".to_string(), table.to_string()];
+    args.extend(rest.into_iter().map(String::from));
+    args
+}
+
+fn ipset_cmd(set: &str, args: &[&str], undo: Option<&[&str]>, reason: String) -> Command {
+    let owned = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    Command {
+        program: Program::Ipset,
+        args: owned(args),
+        undo: undo.map(owned),
+        reason,
+        target: format!("ipset {set}"),
+        wish: Some(set.to_string()),
+    }
+}
+
+/// The temporary set a type or option change is built in before the swap.
+fn swap_name(name: &str) -> String {
+    let mut tmp = format!("{TEMP_PREFIX}{name}");
+    tmp.truncate(31);
+    tmp
+}
+
+/// True when every option the wish states is what the set has. Options the
+/// wish leaves out (ipset's defaults and its own choices) never count.
+fn options_match(wish: &IpsetWish, have: &Ipset) -> bool {
+    let mut words = wish.header.iter();
+    while let Some(w) = words.next() {
+        let valued = !matches!(w.as_str(), "counters" | "comment" | "skbinfo" | "forceadd");
+        let ok = if valued {
+            let value = words.next().map(String::as_str).unwrap_or("");
+            have.options
+                .windows(2)
+                .any(|pair| pair[0] == *w && pair[1] == value)
+        } else {
+            have.options.contains(w)
+        };
+        if !ok {
+            return false;
+        }
+    }
+    let have_family = have
+        .options
+        .windows(2)
+        .find(|p| p[0] == "family")
+        .map(|p| p[1].as_str());
+    let wish_family = match wish.family {
+        crate::ipset::SetFamily::Inet => "inet",
+        crate::ipset::SetFamily::Inet6 => "inet6",
+    };
+    // list:set and bitmap:port have no family.
+    have_family.is_none_or(|f| f == wish_family)
+}
+
+fn plan_ipset(
+    wish: &IpsetWish,
+    have: Option<&Ipset>,
+    out: &mut Vec<Command>,
+    last: &mut Vec<Command>,
+) {
+    let name = wish.name.as_str();
+    let mut create = vec!["create", name, wish.kind.name()];
+    create.extend(wish.header.iter().map(String::as_str));
+    let members = wish.members.as_deref().unwrap_or(&[]);
+    let Some(have) = have else {
+        out.push(ipset_cmd(
+            name,
+            &create,
+            Some(&["destroy", name]),
+            format!("ipset {name}: missing"),
+        ));
+        for m in members {
+            out.push(add_member(name, m, "missing"));
+        }
+        return;
+    };
+    if have.kind != wish.kind.name() || !options_match(wish, have) {
+        // Build the new set beside the old one and swap it in, so that rules
+        // referencing the set never see it missing.
+        let tmp = swap_name(name);
+        let mut tmp_create = create.clone();
+        tmp_create[1] = &tmp;
+        let why = format!(
+            "ipset {name}: is `{} {}`, wished `{} {}`",
+            have.kind,
+            have.options.join(" "),
+            wish.kind.name(),
+            wish.header.join(" ")
+        );
+        out.push(ipset_cmd(
+            name,
+            &tmp_create,
+            Some(&["destroy", &tmp]),
+            why.clone(),
+        ));
+        let keep: &[String] = match &wish.members {
+            Some(m) => m,
+            None => &have.members,
+        };
+        for m in keep {
+            let element = m.split(' ').collect::<Vec<_>>();
+            let mut add = vec!["add", tmp.as_str()];
+            add.extend(element);
+            out.push(ipset_cmd(
+                name,
+                &add,
+                None,
+                format!("ipset {name}: fill replacement"),
+            ));
+        }
+        out.push(ipset_cmd(
+            name,
+            &["swap", &tmp, name],
+            Some(&["swap", &tmp, name]),
+            why,
+        ));
+        last.push(ipset_cmd(
+            name,
+            &["destroy", &tmp],
+            None,
+            format!("ipset {name}: drop old set"),
+        ));
+        return;
+    }
+    let Some(wished) = &wish.members else { return };
+    let wished_elements: HashSet<&str> = wished.iter().map(|m| element(m)).collect();
+    let have_elements: HashSet<&str> = have.members.iter().map(String::as_str).collect();
+    for m in &have.members {
+        if !wished_elements.contains(m.as_str()) {
+            out.push(ipset_cmd(
+                name,
+                &["del", name, m],
+                Some(&["add", name, m]),
+                format!("ipset {name}: member {m} not wished"),
+            ));
+        }
+    }
+    for m in wished {
+        if !have_elements.contains(element(m)) {
+            out.push(add_member(name, m, "member missing"));
+        }
+    }
+}
+
+fn element(member: &str) -> &str {
+    member.split(' ').next().unwrap_or(member)
+}
+
+fn add_member(set: &str, member: &str, why: &str) -> Command {
+    let mut add = vec!["add", set];
+    add.extend(member.split(' '));
+    ipset_cmd(
+        set,
+        &add,
+        Some(&["del", set, element(member)]),
+        format!("ipset {set}: {why}"),
+    )
+}
+
+/// One slot of the simulated chain.
+#[derive(Clone, Debug)]
+struct Slot {
+    id: usize,
+    rule: Rule,
+}
+
+/// What the final chain should hold at one position.
+struct Target {
+    rule: Rule,
+    /// The current rule that already is this element, by slot id.
+    source: Option<usize>,
+    /// The wished name, for wished rules.
+    name: Option<String>,
+    /// An existing rule with this wish's name but other text, replaced here.
+    replaces: Option<usize>,
+}
+
+/// Plans the rule commands for one chain.
+fn plan_chain(wish: &ChainWish, current: &[Rule]) -> Vec<Command> {
+    let label = wish.label();
+    let wished_names: HashSet<&str> = wish.rule_names().collect();
+    let mut by_name: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut foreign: Vec<usize> = Vec::new();
+    for (i, r) in current.iter().enumerate() {
+        match r.comment() {
+            Some(c) if wished_names.contains(c) => by_name.entry(c).or_default().push(i),
+            _ if r.is_temp() => {}
+            _ => foreign.push(i),
+        }
+    }
+
+    // The desired order.
+    let mut taken = vec![false; current.len()];
+    let mut targets: Vec<Target> = Vec::new();
+    for item in wish.rules.iter().flatten() {
+        match item {
+            RuleItem::Named(named) => {
+                let found = by_name
+                    .get(named.name.as_str())
+                    .map(Vec::as_slice)
+                    .unwrap_or(&[]);
+                let exact = found.iter().copied().find(|&i| current[i] == named.rule);
+                let (source, replaces) = match exact {
+                    Some(i) => (Some(i), None),
+                    None => (None, found.first().copied()),
+                };
+                targets.push(Target {
+                    rule: named.rule.clone(),
+                    source,
+                    name: Some(named.name.clone()),
+                    replaces,
+                });
+            }
+            RuleItem::Match(m) => {
+                for &i in &foreign {
+                    if !taken[i] && m.regex.is_match(&current[i].to_string()) {
+                        taken[i] = true;
+                        targets.push(Target {
+                            rule: current[i].clone(),
+                            source: Some(i),
+                            name: None,
+                            replaces: None,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    for &i in &foreign {
+        if !taken[i] {
+            targets.push(Target {
+                rule: current[i].clone(),
+                source: Some(i),
+                name: None,
+                replaces: None,
+            });
+        }
+    }
+
+    let stable = longest_increasing(&targets.iter().map(|t| t.source).collect::<Vec<_>>());
+    let mut sim = ChainSim {
+        slots: current
+            .iter()
+            .enumerate()
+            .map(|(id, rule)| Slot {
+                id,
+                rule: rule.clone(),
+            })
+            .collect(),
+        next_id: current.len(),
+        table: wish.table.clone(),
+        chain: wish.chain.clone(),
+        family: wish.family,
+        label: label.clone(),
+        out: Vec::new(),
+    };
+    let in_target: HashSet<usize> = targets.iter().filter_map(|t| t.source).collect();
+    let replaced: HashSet<usize> = targets.iter().filter_map(|t| t.replaces).collect();
+    let mut placed: Vec<usize> = Vec::with_capacity(targets.len());
+    // Slots that will still move or go: they may sit anywhere meanwhile.
+    let mut pending: HashSet<usize> = (0..current.len())
+        .filter(|i| !in_target.contains(i))
+        .collect();
+    for (p, t) in targets.iter().enumerate() {
+        if let Some(src) = t.source.filter(|_| !stable[p]) {
+            pending.insert(src);
+        }
+    }
+
+    for (p, t) in targets.iter().enumerate() {
+        let pred = placed.last().copied();
+        let at = pred.map_or(0, |id| sim.pos(id) + 1);
+        let what = t
+            .name
+            .as_deref()
+            .map_or_else(|| "a rule matched by ~match".to_string(), String::from);
+        match t.source {
+            Some(src) if stable[p] => placed.push(src),
+            Some(src) => {
+                pending.remove(&src);
+                let now = sim.pos(src);
+                let in_place =
+                    now >= at && sim.slots[at..now].iter().all(|s| pending.contains(&s.id));
+                if !in_place {
+                    let reason = format!(
+                        "{label}: {what} is at position {}, wished {}",
+                        now + 1,
+                        at + 1
+                    );
+                    sim.move_rule(src, at, t.name.as_deref(), &reason);
+                }
+                placed.push(src);
+            }
+            None => {
+                let reason = match t.replaces {
+                    Some(old) => format!(
+                        "{label}: {what} differs: is `{}`, wished `{}`",
+                        sim.rule(old),
+                        t.rule
+                    ),
+                    None => format!("{label}: {what} missing"),
+                };
+                let id = sim.insert(at, t.rule.clone(), t.name.as_deref(), &reason);
+                if let Some(old) = t.replaces {
+                    sim.delete(
+                        old,
+                        t.name.as_deref(),
+                        &format!("{label}: {what}: remove the old text"),
+                    );
+                    pending.remove(&old);
+                }
+                placed.push(id);
+            }
+        }
+    }
+    // What is left over: pyfw's own duplicates and interrupted temp rules.
+    let leftovers: Vec<usize> = sim
+        .slots
+        .iter()
+        .map(|s| s.id)
+        .filter(|id| *id < current.len() && !in_target.contains(id) && !replaced.contains(id))
+        .collect();
+    for id in leftovers {
+        let rule = sim.rule(id).clone();
+        let reason = if rule.is_temp() {
+            format!("{label}: leftover temporary rule from an interrupted move")
+        } else {
+            format!(
+                "{label}: duplicate of wished rule {}",
+                rule.comment().unwrap_or("")
+            )
+        };
+        sim.delete(id, rule.comment(), &reason);
+    }
+    sim.out
+}
+
+/// For each element, whether it belongs to one longest subsequence whose
+/// sources increase (the rules that can stay where they are).
+fn longest_increasing(sources: &[Option<usize>]) -> Vec<bool> {
+    // Patience sorting: tails[k] is the index of the smallest tail of an
+    // increasing run of length k + 1.
+    let mut tails: Vec<usize> = Vec::new();
+    let mut prev: Vec<Option<usize>> = vec![None; sources.len()];
+    for (i, s) in sources.iter().enumerate() {
+        let Some(s) = *s else { continue };
+        let k = tails.partition_point(|&t| sources[t].is_some_and(|v| v < s));
+        prev[i] = k.checked_sub(1).map(|k| tails[k]);
+        if k == tails.len() {
+            tails.push(i);
+        } else {
+            tails[k] = i;
+        }
+    }
+    let mut stable = vec![false; sources.len()];
+    let mut cur = tails.last().copied();
+    while let Some(i) = cur {
+        stable[i] = true;
+        cur = prev[i];
+    }
+    stable
+}
+
+/// A chain being edited, command by command, so that every position the
+/// plan names is the position the kernel will see at that step.
+struct ChainSim {
+    slots: Vec<Slot>,
+    next_id: usize,
+    family: Family,
+    table: String,
+    chain: String,
+    label: String,
+    out: Vec<Command>,
+}
+
+impl ChainSim {
+    fn pos(&self, id: usize) -> usize {
+        self.slots
+            .iter()
+            .position(|s| s.id == id)
+            .unwrap_or(self.slots.len())
+    }
+
+    fn rule(&self, id: usize) -> &Rule {
+        &self.slots[self.pos(id)].rule
+    }
+
+    fn args(&self, op: &str, extra: Option<usize>, rule: Option<&Rule>) -> Vec<String> {
+        let mut a = ipt_args(&self.table, [op, self.chain.as_str()]);
+        if let Some(n) = extra {
+            a.push(n.to_string());
+        }
+        if let Some(r) = rule {
+            a.extend(r.args().iter().cloned());
+        }
+        a
+    }
+
+    fn emit(&mut self, args: Vec<String>, undo: Vec<String>, wish: Option<&str>, reason: &str) {
+        self.out.push(Command {
+            program: Program::Iptables(self.family),
+            args,
+            undo: Some(undo),
+            reason: reason.to_string(),
+            target: self.label.clone(),
+            wish: wish.map(String::from),
+        });
+    }
+
+    /// Inserts `rule` at 0-based `at`; returns the new slot's id.
+    fn insert(&mut self, at: usize, rule: Rule, wish: Option<&str>, reason: &str) -> usize {
+        let args = self.args("-I", Some(at + 1), Some(&rule));
+        let undo = self.args("-D", None, Some(&rule));
+        self.emit(args, undo, wish, reason);
+        let id = self.next_id;
+        self.next_id += 1;
+        self.slots.insert(at, Slot { id, rule });
+        id
+    }
+
+    /// Deletes a slot: by rule text when that text first matches this very
+    /// slot (robust against other writers), else by its number.
+    fn delete(&mut self, id: usize, wish: Option<&str>, reason: &str) {
+        let at = self.pos(id);
+        let rule = self.slots[at].rule.clone();
+        let first = self.slots.iter().position(|s| s.rule == rule);
+        let args = if first == Some(at) {
+            self.args("-D", None, Some(&rule))
+        } else {
+            self.args("-D", Some(at + 1), None)
+        };
+        let undo = self.args("-I", Some(at + 1), Some(&rule));
+        self.emit(args, undo, wish, reason);
+        self.slots.remove(at);
+    }
+
+    /// Moves slot `id` to 0-based position `at` (counted before the move)
+    /// without the rule ever being absent.
+    fn move_rule(&mut self, id: usize, at: usize, wish: Option<&str>, reason: &str) {
+        let from = self.pos(id);
+        let rule = self.slots[from].rule.clone();
+        if at > from {
+            // Moving down: the new copy lands after the old one, so deleting
+            // by text removes the old one.
+            let new_id = self.insert(at, rule, wish, reason);
+            self.delete(id, wish, reason);
+            self.rename(new_id, id);
+            return;
+        }
+        let temp_name = format!("{TEMP_PREFIX}{}", wish.unwrap_or("match"));
+        let temp = rule.with_comment(&temp_name);
+        let temp_id = self.insert(at, temp, wish, reason);
+        self.delete(id, wish, reason);
+        let temp_at = self.pos(temp_id);
+        let new_id = self.insert(temp_at, rule, wish, reason);
+        self.delete(temp_id, wish, reason);
+        self.rename(new_id, id);
+    }
+
+    fn rename(&mut self, from: usize, to: usize) {
+        if let Some(s) = self.slots.iter_mut().find(|s| s.id == from) {
+            s.id = to;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lis_keeps_the_longest_run() {
+        let s = longest_increasing(&[Some(5), Some(0), Some(1), None, Some(2), Some(3)]);
+        assert_eq!(s, vec![false, true, true, false, true, true]);
+        assert_eq!(longest_increasing(&[]), Vec::<bool>::new());
+    }
+}

@@ -1,0 +1,175 @@
+//! One iptables rule as an argument vector.
+//!
+//! Rules are compared token by token rather than as strings, so that quoting
+//! differences (`'! -i docker0'` in YAML against `! -i docker0` in
+//! `iptables-save`) never look like drift. Rule text from the wishes file is
+//! split with shell-like quoting but is never handed to a shell: every token
+//! reaches `iptables` as one argv element.
+
+use std::fmt;
+
+/// The `-m comment --comment` value that marks a rule as pyfw's temporary copy
+/// during a move (the spec's temp-rule trick).
+pub const TEMP_PREFIX: &str = "_pyfw_temp_";
+
+/// An iptables rule specification: everything after `-A CHAIN`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Rule {
+    args: Vec<String>,
+}
+
+/// Why a rule text could not be split into argv.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SplitError {
+    #[error("unbalanced quotes or a trailing backslash")]
+    Unbalanced,
+    #[error("rule text is empty")]
+    Empty,
+}
+
+impl Rule {
+    /// Splits rule text with shell-like quoting (`--comment "a b"`).
+    pub fn parse(text: &str) -> Result<Rule, SplitError> {
+        let args = shlex::split(text).ok_or(SplitError::Unbalanced)?;
+        if args.is_empty() {
+            return Err(SplitError::Empty);
+        }
+        Ok(Rule { args })
+    }
+
+    /// Builds a rule from tokens that are already split.
+    pub fn from_args(args: Vec<String>) -> Rule {
+        Rule { args }
+    }
+
+    pub fn args(&self) -> &[String] {
+        &self.args
+    }
+
+    /// Index of the value of the first `-m comment --comment VALUE`.
+    fn comment_index(&self) -> Option<usize> {
+        let mut in_comment_match = false;
+        for (i, tok) in self.args.iter().enumerate() {
+            if tok == "-m" || tok == "--match" {
+                in_comment_match = self.args.get(i + 1).is_some_and(|m| m == "comment");
+            } else if in_comment_match && tok == "--comment" {
+                return (i + 1 < self.args.len()).then_some(i + 1);
+            }
+        }
+        None
+    }
+
+    /// The rule's name: the value of its first comment match, if any.
+    pub fn comment(&self) -> Option<&str> {
+        self.comment_index().map(|i| self.args[i].as_str())
+    }
+
+    /// The same rule carrying `name` as its comment: the existing comment is
+    /// replaced, or a comment match is added just before the target, where
+    /// `iptables-save` prints a comment given in that position.
+    pub fn with_comment(&self, name: &str) -> Rule {
+        let mut args = self.args.clone();
+        match self.comment_index() {
+            Some(i) => args[i] = name.to_string(),
+            None => {
+                let at = args
+                    .iter()
+                    .position(|t| t == "-j" || t == "--jump" || t == "-g" || t == "--goto")
+                    .unwrap_or(args.len());
+                let comment = ["-m", "comment", "--comment", name].map(String::from);
+                args.splice(at..at, comment);
+            }
+        }
+        Rule { args }
+    }
+
+    /// True for pyfw's temporary copies left behind by an interrupted move.
+    pub fn is_temp(&self) -> bool {
+        self.comment().is_some_and(|c| c.starts_with(TEMP_PREFIX))
+    }
+}
+
+/// Joins argv for display: tokens that a shell would read unchanged stay
+/// bare (including `!`, as `iptables-save` prints it); others are quoted.
+pub fn display_args(args: &[String]) -> String {
+    let mut out = String::new();
+    for (i, tok) in args.iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        let safe = !tok.is_empty()
+            && tok
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "!-_.,:/=+@%^".contains(c));
+        if safe {
+            out.push_str(tok);
+        } else {
+            match shlex::try_quote(tok) {
+                Ok(q) => out.push_str(&q),
+                // Only a NUL byte makes quoting fail; show it escaped.
+                Err(_) => out.push_str(&format!("{tok:?}")),
+            }
+        }
+    }
+    out
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&display_args(&self.args))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_quoted_comment() {
+        let r = Rule::parse(r#"-p tcp -m comment --comment "a b/c" -j ACCEPT"#).unwrap();
+        assert_eq!(r.comment(), Some("a b/c"));
+        assert_eq!(
+            r.to_string(),
+            "-p tcp -m comment --comment 'a b/c' -j ACCEPT"
+        );
+    }
+
+    #[test]
+    fn rejects_unbalanced_and_empty() {
+        assert_eq!(Rule::parse("-j 'ACCEPT"), Err(SplitError::Unbalanced));
+        assert_eq!(Rule::parse("   "), Err(SplitError::Empty));
+    }
+
+    #[test]
+    fn adds_comment_before_target() {
+        let r = Rule::parse("-p tcp -m tcp --dport 22 -j ACCEPT").unwrap();
+        assert_eq!(
+            r.with_comment("allow_ssh").to_string(),
+            "-p tcp -m tcp --dport 22 -m comment --comment allow_ssh -j ACCEPT"
+        );
+        let no_target = Rule::parse("-s 10.0.0.1").unwrap();
+        assert_eq!(
+            no_target.with_comment("x").to_string(),
+            "-s 10.0.0.1 -m comment --comment x"
+        );
+    }
+
+    #[test]
+    fn replaces_comment_and_ignores_other_matches() {
+        let r = Rule::parse("-m set --match-set s src -m comment --comment old -j DROP").unwrap();
+        assert_eq!(
+            r.with_comment("_pyfw_temp_old").comment(),
+            Some("_pyfw_temp_old")
+        );
+        assert!(r.with_comment("_pyfw_temp_old").is_temp());
+        // A `--comment` token that is not part of a comment match is not a name.
+        let odd = Rule::parse("-j LOG --log-prefix --comment").unwrap();
+        assert_eq!(odd.comment(), None);
+    }
+
+    #[test]
+    fn bang_stays_bare() {
+        let r = Rule::parse("'!' -i docker0").unwrap();
+        assert_eq!(r.to_string(), "! -i docker0");
+    }
+}

@@ -1,0 +1,680 @@
+//! The wishes file: what the operator wants netfilter to look like.
+//!
+//! Loading happens in two stages. First serde reads the YAML into raw
+//! structs that reject unknown keys and keep every value's line. Then
+//! [`validate`] turns them into checked types, collecting every problem with
+//! its file, line and wish (`table/chain/NAME`), so an operator can fix a
+//! whole file in one pass. Nothing is read from or written to the kernel
+//! until a file has passed both stages.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+
+use regex::Regex;
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_saphyr::Spanned;
+
+use crate::ipset::{SetFamily, SetType, valid_set_name};
+use crate::rule::{Rule, TEMP_PREFIX};
+use crate::state::{Family, TABLES, builtin_chains};
+
+/// The key that makes a rules item a pattern over other programs' rules.
+pub const MATCH_KEY: &str = "~match";
+
+/// A validated wishes file.
+#[derive(Clone, Debug)]
+pub struct Wishes {
+    pub path: PathBuf,
+    pub ipsets: Vec<IpsetWish>,
+    pub chains: Vec<ChainWish>,
+}
+
+/// An ipset with exact membership.
+#[derive(Clone, Debug)]
+pub struct IpsetWish {
+    pub name: String,
+    pub kind: SetType,
+    pub family: SetFamily,
+    /// Create options as written (`family inet6 maxelem 1048576`), split.
+    pub header: Vec<String>,
+    /// Members as `ipset save` prints them; `None` leaves membership alone.
+    pub members: Option<Vec<String>>,
+    pub line: u64,
+}
+
+/// What one chain should look like.
+#[derive(Clone, Debug)]
+pub struct ChainWish {
+    pub family: Family,
+    pub table: String,
+    pub chain: String,
+    pub policy: Option<String>,
+    /// `None` when the wish only sets a policy: the rules are left alone.
+    pub rules: Option<Vec<RuleItem>>,
+    pub line: u64,
+}
+
+impl ChainWish {
+    /// `filter/INPUT`, prefixed by `ip6tables:` for IPv6.
+    pub fn label(&self) -> String {
+        chain_label(self.family, &self.table, &self.chain)
+    }
+
+    /// Names of the wished rules, for telling them from other rules.
+    pub fn rule_names(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().flatten().filter_map(|item| match item {
+            RuleItem::Named(r) => Some(r.name.as_str()),
+            RuleItem::Match(_) => None,
+        })
+    }
+}
+
+/// How a chain is named in messages.
+pub fn chain_label(family: Family, table: &str, chain: &str) -> String {
+    match family {
+        Family::V4 => format!("{table}/{chain}"),
+        Family::V6 => format!("ip6tables:{table}/{chain}"),
+    }
+}
+
+/// One entry of a chain's `rules` list.
+#[derive(Clone, Debug)]
+pub enum RuleItem {
+    Named(NamedRule),
+    Match(MatchRule),
+}
+
+/// `NAME: RULE TEXT`. The rule always carries `--comment NAME`.
+#[derive(Clone, Debug)]
+pub struct NamedRule {
+    pub name: String,
+    pub rule: Rule,
+    pub line: u64,
+}
+
+/// `~match: REGEX`, matched against a rule's `iptables-save` text.
+#[derive(Clone, Debug)]
+pub struct MatchRule {
+    pub regex: Regex,
+    pub line: u64,
+}
+
+/// One problem in a wishes file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WishError {
+    pub path: PathBuf,
+    /// 1-based; 0 when the problem is the file as a whole.
+    pub line: u64,
+    /// `table/chain/NAME` or `ipset NAME`, where there is one.
+    pub wish: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for WishError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.path.display())?;
+        if self.line > 0 {
+            write!(f, ":{}", self.line)?;
+        }
+        if let Some(wish) = &self.wish {
+            write!(f, ": {wish}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Every problem found in a wishes file, in file order.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct LoadError {
+    pub errors: Vec<WishError>,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and validates a wishes file.
+pub fn load(path: &Path) -> Result<Wishes, LoadError> {
+    let fail = |message: String| LoadError {
+        errors: vec![WishError {
+            path: path.to_path_buf(),
+            line: 0,
+            wish: None,
+            message,
+        }],
+    };
+    let text = std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    let text = String::from_utf8(text).map_err(|_| fail("is not UTF-8 text".into()))?;
+    parse(&text, path)
+}
+
+/// Validates wishes from text; `path` is used in messages only.
+pub fn parse(text: &str, path: &Path) -> Result<Wishes, LoadError> {
+    let mut v = Validator {
+        path: path.to_path_buf(),
+        errors: Vec::new(),
+    };
+    if text.trim().is_empty() {
+        v.error(
+            0,
+            None,
+            "file is empty; refusing to read it as \"no wishes\" (a truncated file must not \
+             withdraw the firewall)",
+        );
+        return Err(LoadError { errors: v.errors });
+    }
+    let raw: RawFile = match serde_saphyr::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let line = e.location().map(|l| l.line()).unwrap_or(0);
+            let message = e.without_snippet().to_string();
+            v.error(line, None, &message);
+            return Err(LoadError { errors: v.errors });
+        }
+    };
+    let Some(top) = raw.pyfw_wishes else {
+        v.error(
+            0,
+            None,
+            "has no `pyfw_wishes` key; refusing to read it as \"no wishes\"",
+        );
+        return Err(LoadError { errors: v.errors });
+    };
+    let Some(body) = top.value else {
+        v.error(
+            top.referenced.line(),
+            None,
+            "`pyfw_wishes` is empty; write `pyfw_wishes: {}` to mean \"no wishes\" on purpose",
+        );
+        return Err(LoadError { errors: v.errors });
+    };
+    let wishes = v.wishes(body);
+    if v.errors.is_empty() {
+        Ok(wishes)
+    } else {
+        Err(LoadError { errors: v.errors })
+    }
+}
+
+struct Validator {
+    path: PathBuf,
+    errors: Vec<WishError>,
+}
+
+impl Validator {
+    fn error(&mut self, line: u64, wish: Option<&str>, message: &str) {
+        self.errors.push(WishError {
+            path: self.path.clone(),
+            line,
+            wish: wish.map(String::from),
+            message: message.to_string(),
+        });
+    }
+
+    fn wishes(&mut self, body: RawWishes) -> Wishes {
+        let mut out = Wishes {
+            path: self.path.clone(),
+            ipsets: Vec::new(),
+            chains: Vec::new(),
+        };
+        for (name, set) in body.ipsets.into_iter().flat_map(|m| m.0) {
+            if let Some(wish) = self.ipset(name, set) {
+                out.ipsets.push(wish);
+            }
+        }
+        for (family, tables) in [(Family::V4, body.iptables), (Family::V6, body.ip6tables)] {
+            for (table, chains) in tables.into_iter().flat_map(|m| m.0) {
+                if !TABLES.contains(&table.value.as_str()) {
+                    let msg = format!(
+                        "unknown table `{}` (expected one of {})",
+                        table.value,
+                        TABLES.join(", ")
+                    );
+                    self.error(table.referenced.line(), None, &msg);
+                    continue;
+                }
+                for (chain, wish) in chains.0 {
+                    if let Some(c) = self.chain(family, &table.value, chain, wish) {
+                        out.chains.push(c);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn ipset(&mut self, name: Spanned<String>, raw: Spanned<RawIpset>) -> Option<IpsetWish> {
+        let line = name.referenced.line();
+        let label = format!("ipset {}", name.value);
+        let label = Some(label.as_str());
+        let mut ok = true;
+        if !valid_set_name(&name.value) {
+            self.error(
+                line,
+                label,
+                "bad set name (1-31 characters, no blanks or commas)",
+            );
+            ok = false;
+        }
+        let raw = raw.value;
+        let kind = SetType::parse(&raw.kind.value);
+        if kind.is_none() {
+            let msg = format!(
+                "unknown ipset type `{}` (known: {})",
+                raw.kind.value,
+                crate::ipset::KNOWN_TYPES.join(", ")
+            );
+            self.error(raw.kind.referenced.line(), label, &msg);
+        }
+        let header: Vec<String> = raw
+            .header
+            .as_ref()
+            .map(|h| h.value.split_whitespace().map(String::from).collect())
+            .unwrap_or_default();
+        let family = match header_family(&header) {
+            Ok(f) => f,
+            Err(msg) => {
+                let hl = raw.header.as_ref().map_or(line, |h| h.referenced.line());
+                self.error(hl, label, &msg);
+                ok = false;
+                SetFamily::Inet
+            }
+        };
+        let kind = kind?;
+        let mut members = None;
+        if let Some(list) = raw.members_equal {
+            let mut seen = std::collections::HashSet::new();
+            let mut out = Vec::new();
+            for m in list.value.0 {
+                let mline = m.referenced.line();
+                let Some(text) = m.value.scalar() else {
+                    self.error(mline, label, "a member must be a single value");
+                    ok = false;
+                    continue;
+                };
+                match kind.normalize_member(&text, family) {
+                    Ok(norm) => {
+                        let element = norm.split(' ').next().unwrap_or("").to_string();
+                        if !seen.insert(element) {
+                            self.error(mline, label, &format!("member `{text}` listed twice"));
+                            ok = false;
+                        }
+                        out.push(norm);
+                    }
+                    Err(why) => {
+                        self.error(
+                            mline,
+                            label,
+                            &format!("bad member for {}: {why}", kind.name()),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            members = Some(out);
+        }
+        ok.then(|| IpsetWish {
+            name: name.value,
+            kind,
+            family,
+            header,
+            members,
+            line,
+        })
+    }
+
+    fn chain(
+        &mut self,
+        family: Family,
+        table: &str,
+        chain: Spanned<String>,
+        raw: Spanned<Option<RawChain>>,
+    ) -> Option<ChainWish> {
+        let line = chain.referenced.line();
+        let label = chain_label(family, table, &chain.value);
+        let mut ok = true;
+        if let Err(why) = check_chain_name(&chain.value) {
+            self.error(line, Some(&label), &why);
+            ok = false;
+        }
+        let raw = raw.value.unwrap_or_default();
+        let builtin = builtin_chains(table).contains(&chain.value.as_str());
+        let policy = raw.default_action.map(|p| {
+            if !builtin {
+                let msg = format!(
+                    "`default_action` is only for built-in chains ({}); {} is a user chain",
+                    builtin_chains(table).join(", "),
+                    chain.value
+                );
+                self.error(p.referenced.line(), Some(&label), &msg);
+                ok = false;
+            } else if p.value != "ACCEPT" && p.value != "DROP" {
+                let msg = format!("`default_action` must be ACCEPT or DROP, not `{}`", p.value);
+                self.error(p.referenced.line(), Some(&label), &msg);
+                ok = false;
+            }
+            p.value
+        });
+        let rules = raw.rules.map(|r| self.rules(&label, r)).and_then(|r| {
+            ok &= r.is_some();
+            r
+        });
+        ok.then(|| ChainWish {
+            family,
+            table: table.to_string(),
+            chain: chain.value,
+            policy,
+            rules,
+            line,
+        })
+    }
+
+    fn rules(&mut self, label: &str, raw: Spanned<Node>) -> Option<Vec<RuleItem>> {
+        let Node::Seq(items) = raw.value else {
+            let msg = "`rules` must be a list of one-key maps (`- NAME: RULE`)";
+            self.error(raw.referenced.line(), Some(label), msg);
+            return None;
+        };
+        let mut out = Vec::new();
+        let mut ok = true;
+        let mut names = std::collections::HashMap::new();
+        for item in items {
+            let line = item.referenced.line();
+            let entries = match item.value {
+                Node::Map(entries) if entries.len() == 1 => entries,
+                _ => {
+                    let msg =
+                        "each rule must be a one-key map: `- NAME: RULE TEXT` or `- ~match: REGEX`";
+                    self.error(line, Some(label), msg);
+                    ok = false;
+                    continue;
+                }
+            };
+            let Some((key, value)) = entries.into_iter().next() else {
+                continue;
+            };
+            let name = key.value;
+            let line = key.referenced.line();
+            let wish = format!("{label}/{name}");
+            let Some(text) = value.value.scalar() else {
+                self.error(line, Some(&wish), "the value must be text");
+                ok = false;
+                continue;
+            };
+            if name == MATCH_KEY {
+                match Regex::new(&text) {
+                    Ok(regex) => out.push(RuleItem::Match(MatchRule { regex, line })),
+                    Err(e) => {
+                        self.error(line, Some(&wish), &format!("bad regex: {e}"));
+                        ok = false;
+                    }
+                }
+                continue;
+            }
+            if let Err(why) = check_rule_name(&name) {
+                self.error(line, Some(&wish), &why);
+                ok = false;
+                continue;
+            }
+            if let Some(first) = names.insert(name.clone(), line) {
+                let msg = format!("duplicate rule name (first defined on line {first})");
+                self.error(line, Some(&wish), &msg);
+                ok = false;
+                continue;
+            }
+            let rule = match Rule::parse(&text) {
+                Ok(rule) => rule,
+                Err(e) => {
+                    self.error(line, Some(&wish), &format!("bad rule text: {e}"));
+                    ok = false;
+                    continue;
+                }
+            };
+            if let Some(comment) = rule.comment() {
+                if comment != name {
+                    let msg = format!(
+                        "the rule's comment `{comment}` differs from its name; pyfw finds its \
+                         rules by `--comment NAME`"
+                    );
+                    self.error(line, Some(&wish), &msg);
+                    ok = false;
+                    continue;
+                }
+            }
+            let rule = rule.with_comment(&name);
+            out.push(RuleItem::Named(NamedRule { name, rule, line }));
+        }
+        ok.then_some(out)
+    }
+}
+
+fn header_family(header: &[String]) -> Result<SetFamily, String> {
+    // Options that take a value, and flags that do not (ipset(8)).
+    const VALUED: &[&str] = &[
+        "family",
+        "hashsize",
+        "maxelem",
+        "netmask",
+        "timeout",
+        "range",
+        "markmask",
+        "size",
+        "bucketsize",
+        "initval",
+    ];
+    const FLAGS: &[&str] = &["counters", "comment", "skbinfo", "forceadd"];
+    let mut family = SetFamily::Inet;
+    let mut words = header.iter();
+    while let Some(w) = words.next() {
+        if FLAGS.contains(&w.as_str()) {
+            continue;
+        }
+        if !VALUED.contains(&w.as_str()) {
+            return Err(format!("unknown create option `{w}` in `header`"));
+        }
+        let Some(value) = words.next() else {
+            return Err(format!("create option `{w}` needs a value"));
+        };
+        if w == "family" {
+            family = match value.as_str() {
+                "inet" => SetFamily::Inet,
+                "inet6" => SetFamily::Inet6,
+                other => return Err(format!("family must be inet or inet6, not `{other}`")),
+            };
+        }
+    }
+    Ok(family)
+}
+
+/// Chain names follow netfilter's limits: up to 28 characters without blanks,
+/// not starting with `-` or `!`, and not a verdict.
+pub fn check_chain_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 28
+        && name.chars().all(|c| c.is_ascii_graphic())
+        && !name.starts_with(['-', '!'])
+        && !["ACCEPT", "DROP", "QUEUE", "RETURN"].contains(&name);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "bad chain name `{name}` (1-28 printable characters, no blanks, not starting with \
+             `-` or `!`, not a verdict)"
+        ))
+    }
+}
+
+/// Rule names are 1-64 characters of `[A-Za-z0-9_.:-]`, and `_pyfw_temp_`
+/// is reserved for pyfw's own temporary rules.
+pub fn check_rule_name(name: &str) -> Result<(), String> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c));
+    if !ok {
+        return Err(format!(
+            "bad rule name `{name}` (1-64 characters of A-Z a-z 0-9 _ . : -)"
+        ));
+    }
+    if name.starts_with(TEMP_PREFIX) {
+        return Err(format!(
+            "rule names starting with `{TEMP_PREFIX}` are reserved for pyfw"
+        ));
+    }
+    Ok(())
+}
+
+// ---- raw serde stage -------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    pyfw_wishes: Option<Spanned<Option<RawWishes>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWishes {
+    ipsets: Option<Map<Spanned<RawIpset>>>,
+    iptables: Option<Map<Map<Spanned<Option<RawChain>>>>>,
+    ip6tables: Option<Map<Map<Spanned<Option<RawChain>>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIpset {
+    #[serde(rename = "type")]
+    kind: Spanned<String>,
+    header: Option<Spanned<String>>,
+    members_equal: Option<Spanned<Seq>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawChain {
+    default_action: Option<Spanned<String>>,
+    rules: Option<Spanned<Node>>,
+}
+
+/// A YAML mapping that keeps its keys' order and lines.
+struct Map<V>(Vec<(Spanned<String>, V)>);
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for Map<V> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct MapVisitor<V>(PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for MapVisitor<V> {
+            type Value = Map<V>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a mapping")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Map(Vec::new()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+                let mut entries: Vec<(Spanned<String>, V)> = Vec::new();
+                while let Some(key) = access.next_key::<Spanned<String>>()? {
+                    if entries.iter().any(|(k, _)| k.value == key.value) {
+                        return Err(de::Error::custom(format!(
+                            "duplicate key `{}` on line {}",
+                            key.value,
+                            key.referenced.line()
+                        )));
+                    }
+                    let value = access.next_value()?;
+                    entries.push((key, value));
+                }
+                Ok(Map(entries))
+            }
+        }
+        d.deserialize_map(MapVisitor(PhantomData))
+    }
+}
+
+/// A YAML sequence of arbitrary nodes.
+struct Seq(Vec<Spanned<Node>>);
+
+impl<'de> Deserialize<'de> for Seq {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Node::deserialize(d)? {
+            Node::Seq(items) => Ok(Seq(items)),
+            Node::Null => Ok(Seq(Vec::new())),
+            _ => Err(de::Error::custom("expected a list")),
+        }
+    }
+}
+
+/// Any YAML value, for the free-form parts (`rules`) whose shape we check
+/// ourselves so that the message can name the chain.
+enum Node {
+    Null,
+    Scalar(String),
+    Seq(Vec<Spanned<Node>>),
+    Map(Vec<(Spanned<String>, Spanned<Node>)>),
+}
+
+impl Node {
+    fn scalar(&self) -> Option<String> {
+        match self {
+            Node::Scalar(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct NodeVisitor;
+        impl<'de> Visitor<'de> for NodeVisitor {
+            type Value = Node;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any YAML value")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Node, E> {
+                Ok(Node::Null)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Node, E> {
+                Ok(Node::Null)
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Node, E> {
+                Ok(Node::Scalar(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Node, E> {
+                Ok(Node::Scalar(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Node, E> {
+                Ok(Node::Scalar(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Node, E> {
+                Ok(Node::Scalar(v.to_string()))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Node, E> {
+                Ok(Node::Scalar(v.to_string()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<Spanned<Node>>()? {
+                    items.push(item);
+                }
+                Ok(Node::Seq(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(key) = map.next_key::<Spanned<String>>()? {
+                    entries.push((key, map.next_value::<Spanned<Node>>()?));
+                }
+                Ok(Node::Map(entries))
+            }
+        }
+        d.deserialize_any(NodeVisitor)
+    }
+}
