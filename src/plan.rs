@@ -322,13 +322,35 @@ struct Target {
 /// Plans the rule commands for one chain.
 fn plan_chain(wish: &ChainWish, current: &[Rule]) -> Vec<Command> {
     let label = wish.label();
+    let mut sim = ChainSim {
+        slots: current
+            .iter()
+            .enumerate()
+            .map(|(id, rule)| Slot {
+                id,
+                rule: rule.clone(),
+            })
+            .collect(),
+        next_id: current.len(),
+        table: wish.table.clone(),
+        chain: wish.chain.clone(),
+        family: wish.family,
+        label: label.clone(),
+        out: Vec::new(),
+    };
+    sim.recover_temps();
+    // From here on the chain holds no temporary copies; number it afresh.
+    let current: Vec<Rule> = sim.slots.iter().map(|s| s.rule.clone()).collect();
+    for (id, slot) in sim.slots.iter_mut().enumerate() {
+        slot.id = id;
+    }
+    sim.next_id = current.len();
     let wished_names: HashSet<&str> = wish.rule_names().collect();
     let mut by_name: HashMap<&str, Vec<usize>> = HashMap::new();
     let mut foreign: Vec<usize> = Vec::new();
     for (i, r) in current.iter().enumerate() {
         match r.comment() {
             Some(c) if wished_names.contains(c) => by_name.entry(c).or_default().push(i),
-            _ if r.is_temp() => {}
             _ => foreign.push(i),
         }
     }
@@ -382,22 +404,6 @@ fn plan_chain(wish: &ChainWish, current: &[Rule]) -> Vec<Command> {
     }
 
     let stable = longest_increasing(&targets.iter().map(|t| t.source).collect::<Vec<_>>());
-    let mut sim = ChainSim {
-        slots: current
-            .iter()
-            .enumerate()
-            .map(|(id, rule)| Slot {
-                id,
-                rule: rule.clone(),
-            })
-            .collect(),
-        next_id: current.len(),
-        table: wish.table.clone(),
-        chain: wish.chain.clone(),
-        family: wish.family,
-        label: label.clone(),
-        out: Vec::new(),
-    };
     let in_target: HashSet<usize> = targets.iter().filter_map(|t| t.source).collect();
     let replaced: HashSet<usize> = targets.iter().filter_map(|t| t.replaces).collect();
     let mut placed: Vec<usize> = Vec::with_capacity(targets.len());
@@ -457,7 +463,7 @@ fn plan_chain(wish: &ChainWish, current: &[Rule]) -> Vec<Command> {
             }
         }
     }
-    // What is left over: pyfw's own duplicates and interrupted temp rules.
+    // What is left over: duplicates of wished rules.
     let leftovers: Vec<usize> = sim
         .slots
         .iter()
@@ -466,14 +472,10 @@ fn plan_chain(wish: &ChainWish, current: &[Rule]) -> Vec<Command> {
         .collect();
     for id in leftovers {
         let rule = sim.rule(id).clone();
-        let reason = if rule.is_temp() {
-            format!("{label}: leftover temporary rule from an interrupted move")
-        } else {
-            format!(
-                "{label}: duplicate of wished rule {}",
-                rule.comment().unwrap_or("")
-            )
-        };
+        let reason = format!(
+            "{label}: duplicate of wished rule {}",
+            rule.comment().unwrap_or("")
+        );
         sim.delete(id, rule.comment(), &reason);
     }
     sim.out
@@ -554,7 +556,12 @@ impl ChainSim {
     /// Inserts `rule` at 0-based `at`; returns the new slot's id.
     fn insert(&mut self, at: usize, rule: Rule, wish: Option<&str>, reason: &str) -> usize {
         let args = self.args("-I", Some(at + 1), Some(&rule));
-        let undo = self.args("-D", None, Some(&rule));
+        // Undoing deletes by text unless an identical rule sits above.
+        let undo = if self.slots[..at].iter().any(|s| s.rule == rule) {
+            self.args("-D", Some(at + 1), None)
+        } else {
+            self.args("-D", None, Some(&rule))
+        };
         self.emit(args, undo, wish, reason);
         let id = self.next_id;
         self.next_id += 1;
@@ -591,14 +598,41 @@ impl ChainSim {
             self.rename(new_id, id);
             return;
         }
-        let temp_name = format!("{TEMP_PREFIX}{}", wish.unwrap_or("match"));
-        let temp = rule.with_comment(&temp_name);
+        let temp = rule.temp_copy(wish);
         let temp_id = self.insert(at, temp, wish, reason);
         self.delete(id, wish, reason);
         let temp_at = self.pos(temp_id);
         let new_id = self.insert(temp_at, rule, wish, reason);
         self.delete(temp_id, wish, reason);
         self.rename(new_id, id);
+    }
+
+    /// Removes temporary copies left by an interrupted move. Where the copy
+    /// is all that is left of a rule, the rule is put back in its place
+    /// first, so that nothing is ever missing.
+    fn recover_temps(&mut self) {
+        let temps: Vec<usize> = self
+            .slots
+            .iter()
+            .filter(|s| s.rule.is_temp())
+            .map(|s| s.id)
+            .collect();
+        for id in temps {
+            let Some(base) = self.rule(id).temp_base() else {
+                continue;
+            };
+            let wish = base.comment().map(String::from);
+            if !self.slots.iter().any(|s| s.rule == base) {
+                let at = self.pos(id);
+                let reason = format!("{}: restore a rule from an interrupted move", self.label);
+                self.insert(at, base, wish.as_deref(), &reason);
+            }
+            let reason = format!(
+                "{}: leftover temporary rule from an interrupted move",
+                self.label
+            );
+            self.delete(id, wish.as_deref(), &reason);
+        }
     }
 
     fn rename(&mut self, from: usize, to: usize) {

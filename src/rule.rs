@@ -46,48 +46,89 @@ impl Rule {
         &self.args
     }
 
-    /// Index of the value of the first `-m comment --comment VALUE`.
-    fn comment_index(&self) -> Option<usize> {
+    /// Indexes of the values of every `-m comment --comment VALUE`.
+    fn comment_indexes(&self) -> impl Iterator<Item = usize> + '_ {
         let mut in_comment_match = false;
-        for (i, tok) in self.args.iter().enumerate() {
+        self.args.iter().enumerate().filter_map(move |(i, tok)| {
             if tok == "-m" || tok == "--match" {
                 in_comment_match = self.args.get(i + 1).is_some_and(|m| m == "comment");
-            } else if in_comment_match && tok == "--comment" {
-                return (i + 1 < self.args.len()).then_some(i + 1);
+                None
+            } else if in_comment_match && tok == "--comment" && i + 1 < self.args.len() {
+                Some(i + 1)
+            } else {
+                None
             }
-        }
-        None
+        })
     }
 
     /// The rule's name: the value of its first comment match, if any.
     pub fn comment(&self) -> Option<&str> {
-        self.comment_index().map(|i| self.args[i].as_str())
+        self.comment_indexes().next().map(|i| self.args[i].as_str())
     }
 
     /// The same rule carrying `name` as its comment: the existing comment is
     /// replaced, or a comment match is added just before the target, where
     /// `iptables-save` prints a comment given in that position.
     pub fn with_comment(&self, name: &str) -> Rule {
-        let mut args = self.args.clone();
-        match self.comment_index() {
-            Some(i) => args[i] = name.to_string(),
-            None => {
-                let at = args
-                    .iter()
-                    .position(|t| t == "-j" || t == "--jump" || t == "-g" || t == "--goto")
-                    .unwrap_or(args.len());
-                let comment = ["-m", "comment", "--comment", name].map(String::from);
-                args.splice(at..at, comment);
+        match self.comment_indexes().next() {
+            Some(i) => {
+                let mut args = self.args.clone();
+                args[i] = name.to_string();
+                Rule { args }
             }
+            None => self.with_added_comment(name),
         }
+    }
+
+    /// The same rule with one more comment match, just before the target.
+    fn with_added_comment(&self, name: &str) -> Rule {
+        let mut args = self.args.clone();
+        let at = args
+            .iter()
+            .position(|t| t == "-j" || t == "--jump" || t == "-g" || t == "--goto")
+            .unwrap_or(args.len());
+        let comment = ["-m", "comment", "--comment", name].map(String::from);
+        args.splice(at..at, comment);
         Rule { args }
     }
 
-    /// True for pyfw's temporary copies left behind by an interrupted move.
+    /// True for pyfw's temporary copies, which may be left behind by an
+    /// interrupted move.
     pub fn is_temp(&self) -> bool {
-        self.comment().is_some_and(|c| c.starts_with(TEMP_PREFIX))
+        self.comment_indexes()
+            .any(|i| self.args[i].starts_with(TEMP_PREFIX))
+    }
+
+    /// The temporary copy pyfw puts in place while it moves this rule. A
+    /// wished rule's copy is renamed `_pyfw_temp_NAME`, as in the spec.
+    /// Another program's rule keeps its own comment and gains
+    /// `_pyfw_temp_~`, so the original can be rebuilt from the copy alone.
+    pub fn temp_copy(&self, wished_name: Option<&str>) -> Rule {
+        match wished_name {
+            Some(name) => self.with_comment(&format!("{TEMP_PREFIX}{name}")),
+            None => self.with_added_comment(FOREIGN_TEMP),
+        }
+    }
+
+    /// For a temporary copy, the rule it stands for.
+    pub fn temp_base(&self) -> Option<Rule> {
+        let i = self
+            .comment_indexes()
+            .find(|&i| self.args[i].starts_with(TEMP_PREFIX))?;
+        let mut args = self.args.clone();
+        if args[i] == FOREIGN_TEMP {
+            // Drop `-m comment --comment _pyfw_temp_~`.
+            args.drain(i - 3..=i);
+        } else {
+            args[i] = args[i][TEMP_PREFIX.len()..].to_string();
+        }
+        Some(Rule { args })
     }
 }
+
+/// The comment of a temporary copy of another program's rule. `~` is not
+/// allowed in wish names, so it never collides with `_pyfw_temp_NAME`.
+const FOREIGN_TEMP: &str = "_pyfw_temp_~";
 
 /// Joins argv for display: tokens that a shell would read unchanged stay
 /// bare (including `!`, as `iptables-save` prints it); others are quoted.
@@ -165,6 +206,22 @@ mod tests {
         // A `--comment` token that is not part of a comment match is not a name.
         let odd = Rule::parse("-j LOG --log-prefix --comment").unwrap();
         assert_eq!(odd.comment(), None);
+    }
+
+    #[test]
+    fn foreign_temp_copies_keep_their_comment() {
+        for text in [
+            r#"-m comment --comment "svc a" -j RETURN"#,
+            "-s 10.0.0.1/32 -j ACCEPT",
+            "-s 10.0.0.1/32",
+        ] {
+            let r = Rule::parse(text).unwrap();
+            let temp = r.temp_copy(None);
+            assert!(temp.is_temp(), "{temp}");
+            assert!(!r.is_temp());
+            assert_eq!(temp.comment(), r.comment().or(Some("_pyfw_temp_~")));
+            assert_eq!(temp.temp_base(), Some(r));
+        }
     }
 
     #[test]

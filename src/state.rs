@@ -272,7 +272,7 @@ pub fn render_ruleset(ruleset: &Ruleset) -> String {
                 let _ = writeln!(
                     out,
                     "-A {} {rule}",
-                    crate::rule::display_args(&[chain.clone()])
+                    crate::rule::display_args(std::slice::from_ref(chain))
                 );
             }
         }

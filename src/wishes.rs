@@ -323,7 +323,7 @@ impl Validator {
             }
             members = Some(out);
         }
-        ok.then(|| IpsetWish {
+        ok.then_some(IpsetWish {
             name: name.value,
             kind,
             family,
@@ -440,16 +440,16 @@ impl Validator {
                     continue;
                 }
             };
-            if let Some(comment) = rule.comment() {
-                if comment != name {
-                    let msg = format!(
-                        "the rule's comment `{comment}` differs from its name; pyfw finds its \
+            if let Some(comment) = rule.comment()
+                && comment != name
+            {
+                let msg = format!(
+                    "the rule's comment `{comment}` differs from its name; pyfw finds its \
                          rules by `--comment NAME`"
-                    );
-                    self.error(line, Some(&wish), &msg);
-                    ok = false;
-                    continue;
-                }
+                );
+                self.error(line, Some(&wish), &msg);
+                ok = false;
+                continue;
             }
             let rule = rule.with_comment(&name);
             out.push(RuleItem::Named(NamedRule { name, rule, line }));
