@@ -539,7 +539,18 @@ pub fn check_rule_name(name: &str) -> Result<(), String> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
+    // A present but empty `pyfw_wishes:` must stay distinguishable from a
+    // missing key: plain `Option` would read both as `None`.
+    #[serde(default, deserialize_with = "present")]
     pyfw_wishes: Option<Spanned<Option<RawWishes>>>,
+}
+
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize)]

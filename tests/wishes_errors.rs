@@ -1,0 +1,178 @@
+//! Every way a wishes file can be wrong, and the message an operator gets:
+//! the file, the line and the wish.
+
+use std::path::Path;
+
+use pyfw::wishes::{RuleItem, parse};
+
+fn error(yaml: &str) -> String {
+    match parse(yaml, Path::new("/etc/pyfw/wishes.yaml")) {
+        Ok(w) => panic!("accepted: {w:#?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn wrap_rules(rules: &str) -> String {
+    format!("pyfw_wishes:\n  iptables:\n    filter:\n      INPUT:\n        rules:\n{rules}")
+}
+
+#[test]
+fn the_spec_file_is_accepted_unchanged() {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/wishes.yaml"))
+            .unwrap();
+    let w = parse(&text, Path::new("wishes.yaml")).unwrap();
+    assert_eq!(w.ipsets.len(), 1);
+    assert_eq!(w.chains.len(), 3);
+    let docker = w.chains.iter().find(|c| c.chain == "DOCKER").unwrap();
+    let Some(RuleItem::Named(r)) = docker.rules.as_ref().unwrap().first() else {
+        panic!("DOCKER has no named rule");
+    };
+    assert_eq!(r.rule.args()[0], "!");
+}
+
+#[test]
+fn empty_or_truncated_files_are_not_no_wishes() {
+    insta::assert_snapshot!(error(""), @r#"/etc/pyfw/wishes.yaml: file is empty; refusing to read it as "no wishes" (a truncated file must not withdraw the firewall)"#);
+    insta::assert_snapshot!(error("# just a comment\n"), @r#"/etc/pyfw/wishes.yaml: has no `pyfw_wishes` key; refusing to read it as "no wishes""#);
+    insta::assert_snapshot!(error("pyfw_wishes:\n"), @r#"/etc/pyfw/wishes.yaml:1: `pyfw_wishes` is empty; write `pyfw_wishes: {}` to mean "no wishes" on purpose"#);
+    assert!(parse("pyfw_wishes: {}\n", Path::new("w")).is_ok());
+}
+
+#[test]
+fn yaml_errors_carry_the_line() {
+    let e = error("pyfw_wishes:\n  iptables:\n    filter: [\n");
+    assert!(e.starts_with("/etc/pyfw/wishes.yaml:"), "{e}");
+    let e = error("pyfw_wishes:\n  iptabels: {}\n");
+    assert!(e.starts_with("/etc/pyfw/wishes.yaml:2:"), "{e}");
+    assert!(e.contains("iptabels"), "{e}");
+}
+
+#[test]
+fn unknown_keys_are_rejected() {
+    let e = error("pyfw_wishes:\n  iptables:\n    filter:\n      INPUT:\n        policy: DROP\n");
+    assert!(e.contains(":5:") && e.contains("policy"), "{e}");
+    let e = error("pyfw_wishes:\n  ipsets:\n    s:\n      type: hash:ip\n      members: []\n");
+    assert!(e.contains(":5:") && e.contains("members"), "{e}");
+    insta::assert_snapshot!(
+        error("pyfw_wishes:\n  iptables:\n    filtre:\n      INPUT: {}\n"),
+        @"/etc/pyfw/wishes.yaml:3: unknown table `filtre` (expected one of filter, nat, mangle, raw, security)"
+    );
+}
+
+#[test]
+fn rule_problems_name_the_wish() {
+    insta::assert_snapshot!(error(&wrap_rules(
+        "        - a: -j ACCEPT\n        - a: -j DROP\n"
+    )), @"/etc/pyfw/wishes.yaml:7: filter/INPUT/a: duplicate rule name (first defined on line 6)");
+    insta::assert_snapshot!(error(&wrap_rules(
+        "        - a: -j ACCEPT\n          b: -j DROP\n"
+    )), @"/etc/pyfw/wishes.yaml:6: filter/INPUT: each rule must be a one-key map: `- NAME: RULE TEXT` or `- ~match: REGEX`");
+    insta::assert_snapshot!(error(&wrap_rules("        - -j ACCEPT\n")),
+        @"/etc/pyfw/wishes.yaml:6: filter/INPUT: each rule must be a one-key map: `- NAME: RULE TEXT` or `- ~match: REGEX`");
+    insta::assert_snapshot!(error(&wrap_rules("        - '~match': '(unclosed'\n")),
+        @r"
+    /etc/pyfw/wishes.yaml:6: filter/INPUT/~match: bad regex: regex parse error:
+        (unclosed
+        ^
+    error: unclosed group
+    ");
+    insta::assert_snapshot!(error(&wrap_rules("        - bad name: -j ACCEPT\n")),
+        @"/etc/pyfw/wishes.yaml:6: filter/INPUT/bad name: bad rule name `bad name` (1-64 characters of A-Z a-z 0-9 _ . : -)");
+    insta::assert_snapshot!(error(&wrap_rules("        - _pyfw_temp_x: -j ACCEPT\n")),
+        @"/etc/pyfw/wishes.yaml:6: filter/INPUT/_pyfw_temp_x: rule names starting with `_pyfw_temp_` are reserved for pyfw");
+    insta::assert_snapshot!(error(&wrap_rules(
+        "        - ssh: -p tcp -m comment --comment other -j ACCEPT\n"
+    )), @"/etc/pyfw/wishes.yaml:6: filter/INPUT/ssh: the rule's comment `other` differs from its name; pyfw finds its rules by `--comment NAME`");
+    insta::assert_snapshot!(error(&wrap_rules(
+        "        - ssh: -m comment --comment \"oops -j ACCEPT\n"
+    )), @"/etc/pyfw/wishes.yaml:6: filter/INPUT/ssh: bad rule text: unbalanced quotes or a trailing backslash");
+    let long = "x".repeat(65);
+    let e = error(&wrap_rules(&format!("        - {long}: -j ACCEPT\n")));
+    assert!(e.contains("bad rule name"), "{e}");
+}
+
+#[test]
+fn rules_must_be_a_list() {
+    insta::assert_snapshot!(
+        error("pyfw_wishes:\n  iptables:\n    filter:\n      INPUT:\n        rules:\n          a: -j ACCEPT\n"),
+        @"/etc/pyfw/wishes.yaml:6: filter/INPUT: `rules` must be a list of one-key maps (`- NAME: RULE`)"
+    );
+}
+
+#[test]
+fn policies_only_on_builtin_chains() {
+    insta::assert_snapshot!(
+        error("pyfw_wishes:\n  iptables:\n    filter:\n      DOCKER:\n        default_action: DROP\n"),
+        @"/etc/pyfw/wishes.yaml:5: filter/DOCKER: `default_action` is only for built-in chains (INPUT, FORWARD, OUTPUT); DOCKER is a user chain"
+    );
+    insta::assert_snapshot!(
+        error("pyfw_wishes:\n  ip6tables:\n    filter:\n      INPUT:\n        default_action: REJECT\n"),
+        @"/etc/pyfw/wishes.yaml:5: ip6tables:filter/INPUT: `default_action` must be ACCEPT or DROP, not `REJECT`"
+    );
+}
+
+#[test]
+fn chain_names_follow_netfilter() {
+    for ok in [
+        "f2b-sshd",
+        "DOCKER-USER",
+        "KUBE-SVC-ABCDEF0123456789",
+        "ufw-user-input",
+        "LIBVIRT_INP",
+    ] {
+        let yaml =
+            format!("pyfw_wishes:\n  iptables:\n    filter:\n      {ok}:\n        rules: []\n");
+        assert!(parse(&yaml, Path::new("w")).is_ok(), "{ok}");
+    }
+    for bad in ["-x", "ACCEPT", "a-chain-name-that-is-far-too-long"] {
+        let yaml =
+            format!("pyfw_wishes:\n  iptables:\n    filter:\n      '{bad}':\n        rules: []\n");
+        let e = error(&yaml);
+        assert!(
+            e.contains(":4:") && e.contains("bad chain name"),
+            "{bad}: {e}"
+        );
+    }
+}
+
+#[test]
+fn ipset_problems() {
+    insta::assert_snapshot!(
+        error("pyfw_wishes:\n  ipsets:\n    s:\n      type: hash:ipp\n"),
+        @"/etc/pyfw/wishes.yaml:4: ipset s: unknown ipset type `hash:ipp` (known: bitmap:ip, bitmap:ip,mac, bitmap:port, hash:ip, hash:mac, hash:ip,mac, hash:net, hash:net,net, hash:ip,port, hash:net,port, hash:ip,port,ip, hash:ip,port,net, hash:ip,mark, hash:net,port,net, hash:net,iface, list:set)"
+    );
+    insta::assert_snapshot!(
+        error("pyfw_wishes:\n  ipsets:\n    s:\n      type: hash:ip\n      members_equal:\n      - 10.0.0.1\n      - not-an-ip\n"),
+        @"/etc/pyfw/wishes.yaml:7: ipset s: bad member for hash:ip: `not-an-ip` in `not-an-ip`: not an IP address"
+    );
+    insta::assert_snapshot!(
+        error("pyfw_wishes:\n  ipsets:\n    s:\n      type: hash:ip\n      header: family inet6\n      members_equal:\n      - 10.0.0.1\n"),
+        @"/etc/pyfw/wishes.yaml:7: ipset s: bad member for hash:ip: `10.0.0.1` in `10.0.0.1`: an IPv4 address in a `family inet6` set"
+    );
+    let e = error("pyfw_wishes:\n  ipsets:\n    'bad name':\n      type: hash:ip\n");
+    assert!(e.contains(":3: ipset bad name: bad set name"), "{e}");
+    let e = error("pyfw_wishes:\n  ipsets:\n    s:\n      type: hash:ip\n      header: sizes 5\n");
+    assert!(
+        e.contains(":5:") && e.contains("unknown create option `sizes`"),
+        "{e}"
+    );
+    // Port numbers may be written bare in YAML.
+    assert!(parse(
+        "pyfw_wishes:\n  ipsets:\n    p:\n      type: bitmap:port\n      header: range 0-1024\n      members_equal: [22, 80]\n",
+        Path::new("w")
+    )
+    .is_ok());
+}
+
+#[test]
+fn all_errors_are_reported_at_once() {
+    let e = error(&wrap_rules(
+        "        - bad name: -j ACCEPT\n        - ok: -j ACCEPT\n        - '~match': '('\n",
+    ));
+    assert_eq!(
+        e.lines().filter(|l| l.starts_with("/etc/pyfw")).count(),
+        2,
+        "{e}"
+    );
+}
