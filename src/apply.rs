@@ -21,6 +21,8 @@ pub enum Event<'a> {
         index: usize,
         total: usize,
         command: &'a Command,
+        /// The command line as it runs, with the backend's binary.
+        line: String,
     },
     /// A command ran.
     Done { command: &'a Command },
@@ -111,6 +113,7 @@ pub fn apply(
             index: i + 1,
             total,
             command,
+            line: command_line(backend, command),
         });
         if let Err(cause) = backend.run(command) {
             return Err(roll_back(backend, &done, cause, on));
@@ -119,6 +122,15 @@ pub fn apply(
         done.push(command);
     }
     Ok(total)
+}
+
+/// A command as the backend runs it, for output and audit logs.
+pub fn command_line(backend: &dyn Backend, command: &Command) -> String {
+    format!(
+        "{} {}",
+        backend.binary(command.program),
+        crate::rule::display_args(&command.args)
+    )
 }
 
 fn roll_back(
@@ -140,7 +152,7 @@ fn roll_back(
             ..(*command).clone()
         };
         on(Event::RollingBack {
-            command: reverse.to_string(),
+            command: command_line(backend, &reverse),
         });
         if let Err(e) = backend.run(&reverse) {
             failures.push(e.to_string());

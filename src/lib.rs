@@ -10,9 +10,11 @@
 //!   [`apply`] (running a plan all or nothing).
 
 pub mod apply;
+pub mod daemon;
 pub mod ipset;
 pub mod netfilter;
 pub mod plan;
+pub mod reconcile;
 pub mod rule;
 pub mod state;
 pub mod wishes;

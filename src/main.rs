@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use pyfw::apply::{self, Event};
-use pyfw::netfilter::{Backend, System};
+use pyfw::netfilter::{Backend, Scope, System, Variant};
 use pyfw::plan::Plan;
+use pyfw::reconcile::Reconciler;
 use pyfw::state::{self, State, render_ipsets, render_ruleset};
 use pyfw::wishes::{self, Wishes};
 
@@ -41,6 +42,17 @@ struct Cli {
     #[arg(long)]
     apply: bool,
 
+    /// Which iptables variant to drive: `auto` picks the one the host's
+    /// other programs use (the one holding more rules).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "auto",
+        env = "PYFW_BACKEND"
+    )]
+    backend: Variant,
+
     #[command(flatten)]
     dumps: Dumps,
 
@@ -68,7 +80,7 @@ impl Dumps {
     }
 }
 
-#[derive(Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
 enum Cmd {
     /// Print the commands that would make netfilter match the wishes (default).
     Plan,
@@ -78,9 +90,17 @@ enum Cmd {
     Check,
     /// Print the state pyfw sees.
     State,
+    /// Keep netfilter matching the wishes: watch the file, poll for drift,
+    /// repair it, and log every correction.
+    Daemon(pyfw::daemon::Args),
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Cmd::Daemon(args)) = &cli.command {
+        // The daemon sets up its own logging (the journal under systemd).
+        return pyfw::daemon::main(&cli.wishes, cli.backend, args);
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -89,8 +109,7 @@ fn main() -> ExitCode {
         )
         .without_time()
         .init();
-    let cli = Cli::parse();
-    let command = match (cli.apply, cli.command) {
+    let command = match (cli.apply, cli.command.clone()) {
         (true, Some(other)) if other != Cmd::Apply => {
             eprintln!("pyfw: error: --apply cannot be combined with the `{other:?}` command");
             return ExitCode::from(1);
@@ -98,7 +117,7 @@ fn main() -> ExitCode {
         (true, _) => Cmd::Apply,
         (false, command) => command.unwrap_or(Cmd::Plan),
     };
-    match run(&cli, command) {
+    match run(&cli, &command) {
         Ok(code) => code,
         Err(message) => {
             eprintln!("pyfw: error: {message}");
@@ -107,69 +126,89 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: &Cli, command: Cmd) -> Result<ExitCode, String> {
-    if command == Cmd::Apply && cli.dumps.given() {
+fn run(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
+    if *command == Cmd::Apply && cli.dumps.given() {
         return Err("`apply` changes the kernel; it cannot plan from saved dumps".into());
     }
-    let mut backend = System::default();
-    if command == Cmd::State {
-        let state = read_state(&mut backend, &cli.dumps, pyfw::netfilter::Scope::ALL)?;
+    if cli.dumps.given() {
+        return offline(cli, command);
+    }
+    let (backend, warnings) = System::default()
+        .with_variant(cli.backend)
+        .map_err(|e| e.to_string())?;
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    let mut reconciler = Reconciler::new(backend);
+    if *command == Cmd::State {
+        let state = reconciler
+            .backend_mut()
+            .read_state(Scope::ALL)
+            .map_err(|e| e.to_string())?;
         print!("{state}");
         return Ok(ExitCode::SUCCESS);
     }
     let wishes = wishes::load(&cli.wishes).map_err(|e| e.to_string())?;
-    let scope = apply::scope(&wishes);
-    let before = read_state(&mut backend, &cli.dumps, scope)?;
-    let plan = pyfw::plan::plan(&wishes, &before);
-    match command {
-        Cmd::Plan => {
-            print_plan(&wishes, &plan, &cli.dumps);
-            Ok(ExitCode::SUCCESS)
+    if *command != Cmd::Apply {
+        let planned = reconciler.plan(&wishes).map_err(|e| e.to_string())?;
+        return Ok(report(&wishes, &planned.plan, command, false));
+    }
+    let mut width = 2;
+    let mut on = |e: Event| match e {
+        Event::Executing {
+            index, total, line, ..
+        } => {
+            width = width.max(total.to_string().len());
+            println!("Executing command {index:>width$}/{total}: {line}");
         }
-        Cmd::Check => {
-            if plan.is_empty() {
-                println!("# in sync: netfilter matches {}", wishes.path.display());
-                Ok(ExitCode::SUCCESS)
-            } else {
-                print_plan(&wishes, &plan, &cli.dumps);
-                Ok(ExitCode::from(2))
-            }
-        }
-        Cmd::Apply | Cmd::State => {
-            if plan.is_empty() {
-                println!(
-                    "Nothing to do: netfilter already matches {}",
-                    wishes.path.display()
-                );
-                return Ok(ExitCode::SUCCESS);
-            }
-            let checks = apply::rule_checks(&wishes, &before);
-            let width = plan.commands.len().to_string().len().max(2);
-            let mut on = |e: Event| match e {
-                Event::Executing {
-                    index,
-                    total,
-                    command,
-                } => println!("Executing command {index:>width$}/{total}: {command}"),
-                Event::RollingBack { command } => println!("Rolling back: {command}"),
-                Event::Done { .. } => {}
-            };
-            apply::apply(&mut backend, &plan, &checks, &mut on).map_err(|e| e.to_string())?;
-            let after = backend.read_state(scope).map_err(|e| e.to_string())?;
-            print_diff(&before, &after);
-            Ok(ExitCode::SUCCESS)
-        }
+        Event::RollingBack { command } => println!("Rolling back: {command}"),
+        Event::Done { .. } => {}
+    };
+    let applied = reconciler
+        .apply(&wishes, &mut on)
+        .map_err(|e| e.to_string())?;
+    if applied.ran == 0 {
+        println!(
+            "Nothing to do: netfilter already matches {}",
+            wishes.path.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let after = reconciler
+        .backend_mut()
+        .read_state(apply::scope(&wishes))
+        .map_err(|e| e.to_string())?;
+    print_diff(&applied.before, &after);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `plan`, `check` and `state` from saved dumps: no kernel, no root.
+fn offline(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
+    let state = read_dumps(&cli.dumps)?;
+    if *command == Cmd::State {
+        print!("{state}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let wishes = wishes::load(&cli.wishes).map_err(|e| e.to_string())?;
+    let plan = pyfw::plan::plan(&wishes, &state);
+    Ok(report(&wishes, &plan, command, true))
+}
+
+/// Prints a plan for `plan` or `check` and picks the exit status.
+fn report(wishes: &Wishes, plan: &Plan, command: &Cmd, offline: bool) -> ExitCode {
+    if *command == Cmd::Check && plan.is_empty() {
+        println!("# in sync: netfilter matches {}", wishes.path.display());
+        return ExitCode::SUCCESS;
+    }
+    print_plan(wishes, plan, offline);
+    if *command == Cmd::Check {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
-fn read_state(
-    backend: &mut System,
-    dumps: &Dumps,
-    scope: pyfw::netfilter::Scope,
-) -> Result<State, String> {
-    if !dumps.given() {
-        return backend.read_state(scope).map_err(|e| e.to_string());
-    }
+fn read_dumps(dumps: &Dumps) -> Result<State, String> {
     let read = |path: &Path| {
         std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))
     };
@@ -189,13 +228,13 @@ fn read_state(
     Ok(state)
 }
 
-fn print_plan(wishes: &Wishes, plan: &Plan, dumps: &Dumps) {
+fn print_plan(wishes: &Wishes, plan: &Plan, offline: bool) {
     println!(
         "# pyfw plan for {}: {} command(s)",
         wishes.path.display(),
         plan.commands.len()
     );
-    if dumps.given() {
+    if offline {
         println!("# planned from saved dumps; a dump not given is read as empty");
     }
     println!("# rule text is compared as written, token by token");

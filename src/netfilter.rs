@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use wait_timeout::ChildExt;
 
-use crate::plan::Command;
+use crate::plan::{Command, Program};
 use crate::rule::Rule;
 use crate::state::{self, Family, State};
 
@@ -80,18 +80,38 @@ pub trait Backend {
     fn check_rules(&mut self, checks: &[RuleCheck]) -> Result<(), Error>;
     /// Runs one planned command.
     fn run(&mut self, command: &Command) -> Result<(), Error>;
+    /// The binary that runs `program`'s commands, for output and logs.
+    fn binary(&self, program: Program) -> String {
+        program.name().to_string()
+    }
+}
+
+/// Which iptables variant to drive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Variant {
+    /// Whichever variant the host's other programs use.
+    Auto,
+    /// iptables-nft (the nf_tables kernel API).
+    Nft,
+    /// iptables-legacy (the x_tables kernel API).
+    Legacy,
 }
 
 /// The real kernel tools, found on `PATH`.
 #[derive(Clone, Debug)]
 pub struct System {
     pub timeout: Duration,
+    /// Binary prefix per family: `iptables`, `iptables-legacy`, ...
+    v4: String,
+    v6: String,
 }
 
 impl Default for System {
     fn default() -> Self {
         System {
             timeout: Duration::from_secs(30),
+            v4: "iptables".into(),
+            v6: "ip6tables".into(),
         }
     }
 }
@@ -163,8 +183,77 @@ impl System {
         Ok(Output { stdout, stderr })
     }
 
+    /// `iptables`, `iptables-legacy-save`, `ip6tables-nft-restore`, ...
+    fn tool(&self, family: Family, suffix: &str) -> String {
+        match family {
+            Family::V4 => format!("{}{suffix}", self.v4),
+            Family::V6 => format!("{}{suffix}", self.v6),
+        }
+    }
+
+    /// Picks the iptables variant. `Auto` follows the heuristics of
+    /// Kubernetes' iptables-wrapper and Calico: the variant holding more
+    /// rules wins, and legacy is only probed when its modules are already
+    /// loaded (`/proc/net/ip_tables_names`), since probing would load them.
+    pub fn with_variant(mut self, variant: Variant) -> Result<(System, Vec<String>), Error> {
+        let mut warnings = Vec::new();
+        let chosen = match variant {
+            Variant::Nft => "nft",
+            Variant::Legacy => "legacy",
+            Variant::Auto => {
+                let count = |s: &System, prog: &str| -> usize {
+                    s.exec(prog, &[], None)
+                        .map(|o| o.stdout.lines().filter(|l| l.starts_with("-A ")).count())
+                        .unwrap_or(0)
+                };
+                let nft = count(&self, "iptables-nft-save") + count(&self, "ip6tables-nft-save");
+                let legacy_loaded = ["/proc/net/ip_tables_names", "/proc/net/ip6_tables_names"]
+                    .iter()
+                    .any(|p| std::fs::read_to_string(p).is_ok_and(|t| !t.trim().is_empty()));
+                let legacy = if legacy_loaded {
+                    count(&self, "iptables-legacy-save") + count(&self, "ip6tables-legacy-save")
+                } else {
+                    0
+                };
+                if nft > 0 && legacy > 0 {
+                    warnings.push(format!(
+                        "both iptables variants hold rules (nft: {nft}, legacy: {legacy}); \
+                         using {}. Pass --backend to choose.",
+                        if legacy > nft { "legacy" } else { "nft" }
+                    ));
+                }
+                if legacy > nft {
+                    "legacy"
+                } else if nft > 0 {
+                    "nft"
+                } else {
+                    // Nothing anywhere: use what `iptables` itself is.
+                    return Ok((self, warnings));
+                }
+            }
+        };
+        // Keep the plain name when it already is the chosen variant, so
+        // that output reads as the spec's `iptables -w ...`.
+        let plain_is = self
+            .exec("iptables", &["--version".to_string()], None)
+            .map(|o| {
+                let v = o.stdout;
+                if v.contains("nf_tables") {
+                    "nft"
+                } else {
+                    "legacy"
+                }
+            })
+            .unwrap_or("");
+        if plain_is != chosen {
+            self.v4 = format!("iptables-{chosen}");
+            self.v6 = format!("ip6tables-{chosen}");
+        }
+        Ok((self, warnings))
+    }
+
     fn save(&self, family: Family) -> Result<state::Ruleset, Error> {
-        let program = format!("{}-save", family.command());
+        let program = self.tool(family, "-save");
         let out = self.exec(&program, &[], None)?;
         state::parse_iptables_save(&out.stdout).map_err(|source| Error::Parse {
             command: program,
@@ -241,7 +330,7 @@ impl Backend for System {
                     lines.push(Some(c.label.as_str()));
                 }
                 text.push_str("COMMIT\n");
-                let program = format!("{}-restore", family.command());
+                let program = self.tool(family, "-restore");
                 let args = ["--test", "--noflush", "--wait"].map(String::from);
                 if let Err(e) = self.exec(&program, &args, Some(&text)) {
                     let Error::Failed { stderr, .. } = &e else {
