@@ -10,6 +10,7 @@
 //!   [`apply`] (running a plan all or nothing).
 
 pub mod apply;
+pub mod canon;
 pub mod daemon;
 pub mod ipset;
 pub mod netfilter;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use pyfw::apply::{self, Event};
+use pyfw::canon::{self, Comparison};
 use pyfw::netfilter::{Backend, Scope, System, Variant};
 use pyfw::plan::Plan;
 use pyfw::reconcile::Reconciler;
@@ -151,7 +152,10 @@ fn run(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
     let wishes = wishes::load(&cli.wishes).map_err(|e| e.to_string())?;
     if *command != Cmd::Apply {
         let planned = reconciler.plan(&wishes).map_err(|e| e.to_string())?;
-        return Ok(report(&wishes, &planned.plan, command, false));
+        let lines = plan_lines(&planned.plan, |c| {
+            pyfw::apply::command_line(reconciler.backend(), c)
+        });
+        return Ok(report(&wishes, &lines, command, planned.comparison, false));
     }
     let mut width = 2;
     let mut on = |e: Event| match e {
@@ -190,17 +194,54 @@ fn offline(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
         return Ok(ExitCode::SUCCESS);
     }
     let wishes = wishes::load(&cli.wishes).map_err(|e| e.to_string())?;
-    let plan = pyfw::plan::plan(&wishes, &state);
-    Ok(report(&wishes, &plan, command, true))
+    let normalized = wishes.map_rules(|chain, r| canon::normalize(&r.rule, chain.family));
+    let plan = pyfw::plan::plan(&normalized, &state);
+    let lines = plan_lines(&plan, |c| c.to_string());
+    Ok(report(&wishes, &lines, command, Comparison::Builtin, true))
+}
+
+/// A plan as printed: each command's reason (when it changes) as a `#`
+/// line, then the command as the backend would run it.
+fn plan_lines(plan: &Plan, show: impl Fn(&pyfw::plan::Command) -> String) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut last_reason = "";
+    for c in &plan.commands {
+        if c.reason != last_reason {
+            out.push(format!("# {}", c.reason));
+            last_reason = &c.reason;
+        }
+        out.push(show(c));
+    }
+    out
 }
 
 /// Prints a plan for `plan` or `check` and picks the exit status.
-fn report(wishes: &Wishes, plan: &Plan, command: &Cmd, offline: bool) -> ExitCode {
-    if *command == Cmd::Check && plan.is_empty() {
+fn report(
+    wishes: &Wishes,
+    lines: &[String],
+    command: &Cmd,
+    comparison: Comparison,
+    offline: bool,
+) -> ExitCode {
+    let count = lines.iter().filter(|l| !l.starts_with('#')).count();
+    if *command == Cmd::Check && count == 0 {
         println!("# in sync: netfilter matches {}", wishes.path.display());
         return ExitCode::SUCCESS;
     }
-    print_plan(wishes, plan, offline);
+    println!(
+        "# pyfw plan for {}: {count} command(s)",
+        wishes.path.display()
+    );
+    if offline {
+        println!("# planned from saved dumps; a dump not given is read as empty");
+    }
+    println!("# {}", comparison.describe());
+    if count == 0 {
+        println!("# nothing to do: netfilter matches the wishes");
+    }
+    for l in lines {
+        println!("{l}");
+    }
     if *command == Cmd::Check {
         ExitCode::from(2)
     } else {
@@ -226,29 +267,6 @@ fn read_dumps(dumps: &Dumps) -> Result<State, String> {
             state::parse_ipset_save(&read(p)?).map_err(|e| format!("{}: {e}", p.display()))?;
     }
     Ok(state)
-}
-
-fn print_plan(wishes: &Wishes, plan: &Plan, offline: bool) {
-    println!(
-        "# pyfw plan for {}: {} command(s)",
-        wishes.path.display(),
-        plan.commands.len()
-    );
-    if offline {
-        println!("# planned from saved dumps; a dump not given is read as empty");
-    }
-    println!("# rule text is compared as written, token by token");
-    if plan.is_empty() {
-        println!("# nothing to do: netfilter matches the wishes");
-    }
-    let mut last_reason = "";
-    for c in &plan.commands {
-        if c.reason != last_reason {
-            println!("# {}", c.reason);
-            last_reason = &c.reason;
-        }
-        println!("{c}");
-    }
 }
 
 /// Prints how the rules and sets pyfw read changed, `-`/`+` per line.

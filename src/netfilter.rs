@@ -78,6 +78,13 @@ pub trait Backend {
     /// Asks the kernel tools whether they accept every rule, changing
     /// nothing. Sets the rules name must exist already.
     fn check_rules(&mut self, checks: &[RuleCheck]) -> Result<(), Error>;
+    /// Learns how iptables prints each rule, in order. This is also the
+    /// kernel's verdict on each wish: a rule iptables refuses comes back as
+    /// [`Error::Rejected`] naming it, and nothing is left behind.
+    fn canonicalize(&mut self, rules: &[RuleCheck]) -> Result<Vec<Rule>, Error>;
+    /// Flushes and deletes a chain pyfw made for itself (a scratch chain
+    /// left by a pyfw that died).
+    fn drop_chain(&mut self, family: Family, table: &str, chain: &str) -> Result<(), Error>;
     /// Runs one planned command.
     fn run(&mut self, command: &Command) -> Result<(), Error>;
     /// The binary that runs `program`'s commands, for output and logs.
@@ -114,6 +121,24 @@ impl Default for System {
             v6: "ip6tables".into(),
         }
     }
+}
+
+/// Scratch chains are named this plus the pid of the pyfw that made them.
+pub const SCRATCH_PREFIX: &str = "_pyfw_canon_";
+
+/// Groups checks by family and table, keeping their order, as indexes.
+fn batches(checks: &[RuleCheck]) -> Vec<(Family, &str, Vec<usize>)> {
+    let mut out: Vec<(Family, &str, Vec<usize>)> = Vec::new();
+    for (i, c) in checks.iter().enumerate() {
+        match out
+            .iter_mut()
+            .find(|(f, t, _)| *f == c.family && *t == c.table)
+        {
+            Some((_, _, batch)) => batch.push(i),
+            None => out.push((c.family, c.table.as_str(), vec![i])),
+        }
+    }
+    out
 }
 
 /// What a finished process printed.
@@ -252,6 +277,69 @@ impl System {
         Ok((self, warnings))
     }
 
+    /// Loads `rules` (chain, rule) into `table` in one `iptables-restore
+    /// --noflush` transaction, declaring `chains` first. A rule iptables
+    /// refuses fails the whole transaction, reported by the rule's label.
+    fn restore_rules(
+        &self,
+        family: Family,
+        table: &str,
+        chains: &[&str],
+        rules: &[(&str, &RuleCheck)],
+        extra: &[&str],
+    ) -> Result<(), Error> {
+        let mut text = format!("*{table}\n");
+        let mut labels: Vec<Option<&str>> = vec![None];
+        for chain in chains {
+            text.push_str(&format!(":{chain} - [0:0]\n"));
+            labels.push(None);
+        }
+        for (chain, check) in rules {
+            let args = [
+                vec!["-A".to_string(), chain.to_string()],
+                check.rule.args().to_vec(),
+            ]
+            .concat();
+            text.push_str(&crate::rule::display_args(&args));
+            text.push('\n');
+            labels.push(Some(check.label.as_str()));
+        }
+        text.push_str("COMMIT\n");
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        args.extend(["--noflush", "--wait"].map(String::from));
+        let Err(e) = self.exec(&self.tool(family, "-restore"), &args, Some(&text)) else {
+            return Ok(());
+        };
+        let Error::Failed { stderr, .. } = &e else {
+            return Err(e);
+        };
+        let label = stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("Error occurred at line: "))
+            .and_then(|n| n.trim().parse::<usize>().ok())
+            .and_then(|n| n.checked_sub(1))
+            .and_then(|i| labels.get(i).copied().flatten());
+        let message = stderr
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .to_string();
+        Err(match label {
+            Some(label) => Error::Rejected {
+                label: label.to_string(),
+                message,
+            },
+            None => e,
+        })
+    }
+
+    fn drop_scratch(&self, family: Family, table: &str, chain: &str) -> Result<(), Error> {
+        let text = format!("*{table}\n-F {chain}\n-X {chain}\nCOMMIT\n");
+        let args = ["--noflush", "--wait"].map(String::from);
+        self.exec(&self.tool(family, "-restore"), &args, Some(&text))
+            .map(|_| ())
+    }
+
     fn save(&self, family: Family) -> Result<state::Ruleset, Error> {
         let program = self.tool(family, "-save");
         let out = self.exec(&program, &[], None)?;
@@ -297,68 +385,67 @@ impl Backend for System {
     }
 
     fn check_rules(&mut self, checks: &[RuleCheck]) -> Result<(), Error> {
-        for family in [Family::V4, Family::V6] {
-            let tables: std::collections::BTreeSet<&str> = checks
+        for (family, table, batch) in batches(checks) {
+            // `--test` parses and checks the whole transaction without
+            // committing it, so declaring chains here creates nothing.
+            let batch: Vec<&RuleCheck> = batch.iter().map(|&i| &checks[i]).collect();
+            let mut declared = std::collections::HashSet::new();
+            let chains: Vec<&str> = batch
                 .iter()
-                .filter(|c| c.family == family)
-                .map(|c| c.table.as_str())
+                .filter(|c| c.chain_missing && declared.insert(c.chain.as_str()))
+                .map(|c| c.chain.as_str())
                 .collect();
-            for table in tables {
-                let batch: Vec<&RuleCheck> = checks
-                    .iter()
-                    .filter(|c| c.family == family && c.table == table)
-                    .collect();
-                // `--test` parses and checks the whole transaction without
-                // committing it, so declaring chains here creates nothing.
-                let mut text = format!("*{table}\n");
-                let mut lines = vec![None];
-                let mut declared = std::collections::HashSet::new();
-                for c in &batch {
-                    if c.chain_missing && declared.insert(c.chain.as_str()) {
-                        text.push_str(&format!(":{} - [0:0]\n", c.chain));
-                        lines.push(None);
-                    }
-                }
-                for c in &batch {
-                    let args = [
-                        vec!["-A".to_string(), c.chain.clone()],
-                        c.rule.args().to_vec(),
-                    ]
-                    .concat();
-                    text.push_str(&crate::rule::display_args(&args));
-                    text.push('\n');
-                    lines.push(Some(c.label.as_str()));
-                }
-                text.push_str("COMMIT\n");
-                let program = self.tool(family, "-restore");
-                let args = ["--test", "--noflush", "--wait"].map(String::from);
-                if let Err(e) = self.exec(&program, &args, Some(&text)) {
-                    let Error::Failed { stderr, .. } = &e else {
-                        return Err(e);
-                    };
-                    let line = stderr
-                        .lines()
-                        .find_map(|l| l.strip_prefix("Error occurred at line: "))
-                        .and_then(|n| n.trim().parse::<usize>().ok());
-                    let label = line
-                        .and_then(|n| n.checked_sub(1))
-                        .and_then(|i| lines.get(i).copied().flatten());
-                    let message = stderr
-                        .lines()
-                        .find(|l| !l.trim().is_empty())
-                        .unwrap_or("")
-                        .to_string();
-                    return Err(match label {
-                        Some(label) => Error::Rejected {
-                            label: label.to_string(),
-                            message,
-                        },
-                        None => e,
-                    });
-                }
-            }
+            let rules: Vec<(&str, &RuleCheck)> =
+                batch.iter().map(|c| (c.chain.as_str(), *c)).collect();
+            self.restore_rules(family, table, &chains, &rules, &["--test"])?;
         }
         Ok(())
+    }
+
+    fn canonicalize(&mut self, rules: &[RuleCheck]) -> Result<Vec<Rule>, Error> {
+        let mut learned: Vec<Rule> = rules.iter().map(|r| r.rule.clone()).collect();
+        // One scratch chain per process: two pyfw processes never collide,
+        // and no hook jumps to it, so its rules never see a packet.
+        let scratch = format!("{SCRATCH_PREFIX}{}", std::process::id());
+        for (family, table, batch) in batches(rules) {
+            let lines: Vec<(&str, &RuleCheck)> = batch
+                .iter()
+                .map(|&i| (scratch.as_str(), &rules[i]))
+                .collect();
+            self.restore_rules(family, table, &[scratch.as_str()], &lines, &[])?;
+            let read = self.exec(
+                &self.tool(family, ""),
+                &["-w", "-t", table, "-S", &scratch].map(String::from),
+                None,
+            );
+            // Remove the scratch chain whatever the read said.
+            let cleanup = self.drop_scratch(family, table, &scratch);
+            let out = read?;
+            cleanup?;
+            let prefix = format!("-A {scratch} ");
+            let printed: Vec<Rule> = out
+                .stdout
+                .lines()
+                .filter_map(|l| l.strip_prefix(&prefix))
+                .filter_map(shlex::split)
+                .map(Rule::from_args)
+                .collect();
+            if printed.len() != batch.len() {
+                return Err(Error::Failed {
+                    command: format!("{} -S {scratch}", self.tool(family, "")),
+                    status: "unexpected output".into(),
+                    stderr: format!("read back {} rules, wrote {}", printed.len(), batch.len()),
+                });
+            }
+            for (&i, rule) in batch.iter().zip(printed) {
+                learned[i] = rule;
+            }
+        }
+        Ok(learned)
+    }
+
+    fn drop_chain(&mut self, family: Family, table: &str, chain: &str) -> Result<(), Error> {
+        self.drop_scratch(family, table, chain)
     }
 
     fn run(&mut self, command: &Command) -> Result<(), Error> {

@@ -5,11 +5,20 @@
 //! fresh state every time and never assumes what the last run left behind,
 //! so any trigger (a file change, a signal, a timer, observed drift) can
 //! call it, and calling it twice is the same as calling it once.
+//!
+//! Before planning, each wished rule is put in the form iptables prints it,
+//! learned from iptables itself and cached by wish text, so that a rule
+//! written `-p tcp --dport 22` is not seen as drift from the
+//! `-p tcp -m tcp --dport 22` the kernel reports.
+
+use std::collections::HashMap;
 
 use crate::apply::{self, ApplyError, Event};
-use crate::netfilter::{self, Backend};
+use crate::canon::{self, Comparison};
+use crate::netfilter::{self, Backend, RuleCheck, SCRATCH_PREFIX};
 use crate::plan::{self, Plan};
-use crate::state::State;
+use crate::rule::Rule;
+use crate::state::{Family, State};
 use crate::wishes::Wishes;
 
 /// Why a reconcile did not complete.
@@ -17,6 +26,12 @@ use crate::wishes::Wishes;
 pub enum Error {
     #[error("reading netfilter state: {0}")]
     Read(#[source] netfilter::Error),
+    #[error("{path}: {source}")]
+    Rejected {
+        path: String,
+        #[source]
+        source: netfilter::Error,
+    },
     #[error(transparent)]
     Apply(#[from] ApplyError),
 }
@@ -26,6 +41,10 @@ pub enum Error {
 pub struct Planned {
     pub state: State,
     pub plan: Plan,
+    pub comparison: Comparison,
+    /// Wished rules iptables could not check yet because they name a set or
+    /// chain the plan creates; they are checked once those exist.
+    pub deferred: Vec<RuleCheck>,
 }
 
 /// What an applying reconcile did.
@@ -38,14 +57,20 @@ pub struct Applied {
     pub ran: usize,
 }
 
-/// Runs reconciles against one backend.
+type CanonKey = (Family, String, Vec<String>);
+
+/// Runs reconciles against one backend, remembering canonical rule forms.
 pub struct Reconciler<B: Backend> {
     backend: B,
+    canonical: HashMap<CanonKey, Rule>,
 }
 
 impl<B: Backend> Reconciler<B> {
     pub fn new(backend: B) -> Self {
-        Reconciler { backend }
+        Reconciler {
+            backend,
+            canonical: HashMap::new(),
+        }
     }
 
     pub fn backend(&self) -> &B {
@@ -56,19 +81,32 @@ impl<B: Backend> Reconciler<B> {
         &mut self.backend
     }
 
-    /// Reads what the wishes touch and plans, changing nothing.
+    /// Reads what the wishes touch and plans, changing nothing but a
+    /// short-lived scratch chain used to learn canonical rule forms.
     pub fn plan(&mut self, wishes: &Wishes) -> Result<Planned, Error> {
         let state = self
             .backend
             .read_state(apply::scope(wishes))
             .map_err(Error::Read)?;
-        let plan = plan::plan(wishes, &state);
-        Ok(Planned { state, plan })
+        self.drop_dead_scratch_chains(&state);
+        let (canonical, deferred) = self.canonicalize(wishes, &state)?;
+        let plan = plan::plan(&canonical, &state);
+        Ok(Planned {
+            state,
+            plan,
+            comparison: Comparison::Kernel,
+            deferred,
+        })
     }
 
     /// Reads, plans and applies; all or nothing.
     pub fn apply(&mut self, wishes: &Wishes, on: &mut dyn FnMut(Event)) -> Result<Applied, Error> {
-        let Planned { state, plan } = self.plan(wishes)?;
+        let Planned {
+            state,
+            plan,
+            deferred,
+            ..
+        } = self.plan(wishes)?;
         if plan.is_empty() {
             return Ok(Applied {
                 before: state,
@@ -76,12 +114,98 @@ impl<B: Backend> Reconciler<B> {
                 ran: 0,
             });
         }
-        let checks = apply::rule_checks(wishes, &state);
-        let ran = apply::apply(&mut self.backend, &plan, &checks, on)?;
+        let ran = apply::apply(&mut self.backend, &plan, &deferred, on)?;
         Ok(Applied {
             before: state,
             plan,
             ran,
         })
+    }
+
+    /// Wishes with every rule in iptables' own form. Rules that name a set
+    /// or chain that does not exist yet cannot be in the kernel either; they
+    /// go through the built-in normaliser and are checked later.
+    fn canonicalize(
+        &mut self,
+        wishes: &Wishes,
+        state: &State,
+    ) -> Result<(Wishes, Vec<RuleCheck>), Error> {
+        let mut learn: Vec<RuleCheck> = Vec::new();
+        let mut deferred: Vec<RuleCheck> = Vec::new();
+        for chain in &wishes.chains {
+            let ruleset = state.ruleset(chain.family);
+            let chain_missing = ruleset.chain(&chain.table, &chain.chain).is_none();
+            for item in chain.rules.iter().flatten() {
+                let crate::wishes::RuleItem::Named(r) = item else {
+                    continue;
+                };
+                let key = (chain.family, chain.table.clone(), r.rule.args().to_vec());
+                if self.canonical.contains_key(&key) {
+                    continue;
+                }
+                let check = RuleCheck {
+                    family: chain.family,
+                    table: chain.table.clone(),
+                    chain: chain.chain.clone(),
+                    chain_missing,
+                    rule: r.rule.clone(),
+                    label: format!("{}/{}", chain.label(), r.name),
+                };
+                let missing_set = r.rule.sets().any(|s| !state.ipsets.contains_key(s));
+                let missing_target = r.rule.target().is_some_and(|t| {
+                    ruleset.chain(&chain.table, t).is_none()
+                        && wishes.chains.iter().any(|c| {
+                            c.family == chain.family && c.table == chain.table && c.chain == t
+                        })
+                });
+                if missing_set || missing_target {
+                    deferred.push(check);
+                } else {
+                    learn.push(check);
+                }
+            }
+        }
+        let learned = self
+            .backend
+            .canonicalize(&learn)
+            .map_err(|source| Error::Rejected {
+                path: wishes.path.display().to_string(),
+                source,
+            })?;
+        for (check, rule) in learn.iter().zip(learned) {
+            let key = (
+                check.family,
+                check.table.clone(),
+                check.rule.args().to_vec(),
+            );
+            self.canonical.insert(key, rule);
+        }
+        let canonical = wishes.map_rules(|chain, r| {
+            let key = (chain.family, chain.table.clone(), r.rule.args().to_vec());
+            match self.canonical.get(&key) {
+                Some(rule) => rule.clone(),
+                None => canon::normalize(&r.rule, chain.family),
+            }
+        });
+        Ok((canonical, deferred))
+    }
+
+    /// Removes scratch chains whose pyfw died before it could.
+    fn drop_dead_scratch_chains(&mut self, state: &State) {
+        for family in [Family::V4, Family::V6] {
+            for (table, t) in &state.ruleset(family).tables {
+                for (name, _) in &t.chains {
+                    let Some(pid) = name.strip_prefix(SCRATCH_PREFIX) else {
+                        continue;
+                    };
+                    // A live pyfw with that pid still owns it.
+                    let comm = std::path::Path::new("/proc").join(pid).join("comm");
+                    let alive = std::fs::read_to_string(comm).is_ok_and(|c| c.trim() == "pyfw");
+                    if !alive && let Err(e) = self.backend.drop_chain(family, table, name) {
+                        tracing::warn!("cannot remove stale scratch chain {table}/{name}: {e}");
+                    }
+                }
+            }
+        }
     }
 }

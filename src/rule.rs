@@ -92,6 +92,22 @@ impl Rule {
         Rule { args }
     }
 
+    /// The ipsets the rule names (`--match-set`, `--add-set`, `--del-set`).
+    pub fn sets(&self) -> impl Iterator<Item = &str> {
+        self.args.windows(2).filter_map(|w| {
+            matches!(w[0].as_str(), "--match-set" | "--add-set" | "--del-set")
+                .then_some(w[1].as_str())
+        })
+    }
+
+    /// The chain or extension the rule jumps or goes to.
+    pub fn target(&self) -> Option<&str> {
+        self.args
+            .windows(2)
+            .find(|w| matches!(w[0].as_str(), "-j" | "--jump" | "-g" | "--goto"))
+            .map(|w| w[1].as_str())
+    }
+
     /// True for pyfw's temporary copies, which may be left behind by an
     /// interrupted move.
     pub fn is_temp(&self) -> bool {

@@ -31,6 +31,27 @@ pub struct Wishes {
     pub chains: Vec<ChainWish>,
 }
 
+impl Wishes {
+    /// The same wishes with each named rule's text replaced by `f`'s, for
+    /// comparing in canonical form.
+    pub fn map_rules(&self, mut f: impl FnMut(&ChainWish, &NamedRule) -> Rule) -> Wishes {
+        let mut out = self.clone();
+        for (chain, orig) in out.chains.iter_mut().zip(&self.chains) {
+            for (item, orig_item) in chain
+                .rules
+                .iter_mut()
+                .flatten()
+                .zip(orig.rules.iter().flatten())
+            {
+                if let (RuleItem::Named(r), RuleItem::Named(o)) = (item, orig_item) {
+                    r.rule = f(orig, o);
+                }
+            }
+        }
+        out
+    }
+}
+
 /// An ipset with exact membership.
 #[derive(Clone, Debug)]
 pub struct IpsetWish {
