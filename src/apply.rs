@@ -28,6 +28,10 @@ pub enum Event<'a> {
     Done { command: &'a Command },
     /// Undoing a command after a failure.
     RollingBack { command: String },
+    /// Updating pyfw's ownership record after the plan ran.
+    Recording { line: String },
+    /// A record update failed; the next reconcile tries again.
+    RecordFailed { line: String, error: String },
 }
 
 /// A failed apply, after rollback.
@@ -55,13 +59,15 @@ fn rollback_summary(undone: &usize, failures: &[String]) -> String {
     )
 }
 
-/// What a set of wishes needs read from the kernel.
+/// What a set of wishes needs read from the kernel. Sets are always read,
+/// for pyfw's ownership record; IPv4 too, which every host has. IPv6 is
+/// read when the wishes or the record name it.
 pub fn scope(wishes: &Wishes) -> Scope {
     use crate::state::Family;
     Scope {
-        v4: wishes.chains.iter().any(|c| c.family == Family::V4),
+        v4: true,
         v6: wishes.chains.iter().any(|c| c.family == Family::V6),
-        ipsets: !wishes.ipsets.is_empty(),
+        ipsets: true,
     }
 }
 
@@ -120,6 +126,18 @@ pub fn apply(
         }
         on(Event::Done { command });
         done.push(command);
+    }
+    // The record changes no rule: a failure here is not worth undoing the
+    // plan for, and the next reconcile writes what is missing.
+    for command in &plan.record {
+        let line = command_line(backend, command);
+        on(Event::Recording { line: line.clone() });
+        if let Err(e) = backend.run(command) {
+            on(Event::RecordFailed {
+                line,
+                error: e.to_string(),
+            });
+        }
     }
     Ok(total)
 }

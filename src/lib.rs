@@ -14,6 +14,7 @@ pub mod canon;
 pub mod daemon;
 pub mod ipset;
 pub mod netfilter;
+pub mod ownership;
 pub mod plan;
 pub mod reconcile;
 pub mod rule;

@@ -166,12 +166,16 @@ fn run(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
             println!("Executing command {index:>width$}/{total}: {line}");
         }
         Event::RollingBack { command } => println!("Rolling back: {command}"),
+        Event::Recording { line } => tracing::debug!("recording ownership: {line}"),
+        Event::RecordFailed { line, error } => {
+            tracing::warn!("could not update the ownership record ({line}): {error}")
+        }
         Event::Done { .. } => {}
     };
     let applied = reconciler
         .apply(&wishes, &mut on)
         .map_err(|e| e.to_string())?;
-    if applied.ran == 0 {
+    if applied.plan.is_empty() {
         println!(
             "Nothing to do: netfilter already matches {}",
             wishes.path.display()

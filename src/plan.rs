@@ -13,9 +13,10 @@
 //! carries its inverse so that the shell can roll back a plan that fails
 //! half-way.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 
+use crate::ownership::{self, Owned, RECORD_CREATE, RECORD_SET};
 use crate::rule::{Rule, TEMP_PREFIX, display_args};
 use crate::state::{Chain, Family, Ipset, State, builtin_chains};
 use crate::wishes::{ChainWish, IpsetWish, RuleItem, Wishes};
@@ -64,9 +65,13 @@ impl fmt::Display for Command {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     pub commands: Vec<Command>,
+    /// Updates to pyfw's ownership record, run after `commands` succeed.
+    /// They change no rule, so they are not part of what `check` reports.
+    pub record: Vec<Command>,
 }
 
 impl Plan {
+    /// True when netfilter already matches the wishes.
     pub fn is_empty(&self) -> bool {
         self.commands.is_empty()
     }
@@ -76,6 +81,8 @@ impl Plan {
 pub fn plan(wishes: &Wishes, state: &State) -> Plan {
     let mut out = Plan::default();
     let mut last = Vec::new();
+    let record = ownership::read(state);
+    let mut keep: BTreeSet<Owned> = BTreeSet::new();
     for set in &wishes.ipsets {
         plan_ipset(
             set,
@@ -83,20 +90,76 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
             &mut out.commands,
             &mut last,
         );
+        keep.insert(Owned::Set {
+            name: set.name.clone(),
+        });
     }
-    // User chains come first so that a chain is filled before a jump to it
-    // lands; then names in order, for plans that read the same every time.
-    let mut chains: Vec<&ChainWish> = wishes.chains.iter().collect();
+
+    // Every chain the plan touches: the wished ones, and those holding a
+    // withdrawn rule pyfw owns. User chains come first so that a chain is
+    // filled before a jump to it lands; then names in order, so plans read
+    // the same every time.
+    let mut chains: Vec<ChainWish> = wishes.chains.clone();
+    let mut withdrawn: HashMap<(Family, String, String), Vec<(String, String)>> = HashMap::new();
+    for entry in &record {
+        let Owned::Rule {
+            family,
+            table,
+            chain,
+            name,
+            hash,
+        } = entry
+        else {
+            continue;
+        };
+        let wished = wishes.chains.iter().find(|c| {
+            c.family == *family && c.table == *table && c.chain == *chain && c.rules.is_some()
+        });
+        if wished.is_some_and(|c| c.rule_names().any(|n| n == name)) {
+            continue;
+        }
+        withdrawn
+            .entry((*family, table.clone(), chain.clone()))
+            .or_default()
+            .push((name.clone(), hash.clone()));
+        if wished.is_none()
+            && !chains
+                .iter()
+                .any(|c| c.family == *family && c.table == *table && c.chain == *chain)
+        {
+            // Not wished: only its withdrawn rules go; nothing else moves.
+            chains.push(ChainWish {
+                family: *family,
+                table: table.clone(),
+                chain: chain.clone(),
+                policy: None,
+                rules: Some(Vec::new()),
+                line: 0,
+            });
+        }
+    }
     chains.sort_by_key(|c| {
         let builtin = builtin_chains(&c.table).contains(&c.chain.as_str());
         (c.family, c.table.clone(), builtin, c.chain.clone())
     });
+    let is_wished = |c: &ChainWish| {
+        wishes
+            .chains
+            .iter()
+            .any(|w| w.family == c.family && w.table == c.table && w.chain == c.chain)
+    };
+
     for wish in &chains {
-        if state
+        let exists = state
             .ruleset(wish.family)
             .chain(&wish.table, &wish.chain)
-            .is_none()
-        {
+            .is_some();
+        let owned = Owned::Chain {
+            family: wish.family,
+            table: wish.table.clone(),
+            chain: wish.chain.clone(),
+        };
+        if !exists && is_wished(wish) {
             out.commands.push(Command {
                 program: Program::Iptables(wish.family),
                 args: ipt_args(&wish.table, ["-N", wish.chain.as_str()]),
@@ -105,18 +168,83 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
                 target: wish.label(),
                 wish: None,
             });
+            keep.insert(owned);
+        } else if record.contains(&owned) && is_wished(wish) {
+            keep.insert(owned);
         }
     }
+    let mut deleted: HashSet<(Family, String, String, usize)> = HashSet::new();
     for wish in &chains {
-        let current = state
-            .ruleset(wish.family)
-            .chain(&wish.table, &wish.chain)
-            .map(|c| c.rules)
-            .unwrap_or_default();
+        for item in wish.rules.iter().flatten() {
+            if let RuleItem::Named(r) = item {
+                keep.insert(Owned::rule(
+                    wish.family,
+                    &wish.table,
+                    &wish.chain,
+                    &r.name,
+                    &r.rule,
+                ));
+            }
+        }
+        let current = state.ruleset(wish.family).chain(&wish.table, &wish.chain);
+        let current = current.map(|c| c.rules).unwrap_or_default();
+        let gone = withdrawn
+            .get(&(wish.family, wish.table.clone(), wish.chain.clone()))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
         if wish.rules.is_some() {
-            out.commands.extend(plan_chain(wish, &current));
+            for (i, r) in current.iter().enumerate() {
+                if is_withdrawn(r, wish, gone) {
+                    deleted.insert((wish.family, wish.table.clone(), wish.chain.clone(), i));
+                }
+            }
+            out.commands.extend(plan_chain(wish, &current, gone));
         }
     }
+
+    // Chains pyfw created and no longer wishes, once empty and unreferenced.
+    for entry in &record {
+        let Owned::Chain {
+            family,
+            table,
+            chain,
+        } = entry
+        else {
+            continue;
+        };
+        if keep.contains(entry) {
+            continue;
+        }
+        let ruleset = state.ruleset(*family);
+        let Some(current) = ruleset.tables.get(table).and_then(|t| t.chain(chain)) else {
+            continue; // Gone already: forget it.
+        };
+        let left = (0..current.rules.len())
+            .filter(|i| !deleted.contains(&(*family, table.clone(), chain.clone(), *i)))
+            .count();
+        let referenced = ruleset.tables.get(table).is_some_and(|t| {
+            t.chains.iter().any(|(name, c)| {
+                c.rules.iter().enumerate().any(|(i, r)| {
+                    let going = deleted.contains(&(*family, table.clone(), name.clone(), i));
+                    name != chain && !going && r.target() == Some(chain.as_str())
+                })
+            })
+        });
+        if left > 0 || referenced {
+            keep.insert(entry.clone());
+            continue;
+        }
+        let label = crate::wishes::chain_label(*family, table, chain);
+        out.commands.push(Command {
+            program: Program::Iptables(*family),
+            args: ipt_args(table, ["-X", chain.as_str()]),
+            undo: Some(ipt_args(table, ["-N", chain.as_str()])),
+            reason: format!("{label}: withdrawn from the wishes; pyfw created it, and it is empty and unreferenced"),
+            target: label,
+            wish: None,
+        });
+    }
+
     // Policies last, so that a DROP policy never lands before its allow rules.
     for wish in &chains {
         let Some(policy) = &wish.policy else { continue };
@@ -136,7 +264,99 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
             });
         }
     }
+
+    // Sets pyfw managed and no longer wishes, once no rule names them.
+    for entry in &record {
+        let Owned::Set { name } = entry else { continue };
+        if keep.contains(entry) || !state.ipsets.contains_key(name) {
+            continue;
+        }
+        let mut used = wishes.chains.iter().any(|c| {
+            c.rules
+                .iter()
+                .flatten()
+                .any(|i| matches!(i, RuleItem::Named(r) if r.rule.sets().any(|s| s == name)))
+        });
+        for family in [Family::V4, Family::V6] {
+            for (table, t) in &state.ruleset(family).tables {
+                for (chain, c) in &t.chains {
+                    for (i, r) in c.rules.iter().enumerate() {
+                        let going = deleted.contains(&(family, table.clone(), chain.clone(), i));
+                        used |= !going && r.sets().any(|s| s == name);
+                    }
+                }
+            }
+        }
+        if used {
+            keep.insert(entry.clone());
+            continue;
+        }
+        last.push(ipset_cmd(
+            name,
+            &["destroy", name],
+            None,
+            format!("ipset {name}: withdrawn from the wishes, and no rule uses it"),
+        ));
+    }
     out.commands.append(&mut last);
+    out.record = record_changes(&record, &keep, state);
+    out
+}
+
+fn is_withdrawn(rule: &Rule, wish: &ChainWish, gone: &[(String, String)]) -> bool {
+    let Some(name) = rule.comment() else {
+        return false;
+    };
+    if wish.rule_names().any(|n| n == name) {
+        return false;
+    }
+    let hash = ownership::text_hash(rule);
+    gone.iter().any(|(n, h)| n == name && *h == hash)
+}
+
+/// The commands that turn the record into `keep`.
+fn record_changes(record: &[Owned], keep: &BTreeSet<Owned>, state: &State) -> Vec<Command> {
+    let mut out = Vec::new();
+    let cmd = |args: Vec<String>, reason: String| Command {
+        program: Program::Ipset,
+        args,
+        undo: None,
+        reason,
+        target: format!("ipset {RECORD_SET}"),
+        wish: None,
+    };
+    let have: BTreeSet<&Owned> = record.iter().collect();
+    if !state.ipsets.contains_key(RECORD_SET) && !keep.is_empty() {
+        out.push(cmd(
+            RECORD_CREATE.iter().map(|s| s.to_string()).collect(),
+            "ownership record missing".into(),
+        ));
+    }
+    for entry in keep {
+        if !have.contains(entry) {
+            let args = [
+                "add",
+                "-exist",
+                RECORD_SET,
+                &entry.element(),
+                "comment",
+                &entry.key(),
+            ];
+            out.push(cmd(
+                args.map(String::from).to_vec(),
+                format!("record: own {}", entry.key()),
+            ));
+        }
+    }
+    for entry in record {
+        if !keep.contains(entry) {
+            let args = ["del", "-exist", RECORD_SET, &entry.element()];
+            out.push(cmd(
+                args.map(String::from).to_vec(),
+                format!("record: forget {}", entry.key()),
+            ));
+        }
+    }
     out
 }
 
@@ -320,7 +540,7 @@ struct Target {
 }
 
 /// Plans the rule commands for one chain.
-fn plan_chain(wish: &ChainWish, current: &[Rule]) -> Vec<Command> {
+fn plan_chain(wish: &ChainWish, current: &[Rule], withdrawn: &[(String, String)]) -> Vec<Command> {
     let label = wish.label();
     let mut sim = ChainSim {
         slots: current
@@ -351,6 +571,7 @@ fn plan_chain(wish: &ChainWish, current: &[Rule]) -> Vec<Command> {
     for (i, r) in current.iter().enumerate() {
         match r.comment() {
             Some(c) if wished_names.contains(c) => by_name.entry(c).or_default().push(i),
+            _ if is_withdrawn(r, wish, withdrawn) => {}
             _ => foreign.push(i),
         }
     }
@@ -463,7 +684,7 @@ fn plan_chain(wish: &ChainWish, current: &[Rule]) -> Vec<Command> {
             }
         }
     }
-    // What is left over: duplicates of wished rules.
+    // What is left over: duplicates of wished rules, and withdrawn ones.
     let leftovers: Vec<usize> = sim
         .slots
         .iter()
@@ -472,10 +693,12 @@ fn plan_chain(wish: &ChainWish, current: &[Rule]) -> Vec<Command> {
         .collect();
     for id in leftovers {
         let rule = sim.rule(id).clone();
-        let reason = format!(
-            "{label}: duplicate of wished rule {}",
-            rule.comment().unwrap_or("")
-        );
+        let name = rule.comment().unwrap_or("");
+        let reason = if is_withdrawn(&rule, wish, withdrawn) {
+            format!("{label}: {name} was withdrawn from the wishes; pyfw put it there")
+        } else {
+            format!("{label}: duplicate of wished rule {name}")
+        };
         sim.delete(id, rule.comment(), &reason);
     }
     sim.out

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use crate::apply::{self, ApplyError, Event};
 use crate::canon::{self, Comparison};
 use crate::netfilter::{self, Backend, RuleCheck, SCRATCH_PREFIX};
+use crate::ownership::Owned;
 use crate::plan::{self, Plan};
 use crate::rule::Rule;
 use crate::state::{Family, State};
@@ -84,10 +85,28 @@ impl<B: Backend> Reconciler<B> {
     /// Reads what the wishes touch and plans, changing nothing but a
     /// short-lived scratch chain used to learn canonical rule forms.
     pub fn plan(&mut self, wishes: &Wishes) -> Result<Planned, Error> {
-        let state = self
-            .backend
-            .read_state(apply::scope(wishes))
-            .map_err(Error::Read)?;
+        let scope = apply::scope(wishes);
+        let mut state = self.backend.read_state(scope).map_err(Error::Read)?;
+        let v6_owned = crate::ownership::read(&state).iter().any(|o| {
+            matches!(
+                o,
+                Owned::Rule {
+                    family: Family::V6,
+                    ..
+                } | Owned::Chain {
+                    family: Family::V6,
+                    ..
+                }
+            )
+        });
+        if !scope.v6 && v6_owned {
+            let only_v6 = netfilter::Scope {
+                v4: false,
+                v6: true,
+                ipsets: false,
+            };
+            state.v6 = self.backend.read_state(only_v6).map_err(Error::Read)?.v6;
+        }
         self.drop_dead_scratch_chains(&state);
         let (canonical, deferred) = self.canonicalize(wishes, &state)?;
         let plan = plan::plan(&canonical, &state);
@@ -107,7 +126,7 @@ impl<B: Backend> Reconciler<B> {
             deferred,
             ..
         } = self.plan(wishes)?;
-        if plan.is_empty() {
+        if plan.is_empty() && plan.record.is_empty() {
             return Ok(Applied {
                 before: state,
                 plan,

@@ -98,6 +98,8 @@ pub struct Ipset {
     pub options: Vec<String>,
     /// Elements only (the first word of each `add` line), in saved order.
     pub members: Vec<String>,
+    /// `comment "..."` of the members that carry one, by element.
+    pub comments: BTreeMap<String, String>,
 }
 
 /// Everything pyfw reads from the kernel.
@@ -237,13 +239,25 @@ pub fn parse_ipset_save(text: &str) -> Result<BTreeMap<String, Ipset>, ParseErro
                     kind: kind.to_string(),
                     options: words.map(String::from).collect(),
                     members: Vec::new(),
+                    comments: BTreeMap::new(),
                 };
                 if sets.insert(name.to_string(), set).is_some() {
                     return Err(err(n, line, format!("set {name} created twice")));
                 }
             }
             (Some("add"), Some(name), Some(element)) => match sets.get_mut(name) {
-                Some(set) => set.members.push(element.to_string()),
+                Some(set) => {
+                    set.members.push(element.to_string());
+                    if line.contains(" comment ") {
+                        let words =
+                            shlex::split(line).ok_or_else(|| err(n, line, "unbalanced quotes"))?;
+                        if let Some(at) = words.iter().position(|w| w == "comment")
+                            && let Some(c) = words.get(at + 1)
+                        {
+                            set.comments.insert(element.to_string(), c.clone());
+                        }
+                    }
+                }
                 None => return Err(err(n, line, format!("member for unknown set {name}"))),
             },
             _ => {
@@ -291,7 +305,15 @@ pub fn render_ipsets(sets: &BTreeMap<String, Ipset>) -> String {
         }
         out.push('\n');
         for m in &set.members {
-            let _ = writeln!(out, "add {name} {m}");
+            let _ = write!(out, "add {name} {m}");
+            if let Some(c) = set.comments.get(m) {
+                let _ = write!(
+                    out,
+                    " comment {}",
+                    crate::rule::display_args(std::slice::from_ref(c))
+                );
+            }
+            out.push('\n');
         }
     }
     out

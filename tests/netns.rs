@@ -68,9 +68,21 @@ fn spec_story(backend: Backend) {
     let sets = pyfw::state::parse_ipset_save(&ns.ipset_save()).unwrap();
     assert_eq!(
         sets.keys().collect::<Vec<_>>(),
-        ["allowed_hosts"],
-        "ipsets after the first apply"
+        ["allowed_hosts", pyfw::ownership::RECORD_SET],
+        "ipsets after the first apply: the wished one, and pyfw's ownership record"
     );
+    let record = pyfw::ownership::read(&pyfw::state::State {
+        ipsets: sets.clone(),
+        ..Default::default()
+    });
+    let keys: Vec<String> = record.iter().map(|o| o.key()).collect();
+    assert_eq!(record.len(), 6, "5 rules and 1 set: {keys:#?}");
+    assert!(
+        keys.iter()
+            .any(|k| k.starts_with("rule v4 filter DOCKER allowed_hosts_only ")),
+        "{keys:#?}"
+    );
+    assert!(keys.contains(&"set allowed_hosts".to_string()), "{keys:#?}");
     assert_eq!(sets["allowed_hosts"].kind, "hash:ip");
     assert_eq!(sets["allowed_hosts"].members, ["192.168.122.193"]);
 
