@@ -158,11 +158,19 @@ fn roll_back(
     on: &mut dyn FnMut(Event),
 ) -> ApplyError {
     let mut failures = Vec::new();
+    let mut undone = 0;
     for command in done.iter().rev() {
+        // Past a step that cannot be undone, undoing earlier steps could
+        // only make things worse (rules would lose the set they moved to).
+        // Stop there: the next reconcile plans from what is.
         let Some(undo) = &command.undo else {
-            failures.push(format!("`{command}` cannot be undone"));
-            continue;
+            failures.push(format!(
+                "`{command}` cannot be undone, so the {} command(s) before it stay",
+                done.len() - undone - 1
+            ));
+            break;
         };
+        undone += 1;
         let reverse = Command {
             args: undo.clone(),
             undo: None,
@@ -178,7 +186,7 @@ fn roll_back(
     }
     ApplyError {
         cause,
-        undone: done.len(),
+        undone,
         rollback_failures: failures,
     }
 }

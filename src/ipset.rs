@@ -82,6 +82,25 @@ impl SetType {
         &self.name
     }
 
+    /// Whether the kernel lets `ipset swap` exchange a set of this type with
+    /// one of `other` (same family assumed): it compares the types'
+    /// features, in which a network counts as an address that can take
+    /// `nomatch`.
+    pub fn swappable_with(&self, other: &str) -> bool {
+        let Some(other) = SetType::parse(other) else {
+            return false;
+        };
+        let features = |t: &SetType| {
+            let parts: Vec<Part> = t
+                .parts
+                .iter()
+                .map(|p| if *p == Part::Net { Part::Ip } else { *p })
+                .collect();
+            (parts, t.parts.contains(&Part::Net))
+        };
+        features(self) == features(&other)
+    }
+
     fn is_bitmap(&self) -> bool {
         self.name.starts_with("bitmap:")
     }
@@ -280,6 +299,17 @@ mod tests {
         }
         assert!(SetType::parse("hash:ipx").is_none());
         assert!(SetType::parse("list:ip").is_none());
+    }
+
+    #[test]
+    fn swappable_follows_the_kernels_features() {
+        let t = |n: &str| SetType::parse(n).unwrap();
+        assert!(t("hash:ip").swappable_with("bitmap:ip"));
+        assert!(t("hash:ip").swappable_with("hash:ip"));
+        assert!(!t("hash:ip").swappable_with("hash:net"));
+        assert!(t("hash:net,port,net").swappable_with("hash:ip,port,net"));
+        assert!(!t("hash:ip,port").swappable_with("hash:net,port"));
+        assert!(!t("hash:ip").swappable_with("nonsense"));
     }
 
     #[test]

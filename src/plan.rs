@@ -13,7 +13,7 @@
 //! carries its inverse so that the shell can roll back a plan that fails
 //! half-way.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 
 use crate::ownership::{self, Owned, RECORD_CREATE, RECORD_SET};
@@ -83,13 +83,16 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
     let mut last = Vec::new();
     let record = ownership::read(state);
     let mut keep: BTreeSet<Owned> = BTreeSet::new();
+    let mut retargets = Vec::new();
     for set in &wishes.ipsets {
-        plan_ipset(
+        if let SetChange::Retarget { tmp } = plan_ipset(
             set,
             state.ipsets.get(&set.name),
             &mut out.commands,
             &mut last,
-        );
+        ) {
+            retargets.push((set, tmp));
+        }
         keep.insert(Owned::Set {
             name: set.name.clone(),
         });
@@ -174,6 +177,8 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
         }
     }
     let mut deleted: HashSet<(Family, String, String, usize)> = HashSet::new();
+    // Each planned chain as the plan leaves it.
+    let mut planned: HashMap<(Family, String, String), Vec<Rule>> = HashMap::new();
     for wish in &chains {
         for item in wish.rules.iter().flatten() {
             if let RuleItem::Named(r) = item {
@@ -198,7 +203,64 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
                     deleted.insert((wish.family, wish.table.clone(), wish.chain.clone(), i));
                 }
             }
-            out.commands.extend(plan_chain(wish, &current, gone));
+            let (commands, result) = plan_chain(wish, &current, gone);
+            out.commands.extend(commands);
+            planned.insert(
+                (wish.family, wish.table.clone(), wish.chain.clone()),
+                result,
+            );
+        }
+    }
+    if !retargets.is_empty() {
+        // Every chain as the plan leaves it so far.
+        let mut chains_now: BTreeMap<(Family, String, String), Vec<Rule>> = BTreeMap::new();
+        for family in [Family::V4, Family::V6] {
+            for (table, t) in &state.ruleset(family).tables {
+                for (chain, c) in &t.chains {
+                    chains_now.insert((family, table.clone(), chain.clone()), c.rules.clone());
+                }
+            }
+        }
+        chains_now.extend(planned.clone());
+        for (wish, tmp) in &retargets {
+            let name = wish.name.as_str();
+            // The kernel will neither swap sets of unlike types nor rename a
+            // set in use: move every rule to the filled replacement, rebuild
+            // the set under its own name, and move the rules back.
+            out.commands.extend(retarget(&mut chains_now, name, tmp));
+            // Build the final set under a spare name, so that the name
+            // `name` is without a full set only between two commands.
+            let fresh = spare_name("_pyfw_new_", name);
+            let mut create = vec!["create", fresh.as_str(), wish.kind.name()];
+            create.extend(wish.header.iter().map(String::as_str));
+            out.commands.push(ipset_cmd(
+                name,
+                &create,
+                Some(&["destroy", &fresh]),
+                format!("ipset {name}: rebuild as {}", wish.kind.name()),
+            ));
+            for m in wish.members.as_deref().unwrap_or(&[]) {
+                out.commands.push(add_member(&fresh, m, "rebuild"));
+            }
+            out.commands.push(ipset_cmd(
+                name,
+                &["destroy", name],
+                None,
+                format!("ipset {name}: drop the old set; every rule uses the replacement"),
+            ));
+            out.commands.push(ipset_cmd(
+                name,
+                &["rename", &fresh, name],
+                Some(&["rename", name, &fresh]),
+                format!("ipset {name}: the rebuilt set takes the name"),
+            ));
+            out.commands.extend(retarget(&mut chains_now, tmp, name));
+            out.commands.push(ipset_cmd(
+                name,
+                &["destroy", tmp],
+                None,
+                format!("ipset {name}: drop the replacement"),
+            ));
         }
     }
 
@@ -303,6 +365,37 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
     out
 }
 
+/// Points every rule that names set `from` at set `to` instead: each copy
+/// is inserted just above its original before the original goes, so
+/// matching never lapses. `chains` holds every chain as the plan leaves it.
+fn retarget(
+    chains: &mut BTreeMap<(Family, String, String), Vec<Rule>>,
+    from: &str,
+    to: &str,
+) -> Vec<Command> {
+    let mut out = Vec::new();
+    for ((family, table, chain), rules) in chains.iter_mut() {
+        if !rules.iter().any(|r| r.sets().any(|s| s == from)) {
+            continue;
+        }
+        let mut sim = ChainSim::new(*family, table, chain, rules);
+        for (id, rule) in rules.iter().enumerate() {
+            if !rule.sets().any(|s| s == from) {
+                continue;
+            }
+            let moved = rule.with_set_renamed(from, to);
+            let reason = format!("ipset {from}: rules move to {to}");
+            let wish = rule.comment().map(String::from);
+            let at = sim.pos(id);
+            sim.insert(at, moved, wish.as_deref(), &reason);
+            sim.delete(id, wish.as_deref(), &reason);
+        }
+        *rules = sim.slots.iter().map(|s| s.rule.clone()).collect();
+        out.extend(sim.out);
+    }
+    out
+}
+
 fn is_withdrawn(rule: &Rule, wish: &ChainWish, gone: &[(String, String)]) -> bool {
     let Some(name) = rule.comment() else {
         return false;
@@ -380,7 +473,12 @@ fn ipset_cmd(set: &str, args: &[&str], undo: Option<&[&str]>, reason: String) ->
 
 /// The temporary set a type or option change is built in before the swap.
 fn swap_name(name: &str) -> String {
-    let mut tmp = format!("{TEMP_PREFIX}{name}");
+    spare_name(TEMP_PREFIX, name)
+}
+
+/// `prefix` + `name`, cut to ipset's 31-character limit.
+fn spare_name(prefix: &str, name: &str) -> String {
+    let mut tmp = format!("{prefix}{name}");
     tmp.truncate(31);
     tmp
 }
@@ -403,17 +501,32 @@ fn options_match(wish: &IpsetWish, have: &Ipset) -> bool {
             return false;
         }
     }
-    let have_family = have
-        .options
+    // list:set and bitmap:port have no family.
+    have_family(have).is_none_or(|f| f == family_word(wish))
+}
+
+/// A set change that must wait until the rules are planned.
+enum SetChange {
+    None,
+    /// The set's type changes to one the kernel cannot swap with; its rules
+    /// move to the filled replacement `tmp` while it is rebuilt.
+    Retarget {
+        tmp: String,
+    },
+}
+
+fn have_family(have: &Ipset) -> Option<&str> {
+    have.options
         .windows(2)
         .find(|p| p[0] == "family")
-        .map(|p| p[1].as_str());
-    let wish_family = match wish.family {
+        .map(|p| p[1].as_str())
+}
+
+fn family_word(wish: &IpsetWish) -> &'static str {
+    match wish.family {
         crate::ipset::SetFamily::Inet => "inet",
         crate::ipset::SetFamily::Inet6 => "inet6",
-    };
-    // list:set and bitmap:port have no family.
-    have_family.is_none_or(|f| f == wish_family)
+    }
 }
 
 fn plan_ipset(
@@ -421,7 +534,7 @@ fn plan_ipset(
     have: Option<&Ipset>,
     out: &mut Vec<Command>,
     last: &mut Vec<Command>,
-) {
+) -> SetChange {
     let name = wish.name.as_str();
     let mut create = vec!["create", name, wish.kind.name()];
     create.extend(wish.header.iter().map(String::as_str));
@@ -436,11 +549,11 @@ fn plan_ipset(
         for m in members {
             out.push(add_member(name, m, "missing"));
         }
-        return;
+        return SetChange::None;
     };
     if have.kind != wish.kind.name() || !options_match(wish, have) {
-        // Build the new set beside the old one and swap it in, so that rules
-        // referencing the set never see it missing.
+        // Build the new set beside the old one, filled, so that rules
+        // referencing the set never see it missing or empty.
         let tmp = swap_name(name);
         let mut tmp_create = create.clone();
         tmp_create[1] = &tmp;
@@ -462,31 +575,38 @@ fn plan_ipset(
             None => &have.members,
         };
         for m in keep {
-            let element = m.split(' ').collect::<Vec<_>>();
             let mut add = vec!["add", tmp.as_str()];
-            add.extend(element);
+            add.extend(m.split(' '));
             out.push(ipset_cmd(
                 name,
                 &add,
-                None,
-                format!("ipset {name}: fill replacement"),
+                Some(&["del", &tmp, element(m)]),
+                format!("ipset {name}: fill the replacement"),
             ));
         }
-        out.push(ipset_cmd(
-            name,
-            &["swap", &tmp, name],
-            Some(&["swap", &tmp, name]),
-            why,
-        ));
-        last.push(ipset_cmd(
-            name,
-            &["destroy", &tmp],
-            None,
-            format!("ipset {name}: drop old set"),
-        ));
-        return;
+        let same_family = have_family(have).is_none_or(|f| f == family_word(wish));
+        if same_family && wish.kind.swappable_with(&have.kind) {
+            out.push(ipset_cmd(
+                name,
+                &["swap", &tmp, name],
+                Some(&["swap", &tmp, name]),
+                why,
+            ));
+            last.push(ipset_cmd(
+                name,
+                &["destroy", &tmp],
+                None,
+                format!("ipset {name}: drop the old set"),
+            ));
+            return SetChange::None;
+        }
+        // The kernel will not swap sets of unlike types: point every rule at
+        // the replacement instead, then give it the old name.
+        return SetChange::Retarget { tmp };
     }
-    let Some(wished) = &wish.members else { return };
+    let Some(wished) = &wish.members else {
+        return SetChange::None;
+    };
     let wished_elements: HashSet<&str> = wished.iter().map(|m| element(m)).collect();
     let have_elements: HashSet<&str> = have.members.iter().map(String::as_str).collect();
     for m in &have.members {
@@ -504,6 +624,7 @@ fn plan_ipset(
             out.push(add_member(name, m, "member missing"));
         }
     }
+    SetChange::None
 }
 
 fn element(member: &str) -> &str {
@@ -540,24 +661,13 @@ struct Target {
 }
 
 /// Plans the rule commands for one chain.
-fn plan_chain(wish: &ChainWish, current: &[Rule], withdrawn: &[(String, String)]) -> Vec<Command> {
+fn plan_chain(
+    wish: &ChainWish,
+    current: &[Rule],
+    withdrawn: &[(String, String)],
+) -> (Vec<Command>, Vec<Rule>) {
     let label = wish.label();
-    let mut sim = ChainSim {
-        slots: current
-            .iter()
-            .enumerate()
-            .map(|(id, rule)| Slot {
-                id,
-                rule: rule.clone(),
-            })
-            .collect(),
-        next_id: current.len(),
-        table: wish.table.clone(),
-        chain: wish.chain.clone(),
-        family: wish.family,
-        label: label.clone(),
-        out: Vec::new(),
-    };
+    let mut sim = ChainSim::new(wish.family, &wish.table, &wish.chain, current);
     sim.recover_temps();
     // From here on the chain holds no temporary copies; number it afresh.
     let current: Vec<Rule> = sim.slots.iter().map(|s| s.rule.clone()).collect();
@@ -701,7 +811,8 @@ fn plan_chain(wish: &ChainWish, current: &[Rule], withdrawn: &[(String, String)]
         };
         sim.delete(id, rule.comment(), &reason);
     }
-    sim.out
+    let result = sim.slots.into_iter().map(|s| s.rule).collect();
+    (sim.out, result)
 }
 
 /// For each element, whether it belongs to one longest subsequence whose
@@ -743,6 +854,25 @@ struct ChainSim {
 }
 
 impl ChainSim {
+    fn new(family: Family, table: &str, chain: &str, rules: &[Rule]) -> ChainSim {
+        ChainSim {
+            slots: rules
+                .iter()
+                .enumerate()
+                .map(|(id, rule)| Slot {
+                    id,
+                    rule: rule.clone(),
+                })
+                .collect(),
+            next_id: rules.len(),
+            family,
+            table: table.to_string(),
+            chain: chain.to_string(),
+            label: crate::wishes::chain_label(family, table, chain),
+            out: Vec::new(),
+        }
+    }
+
     fn pos(&self, id: usize) -> usize {
         self.slots
             .iter()

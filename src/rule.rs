@@ -100,6 +100,21 @@ impl Rule {
         })
     }
 
+    /// The same rule naming set `to` wherever it names set `from`.
+    pub fn with_set_renamed(&self, from: &str, to: &str) -> Rule {
+        let mut args = self.args.clone();
+        for i in 1..args.len() {
+            let names_set = matches!(
+                args[i - 1].as_str(),
+                "--match-set" | "--add-set" | "--del-set"
+            );
+            if names_set && args[i] == from {
+                args[i] = to.to_string();
+            }
+        }
+        Rule { args }
+    }
+
     /// The chain or extension the rule jumps or goes to.
     pub fn target(&self) -> Option<&str> {
         self.args
