@@ -105,9 +105,59 @@ impl SetType {
         self.name.starts_with("bitmap:")
     }
 
-    /// Checks one member and returns it as `ipset save` prints it. Options
-    /// after the element (`timeout 60`, `nomatch`) are kept as written.
-    pub fn normalize_member(&self, member: &str, family: SetFamily) -> Result<String, String> {
+    /// Checks one member and returns the elements `ipset save` will print
+    /// for it: in a set of single addresses (`hash:ip`, `bitmap:ip`) a
+    /// network or a range is stored, and printed, address by address.
+    pub fn expand_member(&self, member: &str, family: SetFamily) -> Result<Vec<String>, String> {
+        let one = self.normalize_member(member, family)?;
+        if self.parts != [Part::Ip] {
+            return Ok(vec![one]);
+        }
+        let (element, options) = match one.split_once(' ') {
+            Some((e, o)) => (e.to_string(), format!(" {o}")),
+            None => (one.clone(), String::new()),
+        };
+        let range = if let Some((a, p)) = element.split_once('/') {
+            let (Ok(ip), Ok(prefix)) = (a.parse::<IpAddr>(), p.parse::<u32>()) else {
+                return Ok(vec![one]);
+            };
+            let bits = if ip.is_ipv4() { 32 } else { 128 };
+            let size = 1u128.checked_shl(bits - prefix).unwrap_or(u128::MAX);
+            let base = ip_bits(ip) & !(size.wrapping_sub(1));
+            (base, base.saturating_add(size - 1), ip.is_ipv4())
+        } else if let Some((lo, hi)) = element.split_once('-') {
+            let (Ok(lo), Ok(hi)) = (lo.parse::<IpAddr>(), hi.parse::<IpAddr>()) else {
+                return Ok(vec![one]);
+            };
+            (ip_bits(lo), ip_bits(hi), lo.is_ipv4())
+        } else {
+            return Ok(vec![one]);
+        };
+        let (lo, hi, v4) = range;
+        if hi - lo >= MAX_EXPANSION {
+            return Err(format!(
+                "`{element}` stands for {} addresses; a {} set stores each one, so use \
+                 hash:net for networks this large",
+                hi - lo + 1,
+                self.name
+            ));
+        }
+        Ok((lo..=hi)
+            .map(|n| {
+                let ip = if v4 {
+                    IpAddr::V4(Ipv4Addr::from(n as u32))
+                } else {
+                    IpAddr::V6(Ipv6Addr::from(n))
+                };
+                format!("{ip}{options}")
+            })
+            .collect())
+    }
+
+    /// Checks one member and returns it as written in `ipset` syntax, with
+    /// each part normalised. Options after the element (`timeout 60`,
+    /// `nomatch`) are kept as written.
+    fn normalize_member(&self, member: &str, family: SetFamily) -> Result<String, String> {
         let mut words = member.split_whitespace();
         let element = words.next().ok_or("empty member")?;
         let parts: Vec<&str> = element.split(',').collect();
@@ -139,6 +189,16 @@ impl SetType {
             normalized.push_str(w);
         }
         Ok(normalized)
+    }
+}
+
+/// The most addresses one member of an address set may stand for.
+const MAX_EXPANSION: u128 = 65_536;
+
+fn ip_bits(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6),
     }
 }
 
@@ -289,7 +349,8 @@ mod tests {
     fn norm(t: &str, m: &str) -> Result<String, String> {
         SetType::parse(t)
             .unwrap()
-            .normalize_member(m, SetFamily::Inet)
+            .expand_member(m, SetFamily::Inet)
+            .map(|v| v.join(" | "))
     }
 
     #[test]
@@ -342,10 +403,27 @@ mod tests {
         );
         let v6 = SetType::parse("hash:ip").unwrap();
         assert_eq!(
-            v6.normalize_member("2001:db8:0::1", SetFamily::Inet6)
-                .unwrap(),
-            "2001:db8::1"
+            v6.expand_member("2001:db8:0::1", SetFamily::Inet6).unwrap(),
+            ["2001:db8::1"]
         );
+    }
+
+    #[test]
+    fn address_sets_store_networks_address_by_address() {
+        assert_eq!(
+            norm("hash:ip", "10.0.0.4/30").unwrap(),
+            "10.0.0.4 | 10.0.0.5 | 10.0.0.6 | 10.0.0.7"
+        );
+        assert_eq!(
+            norm("hash:ip", "10.0.0.1-10.0.0.2").unwrap(),
+            "10.0.0.1 | 10.0.0.2"
+        );
+        assert!(
+            norm("hash:ip", "10.0.0.0/8")
+                .unwrap_err()
+                .contains("hash:net")
+        );
+        assert_eq!(norm("hash:net", "10.0.0.4/30").unwrap(), "10.0.0.4/30");
     }
 
     #[test]

@@ -323,21 +323,20 @@ impl Validator {
                     ok = false;
                     continue;
                 };
-                match kind.normalize_member(&text, family) {
-                    Ok(norm) => {
-                        let element = norm.split(' ').next().unwrap_or("").to_string();
-                        if !seen.insert(element) {
-                            self.error(mline, label, &format!("member `{text}` listed twice"));
-                            ok = false;
+                match kind.expand_member(&text, family) {
+                    Ok(elements) => {
+                        for norm in elements {
+                            let element = norm.split(' ').next().unwrap_or("").to_string();
+                            if !seen.insert(element) {
+                                self.error(mline, label, &format!("member `{text}` listed twice"));
+                                ok = false;
+                            }
+                            out.push(norm);
                         }
-                        out.push(norm);
                     }
                     Err(why) => {
-                        self.error(
-                            mline,
-                            label,
-                            &format!("bad member for {}: {why}", kind.name()),
-                        );
+                        let msg = format!("bad member for {}: {why}", kind.name());
+                        self.error(mline, label, &msg);
                         ok = false;
                     }
                 }
