@@ -343,7 +343,13 @@ impl System {
     fn save(&self, family: Family) -> Result<state::Ruleset, Error> {
         let program = self.tool(family, "-save");
         let out = self.exec(&program, &[], None)?;
-        state::parse_iptables_save(&out.stdout).map_err(|source| Error::Parse {
+        // Newer iptables print the warning on stderr; read both.
+        let text = if out.stderr.contains("incompatible") {
+            format!("{}\n{}", out.stderr, out.stdout)
+        } else {
+            out.stdout
+        };
+        state::parse_iptables_save(&text).map_err(|source| Error::Parse {
             command: program,
             source,
         })

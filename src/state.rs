@@ -143,6 +143,15 @@ pub fn parse_iptables_save(text: &str) -> Result<Ruleset, ParseError> {
     for (idx, raw) in text.lines().enumerate() {
         let n = idx + 1;
         let line = raw.trim_end();
+        if line.starts_with('#') && line.contains("incompatible") && line.contains("'nft' tool") {
+            // nft holds rules there that iptables cannot show: reading the
+            // table as empty would have pyfw fight them blind.
+            return Err(err(
+                n,
+                line,
+                "a table holds rules iptables cannot represent",
+            ));
+        }
         if line.trim_start().is_empty() || line.trim_start().starts_with('#') {
             continue;
         }
@@ -391,6 +400,14 @@ COMMIT
         assert_eq!(e.line, 2);
         let e = parse_ipset_save("add s 1.2.3.4\n").unwrap_err();
         assert_eq!(e.line, 1);
+    }
+
+    #[test]
+    fn an_incompatible_table_is_an_error_not_an_empty_table() {
+        let e =
+            parse_iptables_save("# Table `filter' is incompatible, use 'nft' tool.\n").unwrap_err();
+        assert_eq!(e.line, 1);
+        assert!(e.message.contains("cannot represent"), "{e}");
     }
 
     #[test]
