@@ -7,7 +7,7 @@
 //! no), the commands already run are undone in reverse, so the firewall is
 //! left as it was.
 
-use crate::netfilter::{Backend, Error, RuleCheck, Scope};
+use crate::netfilter::{Backend, BatchError, Error, RuleCheck, Scope, transactions};
 use crate::plan::{Command, Plan, Program};
 use crate::state::State;
 use crate::wishes::{RuleItem, Wishes};
@@ -16,6 +16,15 @@ use crate::wishes::{RuleItem, Wishes};
 /// audit log.
 #[derive(Debug)]
 pub enum Event<'a> {
+    /// About to run transaction `index` of `total`, which carries the
+    /// plan's commands numbered `commands` (1-based).
+    Transaction {
+        index: usize,
+        total: usize,
+        /// How it runs: `iptables-restore --noflush --wait`, ...
+        line: String,
+        commands: std::ops::Range<usize>,
+    },
     /// About to run command `index` (1-based) of `total`.
     Executing {
         index: usize,
@@ -96,7 +105,9 @@ pub fn rule_checks(wishes: &Wishes, state: &State) -> Vec<RuleCheck> {
 }
 
 /// Runs `plan`, checking `checks` first; on failure undoes what ran.
-/// Returns how many commands ran.
+/// Commands run in transactions (see [`transactions`]): one
+/// `iptables-restore --noflush` per table, one `ipset restore` per run of
+/// set commands. Returns how many commands ran.
 pub fn apply(
     backend: &mut dyn Backend,
     plan: &Plan,
@@ -104,38 +115,55 @@ pub fn apply(
     on: &mut dyn FnMut(Event),
 ) -> Result<usize, ApplyError> {
     let total = plan.commands.len();
+    let groups = transactions(&plan.commands);
     let mut done: Vec<&Command> = Vec::new();
     let mut checked = false;
-    for (i, command) in plan.commands.iter().enumerate() {
+    for (t, range) in groups.iter().enumerate() {
+        let batch: Vec<&Command> = plan.commands[range.clone()].iter().collect();
         // ipsets come first in a plan and may be what the rules reference,
         // so the check runs once they exist and before any rule changes.
-        if !checked && matches!(command.program, Program::Iptables(_)) {
+        if !checked && matches!(batch[0].program, Program::Iptables(_)) {
             checked = true;
             if let Err(cause) = backend.check_rules(checks) {
                 return Err(roll_back(backend, &done, cause, on));
             }
         }
-        on(Event::Executing {
-            index: i + 1,
-            total,
-            command,
-            line: command_line(backend, command),
+        on(Event::Transaction {
+            index: t + 1,
+            total: groups.len(),
+            line: backend.batch_line(&batch),
+            commands: range.start + 1..range.end + 1,
         });
-        if let Err(cause) = backend.run(command) {
+        for (k, command) in batch.iter().enumerate() {
+            on(Event::Executing {
+                index: range.start + k + 1,
+                total,
+                command,
+                line: command_line(backend, command),
+            });
+        }
+        if let Err(BatchError { applied, cause }) = backend.run_batch(&batch) {
+            done.extend(&batch[..applied.min(batch.len())]);
             return Err(roll_back(backend, &done, cause, on));
         }
-        on(Event::Done { command });
-        done.push(command);
+        for command in batch {
+            on(Event::Done { command });
+            done.push(command);
+        }
     }
     // The record changes no rule: a failure here is not worth undoing the
     // plan for, and the next reconcile writes what is missing.
-    for command in &plan.record {
-        let line = command_line(backend, command);
-        on(Event::Recording { line: line.clone() });
-        if let Err(e) = backend.run(command) {
+    if !plan.record.is_empty() {
+        let record: Vec<&Command> = plan.record.iter().collect();
+        for command in &record {
+            on(Event::Recording {
+                line: command_line(backend, command),
+            });
+        }
+        if let Err(e) = backend.run_batch(&record) {
             on(Event::RecordFailed {
-                line,
-                error: e.to_string(),
+                line: backend.batch_line(&record),
+                error: e.cause.to_string(),
             });
         }
     }

@@ -157,6 +157,8 @@ fn run(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
         });
         return Ok(report(&wishes, &lines, command, planned.comparison, false));
     }
+    // One writer per network namespace: take turns with a running daemon.
+    let _lock = pyfw::lock::wait_for_writer().map_err(|e| e.to_string())?;
     let mut width = 2;
     let mut on = |e: Event| match e {
         Event::Executing {
@@ -164,6 +166,18 @@ fn run(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
         } => {
             width = width.max(total.to_string().len());
             println!("Executing command {index:>width$}/{total}: {line}");
+        }
+        Event::Transaction {
+            index,
+            total,
+            line,
+            commands,
+        } => {
+            let span = match commands.len() {
+                1 => format!("command {}", commands.start),
+                _ => format!("commands {}-{}", commands.start, commands.end - 1),
+            };
+            println!("# transaction {index}/{total} ({span}): {line}");
         }
         Event::RollingBack { command } => println!("Rolling back: {command}"),
         Event::Recording { line } => tracing::debug!("recording ownership: {line}"),

@@ -87,6 +87,23 @@ pub trait Backend {
     fn drop_chain(&mut self, family: Family, table: &str, chain: &str) -> Result<(), Error>;
     /// Runs one planned command.
     fn run(&mut self, command: &Command) -> Result<(), Error>;
+    /// Runs commands that [`transactions`] grouped together, in one
+    /// process where the tools allow: `iptables-restore --noflush` for one
+    /// table (all or nothing), `ipset restore` for sets. The default runs
+    /// them one by one.
+    fn run_batch(&mut self, commands: &[&Command]) -> Result<(), BatchError> {
+        for (applied, c) in commands.iter().enumerate() {
+            self.run(c).map_err(|cause| BatchError { applied, cause })?;
+        }
+        Ok(())
+    }
+    /// How a batch of these commands runs, for the log.
+    fn batch_line(&self, commands: &[&Command]) -> String {
+        match commands {
+            [one] => format!("{} (alone)", self.binary(one.program)),
+            _ => format!("{} commands one by one", commands.len()),
+        }
+    }
     /// The binary that runs `program`'s commands, for output and logs.
     fn binary(&self, program: Program) -> String {
         program.name().to_string()
@@ -104,6 +121,32 @@ pub enum Variant {
     Legacy,
 }
 
+/// A batch that failed: `applied` of its commands took effect first (0 for
+/// an atomic iptables transaction).
+#[derive(Debug)]
+pub struct BatchError {
+    pub applied: usize,
+    pub cause: Error,
+}
+
+/// Groups a plan's commands into transactions: each maximal run of
+/// iptables commands for one family and table, and each run of ipset
+/// commands. Returns index ranges into `commands`.
+pub fn transactions(commands: &[Command]) -> Vec<std::ops::Range<usize>> {
+    let key = |c: &Command| match c.program {
+        Program::Iptables(f) => Some((f, c.args.get(2).cloned().unwrap_or_default())),
+        Program::Ipset => None,
+    };
+    let mut out: Vec<std::ops::Range<usize>> = Vec::new();
+    for (i, c) in commands.iter().enumerate() {
+        match out.last_mut() {
+            Some(r) if key(&commands[r.start]) == key(c) => r.end = i + 1,
+            _ => out.push(i..i + 1),
+        }
+    }
+    out
+}
+
 /// The real kernel tools, found on `PATH`.
 #[derive(Clone, Debug)]
 pub struct System {
@@ -119,6 +162,46 @@ impl Default for System {
             timeout: Duration::from_secs(30),
             v4: "iptables".into(),
             v6: "ip6tables".into(),
+        }
+    }
+}
+
+/// The input line an `iptables-restore` failure names: nft says `Error
+/// occurred at line: N`, legacy says `iptables-restore: line N failed`.
+fn restore_error_line(stderr: &str) -> Option<usize> {
+    stderr.lines().find_map(|l| {
+        let n = match l.strip_prefix("Error occurred at line: ") {
+            Some(n) => n,
+            None => l.split(": line ").nth(1)?.strip_suffix(" failed")?,
+        };
+        n.trim().parse().ok()
+    })
+}
+
+/// The program, arguments and input that run `commands` as one batch.
+fn batch_input(system: &System, commands: &[&Command]) -> (String, Vec<String>, String) {
+    let mut text = String::new();
+    match commands[0].program {
+        Program::Iptables(family) => {
+            // Commands are `-w -t TABLE OP ...`; a restore file names the
+            // table once and takes the rest of each line as is.
+            let table = commands[0].args.get(2).cloned().unwrap_or_default();
+            text.push_str(&format!("*{table}\n"));
+            for c in commands {
+                text.push_str(&crate::rule::restore_line(c.args.get(3..).unwrap_or(&[])));
+                text.push('\n');
+            }
+            text.push_str("COMMIT\n");
+            let args = ["--noflush", "--wait"].map(String::from).to_vec();
+            (system.tool(family, "-restore"), args, text)
+        }
+        Program::Ipset => {
+            for c in commands {
+                text.push_str(&crate::rule::restore_line(&c.args));
+                text.push('\n');
+            }
+            let args = ["restore", "-exist"].map(String::from).to_vec();
+            ("ipset".to_string(), args, text)
         }
     }
 }
@@ -300,7 +383,7 @@ impl System {
                 check.rule.args().to_vec(),
             ]
             .concat();
-            text.push_str(&crate::rule::display_args(&args));
+            text.push_str(&crate::rule::restore_line(&args));
             text.push('\n');
             labels.push(Some(check.label.as_str()));
         }
@@ -313,10 +396,7 @@ impl System {
         let Error::Failed { stderr, .. } = &e else {
             return Err(e);
         };
-        let label = stderr
-            .lines()
-            .find_map(|l| l.strip_prefix("Error occurred at line: "))
-            .and_then(|n| n.trim().parse::<usize>().ok())
+        let label = restore_error_line(stderr)
             .and_then(|n| n.checked_sub(1))
             .and_then(|i| labels.get(i).copied().flatten());
         let message = stderr
@@ -455,7 +535,75 @@ impl Backend for System {
     }
 
     fn run(&mut self, command: &Command) -> Result<(), Error> {
-        self.exec(command.program.name(), &command.args, None)
+        self.exec(&self.binary(command.program), &command.args, None)
             .map(|_| ())
+    }
+
+    fn run_batch(&mut self, commands: &[&Command]) -> Result<(), BatchError> {
+        let Some(first) = commands.first() else {
+            return Ok(());
+        };
+        if commands.len() == 1 {
+            return self
+                .run(first)
+                .map_err(|cause| BatchError { applied: 0, cause });
+        }
+        let (program, args, text) = batch_input(self, commands);
+        let Err(cause) = self.exec(&program, &args, Some(&text)) else {
+            return Ok(());
+        };
+        let applied = match (&first.program, &cause) {
+            // One transaction: nothing took effect.
+            (Program::Iptables(_), _) => 0,
+            // ipset restore stops at the failing line.
+            (Program::Ipset, Error::Failed { stderr, .. }) => stderr
+                .split("Error in line ")
+                .nth(1)
+                .and_then(|r| r.split(':').next())
+                .and_then(|n| n.trim().parse::<usize>().ok())
+                .map_or(0, |n| n.saturating_sub(1)),
+            (Program::Ipset, _) => 0,
+        };
+        Err(BatchError { applied, cause })
+    }
+
+    fn batch_line(&self, commands: &[&Command]) -> String {
+        match commands {
+            [] => String::new(),
+            [one] => self.binary(one.program),
+            _ => {
+                let (program, args, _) = batch_input(self, commands);
+                format!("{program} {}", args.join(" "))
+            }
+        }
+    }
+
+    /// The variant's binary: `iptables`, or `iptables-legacy` where plain
+    /// `iptables` is the other variant.
+    fn binary(&self, program: Program) -> String {
+        match program {
+            Program::Iptables(f) => self.tool(f, ""),
+            Program::Ipset => "ipset".to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_both_restore_error_formats() {
+        assert_eq!(
+            restore_error_line(
+                "iptables-restore v1.8.9 (nf_tables): unknown option\nError occurred at line: 3\nTry"
+            ),
+            Some(3)
+        );
+        assert_eq!(
+            restore_error_line("iptables-restore: line 5 failed"),
+            Some(5)
+        );
+        assert_eq!(restore_error_line("something else"), None);
     }
 }

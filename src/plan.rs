@@ -361,8 +361,41 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
         ));
     }
     out.commands.append(&mut last);
+    group_tables(&mut out.commands);
     out.record = record_changes(&record, &keep, state);
     out
+}
+
+/// Within each run of iptables commands, brings each table's commands
+/// together (keeping their order), so each table's changes can go to the
+/// kernel as one transaction. Tables are independent, so this reorders
+/// nothing that matters.
+fn group_tables(commands: &mut [Command]) {
+    let table = |c: &Command| match c.program {
+        Program::Iptables(f) => Some((f, c.args.get(2).cloned().unwrap_or_default())),
+        Program::Ipset => None,
+    };
+    let mut start = 0;
+    while start < commands.len() {
+        if table(&commands[start]).is_none() {
+            start += 1;
+            continue;
+        }
+        let end = (start..commands.len())
+            .find(|&i| table(&commands[i]).is_none())
+            .unwrap_or(commands.len());
+        let mut order: Vec<(Family, String)> = Vec::new();
+        for c in &commands[start..end] {
+            if let Some(t) = table(c) {
+                if !order.contains(&t) {
+                    order.push(t);
+                }
+            }
+        }
+        commands[start..end]
+            .sort_by_key(|c| table(c).and_then(|t| order.iter().position(|o| *o == t)));
+        start = end;
+    }
 }
 
 /// Points every rule that names set `from` at set `to` instead: each copy
@@ -427,14 +460,7 @@ fn record_changes(record: &[Owned], keep: &BTreeSet<Owned>, state: &State) -> Ve
     }
     for entry in keep {
         if !have.contains(entry) {
-            let args = [
-                "add",
-                "-exist",
-                RECORD_SET,
-                &entry.element(),
-                "comment",
-                &entry.key(),
-            ];
+            let args = ["add", RECORD_SET, &entry.element(), "comment", &entry.key()];
             out.push(cmd(
                 args.map(String::from).to_vec(),
                 format!("record: own {}", entry.key()),
@@ -443,7 +469,7 @@ fn record_changes(record: &[Owned], keep: &BTreeSet<Owned>, state: &State) -> Ve
     }
     for entry in record {
         if !keep.contains(entry) {
-            let args = ["del", "-exist", RECORD_SET, &entry.element()];
+            let args = ["del", RECORD_SET, &entry.element()];
             out.push(cmd(
                 args.map(String::from).to_vec(),
                 format!("record: forget {}", entry.key()),

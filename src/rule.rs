@@ -186,6 +186,35 @@ pub fn display_args(args: &[String]) -> String {
     out
 }
 
+/// Joins argv as a line for `iptables-restore` or `ipset restore`. Those
+/// tools read double quotes (with `\"` and `\\` escapes) but not a shell's
+/// single quotes, so this is not [`display_args`].
+pub fn restore_line(args: &[String]) -> String {
+    let mut out = String::new();
+    for (i, tok) in args.iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        let plain = !tok.is_empty()
+            && !tok
+                .chars()
+                .any(|c| c.is_whitespace() || c == '"' || c == '\'' || c == '\\');
+        if plain {
+            out.push_str(tok);
+        } else {
+            out.push('"');
+            for c in tok.chars() {
+                if c == '"' || c == '\\' {
+                    out.push('\\');
+                }
+                out.push(c);
+            }
+            out.push('"');
+        }
+    }
+    out
+}
+
 impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&display_args(&self.args))
