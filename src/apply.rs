@@ -7,7 +7,7 @@
 //! no), the commands already run are undone in reverse, so the firewall is
 //! left as it was.
 
-use crate::netfilter::{Backend, BatchError, Error, RuleCheck, Scope, transactions};
+use crate::netfilter::{Backend, BatchError, Error, RuleCheck, transactions};
 use crate::plan::{Command, Plan, Program};
 use crate::state::State;
 use crate::wishes::{RuleItem, Wishes};
@@ -66,18 +66,6 @@ fn rollback_summary(undone: &usize, failures: &[String]) -> String {
         "; rolling back the {undone} command(s) already run failed for: {}",
         failures.join("; ")
     )
-}
-
-/// What a set of wishes needs read from the kernel. Sets are always read,
-/// for pyfw's ownership record; IPv4 too, which every host has. IPv6 is
-/// read when the wishes or the record name it.
-pub fn scope(wishes: &Wishes) -> Scope {
-    use crate::state::Family;
-    Scope {
-        v4: true,
-        v6: wishes.chains.iter().any(|c| c.family == Family::V6),
-        ipsets: true,
-    }
 }
 
 /// Every wished rule, for the kernel tools to check.

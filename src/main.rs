@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use pyfw::apply::{self, Event};
+use pyfw::apply::Event;
 use pyfw::canon::{self, Comparison};
 use pyfw::netfilter::{Backend, Scope, System, Variant};
 use pyfw::plan::Plan;
@@ -144,7 +144,7 @@ fn run(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
     if *command == Cmd::State {
         let state = reconciler
             .backend_mut()
-            .read_state(Scope::ALL)
+            .read_state(Scope::all())
             .map_err(|e| e.to_string())?;
         print!("{state}");
         return Ok(ExitCode::SUCCESS);
@@ -198,7 +198,7 @@ fn run(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
     }
     let after = reconciler
         .backend_mut()
-        .read_state(apply::scope(&wishes))
+        .read_state(applied.scope.clone())
         .map_err(|e| e.to_string())?;
     print_diff(&applied.before, &after);
     Ok(ExitCode::SUCCESS)

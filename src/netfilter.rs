@@ -6,6 +6,7 @@
 //! shell), with `LC_ALL=C` so that messages are stable, with a timeout so a
 //! wedged tool cannot hang the daemon, and with stdout and stderr kept apart.
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::process::{Child, Stdio};
 use std::thread::JoinHandle;
@@ -17,20 +18,67 @@ use crate::plan::{Command, Program};
 use crate::rule::Rule;
 use crate::state::{self, Family, State};
 
-/// What to read: the families and sets a plan can touch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What to read: the rules and sets a plan can touch, and no more, since a
+/// full `iptables-save` of a host with a 50,000-rule Kubernetes chain costs
+/// a second and a half of CPU where one chain costs milliseconds.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Scope {
-    pub v4: bool,
-    pub v6: bool,
-    pub ipsets: bool,
+    pub v4: Rules,
+    pub v6: Rules,
+    pub sets: Sets,
+}
+
+/// Which rules of one family to read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rules {
+    Skip,
+    All,
+    /// These tables whole.
+    Tables(BTreeSet<String>),
+    /// These (table, chain) pairs, with their policies.
+    Chains(BTreeSet<(String, String)>),
+}
+
+/// Which sets to read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sets {
+    Skip,
+    All,
+    Named(BTreeSet<String>),
 }
 
 impl Scope {
-    pub const ALL: Scope = Scope {
-        v4: true,
-        v6: true,
-        ipsets: true,
-    };
+    /// Everything: every table of both families and every set.
+    pub fn all() -> Scope {
+        Scope {
+            v4: Rules::All,
+            v6: Rules::All,
+            sets: Sets::All,
+        }
+    }
+
+    /// Nothing; fill in what is wanted.
+    pub fn none() -> Scope {
+        Scope {
+            v4: Rules::Skip,
+            v6: Rules::Skip,
+            sets: Sets::Skip,
+        }
+    }
+
+    pub fn rules(&self, family: Family) -> &Rules {
+        match family {
+            Family::V4 => &self.v4,
+            Family::V6 => &self.v6,
+        }
+    }
+
+    pub fn rules_mut(&mut self, family: Family) -> &mut Rules {
+        match family {
+            Family::V4 => &mut self.v4,
+            Family::V6 => &mut self.v6,
+        }
+    }
 }
 
 /// A wished rule for the kernel tools to check before anything changes.
@@ -154,6 +202,8 @@ pub struct System {
     /// Binary prefix per family: `iptables`, `iptables-legacy`, ...
     v4: String,
     v6: String,
+    /// Whether the variant is nft, where reading one chain is cheap.
+    nft: bool,
 }
 
 impl Default for System {
@@ -162,6 +212,7 @@ impl Default for System {
             timeout: Duration::from_secs(30),
             v4: "iptables".into(),
             v6: "ip6tables".into(),
+            nft: true,
         }
     }
 }
@@ -336,7 +387,7 @@ impl System {
                     "nft"
                 } else {
                     // Nothing anywhere: use what `iptables` itself is.
-                    return Ok((self, warnings));
+                    ""
                 }
             }
         };
@@ -353,10 +404,14 @@ impl System {
                 }
             })
             .unwrap_or("");
-        if plain_is != chosen {
+        if !chosen.is_empty() && plain_is != chosen {
             self.v4 = format!("iptables-{chosen}");
             self.v6 = format!("ip6tables-{chosen}");
         }
+        self.nft = match chosen {
+            "" => plain_is != "legacy",
+            other => other == "nft",
+        };
         Ok((self, warnings))
     }
 
@@ -420,9 +475,13 @@ impl System {
             .map(|_| ())
     }
 
-    fn save(&self, family: Family) -> Result<state::Ruleset, Error> {
+    fn save(&self, family: Family, table: Option<&str>) -> Result<state::Ruleset, Error> {
         let program = self.tool(family, "-save");
-        let out = self.exec(&program, &[], None)?;
+        let args: Vec<String> = match table {
+            Some(t) => vec!["-t".into(), t.into()],
+            None => Vec::new(),
+        };
+        let out = self.exec(&program, &args, None)?;
         // Newer iptables print the warning on stderr; read both.
         let text = if out.stderr.contains("incompatible") {
             format!("{}\n{}", out.stderr, out.stdout)
@@ -433,6 +492,79 @@ impl System {
             command: program,
             source,
         })
+    }
+
+    /// Reads single chains with `iptables -S CHAIN`: on nft this touches
+    /// only that chain. A chain that does not exist is left out.
+    fn list_chains(
+        &self,
+        family: Family,
+        chains: &BTreeSet<(String, String)>,
+    ) -> Result<state::Ruleset, Error> {
+        let mut rs = state::Ruleset::default();
+        let mut whole: BTreeSet<&str> = BTreeSet::new();
+        for (table, chain) in chains {
+            if whole.contains(table.as_str()) {
+                continue;
+            }
+            let args = ["-w", "-t", table.as_str(), "-S", chain.as_str()].map(String::from);
+            let out = match self.exec(&self.tool(family, ""), &args, None) {
+                Ok(out) => out,
+                Err(Error::Failed { stderr, .. })
+                    if stderr.contains("No chain/target/match by that name")
+                        || stderr.contains("does not exist") =>
+                {
+                    continue;
+                }
+                // iptables-nft 1.8 says a missing chain "is incompatible".
+                // Read the table whole: that tells a missing chain from a
+                // truly incompatible table.
+                Err(Error::Failed { stderr, .. }) if stderr.contains("incompatible") => {
+                    whole.insert(table);
+                    rs.tables.remove(table);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let parsed =
+                state::parse_chain_listing(&out.stdout, chain).map_err(|source| Error::Parse {
+                    command: format!("{} -t {table} -S {chain}", self.tool(family, "")),
+                    source,
+                })?;
+            rs.tables
+                .entry(table.clone())
+                .or_default()
+                .chains
+                .push((chain.clone(), parsed));
+        }
+        for table in whole {
+            rs.tables.extend(self.save(family, Some(table))?.tables);
+        }
+        Ok(rs)
+    }
+
+    /// `ipset save [NAME]`; `None` when the named set does not exist.
+    fn ipset_save(
+        &self,
+        name: Option<&str>,
+    ) -> Result<Option<std::collections::BTreeMap<String, state::Ipset>>, Error> {
+        let mut args = vec!["save".to_string()];
+        args.extend(name.map(String::from));
+        let out = match self.exec("ipset", &args, None) {
+            Ok(out) => out,
+            Err(Error::Failed { stderr, .. })
+                if name.is_some() && stderr.contains("does not exist") =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        state::parse_ipset_save(&out.stdout)
+            .map(Some)
+            .map_err(|source| Error::Parse {
+                command: format!("ipset {}", args.join(" ")),
+                source,
+            })
     }
 }
 
@@ -454,18 +586,44 @@ fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> JoinHandle<String> {
 impl Backend for System {
     fn read_state(&mut self, scope: Scope) -> Result<State, Error> {
         let mut state = State::default();
-        if scope.v4 {
-            state.v4 = self.save(Family::V4)?;
+        for family in [Family::V4, Family::V6] {
+            let ruleset = match &scope.rules(family) {
+                Rules::Skip => continue,
+                Rules::All => self.save(family, None)?,
+                Rules::Tables(tables) => {
+                    let mut rs = state::Ruleset::default();
+                    for t in tables {
+                        rs.tables.extend(self.save(family, Some(t))?.tables);
+                    }
+                    rs
+                }
+                // Legacy returns a whole table for any read: one save per
+                // table is its cheapest. nft reads a chain alone.
+                Rules::Chains(chains) if !self.nft => {
+                    let tables: BTreeSet<&String> = chains.iter().map(|(t, _)| t).collect();
+                    let mut rs = state::Ruleset::default();
+                    for t in tables {
+                        rs.tables.extend(self.save(family, Some(t))?.tables);
+                    }
+                    rs
+                }
+                Rules::Chains(chains) => self.list_chains(family, chains)?,
+            };
+            match family {
+                Family::V4 => state.v4 = ruleset,
+                Family::V6 => state.v6 = ruleset,
+            }
         }
-        if scope.v6 {
-            state.v6 = self.save(Family::V6)?;
-        }
-        if scope.ipsets {
-            let out = self.exec("ipset", &["save".to_string()], None)?;
-            state.ipsets = state::parse_ipset_save(&out.stdout).map_err(|source| Error::Parse {
-                command: "ipset save".into(),
-                source,
-            })?;
+        match &scope.sets {
+            Sets::Skip => {}
+            Sets::All => state.ipsets = self.ipset_save(None)?.unwrap_or_default(),
+            Sets::Named(names) => {
+                for name in names {
+                    if let Some(sets) = self.ipset_save(Some(name))? {
+                        state.ipsets.extend(sets);
+                    }
+                }
+            }
         }
         Ok(state)
     }
@@ -570,7 +728,7 @@ impl Backend for System {
     fn batch_line(&self, commands: &[&Command]) -> String {
         match commands {
             [] => String::new(),
-            [one] => self.binary(one.program),
+            [one] => format!("{} (a single command)", self.binary(one.program)),
             _ => {
                 let (program, args, _) = batch_input(self, commands);
                 format!("{program} {}", args.join(" "))

@@ -11,12 +11,12 @@
 //! written `-p tcp --dport 22` is not seen as drift from the
 //! `-p tcp -m tcp --dport 22` the kernel reports.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use crate::apply::{self, ApplyError, Event};
 use crate::canon::{self, Comparison};
-use crate::netfilter::{self, Backend, RuleCheck, SCRATCH_PREFIX};
-use crate::ownership::Owned;
+use crate::netfilter::{self, Backend, RuleCheck, Rules, SCRATCH_PREFIX, Scope, Sets};
+use crate::ownership::{self, Owned, RECORD_SET};
 use crate::plan::{self, Plan};
 use crate::rule::Rule;
 use crate::state::{Family, State};
@@ -46,6 +46,8 @@ pub struct Planned {
     /// Wished rules iptables could not check yet because they name a set or
     /// chain the plan creates; they are checked once those exist.
     pub deferred: Vec<RuleCheck>,
+    /// What was read, to read the same again after an apply.
+    pub scope: Scope,
 }
 
 /// What an applying reconcile did.
@@ -56,9 +58,86 @@ pub struct Applied {
     pub plan: Plan,
     /// How many commands ran (0 when in sync).
     pub ran: usize,
+    /// What was read.
+    pub scope: Scope,
 }
 
 type CanonKey = (Family, String, Vec<String>);
+
+/// What a reconcile must read, given the wishes and the sets (with pyfw's
+/// record) already read: the wished chains, the chains holding rules pyfw
+/// owns but no longer wishes, whole tables where a chain pyfw created may go
+/// (its references must be known), and everything when a set may go or
+/// change type (every rule using it must be known).
+pub fn scope_for(wishes: &Wishes, sets: &State) -> Scope {
+    let mut chains: HashMap<Family, BTreeSet<(String, String)>> = HashMap::new();
+    let mut tables: HashMap<Family, BTreeSet<String>> = HashMap::new();
+    for c in &wishes.chains {
+        chains
+            .entry(c.family)
+            .or_default()
+            .insert((c.table.clone(), c.chain.clone()));
+    }
+    let wished_chain = |f: Family, t: &str, ch: &str| {
+        wishes
+            .chains
+            .iter()
+            .find(|c| c.family == f && c.table == t && c.chain == ch)
+    };
+    for entry in ownership::read(sets) {
+        match entry {
+            Owned::Rule {
+                family,
+                table,
+                chain,
+                name,
+                ..
+            } => {
+                let wished = wished_chain(family, &table, &chain)
+                    .is_some_and(|c| c.rule_names().any(|n| n == name));
+                if !wished {
+                    chains.entry(family).or_default().insert((table, chain));
+                }
+            }
+            Owned::Chain {
+                family,
+                table,
+                chain,
+            } => {
+                if wished_chain(family, &table, &chain).is_none() {
+                    tables.entry(family).or_default().insert(table);
+                }
+            }
+            Owned::Set { name } => {
+                if !wishes.ipsets.iter().any(|s| s.name == name) {
+                    return Scope::all();
+                }
+            }
+        }
+    }
+    let type_change = wishes.ipsets.iter().any(|w| {
+        sets.ipsets
+            .get(&w.name)
+            .is_some_and(|have| have.kind != w.kind.name())
+    });
+    if type_change {
+        return Scope::all();
+    }
+    let mut scope = Scope::none();
+    for family in [Family::V4, Family::V6] {
+        let mut whole = tables.remove(&family).unwrap_or_default();
+        let some = chains.remove(&family).unwrap_or_default();
+        *scope.rules_mut(family) = if !whole.is_empty() {
+            whole.extend(some.into_iter().map(|(t, _)| t));
+            Rules::Tables(whole)
+        } else if !some.is_empty() {
+            Rules::Chains(some)
+        } else {
+            Rules::Skip
+        };
+    }
+    scope
+}
 
 /// Runs reconciles against one backend, remembering canonical rule forms.
 pub struct Reconciler<B: Backend> {
@@ -85,27 +164,24 @@ impl<B: Backend> Reconciler<B> {
     /// Reads what the wishes touch and plans, changing nothing but a
     /// short-lived scratch chain used to learn canonical rule forms.
     pub fn plan(&mut self, wishes: &Wishes) -> Result<Planned, Error> {
-        let scope = apply::scope(wishes);
-        let mut state = self.backend.read_state(scope).map_err(Error::Read)?;
-        let v6_owned = crate::ownership::read(&state).iter().any(|o| {
-            matches!(
-                o,
-                Owned::Rule {
-                    family: Family::V6,
-                    ..
-                } | Owned::Chain {
-                    family: Family::V6,
-                    ..
-                }
-            )
-        });
-        if !scope.v6 && v6_owned {
-            let only_v6 = netfilter::Scope {
-                v4: false,
-                v6: true,
-                ipsets: false,
-            };
-            state.v6 = self.backend.read_state(only_v6).map_err(Error::Read)?.v6;
+        // Sets first: pyfw's record in them says which rules matter.
+        let mut first = Scope::none();
+        first.sets = Sets::Named(
+            wishes
+                .ipsets
+                .iter()
+                .map(|s| s.name.clone())
+                .chain([RECORD_SET.to_string()])
+                .collect(),
+        );
+        let sets = self.backend.read_state(first).map_err(Error::Read)?;
+        let scope = scope_for(wishes, &sets);
+        let mut state = self
+            .backend
+            .read_state(scope.clone())
+            .map_err(Error::Read)?;
+        if scope.sets == Sets::Skip {
+            state.ipsets = sets.ipsets;
         }
         self.drop_dead_scratch_chains(&state);
         let (canonical, deferred) = self.canonicalize(wishes, &state)?;
@@ -115,6 +191,7 @@ impl<B: Backend> Reconciler<B> {
             plan,
             comparison: Comparison::Kernel,
             deferred,
+            scope,
         })
     }
 
@@ -124,6 +201,7 @@ impl<B: Backend> Reconciler<B> {
             state,
             plan,
             deferred,
+            scope,
             ..
         } = self.plan(wishes)?;
         if plan.is_empty() && plan.record.is_empty() {
@@ -131,6 +209,7 @@ impl<B: Backend> Reconciler<B> {
                 before: state,
                 plan,
                 ran: 0,
+                scope,
             });
         }
         let ran = apply::apply(&mut self.backend, &plan, &deferred, on)?;
@@ -138,6 +217,7 @@ impl<B: Backend> Reconciler<B> {
             before: state,
             plan,
             ran,
+            scope,
         })
     }
 

@@ -232,6 +232,31 @@ pub fn parse_iptables_save(text: &str) -> Result<Ruleset, ParseError> {
     Ok(ruleset)
 }
 
+/// Reads `iptables -S CHAIN` output: `-P`/`-N` lines, then `-A CHAIN ...`.
+pub fn parse_chain_listing(text: &str, chain: &str) -> Result<Chain, ParseError> {
+    let mut out = Chain {
+        policy: None,
+        rules: Vec::new(),
+    };
+    for (idx, raw) in text.lines().enumerate() {
+        let n = idx + 1;
+        let line = raw.trim_end();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let args = shlex::split(line).ok_or_else(|| err(n, line, "unbalanced quotes"))?;
+        match args.as_slice() {
+            [op, name, policy] if op == "-P" && name == chain => out.policy = Some(policy.clone()),
+            [op, name] if op == "-N" && name == chain => {}
+            [op, name, ..] if op == "-A" && name == chain => {
+                out.rules.push(Rule::from_args(args[2..].to_vec()));
+            }
+            _ => return Err(err(n, line, format!("not a line of chain {chain}"))),
+        }
+    }
+    Ok(out)
+}
+
 /// Reads `ipset save` output.
 pub fn parse_ipset_save(text: &str) -> Result<BTreeMap<String, Ipset>, ParseError> {
     let mut sets: BTreeMap<String, Ipset> = BTreeMap::new();
@@ -408,6 +433,26 @@ COMMIT
             parse_iptables_save("# Table `filter' is incompatible, use 'nft' tool.\n").unwrap_err();
         assert_eq!(e.line, 1);
         assert!(e.message.contains("cannot represent"), "{e}");
+    }
+
+    #[test]
+    fn reads_one_chain() {
+        let c = parse_chain_listing(
+            "-P INPUT DROP\n-A INPUT -m comment --comment \"a b\" -j ACCEPT\n",
+            "INPUT",
+        )
+        .unwrap();
+        assert_eq!(c.policy.as_deref(), Some("DROP"));
+        assert_eq!(c.rules[0].comment(), Some("a b"));
+        let user = parse_chain_listing("-N f2b-sshd\n", "f2b-sshd").unwrap();
+        assert_eq!(
+            user,
+            Chain {
+                policy: None,
+                rules: vec![]
+            }
+        );
+        assert!(parse_chain_listing("-A OTHER -j ACCEPT\n", "INPUT").is_err());
     }
 
     #[test]
