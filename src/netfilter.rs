@@ -238,9 +238,26 @@ fn batch_input(system: &System, commands: &[&Command]) -> (String, Vec<String>, 
             // table once and takes the rest of each line as is.
             let table = commands[0].args.get(2).cloned().unwrap_or_default();
             text.push_str(&format!("*{table}\n"));
-            for c in commands {
-                text.push_str(&crate::rule::restore_line(c.args.get(3..).unwrap_or(&[])));
-                text.push('\n');
+            let mut k = 0;
+            while k < commands.len() {
+                // Inside one atomic transaction nothing sees the steps, so
+                // a move's temporary copy is left out. It must be: nft
+                // refuses to insert next to a rule the same transaction
+                // deletes ("RULE_INSERT failed").
+                let step = match commands.get(k..k + 4) {
+                    Some(four) if is_temp_move(four) => {
+                        k += 4;
+                        &four[1..3]
+                    }
+                    _ => {
+                        k += 1;
+                        &commands[k - 1..k]
+                    }
+                };
+                for c in step {
+                    text.push_str(&crate::rule::restore_line(c.args.get(3..).unwrap_or(&[])));
+                    text.push('\n');
+                }
             }
             text.push_str("COMMIT\n");
             let args = ["--noflush", "--wait"].map(String::from).to_vec();
@@ -255,6 +272,46 @@ fn batch_input(system: &System, commands: &[&Command]) -> (String, Vec<String>, 
             ("ipset".to_string(), args, text)
         }
     }
+}
+
+/// True for the four commands of the spec's temp-rule trick, moving a rule
+/// up: `-I C N temp`, `-D C rule`, `-I C N rule`, `-D C temp`, where the
+/// second insert lands exactly where the copy stood. Without the copy, the
+/// middle two alone give the same chain.
+fn is_temp_move(four: &[&Command]) -> bool {
+    let parts = |c: &Command| -> Option<(String, String, Option<String>, Rule)> {
+        let a = &c.args;
+        let (op, chain) = (a.get(3)?.clone(), a.get(4)?.clone());
+        let numbered = a.get(5).filter(|n| n.parse::<usize>().is_ok()).cloned();
+        let rest = if op == "-I" || numbered.is_some() && op == "-D" {
+            a.get(6..)?
+        } else {
+            a.get(5..)?
+        };
+        Some((op, chain, numbered, Rule::from_args(rest.to_vec())))
+    };
+    let (Some(a), Some(b), Some(c), Some(d)) = (
+        parts(four[0]),
+        parts(four[1]),
+        parts(four[2]),
+        parts(four[3]),
+    ) else {
+        return false;
+    };
+    let same_chain = [&b.1, &c.1, &d.1].iter().all(|ch| **ch == a.1);
+    a.0 == "-I"
+        && b.0 == "-D"
+        && c.0 == "-I"
+        && d.0 == "-D"
+        && same_chain
+        && b.2.is_none()
+        && d.2.is_none()
+        && a.2.is_some()
+        && a.2 == c.2
+        && a.3.is_temp()
+        && a.3.temp_base().as_ref() == Some(&c.3)
+        && b.3 == c.3
+        && d.3 == a.3
 }
 
 /// Scratch chains are named this plus the pid of the pyfw that made them.

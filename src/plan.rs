@@ -13,12 +13,14 @@
 //! carries its inverse so that the shell can roll back a plan that fails
 //! half-way.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt;
+
+use fnv::{FnvHashMap, FnvHashSet};
 
 use crate::ownership::{self, Owned, RECORD_CREATE, RECORD_SET};
 use crate::rule::{Rule, TEMP_PREFIX, display_args};
-use crate::state::{Chain, Family, Ipset, State, builtin_chains};
+use crate::state::{Family, Ipset, State, builtin_chains};
 use crate::wishes::{ChainWish, IpsetWish, RuleItem, Wishes};
 
 /// The program a command runs.
@@ -191,8 +193,8 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
                 ));
             }
         }
-        let current = state.ruleset(wish.family).chain(&wish.table, &wish.chain);
-        let current = current.map(|c| c.rules).unwrap_or_default();
+        let chain = state.ruleset(wish.family).chain(&wish.table, &wish.chain);
+        let current: &[Rule] = chain.as_deref().map_or(&[], |c| &c.rules);
         let gone = withdrawn
             .get(&(wish.family, wish.table.clone(), wish.chain.clone()))
             .map(Vec::as_slice)
@@ -203,7 +205,7 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
                     deleted.insert((wish.family, wish.table.clone(), wish.chain.clone(), i));
                 }
             }
-            let (commands, result) = plan_chain(wish, &current, gone);
+            let (commands, result) = plan_chain(wish, current, gone);
             out.commands.extend(commands);
             planned.insert(
                 (wish.family, wish.table.clone(), wish.chain.clone()),
@@ -313,7 +315,7 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
         let current = state
             .ruleset(wish.family)
             .chain(&wish.table, &wish.chain)
-            .and_then(|c: Chain| c.policy)
+            .and_then(|c| c.policy.clone())
             .unwrap_or_else(|| "ACCEPT".to_string());
         if &current != policy {
             out.commands.push(Command {
@@ -433,7 +435,8 @@ fn is_withdrawn(rule: &Rule, wish: &ChainWish, gone: &[(String, String)]) -> boo
     let Some(name) = rule.comment() else {
         return false;
     };
-    if wish.rule_names().any(|n| n == name) {
+    // Most rules carry no withdrawn name: settle those without hashing.
+    if !gone.iter().any(|(n, _)| n == name) || wish.rule_names().any(|n| n == name) {
         return false;
     }
     let hash = ownership::text_hash(rule);
@@ -761,11 +764,11 @@ fn plan_chain(
     }
 
     let stable = longest_increasing(&targets.iter().map(|t| t.source).collect::<Vec<_>>());
-    let in_target: HashSet<usize> = targets.iter().filter_map(|t| t.source).collect();
-    let replaced: HashSet<usize> = targets.iter().filter_map(|t| t.replaces).collect();
+    let in_target: FnvHashSet<usize> = targets.iter().filter_map(|t| t.source).collect();
+    let replaced: FnvHashSet<usize> = targets.iter().filter_map(|t| t.replaces).collect();
     let mut placed: Vec<usize> = Vec::with_capacity(targets.len());
     // Slots that will still move or go: they may sit anywhere meanwhile.
-    let mut pending: HashSet<usize> = (0..current.len())
+    let mut pending: FnvHashSet<usize> = (0..current.len())
         .filter(|i| !in_target.contains(i))
         .collect();
     for (p, t) in targets.iter().enumerate() {
@@ -775,6 +778,11 @@ fn plan_chain(
     }
 
     for (p, t) in targets.iter().enumerate() {
+        if let Some(src) = t.source.filter(|_| stable[p]) {
+            // Already in order: no lookup, so a long chain costs O(n).
+            placed.push(src);
+            continue;
+        }
         let pred = placed.last().copied();
         let at = pred.map_or(0, |id| sim.pos(id) + 1);
         let what = t
@@ -782,12 +790,11 @@ fn plan_chain(
             .as_deref()
             .map_or_else(|| "a rule matched by ~match".to_string(), String::from);
         match t.source {
-            Some(src) if stable[p] => placed.push(src),
             Some(src) => {
                 pending.remove(&src);
                 let now = sim.pos(src);
                 let in_place =
-                    now >= at && sim.slots[at..now].iter().all(|s| pending.contains(&s.id));
+                    now >= at && sim.slots.range(at..now).all(|s| pending.contains(&s.id));
                 if !in_place {
                     let reason = format!(
                         "{label}: {what} is at position {}, wished {}",
@@ -870,7 +877,13 @@ fn longest_increasing(sources: &[Option<usize>]) -> Vec<bool> {
 /// A chain being edited, command by command, so that every position the
 /// plan names is the position the kernel will see at that step.
 struct ChainSim {
-    slots: Vec<Slot>,
+    /// A deque: the plan inserts near the top and takes from anywhere, so
+    /// each edit shifts only the shorter side of a long chain.
+    slots: VecDeque<Slot>,
+    /// How many copies of each rule text the chain holds, so that telling
+    /// whether deleting by text hits the intended copy needs no scan in
+    /// the usual case of one copy.
+    copies: FnvHashMap<Rule, usize>,
     next_id: usize,
     family: Family,
     table: String,
@@ -881,7 +894,12 @@ struct ChainSim {
 
 impl ChainSim {
     fn new(family: Family, table: &str, chain: &str, rules: &[Rule]) -> ChainSim {
+        let mut copies: FnvHashMap<Rule, usize> = FnvHashMap::default();
+        for r in rules {
+            *copies.entry(r.clone()).or_default() += 1;
+        }
         ChainSim {
+            copies,
             slots: rules
                 .iter()
                 .enumerate()
@@ -899,11 +917,27 @@ impl ChainSim {
         }
     }
 
+    /// Where slot `id` is, searching from both ends at once: the plan's
+    /// slots of interest sit near the top (placed rules) or anywhere
+    /// (rules to move), so this costs the distance to the nearer end.
     fn pos(&self, id: usize) -> usize {
-        self.slots
-            .iter()
-            .position(|s| s.id == id)
-            .unwrap_or(self.slots.len())
+        let n = self.slots.len();
+        for k in 0..n.div_ceil(2) {
+            if self.slots[k].id == id {
+                return k;
+            }
+            if self.slots[n - 1 - k].id == id {
+                return n - 1 - k;
+            }
+        }
+        n
+    }
+
+    /// True when the first rule with this slot's text is this slot.
+    fn first_of_its_text(&self, at: usize) -> bool {
+        let rule = &self.slots[at].rule;
+        self.copies.get(rule).copied().unwrap_or(0) <= 1
+            || !self.slots.range(..at).any(|s| s.rule == *rule)
     }
 
     fn rule(&self, id: usize) -> &Rule {
@@ -936,15 +970,16 @@ impl ChainSim {
     fn insert(&mut self, at: usize, rule: Rule, wish: Option<&str>, reason: &str) -> usize {
         let args = self.args("-I", Some(at + 1), Some(&rule));
         // Undoing deletes by text unless an identical rule sits above.
-        let undo = if self.slots[..at].iter().any(|s| s.rule == rule) {
-            self.args("-D", Some(at + 1), None)
-        } else {
-            self.args("-D", None, Some(&rule))
-        };
-        self.emit(args, undo, wish, reason);
         let id = self.next_id;
         self.next_id += 1;
+        *self.copies.entry(rule.clone()).or_default() += 1;
         self.slots.insert(at, Slot { id, rule });
+        let undo = if self.first_of_its_text(at) {
+            self.args("-D", None, Some(&self.slots[at].rule))
+        } else {
+            self.args("-D", Some(at + 1), None)
+        };
+        self.emit(args, undo, wish, reason);
         id
     }
 
@@ -953,8 +988,7 @@ impl ChainSim {
     fn delete(&mut self, id: usize, wish: Option<&str>, reason: &str) {
         let at = self.pos(id);
         let rule = self.slots[at].rule.clone();
-        let first = self.slots.iter().position(|s| s.rule == rule);
-        let args = if first == Some(at) {
+        let args = if self.first_of_its_text(at) {
             self.args("-D", None, Some(&rule))
         } else {
             self.args("-D", Some(at + 1), None)
@@ -962,6 +996,9 @@ impl ChainSim {
         let undo = self.args("-I", Some(at + 1), Some(&rule));
         self.emit(args, undo, wish, reason);
         self.slots.remove(at);
+        if let Some(n) = self.copies.get_mut(&rule) {
+            *n -= 1;
+        }
     }
 
     /// Moves slot `id` to 0-based position `at` (counted before the move)

@@ -6,7 +6,8 @@
 //! emit, skip counters and comment lines, and never panic: a line they cannot
 //! read is an error that names the line.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::{self, Write as _};
 
 use crate::rule::Rule;
@@ -60,13 +61,6 @@ impl Table {
     pub fn chain(&self, name: &str) -> Option<&Chain> {
         self.chains.iter().find(|(n, _)| n == name).map(|(_, c)| c)
     }
-
-    fn chain_mut(&mut self, name: &str) -> Option<&mut Chain> {
-        self.chains
-            .iter_mut()
-            .find(|(n, _)| n == name)
-            .map(|(_, c)| c)
-    }
 }
 
 /// All tables of one family. A table that is not loaded is absent; its
@@ -78,14 +72,17 @@ pub struct Ruleset {
 
 impl Ruleset {
     /// A chain as netfilter would show it, treating a missing table's
-    /// built-in chains as empty and accepting.
-    pub fn chain(&self, table: &str, chain: &str) -> Option<Chain> {
+    /// built-in chains as empty and accepting. Borrowed where it exists:
+    /// chains run to tens of thousands of rules.
+    pub fn chain(&self, table: &str, chain: &str) -> Option<Cow<'_, Chain>> {
         if let Some(c) = self.tables.get(table).and_then(|t| t.chain(chain)) {
-            return Some(c.clone());
+            return Some(Cow::Borrowed(c));
         }
-        builtin_chains(table).contains(&chain).then(|| Chain {
-            policy: Some("ACCEPT".to_string()),
-            rules: Vec::new(),
+        builtin_chains(table).contains(&chain).then(|| {
+            Cow::Owned(Chain {
+                policy: Some("ACCEPT".to_string()),
+                rules: Vec::new(),
+            })
         })
     }
 }
@@ -140,6 +137,9 @@ fn err(line: usize, text: &str, message: impl Into<String>) -> ParseError {
 pub fn parse_iptables_save(text: &str) -> Result<Ruleset, ParseError> {
     let mut ruleset = Ruleset::default();
     let mut current: Option<(String, Table)> = None;
+    // Chain name to index in the current table: hosts have thousands of
+    // chains, so a linear search per rule line would be quadratic.
+    let mut index: HashMap<String, usize> = HashMap::new();
     for (idx, raw) in text.lines().enumerate() {
         let n = idx + 1;
         let line = raw.trim_end();
@@ -163,6 +163,7 @@ pub fn parse_iptables_save(text: &str) -> Result<Ruleset, ParseError> {
                 return Err(err(n, line, "bad table name"));
             }
             current = Some((name.to_string(), Table::default()));
+            index.clear();
             continue;
         }
         let Some((table_name, table)) = current.as_mut() else {
@@ -177,7 +178,7 @@ pub fn parse_iptables_save(text: &str) -> Result<Ruleset, ParseError> {
             let (Some(name), Some(policy)) = (words.next(), words.next()) else {
                 return Err(err(n, line, "chain line needs a name and a policy"));
             };
-            if table.chain(name).is_some() {
+            if index.insert(name.to_string(), table.chains.len()).is_some() {
                 return Err(err(
                     n,
                     line,
@@ -201,15 +202,18 @@ pub fn parse_iptables_save(text: &str) -> Result<Ruleset, ParseError> {
                 },
                 None => line,
             };
-            let mut args = shlex::split(body).ok_or_else(|| err(n, line, "unbalanced quotes"))?;
+            let mut args = split_line(body).ok_or_else(|| err(n, line, "unbalanced quotes"))?;
             if args.len() < 2 || args[0] != "-A" {
                 return Err(err(n, line, "expected `-A CHAIN ...`"));
             }
             let chain_name = args[1].clone();
             args.drain(..2);
             let rule = Rule::from_args(args);
-            match table.chain_mut(&chain_name) {
-                Some(chain) => chain.rules.push(rule),
+            match index
+                .get(&chain_name)
+                .and_then(|&i| table.chains.get_mut(i))
+            {
+                Some((_, chain)) => chain.rules.push(rule),
                 None => {
                     return Err(err(
                         n,
@@ -230,6 +234,15 @@ pub fn parse_iptables_save(text: &str) -> Result<Ruleset, ParseError> {
         ));
     }
     Ok(ruleset)
+}
+
+/// Splits a saved rule line into arguments. Most lines hold no quotes or
+/// escapes and split on blanks; the rest go through shell-like splitting.
+fn split_line(line: &str) -> Option<Vec<String>> {
+    if line.contains(['"', '\'', '\\']) {
+        return shlex::split(line);
+    }
+    Some(line.split_ascii_whitespace().map(String::from).collect())
 }
 
 /// Reads `iptables -S CHAIN` output: `-P`/`-N` lines, then `-A CHAIN ...`.
