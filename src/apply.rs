@@ -9,8 +9,6 @@
 
 use crate::netfilter::{Backend, BatchError, Error, RuleCheck, transactions};
 use crate::plan::{Command, Plan, Program};
-use crate::state::State;
-use crate::wishes::{RuleItem, Wishes};
 
 /// Progress reported while applying, for the CLI's output and the daemon's
 /// audit log.
@@ -66,30 +64,6 @@ fn rollback_summary(undone: &usize, failures: &[String]) -> String {
         "; rolling back the {undone} command(s) already run failed for: {}",
         failures.join("; ")
     )
-}
-
-/// Every wished rule, for the kernel tools to check.
-pub fn rule_checks(wishes: &Wishes, state: &State) -> Vec<RuleCheck> {
-    let mut out = Vec::new();
-    for chain in &wishes.chains {
-        let missing = state
-            .ruleset(chain.family)
-            .chain(&chain.table, &chain.chain)
-            .is_none();
-        for item in chain.rules.iter().flatten() {
-            if let RuleItem::Named(r) = item {
-                out.push(RuleCheck {
-                    family: chain.family,
-                    table: chain.table.clone(),
-                    chain: chain.chain.clone(),
-                    chain_missing: missing,
-                    rule: r.rule.clone(),
-                    label: format!("{}/{}", chain.label(), r.name),
-                });
-            }
-        }
-    }
-    out
 }
 
 /// Runs `plan`, checking `checks` first; on failure undoes what ran.

@@ -87,8 +87,9 @@ pub struct RuleCheck {
     pub family: Family,
     pub table: String,
     pub chain: String,
-    /// True when the chain does not exist yet (the plan creates it).
-    pub chain_missing: bool,
+    /// Chains the plan creates that this rule sits in or jumps to: a check
+    /// declares them first.
+    pub creates: Vec<String>,
     pub rule: Rule,
     /// `table/chain/NAME`, for the message.
     pub label: String,
@@ -693,8 +694,9 @@ impl Backend for System {
             let mut declared = std::collections::HashSet::new();
             let chains: Vec<&str> = batch
                 .iter()
-                .filter(|c| c.chain_missing && declared.insert(c.chain.as_str()))
-                .map(|c| c.chain.as_str())
+                .flat_map(|c| c.creates.iter())
+                .filter(|c| declared.insert(c.as_str()))
+                .map(String::as_str)
                 .collect();
             let rules: Vec<(&str, &RuleCheck)> =
                 batch.iter().map(|c| (c.chain.as_str(), *c)).collect();

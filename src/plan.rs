@@ -86,7 +86,10 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
     let record = ownership::read(state);
     let mut keep: BTreeSet<Owned> = BTreeSet::new();
     let mut retargets = Vec::new();
-    for set in &wishes.ipsets {
+    // A list:set names other sets: those come first.
+    let mut sets: Vec<&IpsetWish> = wishes.ipsets.iter().collect();
+    sets.sort_by_key(|s| s.kind.name() == "list:set");
+    for set in sets {
         if let SetChange::Retarget { tmp } = plan_ipset(
             set,
             state.ipsets.get(&set.name),
@@ -335,22 +338,37 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
         if keep.contains(entry) || !state.ipsets.contains_key(name) {
             continue;
         }
-        let mut used = wishes.chains.iter().any(|c| {
-            c.rules
-                .iter()
-                .flatten()
-                .any(|i| matches!(i, RuleItem::Named(r) if r.rule.sets().any(|s| s == name)))
-        });
+        // Rules as the plan leaves them: the planned chains' final rules,
+        // every other chain as read. A rule the plan replaces or removes no
+        // longer counts; one it inserts does.
+        let mut used = false;
         for family in [Family::V4, Family::V6] {
             for (table, t) in &state.ruleset(family).tables {
                 for (chain, c) in &t.chains {
-                    for (i, r) in c.rules.iter().enumerate() {
-                        let going = deleted.contains(&(family, table.clone(), chain.clone(), i));
-                        used |= !going && r.sets().any(|s| s == name);
-                    }
+                    let key = (family, table.clone(), chain.clone());
+                    let rules = planned.get(&key).unwrap_or(&c.rules);
+                    used |= rules.iter().any(|r| r.sets().any(|s| s == name));
                 }
             }
         }
+        for (key, rules) in &planned {
+            let read = state
+                .ruleset(key.0)
+                .tables
+                .get(&key.1)
+                .and_then(|t| t.chain(&key.2));
+            if read.is_none() {
+                used |= rules.iter().any(|r| r.sets().any(|s| s == name));
+            }
+        }
+        // A list:set holding it, as the plan leaves it, uses it too.
+        used |= state.ipsets.iter().any(|(list, set)| {
+            let wished = wishes.ipsets.iter().find(|w| w.name == *list);
+            let members = wished
+                .and_then(|w| w.members.as_ref())
+                .unwrap_or(&set.members);
+            set.kind == "list:set" && members.iter().any(|m| element(m) == name)
+        });
         if used {
             keep.insert(entry.clone());
             continue;
@@ -520,6 +538,11 @@ fn options_match(wish: &IpsetWish, have: &Ipset) -> bool {
         let valued = !matches!(w.as_str(), "counters" | "comment" | "skbinfo" | "forceadd");
         let ok = if valued {
             let value = words.next().map(String::as_str).unwrap_or("");
+            // The kernel rounds a hash size up to a power of two.
+            let value = match (w.as_str(), value.parse::<u32>()) {
+                ("hashsize", Ok(n)) => n.max(64).next_power_of_two().to_string(),
+                _ => value.to_string(),
+            };
             have.options
                 .windows(2)
                 .any(|pair| pair[0] == *w && pair[1] == value)

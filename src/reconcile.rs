@@ -242,22 +242,27 @@ impl<B: Backend> Reconciler<B> {
                 if self.canonical.contains_key(&key) {
                     continue;
                 }
+                let missing_set = r.rule.sets().any(|s| !state.ipsets.contains_key(s));
+                let missing_target = r.rule.target().filter(|t| {
+                    ruleset.chain(&chain.table, t).is_none()
+                        && wishes.chains.iter().any(|c| {
+                            c.family == chain.family && c.table == chain.table && c.chain == *t
+                        })
+                });
+                let mut creates = Vec::new();
+                if chain_missing {
+                    creates.push(chain.chain.clone());
+                }
+                creates.extend(missing_target.map(String::from));
                 let check = RuleCheck {
                     family: chain.family,
                     table: chain.table.clone(),
                     chain: chain.chain.clone(),
-                    chain_missing,
+                    creates,
                     rule: r.rule.clone(),
                     label: format!("{}/{}", chain.label(), r.name),
                 };
-                let missing_set = r.rule.sets().any(|s| !state.ipsets.contains_key(s));
-                let missing_target = r.rule.target().is_some_and(|t| {
-                    ruleset.chain(&chain.table, t).is_none()
-                        && wishes.chains.iter().any(|c| {
-                            c.family == chain.family && c.table == chain.table && c.chain == t
-                        })
-                });
-                if missing_set || missing_target {
+                if missing_set || missing_target.is_some() {
                     deferred.push(check);
                 } else {
                     learn.push(check);
