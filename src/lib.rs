@@ -13,6 +13,7 @@ pub mod apply;
 pub mod canon;
 pub mod daemon;
 pub mod ipset;
+pub mod lock;
 pub mod netfilter;
 pub mod ownership;
 pub mod plan;

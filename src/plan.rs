@@ -406,10 +406,8 @@ fn group_tables(commands: &mut [Command]) {
             .unwrap_or(commands.len());
         let mut order: Vec<(Family, String)> = Vec::new();
         for c in &commands[start..end] {
-            if let Some(t) = table(c) {
-                if !order.contains(&t) {
-                    order.push(t);
-                }
+            if let Some(t) = table(c).filter(|t| !order.contains(t)) {
+                order.push(t);
             }
         }
         commands[start..end]

@@ -1,0 +1,1070 @@
+//! One daemon run, synchronous: re-read the wishes file, reconcile, and say
+//! what drifted and what was run.
+//!
+//! [`Core`] owns the reconciler and the wishes being enforced. The event
+//! loop moves it into a blocking thread for each run and gets it back with
+//! the [`Outcome`]; all timing decisions stay in the loop.
+//!
+//! The wishes follow three rules:
+//! - a file that does not load (YAML, validation, unreadable) changes
+//!   nothing: one error is logged, naming file, line and wish, and the
+//!   wishes in force stay in force;
+//! - new wishes that iptables rejects (a rule it cannot parse) are treated
+//!   the same way: the plan is all or nothing, so nothing changed, and pyfw
+//!   goes back to the last wishes that did apply;
+//! - the same bad content is reported once, not on every poll; SIGHUP
+//!   reports it again, since the operator asked.
+
+use std::collections::{HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::apply::Event;
+use crate::netfilter::{self, Backend};
+use crate::plan::{Command, Plan};
+use crate::reconcile::{self, Reconciler};
+use crate::wishes::{self, LoadError, RuleItem, WishError, Wishes};
+
+use super::timing::{Fix, Trigger, Triggers};
+
+/// What the daemon needs of a reconciler; [`Reconciler`] is the real one.
+pub trait Reconcile: Send + 'static {
+    /// Reads netfilter and plans, changing nothing.
+    fn plan(&mut self, wishes: &Wishes) -> Result<Plan, reconcile::Error>;
+    /// Reads, plans and applies, all or nothing; returns how many commands
+    /// ran.
+    fn apply(
+        &mut self,
+        wishes: &Wishes,
+        on: &mut dyn FnMut(Event),
+    ) -> Result<usize, reconcile::Error>;
+}
+
+impl<B: Backend + Send + 'static> Reconcile for Reconciler<B> {
+    fn plan(&mut self, wishes: &Wishes) -> Result<Plan, reconcile::Error> {
+        Reconciler::plan(self, wishes).map(|p| p.plan)
+    }
+
+    fn apply(
+        &mut self,
+        wishes: &Wishes,
+        on: &mut dyn FnMut(Event),
+    ) -> Result<usize, reconcile::Error> {
+        Reconciler::apply(self, wishes, on).map(|a| a.ran)
+    }
+}
+
+/// Wishes and the bytes they were read from.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub wishes: Wishes,
+    pub text: Vec<u8>,
+}
+
+/// Reads and validates the wishes file, keeping its bytes for comparing
+/// with later reads.
+pub fn load(path: &Path) -> Result<Loaded, LoadError> {
+    let text = std::fs::read(path).map_err(|e| file_error(path, format!("cannot read: {e}")))?;
+    let wishes = parse(path, &text)?;
+    Ok(Loaded { wishes, text })
+}
+
+fn parse(path: &Path, text: &[u8]) -> Result<Wishes, LoadError> {
+    let s = std::str::from_utf8(text).map_err(|_| file_error(path, "is not UTF-8 text".into()))?;
+    wishes::parse(s, path)
+}
+
+fn file_error(path: &Path, message: String) -> LoadError {
+    LoadError {
+        errors: vec![WishError {
+            path: path.to_path_buf(),
+            line: 0,
+            wish: None,
+            message,
+        }],
+    }
+}
+
+/// Logs a wishes file that does not load: one event, every problem in it.
+/// The fields name the first problem's place.
+pub fn log_invalid(e: &LoadError, path: &Path, what: &str) {
+    let first = e.errors.first();
+    let line = first.map(|w| w.line).filter(|l| *l > 0);
+    let at = Label::parse(first.and_then(|w| w.wish.as_deref()).unwrap_or(""));
+    let all: Vec<String> = e.errors.iter().map(ToString::to_string).collect();
+    tracing::error!(
+        file = %path.display(),
+        line,
+        family = at.family,
+        table = at.table,
+        chain = at.chain,
+        ipset = at.ipset,
+        wish = at.wish,
+        "{what}: {}",
+        all.join("; ")
+    );
+}
+
+/// A wish's label (`table/chain/NAME`, `ip6tables:table/chain`,
+/// `ipset NAME`) as log fields; `wish` is always the bare name, as in the
+/// command logs, so that `journalctl WISH=NAME` finds both.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Label<'a> {
+    family: Option<&'static str>,
+    table: Option<&'a str>,
+    chain: Option<&'a str>,
+    ipset: Option<&'a str>,
+    wish: Option<&'a str>,
+}
+
+impl<'a> Label<'a> {
+    fn parse(label: &'a str) -> Label<'a> {
+        if label.is_empty() {
+            return Label::default();
+        }
+        if let Some(set) = label.strip_prefix("ipset ") {
+            return Label {
+                ipset: Some(set),
+                wish: Some(set),
+                ..Label::default()
+            };
+        }
+        let (family, rest) = match label.strip_prefix("ip6tables:") {
+            Some(rest) => ("ipv6", rest),
+            None => ("ipv4", label),
+        };
+        let mut parts = rest.splitn(3, '/');
+        Label {
+            family: Some(family),
+            table: parts.next(),
+            chain: parts.next(),
+            ipset: None,
+            wish: parts.next(),
+        }
+    }
+}
+
+/// One run's instructions from the loop.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub triggers: Triggers,
+    /// Corrections on hold because of a fight (see `timing::Fights`).
+    pub held: HashSet<String>,
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunResult {
+    /// A file event that changed nothing; netfilter was not read.
+    Skipped,
+    InSync,
+    Repaired {
+        fixes: Vec<Fix>,
+        ran: usize,
+    },
+    /// Drift found, but its correction is held back during a fight.
+    Held,
+    /// Retry later. The message is for the log.
+    Failed(String),
+    /// The daemon cannot go on (new wishes rejected at start-up, with no
+    /// earlier wishes to fall back to). Already logged.
+    Fatal(String),
+}
+
+/// A run's result and the trigger it is reported under.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub trigger: &'static str,
+    pub result: RunResult,
+}
+
+/// Content that was reported as bad, so that it is reported once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Bad {
+    Text(Vec<u8>),
+    Unreadable(String),
+}
+
+/// The wishes in force and the reconciler that enforces them.
+pub struct Core<R> {
+    rec: R,
+    path: PathBuf,
+    active: Loaded,
+    /// True once `active` applied (or was found in force).
+    proven: bool,
+    /// What to go back to if iptables rejects `active` before it ever
+    /// applied: the last wishes that applied (`true`) or, if none did yet,
+    /// the ones loaded before (`false`).
+    fallback: Option<(Loaded, bool)>,
+    reported: Option<Bad>,
+    /// The abstract-socket lock held while netfilter is read and changed.
+    writer_lock: Option<String>,
+}
+
+impl<R: Reconcile> Core<R> {
+    pub fn new(rec: R, path: PathBuf, loaded: Loaded, writer_lock: Option<String>) -> Core<R> {
+        Core {
+            rec,
+            path,
+            active: loaded,
+            proven: false,
+            fallback: None,
+            reported: None,
+            writer_lock,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn reconciler(&self) -> &R {
+        &self.rec
+    }
+
+    /// A one-line status for `systemctl status`.
+    pub fn status(&self) -> String {
+        match &self.reported {
+            None => format!("enforcing {}", self.path.display()),
+            Some(_) => format!(
+                "{} is invalid; enforcing the last good wishes",
+                self.path.display()
+            ),
+        }
+    }
+
+    /// One run: re-read the file, then reconcile unless nothing can have
+    /// changed.
+    pub fn run(&mut self, job: &Job) -> Outcome {
+        let startup = job.triggers.contains(Trigger::Startup);
+        let sighup = job.triggers.contains(Trigger::Sighup);
+        let changed = self.refresh(sighup);
+        if !changed && job.triggers.only(Trigger::FileEvent) {
+            return Outcome {
+                trigger: "file-event",
+                result: RunResult::Skipped,
+            };
+        }
+        let named = if startup {
+            Some("startup")
+        } else if sighup {
+            Some("sighup")
+        } else if changed {
+            Some("wishes-changed")
+        } else {
+            None
+        };
+        let quiet = if job.triggers.contains(Trigger::Retry) {
+            "retry"
+        } else {
+            "timer"
+        };
+        loop {
+            match self.reconcile(named, &job.held) {
+                Ok(result) => {
+                    let trigger = match &result {
+                        RunResult::Repaired { .. } | RunResult::Held => named.unwrap_or("drift"),
+                        _ => named.unwrap_or(quiet),
+                    };
+                    return Outcome { trigger, result };
+                }
+                Err(rejected) => {
+                    // New wishes iptables rejects: nothing changed; back to
+                    // the last good ones, or give up if there are none.
+                    let message = self.reject_active(&rejected, startup);
+                    let Some((previous, proven)) = self.fallback.take() else {
+                        return Outcome {
+                            trigger: named.unwrap_or(quiet),
+                            result: RunResult::Fatal(message),
+                        };
+                    };
+                    self.active = previous;
+                    self.proven = proven;
+                }
+            }
+        }
+    }
+
+    /// Re-reads the wishes file; true when new wishes were loaded.
+    fn refresh(&mut self, force: bool) -> bool {
+        let path = self.path.clone();
+        let shown = path.display();
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                let bad = Bad::Unreadable(e.to_string());
+                if force || self.reported.as_ref() != Some(&bad) {
+                    tracing::error!(
+                        file = %shown,
+                        "cannot read {shown}: {e}; nothing changed, still enforcing the last \
+                         good wishes"
+                    );
+                    self.reported = Some(bad);
+                }
+                return false;
+            }
+        };
+        if text == self.active.text {
+            if self.reported.take().is_some() {
+                tracing::info!(
+                    file = %shown,
+                    "{shown} is back to the wishes in force"
+                );
+            } else if force {
+                tracing::info!(file = %shown, "{shown} is unchanged");
+            }
+            return false;
+        }
+        let bad = Bad::Text(text.clone());
+        if !force && self.reported.as_ref() == Some(&bad) {
+            return false;
+        }
+        match parse(&path, &text) {
+            Ok(wishes) => {
+                tracing::info!(
+                    file = %shown,
+                    "{shown} changed: read {} chain wish(es) and {} ipset wish(es)",
+                    wishes.chains.len(),
+                    wishes.ipsets.len()
+                );
+                let previous = std::mem::replace(&mut self.active, Loaded { wishes, text });
+                if self.proven || self.fallback.is_none() {
+                    self.fallback = Some((previous, self.proven));
+                }
+                self.proven = false;
+                self.reported = None;
+                true
+            }
+            Err(e) => {
+                log_invalid(
+                    &e,
+                    &path,
+                    "invalid wishes; nothing changed, still enforcing the last good wishes",
+                );
+                self.reported = Some(bad);
+                false
+            }
+        }
+    }
+
+    /// Logs that iptables rejected the active (unproven) wishes and marks
+    /// their content as reported. Returns the message.
+    fn reject_active(&mut self, rejected: &Rejected, startup: bool) -> String {
+        let path = self.path.display().to_string();
+        let line = locate_wish(&self.active.wishes, &rejected.label);
+        let at = match line {
+            Some(l) => format!("{path}:{l}"),
+            None => path.clone(),
+        };
+        let consequence = match (&self.fallback, startup) {
+            (Some(_), _) => "nothing changed, still enforcing the last good wishes",
+            (None, true) => "cannot start: there are no earlier wishes to fall back to",
+            (None, false) => "exiting: there are no earlier wishes to fall back to",
+        };
+        let message = format!(
+            "{at}: {}: iptables rejects the rule: {}; {consequence}",
+            rejected.label, rejected.message
+        );
+        let at = Label::parse(&rejected.label);
+        tracing::error!(
+            file = %path,
+            line,
+            family = at.family,
+            table = at.table,
+            chain = at.chain,
+            wish = at.wish,
+            "{message}"
+        );
+        self.reported = Some(Bad::Text(self.active.text.clone()));
+        message
+    }
+
+    /// Reads, plans and, unless held back, applies. `Err` only for new
+    /// wishes that iptables rejects.
+    fn reconcile(
+        &mut self,
+        named: Option<&'static str>,
+        held: &HashSet<String>,
+    ) -> Result<RunResult, Rejected> {
+        let _lock = match &self.writer_lock {
+            None => None,
+            Some(name) => match crate::lock::wait(name, crate::lock::WRITER_WAIT, &mut |busy| {
+                tracing::info!("{busy}; waiting for it to finish");
+            }) {
+                Ok(lock) => Some(lock),
+                Err(e) => return Ok(RunResult::Failed(e.to_string())),
+            },
+        };
+        let plan = match self.rec.plan(&self.active.wishes) {
+            Ok(plan) => plan,
+            Err(e) => return self.failure(e),
+        };
+        if plan.is_empty() {
+            self.proven = true;
+            return Ok(RunResult::InSync);
+        }
+        let fixes = fixes(&plan);
+        let urgent = named.is_some();
+        if !urgent && fixes.iter().any(|f| held.contains(&f.key)) {
+            tracing::debug!(
+                "drift held back during a fight: {}",
+                reasons(&plan).join("; ")
+            );
+            return Ok(RunResult::Held);
+        }
+        let trigger = named.unwrap_or("drift");
+        let mut last_reason = "";
+        for c in &plan.commands {
+            if c.reason != last_reason {
+                let at = Label::parse(&c.target);
+                tracing::info!(
+                    trigger,
+                    family = at.family,
+                    table = at.table,
+                    chain = at.chain,
+                    ipset = at.ipset,
+                    wish = c.wish.as_deref(),
+                    "drift ({trigger}): {}",
+                    c.reason
+                );
+                last_reason = &c.reason;
+            }
+        }
+        let started = Instant::now();
+        // Commands announced and not yet reported: a transaction announces
+        // all its commands, runs them at once, then reports each as done.
+        let mut pending: VecDeque<(usize, usize, String, Command)> = VecDeque::new();
+        let mut transaction: Option<String> = None;
+        let mut on = |event: Event| match event {
+            Event::Transaction {
+                index,
+                total,
+                line,
+                commands,
+            } => {
+                tracing::info!(
+                    trigger,
+                    transaction = %line,
+                    "transaction {index}/{total} (commands {}-{}): {line}",
+                    commands.start,
+                    commands.end.saturating_sub(1)
+                );
+                transaction = Some(line);
+            }
+            Event::Executing {
+                index,
+                total,
+                command,
+                line,
+            } => pending.push_back((index, total, line, command.clone())),
+            Event::Done { command } => {
+                let at = pending.iter().position(|p| p.3 == *command).unwrap_or(0);
+                if let Some((index, total, line, command)) = pending.remove(at) {
+                    let at = Label::parse(&command.target);
+                    tracing::info!(
+                        trigger,
+                        family = at.family,
+                        table = at.table,
+                        chain = at.chain,
+                        ipset = at.ipset,
+                        wish = command.wish.as_deref(),
+                        command = %line,
+                        result = "ok",
+                        exit_status = 0,
+                        "ran {index}/{total}: {line}"
+                    );
+                }
+            }
+            Event::RollingBack { command } => {
+                tracing::warn!(trigger, command = %command, "rolling back: {command}");
+            }
+            Event::Recording { line } => {
+                tracing::debug!(trigger, command = %line, "recording ownership: {line}");
+            }
+            Event::RecordFailed { line, error } => {
+                tracing::warn!(
+                    trigger,
+                    command = %line,
+                    result = "failed",
+                    "recording ownership failed (the next run tries again): {line}: {error}"
+                );
+            }
+            // Progress events added later are logged, if only for debugging.
+            #[allow(unreachable_patterns)]
+            other => tracing::debug!(trigger, "{other:?}"),
+        };
+        let result = self.rec.apply(&self.active.wishes, &mut on);
+        match result {
+            Ok(ran) => {
+                self.proven = true;
+                tracing::info!(
+                    trigger,
+                    "repaired ({trigger}): ran {ran} command(s) in {} ms; netfilter matches {}",
+                    started.elapsed().as_millis(),
+                    self.path.display()
+                );
+                Ok(RunResult::Repaired { fixes, ran })
+            }
+            Err(e) => {
+                let cause = cause_of(&e);
+                let (result, exit_status) = match cause {
+                    Some(netfilter::Error::Failed { status, .. }) => ("failed", exit_code(status)),
+                    Some(netfilter::Error::Timeout { .. }) => ("timeout", None),
+                    Some(netfilter::Error::Spawn { .. }) => ("not started", None),
+                    _ => ("failed", None),
+                };
+                let why = cause.map_or_else(|| e.to_string(), ToString::to_string);
+                let via = transaction
+                    .as_deref()
+                    .map(|t| format!(" (in `{t}`)"))
+                    .unwrap_or_default();
+                // Every command announced but not done failed with it.
+                for (index, total, line, command) in pending {
+                    let at = Label::parse(&command.target);
+                    tracing::error!(
+                        trigger,
+                        family = at.family,
+                        table = at.table,
+                        chain = at.chain,
+                        ipset = at.ipset,
+                        wish = command.wish.as_deref(),
+                        command = %line,
+                        result,
+                        exit_status,
+                        "failed {index}/{total}: {line}{via}: {why}"
+                    );
+                }
+                self.failure(e)
+            }
+        }
+    }
+
+    fn failure(&self, e: reconcile::Error) -> Result<RunResult, Rejected> {
+        match rejection(&e) {
+            Some(r) if !self.proven => Err(r),
+            _ => Ok(RunResult::Failed(e.to_string())),
+        }
+    }
+}
+
+/// A wish iptables refused: `table/chain/NAME` and its words.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Rejected {
+    label: String,
+    message: String,
+}
+
+/// The rule iptables refused, if that is why a reconcile failed.
+fn rejection(e: &reconcile::Error) -> Option<Rejected> {
+    cause_of(e).and_then(|c| match c {
+        netfilter::Error::Rejected { label, message } => Some(Rejected {
+            label: label.clone(),
+            message: message.clone(),
+        }),
+        _ => None,
+    })
+}
+
+/// The I/O error at the bottom of a reconcile error.
+fn cause_of(e: &reconcile::Error) -> Option<&netfilter::Error> {
+    if let reconcile::Error::Apply(a) = e {
+        return Some(&a.cause);
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(n) = s.downcast_ref::<netfilter::Error>() {
+            return Some(n);
+        }
+        source = s.source();
+    }
+    None
+}
+
+/// `exit status: 1` -> 1.
+fn exit_code(status: &str) -> Option<i32> {
+    status
+        .strip_prefix("exit status: ")
+        .and_then(|s| s.trim().parse().ok())
+}
+
+/// The line of rule `table/chain/NAME` (or `ip6tables:table/chain/NAME`)
+/// in `wishes`.
+fn locate_wish(wishes: &Wishes, label: &str) -> Option<u64> {
+    wishes.chains.iter().find_map(|chain| {
+        chain.rules.iter().flatten().find_map(|item| match item {
+            RuleItem::Named(r) if format!("{}/{}", chain.label(), r.name) == label => Some(r.line),
+            _ => None,
+        })
+    })
+}
+
+/// The distinct corrections of a plan, keyed for fight detection.
+pub fn fixes(plan: &Plan) -> Vec<Fix> {
+    let mut out: Vec<Fix> = Vec::new();
+    for c in &plan.commands {
+        let key = format!(
+            "{} {}",
+            c.target,
+            c.wish.as_deref().unwrap_or(c.reason.as_str())
+        );
+        if !out.iter().any(|f| f.key == key) {
+            out.push(Fix {
+                key,
+                reason: c.reason.clone(),
+            });
+        }
+    }
+    out
+}
+
+fn reasons(plan: &Plan) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    for c in &plan.commands {
+        if !out.contains(&c.reason.as_str()) {
+            out.push(&c.reason);
+        }
+    }
+    out
+}
+
+/// A scripted reconciler for the daemon's unit tests: a "kernel" that holds
+/// the names of the wished rules applied so far.
+#[cfg(test)]
+pub(crate) mod fake {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::apply::ApplyError;
+    use crate::plan::Program;
+    use crate::state::Family;
+
+    #[derive(Default)]
+    pub struct World {
+        /// Rule names in the kernel.
+        pub kernel: Vec<String>,
+        /// Another program deletes `allow_ssh` before every read.
+        pub fighting: bool,
+        /// How many of the next reads fail.
+        pub fail_reads: usize,
+        /// A read waits for this to receive (or close) first.
+        pub gate: Option<std::sync::mpsc::Receiver<()>>,
+        pub plans: usize,
+        pub applies: usize,
+    }
+
+    #[derive(Clone, Default)]
+    pub struct Fake(pub Arc<Mutex<World>>);
+
+    impl Fake {
+        pub fn world(&self) -> std::sync::MutexGuard<'_, World> {
+            self.0.lock().unwrap()
+        }
+    }
+
+    fn names(wishes: &Wishes) -> Vec<String> {
+        wishes
+            .chains
+            .iter()
+            .flat_map(|c| c.rule_names().map(String::from).collect::<Vec<_>>())
+            .collect()
+    }
+
+    fn drift(world: &World, wishes: &Wishes) -> Plan {
+        let commands = names(wishes)
+            .into_iter()
+            .filter(|n| !world.kernel.contains(n))
+            .map(|name| Command {
+                program: Program::Iptables(Family::V4),
+                args: [
+                    "-w",
+                    "-t",
+                    "filter",
+                    "-A",
+                    "INPUT",
+                    "-m",
+                    "comment",
+                    "--comment",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .chain([name.clone(), "-j".into(), "ACCEPT".into()])
+                .collect(),
+                undo: None,
+                reason: format!("filter/INPUT: {name} missing"),
+                target: "filter/INPUT".into(),
+                wish: Some(name),
+            })
+            .collect();
+        Plan {
+            commands,
+            ..Plan::default()
+        }
+    }
+
+    impl Reconcile for Fake {
+        fn plan(&mut self, wishes: &Wishes) -> Result<Plan, reconcile::Error> {
+            let gate = self.world().gate.take();
+            if let Some(g) = gate {
+                let _ = g.recv();
+            }
+            let mut w = self.world();
+            w.plans += 1;
+            if w.fail_reads > 0 {
+                w.fail_reads -= 1;
+                return Err(reconcile::Error::Read(netfilter::Error::Failed {
+                    command: "iptables-save".into(),
+                    status: "exit status: 4".into(),
+                    stderr: "resource temporarily unavailable".into(),
+                }));
+            }
+            if w.fighting {
+                w.kernel.retain(|n| n != "allow_ssh");
+            }
+            Ok(drift(&w, wishes))
+        }
+
+        fn apply(
+            &mut self,
+            wishes: &Wishes,
+            on: &mut dyn FnMut(Event),
+        ) -> Result<usize, reconcile::Error> {
+            let mut w = self.world();
+            let plan = drift(&w, wishes);
+            if names(wishes).iter().any(|n| n == "bad") {
+                return Err(reconcile::Error::Apply(ApplyError {
+                    cause: netfilter::Error::Rejected {
+                        label: "filter/INPUT/bad".into(),
+                        message: "iptables v1.8.9 (nf_tables): Bad ctstate \"BOGUS\"".into(),
+                    },
+                    undone: 0,
+                    rollback_failures: Vec::new(),
+                }));
+            }
+            let total = plan.commands.len();
+            for (i, command) in plan.commands.iter().enumerate() {
+                on(Event::Executing {
+                    index: i + 1,
+                    total,
+                    command,
+                    line: command.to_string(),
+                });
+                on(Event::Done { command });
+            }
+            w.kernel = names(wishes);
+            w.applies += 1;
+            Ok(total)
+        }
+    }
+
+    /// A wishes file with INPUT rules named `rules`.
+    pub fn wishes_text(rules: &[&str]) -> String {
+        let mut text =
+            String::from("pyfw_wishes:\n  iptables:\n    filter:\n      INPUT:\n        rules:\n");
+        for r in rules {
+            let matcher = if *r == "bad" {
+                "-m conntrack --ctstate BOGUS"
+            } else {
+                "-p tcp -m tcp --dport 22"
+            };
+            text.push_str(&format!(
+                "        - {r}: {matcher} -m comment --comment {r} -j ACCEPT\n"
+            ));
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::fake::{Fake, wishes_text};
+    use super::*;
+
+    /// Log output captured for one test.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+        fn errors(&self) -> Vec<String> {
+            self.text()
+                .lines()
+                .filter(|l| l.contains("ERROR"))
+                .map(String::from)
+                .collect()
+        }
+    }
+
+    /// Runs `f` with the log captured.
+    fn logged<T>(f: impl FnOnce(&Captured) -> T) -> T {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || f(&captured))
+    }
+
+    struct Setup {
+        _dir: tempfile::TempDir,
+        path: PathBuf,
+        fake: Fake,
+        core: Core<Fake>,
+    }
+
+    fn setup(rules: &[&str]) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wishes.yaml");
+        std::fs::write(&path, wishes_text(rules)).unwrap();
+        let fake = Fake::default();
+        let core = Core::new(fake.clone(), path.clone(), load(&path).unwrap(), None);
+        Setup {
+            _dir: dir,
+            path,
+            fake,
+            core,
+        }
+    }
+
+    fn job(triggers: &[Trigger]) -> Job {
+        Job {
+            triggers: Triggers::of(triggers),
+            held: HashSet::new(),
+        }
+    }
+
+    fn save(path: &Path, text: &str) {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
+    fn fixes_of(result: &RunResult) -> Vec<String> {
+        match result {
+            RunResult::Repaired { fixes, .. } => fixes.iter().map(|f| f.key.clone()).collect(),
+            other => panic!("expected a repair, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn runs_are_reported_under_the_trigger_that_explains_them() {
+        let mut s = setup(&["allow_ssh"]);
+        let o = s.core.run(&job(&[Trigger::Startup, Trigger::Timer]));
+        assert_eq!(o.trigger, "startup");
+        assert_eq!(fixes_of(&o.result), ["filter/INPUT allow_ssh"]);
+        let o = s.core.run(&job(&[Trigger::Timer]));
+        assert_eq!((o.trigger, o.result), ("timer", RunResult::InSync));
+        // Another program removes the rule: the poll finds drift.
+        s.fake.world().kernel.clear();
+        let o = s.core.run(&job(&[Trigger::Timer]));
+        assert_eq!(o.trigger, "drift");
+        assert_eq!(fixes_of(&o.result), ["filter/INPUT allow_ssh"]);
+        // A file event that changed nothing reads nothing.
+        let plans = s.fake.world().plans;
+        let o = s.core.run(&job(&[Trigger::FileEvent]));
+        assert_eq!(o.result, RunResult::Skipped);
+        assert_eq!(s.fake.world().plans, plans);
+        // An edit is a wishes change.
+        save(&s.path, &wishes_text(&["allow_ssh", "allow_http"]));
+        let o = s.core.run(&job(&[Trigger::FileEvent, Trigger::Timer]));
+        assert_eq!(o.trigger, "wishes-changed");
+        assert_eq!(fixes_of(&o.result), ["filter/INPUT allow_http"]);
+        // SIGHUP reconciles even with the file unchanged.
+        let o = s.core.run(&job(&[Trigger::Sighup]));
+        assert_eq!((o.trigger, o.result), ("sighup", RunResult::InSync));
+    }
+
+    #[test]
+    fn the_log_names_the_drift_then_each_command_with_its_result() {
+        let mut s = setup(&["allow_ssh"]);
+        let log = logged(|log| {
+            s.core.run(&job(&[Trigger::Startup]));
+            log.text()
+        });
+        let drift = log
+            .find("drift (startup): filter/INPUT: allow_ssh missing")
+            .expect(&log);
+        let ran = log
+            .find(
+                "ran 1/1: iptables -w -t filter -A INPUT -m comment --comment allow_ssh -j ACCEPT",
+            )
+            .expect(&log);
+        assert!(drift < ran, "{log}");
+        assert!(log.contains("result=\"ok\""), "{log}");
+        assert!(log.contains("wish=\"allow_ssh\""), "{log}");
+        assert!(log.contains("chain=\"INPUT\""), "{log}");
+    }
+
+    #[test]
+    fn a_bad_edit_is_reported_once_and_changes_nothing() {
+        let mut s = setup(&["allow_ssh"]);
+        s.core.run(&job(&[Trigger::Startup]));
+        logged(|log| {
+            save(&s.path, "pyfw_wishes:\n  iptables: [oops\n");
+            let o = s.core.run(&job(&[Trigger::FileEvent]));
+            assert_eq!(o.result, RunResult::Skipped, "nothing to reconcile");
+            assert_eq!(log.errors().len(), 1, "{}", log.text());
+            assert!(
+                log.errors()[0].contains(&format!("{}:2", s.path.display())),
+                "names file and line: {}",
+                log.text()
+            );
+            assert!(s.core.status().contains("invalid"));
+            // Polls and more events: still enforcing, no new error.
+            s.fake.world().kernel.clear();
+            let o = s.core.run(&job(&[Trigger::Timer]));
+            assert_eq!(fixes_of(&o.result), ["filter/INPUT allow_ssh"]);
+            s.core.run(&job(&[Trigger::FileEvent]));
+            s.core.run(&job(&[Trigger::Timer]));
+            assert_eq!(log.errors().len(), 1, "{}", log.text());
+            // SIGHUP asks again, so it is told again.
+            s.core.run(&job(&[Trigger::Sighup]));
+            assert_eq!(log.errors().len(), 2, "{}", log.text());
+            // An unreadable file is no different.
+            std::fs::remove_file(&s.path).unwrap();
+            s.core.run(&job(&[Trigger::Timer]));
+            s.core.run(&job(&[Trigger::Timer]));
+            assert_eq!(log.errors().len(), 3, "{}", log.text());
+            // Fixed: picked up.
+            save(&s.path, &wishes_text(&["allow_ssh", "allow_http"]));
+            let o = s.core.run(&job(&[Trigger::FileEvent]));
+            assert_eq!(o.trigger, "wishes-changed");
+            assert_eq!(s.fake.world().kernel, ["allow_ssh", "allow_http"]);
+            assert!(!s.core.status().contains("invalid"));
+        });
+    }
+
+    #[test]
+    fn wishes_iptables_rejects_fall_back_to_the_last_good_ones() {
+        let mut s = setup(&["allow_ssh"]);
+        s.core.run(&job(&[Trigger::Startup]));
+        logged(|log| {
+            save(&s.path, &wishes_text(&["allow_ssh", "bad"]));
+            let o = s.core.run(&job(&[Trigger::FileEvent]));
+            assert_eq!(o.trigger, "wishes-changed");
+            assert_eq!(o.result, RunResult::InSync, "back on the last good wishes");
+            let errors = log.errors();
+            assert_eq!(errors.len(), 1, "{}", log.text());
+            assert!(
+                errors[0].contains(&format!("{}:7: filter/INPUT/bad", s.path.display()))
+                    && errors[0].contains("Bad ctstate")
+                    && errors[0].contains("still enforcing the last good wishes"),
+                "{}",
+                errors[0]
+            );
+            // The last good wishes stay enforced; the error is not repeated.
+            s.fake.world().kernel.clear();
+            let o = s.core.run(&job(&[Trigger::Timer]));
+            assert_eq!(fixes_of(&o.result), ["filter/INPUT allow_ssh"]);
+            assert_eq!(log.errors().len(), 1, "{}", log.text());
+            // Fixed: picked up.
+            save(&s.path, &wishes_text(&["allow_ssh", "allow_http"]));
+            let o = s.core.run(&job(&[Trigger::FileEvent]));
+            assert_eq!(fixes_of(&o.result), ["filter/INPUT allow_http"]);
+        });
+    }
+
+    #[test]
+    fn wishes_rejected_at_startup_are_fatal() {
+        let mut s = setup(&["allow_ssh", "bad"]);
+        let o = logged(|_| s.core.run(&job(&[Trigger::Startup])));
+        let RunResult::Fatal(message) = o.result else {
+            panic!("expected Fatal, got {:?}", o.result);
+        };
+        assert!(message.contains("filter/INPUT/bad"), "{message}");
+        assert!(s.fake.world().kernel.is_empty());
+    }
+
+    #[test]
+    fn a_rejected_edit_before_the_first_success_falls_back_too() {
+        let mut s = setup(&["allow_ssh"]);
+        s.fake.world().fail_reads = 1;
+        let o = s.core.run(&job(&[Trigger::Startup]));
+        assert!(matches!(o.result, RunResult::Failed(_)), "{o:?}");
+        save(&s.path, &wishes_text(&["allow_ssh", "bad"]));
+        let o = logged(|_| s.core.run(&job(&[Trigger::FileEvent, Trigger::Retry])));
+        assert_eq!(o.trigger, "wishes-changed");
+        assert_eq!(fixes_of(&o.result), ["filter/INPUT allow_ssh"]);
+        assert_eq!(s.fake.world().kernel, ["allow_ssh"]);
+    }
+
+    #[test]
+    fn a_failed_read_is_a_failure_to_retry() {
+        let mut s = setup(&["allow_ssh"]);
+        s.fake.world().fail_reads = 1;
+        let o = s.core.run(&job(&[Trigger::Startup]));
+        let RunResult::Failed(message) = &o.result else {
+            panic!("expected Failed, got {:?}", o.result);
+        };
+        assert!(
+            message.contains("resource temporarily unavailable"),
+            "{message}"
+        );
+        let o = s.core.run(&job(&[Trigger::Retry]));
+        assert_eq!(o.trigger, "drift");
+        assert_eq!(fixes_of(&o.result), ["filter/INPUT allow_ssh"]);
+    }
+
+    #[test]
+    fn held_corrections_wait_unless_the_operator_asks() {
+        let mut s = setup(&["allow_ssh"]);
+        s.core.run(&job(&[Trigger::Startup]));
+        s.fake.world().kernel.clear();
+        let held = Job {
+            triggers: Triggers::of(&[Trigger::Timer]),
+            held: HashSet::from(["filter/INPUT allow_ssh".to_string()]),
+        };
+        let o = s.core.run(&held);
+        assert_eq!((o.trigger, o.result), ("drift", RunResult::Held));
+        assert!(s.fake.world().kernel.is_empty());
+        let sighup = Job {
+            triggers: Triggers::of(&[Trigger::Sighup]),
+            ..held
+        };
+        let o = s.core.run(&sighup);
+        assert_eq!(fixes_of(&o.result), ["filter/INPUT allow_ssh"]);
+    }
+
+    #[test]
+    fn labels_become_fields_with_the_bare_wish_name() {
+        let l = Label::parse("ip6tables:filter/INPUT/allow_ssh");
+        assert_eq!(
+            l,
+            Label {
+                family: Some("ipv6"),
+                table: Some("filter"),
+                chain: Some("INPUT"),
+                ipset: None,
+                wish: Some("allow_ssh"),
+            }
+        );
+        assert_eq!(Label::parse("filter/INPUT").wish, None);
+        assert_eq!(
+            Label::parse("ipset allowed_hosts").wish,
+            Some("allowed_hosts")
+        );
+        assert_eq!(Label::parse(""), Label::default());
+    }
+
+    #[test]
+    fn exit_codes_are_read_from_the_status() {
+        assert_eq!(exit_code("exit status: 1"), Some(1));
+        assert_eq!(exit_code("signal: 9 (SIGKILL)"), None);
+    }
+}

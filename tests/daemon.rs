@@ -1,0 +1,1367 @@
+//! `pyfw daemon` against real netfilter: the binary runs in a private
+//! network namespace per test, on a short poll interval (or a very long one
+//! where a test must prove that something other than the poll acted).
+//!
+//! Needs root. Without root, or where namespaces cannot be created, each
+//! test prints a `SKIP` line and passes, unless `PYFW_REQUIRE_NETNS=1`,
+//! which makes that a failure. Every wait is bounded: a condition is
+//! polled until it holds, and the test fails with the daemon's log if it
+//! does not within [`WAIT`].
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const PYFW: &str = env!("CARGO_BIN_EXE_pyfw");
+/// Longest wait for any condition.
+const WAIT: Duration = Duration::from_secs(20);
+/// Prefix of the namespaces these tests create.
+const PREFIX: &str = "pyfw-d-";
+/// The poll interval of most tests.
+const FAST: &str = "300ms";
+/// A poll interval that never comes due during a test.
+const NEVER: &str = "1h";
+
+// --- fixtures --------------------------------------------------------------
+
+fn spec_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/spec")
+        .join(name)
+}
+
+fn spec(name: &str) -> String {
+    let path = spec_path(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn normalize(save: &str) -> String {
+    let rs = pyfw::state::parse_iptables_save(save)
+        .unwrap_or_else(|e| panic!("cannot parse iptables-save output: {e}\n{save}"));
+    pyfw::state::render_ruleset(&rs)
+}
+
+/// The spec's wishes with one more INPUT rule after `allow_ssh`.
+fn wishes_with(name: &str, port: u16) -> String {
+    let text = spec("wishes.yaml");
+    let anchor =
+        "        - allow_ssh: -p tcp -m tcp --dport 22 -m comment --comment allow_ssh -j ACCEPT\n";
+    assert!(text.contains(anchor), "the spec's wishes changed");
+    text.replacen(
+        anchor,
+        &format!(
+            "{anchor}        - {name}: -p tcp -m tcp --dport {port} -m comment --comment {name} -j ACCEPT\n"
+        ),
+        1,
+    )
+}
+
+/// The line (1-based) of `needle` in `text`.
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .map(|i| i + 1)
+        .unwrap_or_else(|| panic!("`{needle}` not in:\n{text}"))
+}
+
+/// Writes `text` the way editors save: a temporary file renamed over.
+fn editor_save(path: &Path, text: &str) {
+    let tmp = path.with_file_name(format!(
+        ".{}.swp",
+        path.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Polls `ok` until it holds; panics with `context()` after [`WAIT`].
+#[track_caller]
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool, context: impl Fn() -> String) {
+    let start = Instant::now();
+    while !ok() {
+        if start.elapsed() > WAIT {
+            panic!("timed out after {WAIT:?} waiting for {what}\n{}", context());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// --- namespaces ------------------------------------------------------------
+
+fn effective_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+#[track_caller]
+fn unavailable(test: &str, reason: &str) {
+    if std::env::var("PYFW_REQUIRE_NETNS").as_deref() == Ok("1") {
+        panic!("{test}: network namespace tests are required (PYFW_REQUIRE_NETNS=1): {reason}");
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIP {test}: {reason} (set PYFW_REQUIRE_NETNS=1 to make this a failure)"
+    );
+}
+
+fn path_env() -> String {
+    let mut path = std::env::var("PATH").unwrap_or_default();
+    for dir in ["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
+        if !path.split(':').any(|p| p == dir) {
+            path.push(':');
+            path.push_str(dir);
+        }
+    }
+    path
+}
+
+/// Deletes namespaces left by test processes that are gone.
+fn remove_stale() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Ok(entries) = std::fs::read_dir("/run/netns") else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(PREFIX) else {
+                continue;
+            };
+            let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+            if let Some(pid) = pid
+                && pid != std::process::id()
+                && !Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let _ = Command::new("ip").args(["netns", "del", &name]).status();
+            }
+        }
+    });
+}
+
+/// A private network namespace with `lo` up, deleted on drop.
+struct Ns {
+    name: String,
+    /// `PATH` inside: for the legacy backend, a directory of `iptables*`
+    /// symlinks to the legacy tools comes first, so that pyfw (which runs
+    /// `iptables`) and the test drive the same tables.
+    path: String,
+    _legacy_bin: Option<tempfile::TempDir>,
+}
+
+impl Ns {
+    #[track_caller]
+    fn new(test: &str) -> Option<Ns> {
+        Ns::with_backend(test, false)
+    }
+
+    #[track_caller]
+    fn with_backend(test: &str, legacy: bool) -> Option<Ns> {
+        match effective_uid() {
+            Some(0) => {}
+            other => {
+                unavailable(test, &format!("not root (euid {other:?})"));
+                return None;
+            }
+        }
+        remove_stale();
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "{PREFIX}{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        );
+        match Command::new("ip")
+            .args(["netns", "add", &name])
+            .env("PATH", path_env())
+            .output()
+        {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => {
+                unavailable(
+                    test,
+                    &format!(
+                        "`ip netns add` failed: {}",
+                        String::from_utf8_lossy(&o.stderr).trim()
+                    ),
+                );
+                return None;
+            }
+            Err(e) => {
+                unavailable(test, &format!("cannot run `ip`: {e}"));
+                return None;
+            }
+        }
+        let mut ns = Ns {
+            name,
+            path: path_env(),
+            _legacy_bin: None,
+        };
+        if legacy {
+            let dir = tempfile::tempdir().unwrap();
+            for tool in [
+                "iptables",
+                "iptables-save",
+                "iptables-restore",
+                "ip6tables",
+                "ip6tables-save",
+                "ip6tables-restore",
+            ] {
+                let legacy_tool = tool.replacen("tables", "tables-legacy", 1);
+                let Some(target) = ["/usr/sbin", "/sbin", "/usr/local/sbin"]
+                    .iter()
+                    .map(|d| Path::new(d).join(&legacy_tool))
+                    .find(|p| p.exists())
+                else {
+                    unavailable(test, &format!("{legacy_tool} is not installed"));
+                    return None;
+                };
+                std::os::unix::fs::symlink(target, dir.path().join(tool)).unwrap();
+            }
+            ns.path = format!("{}:{}", dir.path().display(), ns.path);
+            ns._legacy_bin = Some(dir);
+        }
+        ns.ok(&["ip", "link", "set", "lo", "up"]);
+        let version = ns.run(&["iptables", "-V"]);
+        let marker = if legacy { "(legacy)" } else { "(nf_tables)" };
+        if !String::from_utf8_lossy(&version.stdout).contains(marker) {
+            unavailable(test, &format!("`iptables -V` does not say {marker}"));
+            return None;
+        }
+        if !ns.run(&["iptables-save"]).status.success() {
+            unavailable(test, "iptables does not work in a network namespace");
+            return None;
+        }
+        Some(ns)
+    }
+
+    fn command(&self, argv: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name])
+            .args(argv)
+            .env("PATH", &self.path)
+            .env("LC_ALL", "C")
+            .env_remove("PYFW_WISHES")
+            .env_remove("PYFW_INTERVAL")
+            .env_remove("PYFW_BACKEND")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID");
+        c
+    }
+
+    fn run(&self, argv: &[&str]) -> Output {
+        self.command(argv)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {argv:?}: {e}"))
+    }
+
+    #[track_caller]
+    fn ok(&self, argv: &[&str]) -> String {
+        let out = self.run(argv);
+        assert!(
+            out.status.success(),
+            "{argv:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[track_caller]
+    fn restore(&self, tool: &str, args: &[&str], text: &str) {
+        let mut child = self
+            .command(&[&[tool], args].concat())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{tool} {args:?} failed: {}\n{text}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The rules, normalised, as `tool` (`iptables-save`, ...) shows them.
+    fn rules_with(&self, tool: &str) -> String {
+        normalize(&self.ok(&[tool]))
+    }
+
+    fn rules(&self) -> String {
+        self.rules_with("iptables-save")
+    }
+
+    fn ipsets(&self) -> String {
+        self.ok(&["ipset", "save"])
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .env("PATH", path_env())
+            .status();
+    }
+}
+
+// --- the daemon ------------------------------------------------------------
+
+/// A `pyfw daemon` in a namespace, its stderr collected as it comes.
+struct Daemon {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    reader: Option<JoinHandle<()>>,
+    status: Option<ExitStatus>,
+}
+
+struct Start<'a> {
+    wishes: &'a Path,
+    interval: &'a str,
+    global: Vec<&'a str>,
+    env: Vec<(&'a str, String)>,
+    /// Program and arguments put before `pyfw` (e.g. `unshare -m ...`).
+    wrapper: Vec<String>,
+}
+
+impl<'a> Start<'a> {
+    fn new(wishes: &'a Path, interval: &'a str) -> Start<'a> {
+        Start {
+            wishes,
+            interval,
+            global: Vec::new(),
+            env: vec![("PYFW_LOG", "debug".to_string())],
+            wrapper: Vec::new(),
+        }
+    }
+
+    fn env(mut self, key: &'a str, value: impl Into<String>) -> Self {
+        self.env.push((key, value.into()));
+        self
+    }
+
+    fn global(mut self, args: &[&'a str]) -> Self {
+        self.global.extend_from_slice(args);
+        self
+    }
+
+    fn spawn(self, ns: &Ns) -> Daemon {
+        let wishes = self.wishes.to_str().unwrap();
+        let mut argv: Vec<&str> = self.wrapper.iter().map(String::as_str).collect();
+        argv.extend([PYFW, "--wishes", wishes]);
+        argv.extend(self.global.iter().copied());
+        argv.extend(["daemon", "--interval", self.interval]);
+        let mut cmd = ns.command(&argv);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the daemon: {e}"));
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match stderr.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => sink
+                        .lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n])),
+                }
+            }
+        });
+        Daemon {
+            child,
+            log,
+            reader: Some(reader),
+            status: None,
+        }
+    }
+}
+
+impl Daemon {
+    fn start(ns: &Ns, wishes: &Path, interval: &str) -> Daemon {
+        Start::new(wishes, interval).spawn(ns)
+    }
+
+    fn pid(&self) -> u32 {
+        // `ip netns exec` execs the program: same process.
+        self.child.id()
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn log_lines_with(&self, needle: &str) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(String::from)
+            .collect()
+    }
+
+    #[track_caller]
+    fn wait_log(&self, needle: &str) {
+        wait_until(
+            &format!("`{needle}` in the daemon's log"),
+            || self.log().contains(needle),
+            || self.log(),
+        );
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) with our child's pid and a valid signal number.
+        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, sig) };
+        assert_eq!(rc, 0, "kill({}, {sig})", self.pid());
+    }
+
+    /// The exit status, once the daemon has exited.
+    fn exited(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().unwrap();
+        }
+        self.status
+    }
+
+    #[track_caller]
+    fn assert_alive(&mut self) {
+        if let Some(status) = self.exited() {
+            panic!("the daemon exited ({status})\n{}", self.log());
+        }
+    }
+
+    /// Waits for the daemon to exit within `limit`.
+    #[track_caller]
+    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.exited() {
+                if let Some(r) = self.reader.take() {
+                    let _ = r.join();
+                }
+                return s;
+            }
+            if start.elapsed() > limit {
+                panic!("the daemon did not exit within {limit:?}\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until the namespace's rules equal `expected` (normalised).
+    #[track_caller]
+    fn wait_rules(&self, ns: &Ns, expected: &str, what: &str) {
+        self.wait_rules_with(ns, "iptables-save", expected, what);
+    }
+
+    #[track_caller]
+    fn wait_rules_with(&self, ns: &Ns, tool: &str, expected: &str, what: &str) {
+        let expected = normalize(expected);
+        wait_until(
+            what,
+            || ns.rules_with(tool) == expected,
+            || {
+                format!(
+                    "--- expected ---\n{expected}--- actual ---\n{}--- daemon log ---\n{}",
+                    ns.rules_with(tool),
+                    self.log()
+                )
+            },
+        );
+    }
+
+    /// Waits for `n` more in-sync polls (logged at debug) than now.
+    #[track_caller]
+    fn wait_polls(&self, n: usize) {
+        let count = || self.log().matches("in sync with").count();
+        let target = count() + n;
+        wait_until(
+            &format!("{n} more polls"),
+            || count() >= target,
+            || self.log(),
+        );
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.exited().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+/// A namespace holding Docker's rules after a reboot, and a daemon that
+/// has firewalled it as the spec says.
+fn started(test: &str, wishes: &Path, interval: &str) -> Option<(Ns, Daemon)> {
+    let ns = Ns::new(test)?;
+    ns.restore(
+        "iptables-restore",
+        &["-w"],
+        &spec("docker-after-reboot.save"),
+    );
+    let daemon = Daemon::start(&ns, wishes, interval);
+    daemon.wait_rules(&ns, &spec("after-apply.save"), "the first reconcile");
+    daemon.wait_log("ready: netfilter matches");
+    Some((ns, daemon))
+}
+
+/// `systemctl restart docker.service`, in one transaction so that the
+/// daemon sees all of it at once: Docker flushes its DOCKER chain and puts
+/// its own FORWARD rules back on top.
+fn replay_docker_restart(ns: &Ns, restore: &str) {
+    let rs = pyfw::state::parse_iptables_save(&spec("docker-after-reboot.save")).unwrap();
+    let forward = rs.tables["filter"].chain("FORWARD").unwrap();
+    let mut script = String::from("*filter\n-F DOCKER\n");
+    for (i, rule) in forward.rules.iter().enumerate() {
+        let args = pyfw::rule::display_args(rule.args());
+        script.push_str(&format!("-D FORWARD {args}\n-I FORWARD {} {args}\n", i + 1));
+    }
+    script.push_str("COMMIT\n");
+    ns.restore(restore, &["-w", "--noflush"], &script);
+}
+
+/// The spec's five repair commands, as `binary` runs them.
+fn spec_repair_commands(binary: &str) -> Vec<String> {
+    spec("apply-output.txt")
+        .lines()
+        .map(|l| {
+            let cmd = l.split_once(": ").expect("Executing command i/N: CMD").1;
+            let rest = cmd.strip_prefix("iptables ").expect("an iptables command");
+            format!("{binary} {rest}")
+        })
+        .collect()
+}
+
+// --- tests -----------------------------------------------------------------
+
+#[test]
+fn firewalls_on_start() {
+    let Some((ns, mut daemon)) = started("firewalls_on_start", &spec_path("wishes.yaml"), FAST)
+    else {
+        return;
+    };
+    let sets = pyfw::state::parse_ipset_save(&ns.ipsets()).unwrap();
+    assert_eq!(sets["allowed_hosts"].members, ["192.168.122.193"]);
+    let log = daemon.log();
+    assert!(
+        log.contains("drift (startup): filter/INPUT: allow_ssh missing"),
+        "{log}"
+    );
+    assert!(log.contains("trigger=\"startup\""), "{log}");
+    daemon.wait_polls(2);
+    daemon.assert_alive();
+}
+
+fn docker_restart_is_repaired(legacy: bool) {
+    let test = format!("docker_restart_is_repaired[legacy={legacy}]");
+    let Some(ns) = Ns::with_backend(&test, legacy) else {
+        return;
+    };
+    let (save, restore, binary) = ("iptables-save", "iptables-restore", "iptables");
+    ns.restore(restore, &["-w"], &spec("docker-after-reboot.save"));
+    let wishes = spec_path("wishes.yaml");
+    let backend = if legacy { "legacy" } else { "nft" };
+    let mut daemon = Start::new(&wishes, FAST)
+        .global(&["--backend", backend])
+        .spawn(&ns);
+    daemon.wait_rules_with(&ns, save, &spec("after-apply.save"), "the first reconcile");
+    daemon.wait_log("ready: netfilter matches");
+
+    replay_docker_restart(&ns, restore);
+    daemon.wait_rules_with(&ns, save, &spec("after-apply.save"), "the repair");
+    daemon.wait_log("repaired (drift)");
+    let log = daemon.log();
+    for drift in [
+        "drift (drift): filter/FORWARD: allow_established is at position 6, wished 1",
+        "drift (drift): filter/DOCKER: allowed_hosts_only missing",
+    ] {
+        assert!(log.contains(drift), "the log must name `{drift}`:\n{log}");
+    }
+    // Drift is named before any command runs.
+    let named = log.find("drift (drift): ").unwrap();
+    let first_run = log[named..].find("ran 1/").map(|i| i + named);
+    assert!(first_run.is_some(), "{log}");
+    for command in spec_repair_commands(binary) {
+        let ran: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(&format!(": {command} ")) && l.contains("ran "))
+            .collect();
+        assert!(
+            ran.iter()
+                .any(|l| l.contains("result=\"ok\"") && l.contains("trigger=\"drift\"")),
+            "the log must show `{command}` run with its result:\n{log}"
+        );
+    }
+    daemon.wait_polls(2);
+    daemon.assert_alive();
+}
+
+#[test]
+fn docker_restart_is_repaired_nft() {
+    docker_restart_is_repaired(false);
+}
+
+#[test]
+fn docker_restart_is_repaired_legacy() {
+    docker_restart_is_repaired(true);
+}
+
+#[test]
+fn an_editor_save_is_followed_without_a_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let wishes = dir.path().join("wishes.yaml");
+    std::fs::write(&wishes, spec("wishes.yaml")).unwrap();
+    // No poll during the test: only the file watch can see the edit.
+    let Some((ns, mut daemon)) = started("editor_save", &wishes, NEVER) else {
+        return;
+    };
+    editor_save(&wishes, &wishes_with("allow_http", 80));
+    wait_until(
+        "allow_http in INPUT",
+        || ns.rules().contains("--comment allow_http"),
+        || daemon.log(),
+    );
+    daemon.wait_log("drift (wishes-changed): filter/INPUT: allow_http missing");
+    daemon.wait_log("repaired (wishes-changed)");
+    // An event that changes nothing (touching the file) is only a hint.
+    let runs = daemon.log().matches("repaired (").count();
+    std::fs::write(dir.path().join("unrelated"), "x").unwrap();
+    editor_save(&wishes, &wishes_with("allow_http", 80));
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(daemon.log().matches("repaired (").count(), runs);
+    daemon.assert_alive();
+}
+
+#[test]
+fn a_configmap_symlink_swap_is_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let top = dir.path();
+    let version = |name: &str, text: &str| {
+        std::fs::create_dir(top.join(name)).unwrap();
+        std::fs::write(top.join(name).join("wishes.yaml"), text).unwrap();
+    };
+    // How the kubelet lays out a ConfigMap volume.
+    version("..2026_01_01_00_00_00.1", &spec("wishes.yaml"));
+    std::os::unix::fs::symlink("..2026_01_01_00_00_00.1", top.join("..data")).unwrap();
+    let wishes = top.join("wishes.yaml");
+    std::os::unix::fs::symlink("..data/wishes.yaml", &wishes).unwrap();
+    // ...and how it updates one: a new directory, `..data` swapped
+    // atomically by renaming a new symlink over it, the old one removed.
+    let swap = |old: &str, new: &str, text: &str| {
+        version(new, text);
+        std::os::unix::fs::symlink(new, top.join("..data_tmp")).unwrap();
+        std::fs::rename(top.join("..data_tmp"), top.join("..data")).unwrap();
+        std::fs::remove_dir_all(top.join(old)).unwrap();
+    };
+    let Some((ns, mut daemon)) = started("configmap_swap", &wishes, NEVER) else {
+        return;
+    };
+    swap(
+        "..2026_01_01_00_00_00.1",
+        "..2026_01_02_00_00_00.2",
+        &wishes_with("allow_http", 80),
+    );
+    wait_until(
+        "allow_http after the first swap",
+        || ns.rules().contains("--comment allow_http"),
+        || daemon.log(),
+    );
+    swap(
+        "..2026_01_02_00_00_00.2",
+        "..2026_01_03_00_00_00.3",
+        &wishes_with("allow_https", 443),
+    );
+    wait_until(
+        "allow_https after the second swap",
+        || ns.rules().contains("--comment allow_https"),
+        || daemon.log(),
+    );
+    daemon.wait_log("drift (wishes-changed): filter/INPUT: allow_https missing");
+    daemon.assert_alive();
+}
+
+#[test]
+fn invalid_edits_change_nothing_and_the_fix_is_picked_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let wishes = dir.path().join("wishes.yaml");
+    std::fs::write(&wishes, spec("wishes.yaml")).unwrap();
+    let Some((ns, mut daemon)) = started("invalid_edits", &wishes, FAST) else {
+        return;
+    };
+    let good = spec("after-apply.save");
+    let shown = wishes.display().to_string();
+
+    let yaml = spec("wishes.yaml").replacen("default_action: DROP", "default_action: [DROP", 1);
+    let policy = spec("wishes.yaml").replacen("default_action: DROP", "default_action: DRUP", 1);
+    let rejected = wishes_with("bad_state", 0).replace(
+        "-p tcp -m tcp --dport 0 -m comment --comment bad_state",
+        "-m conntrack --ctstate BOGUS -m comment --comment bad_state",
+    );
+    // What each error must say, besides the file and line: the wish in the
+    // message and as log fields.
+    let cases: [(&str, &String, &str, &[&str]); 3] = [
+        ("bad YAML", &yaml, "default_action: [DROP", &[]),
+        (
+            "a failed validation",
+            &policy,
+            "DRUP",
+            &["filter/INPUT", "table=\"filter\" chain=\"INPUT\""],
+        ),
+        (
+            "a rule iptables rejects",
+            &rejected,
+            "bad_state",
+            &["filter/INPUT/bad_state", "wish=\"bad_state\""],
+        ),
+    ];
+    for (what, text, needle, names) in cases {
+        let at = format!("{shown}:{}", line_of(text, needle));
+        let mark = daemon.log().len();
+        editor_save(&wishes, text);
+        let errors = || {
+            daemon.log()[mark..]
+                .lines()
+                .filter(|l| l.contains("ERROR") && l.contains(&at))
+                .map(String::from)
+                .collect::<Vec<_>>()
+        };
+        wait_until(
+            &format!("an error naming {at} for {what}"),
+            || !errors().is_empty(),
+            || daemon.log(),
+        );
+        for name in names {
+            assert!(
+                errors()[0].contains(name),
+                "the error for {what} must name {name}: {:?}",
+                errors()
+            );
+        }
+        // Several polls later: still one error, nothing changed, alive.
+        daemon.wait_polls(3);
+        assert_eq!(errors().len(), 1, "one error for {what}:\n{}", daemon.log());
+        assert_eq!(ns.rules(), normalize(&good), "{what} changed netfilter");
+        daemon.assert_alive();
+    }
+
+    // Fixed: picked up.
+    editor_save(&wishes, &wishes_with("allow_http", 80));
+    wait_until(
+        "the fixed file to be applied",
+        || ns.rules().contains("--comment allow_http"),
+        || daemon.log(),
+    );
+    daemon.wait_polls(1);
+    daemon.assert_alive();
+}
+
+#[test]
+fn invalid_wishes_at_startup_exit_nonzero() {
+    let Some(ns) = Ns::new("invalid_at_startup") else {
+        return;
+    };
+    ns.restore(
+        "iptables-restore",
+        &["-w"],
+        &spec("docker-after-reboot.save"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let wishes = dir.path().join("wishes.yaml");
+    let bad_yaml = spec("wishes.yaml").replacen("default_action: DROP", "default_action: [DROP", 1);
+    let rejected = wishes_with("bad_state", 0).replace(
+        "-p tcp -m tcp --dport 0 -m comment --comment bad_state",
+        "-m conntrack --ctstate BOGUS -m comment --comment bad_state",
+    );
+    for (text, needle) in [
+        (&bad_yaml, "default_action: [DROP"),
+        (&rejected, "bad_state"),
+    ] {
+        std::fs::write(&wishes, text).unwrap();
+        let mut daemon = Daemon::start(&ns, &wishes, FAST);
+        let status = daemon.wait_exit(WAIT);
+        assert_eq!(status.code(), Some(1), "{}", daemon.log());
+        let at = format!("{}:{}", wishes.display(), line_of(text, needle));
+        assert!(
+            daemon.log().contains(&at),
+            "must name {at}:\n{}",
+            daemon.log()
+        );
+        assert_eq!(
+            ns.rules(),
+            normalize(&spec("docker-after-reboot.save")),
+            "nothing may change\n{}",
+            daemon.log()
+        );
+    }
+}
+
+#[test]
+fn sighup_reloads() {
+    let Some(ns) = Ns::new("sighup_reloads") else {
+        return;
+    };
+    ns.restore(
+        "iptables-restore",
+        &["-w"],
+        &spec("docker-after-reboot.save"),
+    );
+    // The daemon's path is a hard link into a directory it does not watch:
+    // an edit made in place there raises no event it can see, so only the
+    // SIGHUP can make it re-read the file (and the poll never comes).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("real")).unwrap();
+    std::fs::create_dir(dir.path().join("etc")).unwrap();
+    let real = dir.path().join("real/wishes.yaml");
+    std::fs::write(&real, spec("wishes.yaml")).unwrap();
+    let wishes = dir.path().join("etc/wishes.yaml");
+    std::fs::hard_link(&real, &wishes).unwrap();
+    let mut daemon = Daemon::start(&ns, &wishes, NEVER);
+    daemon.wait_rules(&ns, &spec("after-apply.save"), "the first reconcile");
+    daemon.wait_log("ready: netfilter matches");
+
+    std::fs::write(&real, wishes_with("allow_http", 80)).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !ns.rules().contains("allow_http"),
+        "the edit was seen without SIGHUP; this test proves nothing\n{}",
+        daemon.log()
+    );
+    daemon.signal(libc::SIGHUP);
+    wait_until(
+        "allow_http after SIGHUP",
+        || ns.rules().contains("--comment allow_http"),
+        || daemon.log(),
+    );
+    daemon.wait_log("SIGHUP: re-reading");
+    daemon.wait_log("drift (sighup): filter/INPUT: allow_http missing");
+
+    // SIGHUP also repairs drift at once, without waiting for a poll.
+    ns.ok(&[
+        "iptables",
+        "-w",
+        "-D",
+        "INPUT",
+        "-p",
+        "tcp",
+        "-m",
+        "tcp",
+        "--dport",
+        "22",
+        "-m",
+        "comment",
+        "--comment",
+        "allow_ssh",
+        "-j",
+        "ACCEPT",
+    ]);
+    daemon.signal(libc::SIGHUP);
+    wait_until(
+        "allow_ssh back after SIGHUP",
+        || ns.rules().contains("--comment allow_ssh"),
+        || daemon.log(),
+    );
+    daemon.assert_alive();
+}
+
+#[test]
+fn sigterm_and_sigint_exit_0_and_leave_the_rules() {
+    for (sig, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
+        let Some((ns, mut daemon)) = started("sigterm_exits_0", &spec_path("wishes.yaml"), FAST)
+        else {
+            return;
+        };
+        daemon.signal(sig);
+        // "Within a second or two"; generous for a loaded machine.
+        let status = daemon.wait_exit(Duration::from_secs(5));
+        assert_eq!(status.code(), Some(0), "{name}\n{}", daemon.log());
+        assert!(
+            daemon.log().contains(&format!("stopping on {name}")),
+            "{}",
+            daemon.log()
+        );
+        assert_eq!(
+            ns.rules(),
+            normalize(&spec("after-apply.save")),
+            "the rules must stay after {name}"
+        );
+    }
+}
+
+#[test]
+fn one_daemon_per_network_namespace() {
+    let wishes = spec_path("wishes.yaml");
+    let Some((ns, mut first)) = started("one_daemon_per_netns", &wishes, FAST) else {
+        return;
+    };
+    let mut second = Daemon::start(&ns, &wishes, FAST);
+    let status = second.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(1), "{}", second.log());
+    let log = second.log();
+    assert!(
+        log.contains("already running in this network namespace")
+            && log.contains(&format!("pid {}", first.pid())),
+        "the refusal must say why and name the running daemon:\n{log}"
+    );
+    first.assert_alive();
+
+    // Another namespace is another firewall: a daemon starts there.
+    let Some((_other_ns, mut other)) = started("one_daemon_per_netns", &wishes, FAST) else {
+        return;
+    };
+    other.assert_alive();
+    first.assert_alive();
+}
+
+/// Holds `@pyfw-lock` in `ns` with socat until killed.
+fn hold_writer_lock(ns: &Ns) -> Child {
+    let child = ns
+        // `fork`: a probe (pyfw asking who holds the lock) must not end it.
+        .command(&["socat", "ABSTRACT-LISTEN:pyfw-lock,fork", "EXEC:true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("socat");
+    wait_until(
+        "socat to hold @pyfw-lock",
+        || ns.ok(&["ss", "-xlH"]).contains("@pyfw-lock"),
+        String::new,
+    );
+    child
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .env("PATH", path_env())
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn apply_takes_turns_with_the_writer_lock() {
+    let Some(ns) = Ns::new("apply_takes_turns") else {
+        return;
+    };
+    if !have("socat") || !have("ss") {
+        unavailable("apply_takes_turns", "socat or ss is not installed");
+        return;
+    }
+    ns.restore(
+        "iptables-restore",
+        &["-w"],
+        &spec("docker-after-reboot.save"),
+    );
+    let wishes = spec_path("wishes.yaml");
+    let mut holder = hold_writer_lock(&ns);
+    let mut apply = ns
+        .command(&[PYFW, "--wishes", wishes.to_str().unwrap(), "apply"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = apply.stderr.take().unwrap();
+    let seen = Arc::new(Mutex::new(String::new()));
+    let sink = seen.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    wait_until(
+        "apply to say it waits",
+        || seen.lock().unwrap().contains("waiting up to"),
+        || seen.lock().unwrap().clone(),
+    );
+    assert!(apply.try_wait().unwrap().is_none(), "apply must wait");
+    assert_eq!(
+        ns.rules(),
+        normalize(&spec("docker-after-reboot.save")),
+        "apply changed netfilter while another pyfw held the lock"
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let out = apply.wait_with_output().unwrap();
+    reader.join().unwrap();
+    assert!(
+        out.status.success(),
+        "apply after the lock was freed: {}",
+        seen.lock().unwrap()
+    );
+    assert_eq!(ns.rules(), normalize(&spec("after-apply.save")));
+
+    // With a daemon running, a one-shot apply takes its turn.
+    let mut daemon = Daemon::start(&ns, &wishes, FAST);
+    daemon.wait_log("ready: netfilter matches");
+    for _ in 0..3 {
+        let out = ns.run(&[PYFW, "--wishes", wishes.to_str().unwrap(), "apply"]);
+        assert!(
+            out.status.success(),
+            "apply beside the daemon: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    daemon.assert_alive();
+}
+
+#[test]
+fn apply_gives_up_when_the_writer_lock_stays_held() {
+    let Some(ns) = Ns::new("apply_gives_up") else {
+        return;
+    };
+    if !have("socat") || !have("ss") {
+        unavailable("apply_gives_up", "socat or ss is not installed");
+        return;
+    }
+    let mut holder = hold_writer_lock(&ns);
+    let wishes = spec_path("wishes.yaml");
+    let out = ns.run(&[PYFW, "--wishes", wishes.to_str().unwrap(), "apply"]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("gave up after") && stderr.contains("@pyfw-lock"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_fight_is_survived_and_state_converges_after_it() {
+    let Some((ns, mut daemon)) = started("fight", &spec_path("wishes.yaml"), FAST) else {
+        return;
+    };
+    // Another program deletes a wished rule, again and again, for 4 s.
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        let _ = ns.run(&[
+            "iptables",
+            "-w",
+            "-D",
+            "INPUT",
+            "-p",
+            "tcp",
+            "-m",
+            "tcp",
+            "--dport",
+            "22",
+            "-m",
+            "comment",
+            "--comment",
+            "allow_ssh",
+            "-j",
+            "ACCEPT",
+        ]);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    daemon.assert_alive();
+    daemon.wait_rules(
+        &ns,
+        &spec("after-apply.save"),
+        "convergence after the fight",
+    );
+    let fights = daemon.log_lines_with("fight: another program keeps undoing");
+    assert!(
+        fights
+            .iter()
+            .any(|l| l.contains("filter/INPUT: allow_ssh missing") && l.contains("WARN")),
+        "a warning must name the other side's effect:\n{}",
+        daemon.log()
+    );
+    daemon.wait_polls(2);
+    daemon.assert_alive();
+}
+
+/// One journal entry: each field's values.
+type Entry = BTreeMap<String, Vec<String>>;
+
+/// Journal entries sent to a socket standing in for journald.
+struct FakeJournal {
+    entries: Arc<Mutex<Vec<Entry>>>,
+}
+
+impl FakeJournal {
+    /// Binds `DIR/systemd/journal/socket`; `DIR` is bind-mounted over
+    /// `/run` for the daemon.
+    fn new(dir: &Path) -> FakeJournal {
+        std::fs::create_dir_all(dir.join("systemd/journal")).unwrap();
+        let sock = UnixDatagram::bind(dir.join("systemd/journal/socket")).unwrap();
+        let entries = Arc::new(Mutex::new(Vec::new()));
+        let sink = entries.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 20];
+            while let Ok(n) = sock.recv(&mut buf) {
+                if n > 0 {
+                    sink.lock().unwrap().push(parse_journal(&buf[..n]));
+                }
+            }
+        });
+        FakeJournal { entries }
+    }
+
+    fn find(&self, fields: &[(&str, &str)]) -> bool {
+        self.entries.lock().unwrap().iter().any(|e| {
+            fields
+                .iter()
+                .all(|(k, v)| e.get(*k).is_some_and(|vals| vals.iter().any(|x| x == v)))
+        })
+    }
+
+    fn dump(&self) -> String {
+        format!("{:#?}", self.entries.lock().unwrap())
+    }
+}
+
+/// The journal's native protocol: `NAME=value\n`, or `NAME\n`, a 64-bit
+/// little-endian length, the value and `\n`.
+fn parse_journal(mut data: &[u8]) -> Entry {
+    let mut out = Entry::new();
+    while !data.is_empty() {
+        let Some(nl) = data.iter().position(|b| *b == b'\n') else {
+            break;
+        };
+        let line = &data[..nl];
+        if let Some(eq) = line.iter().position(|b| *b == b'=') {
+            let (k, v) = (&line[..eq], &line[eq + 1..]);
+            out.entry(String::from_utf8_lossy(k).into_owned())
+                .or_default()
+                .push(String::from_utf8_lossy(v).into_owned());
+            data = &data[nl + 1..];
+        } else {
+            let name = String::from_utf8_lossy(line).into_owned();
+            let rest = &data[nl + 1..];
+            let len = u64::from_le_bytes(rest[..8].try_into().unwrap()) as usize;
+            let value = &rest[8..8 + len];
+            out.entry(name)
+                .or_default()
+                .push(String::from_utf8_lossy(value).into_owned());
+            data = &rest[8 + len + 1..];
+        }
+    }
+    out
+}
+
+#[test]
+fn journal_entries_carry_trigger_wish_and_command_fields() {
+    let Some(ns) = Ns::new("journal_fields") else {
+        return;
+    };
+    if !have("unshare") {
+        unavailable("journal_fields", "unshare is not installed");
+        return;
+    }
+    ns.restore(
+        "iptables-restore",
+        &["-w"],
+        &spec("docker-after-reboot.save"),
+    );
+    let run = tempfile::tempdir().unwrap();
+    let journal = FakeJournal::new(run.path());
+    let wishes = spec_path("wishes.yaml");
+    let mut start = Start::new(&wishes, FAST).env("JOURNAL_STREAM", "1:1");
+    start.wrapper = vec![
+        "unshare".into(),
+        "-m".into(),
+        "sh".into(),
+        "-c".into(),
+        r#"mount --bind "$0" /run && exec "$@""#.into(),
+        run.path().display().to_string(),
+    ];
+    let mut daemon = start.spawn(&ns);
+    let ready = || {
+        journal.entries.lock().unwrap().iter().any(|e| {
+            e.get("MESSAGE")
+                .is_some_and(|m| m.iter().any(|m| m.starts_with("ready:")))
+        })
+    };
+    wait_until("READY in the journal", ready, || {
+        format!("{}\n{}", daemon.log(), journal.dump())
+    });
+    assert!(
+        journal.find(&[
+            ("TRIGGER", "startup"),
+            ("WISH", "allow_ssh"),
+            ("TABLE", "filter"),
+            ("CHAIN", "INPUT"),
+            ("RESULT", "ok"),
+            ("EXIT_STATUS", "0"),
+            ("SYSLOG_IDENTIFIER", "pyfw"),
+            (
+                "COMMAND",
+                "iptables -w -t filter -I INPUT 2 -p tcp -m tcp --dport 22 -m comment --comment allow_ssh -j ACCEPT"
+            ),
+        ]),
+        "{}",
+        journal.dump()
+    );
+    replay_docker_restart(&ns, "iptables-restore");
+    wait_until(
+        "a drift entry for allowed_hosts_only",
+        || journal.find(&[("TRIGGER", "drift"), ("WISH", "allowed_hosts_only")]),
+        || format!("{}\n{}", daemon.log(), journal.dump()),
+    );
+    // Fields carry no prefix (tracing-journald's default is `F_`).
+    let prefixed = journal
+        .entries
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|e| e.keys().any(|k| k.starts_with("F_")));
+    assert!(!prefixed, "{}", journal.dump());
+    assert_eq!(daemon.log(), "", "nothing on stderr in journal mode");
+    daemon.assert_alive();
+}
+
+/// sd_notify messages sent to a socket standing in for systemd.
+fn notify_socket(dir: &Path) -> (PathBuf, Arc<Mutex<Vec<String>>>) {
+    let path = dir.join("notify");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = got.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = sock.recv(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            sink.lock().unwrap().extend(text.lines().map(String::from));
+        }
+    });
+    (path, got)
+}
+
+#[test]
+fn systemd_hears_ready_reloading_watchdog_and_stopping() {
+    let Some(ns) = Ns::new("systemd_notify") else {
+        return;
+    };
+    ns.restore(
+        "iptables-restore",
+        &["-w"],
+        &spec("docker-after-reboot.save"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (socket, got) = notify_socket(dir.path());
+    let wishes = spec_path("wishes.yaml");
+    let mut daemon = Start::new(&wishes, FAST)
+        .env("NOTIFY_SOCKET", socket.display().to_string())
+        .env("WATCHDOG_USEC", "400000")
+        .spawn(&ns);
+    let messages = || got.lock().unwrap().clone();
+    let count = |m: &str| messages().iter().filter(|x| *x == m).count();
+    wait_until("READY=1", || count("READY=1") == 1, || daemon.log());
+    // READY=1 comes after the first reconcile, never before.
+    assert_eq!(ns.rules(), normalize(&spec("after-apply.save")));
+    wait_until(
+        "watchdog pings",
+        || count("WATCHDOG=1") >= 3,
+        || daemon.log(),
+    );
+
+    daemon.signal(libc::SIGHUP);
+    wait_until(
+        "READY=1 after the reload",
+        || count("READY=1") == 2,
+        || format!("{:?}\n{}", messages(), daemon.log()),
+    );
+    let m = messages();
+    let reloading = m
+        .iter()
+        .position(|x| x == "RELOADING=1")
+        .expect("RELOADING=1");
+    let ready_again = m.iter().rposition(|x| x == "READY=1").unwrap();
+    assert!(reloading < ready_again, "{m:?}");
+    assert!(
+        m[reloading + 1].starts_with("MONOTONIC_USEC="),
+        "RELOADING=1 carries MONOTONIC_USEC: {m:?}"
+    );
+
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(5)).code(), Some(0));
+    assert!(count("STOPPING=1") == 1, "{:?}", messages());
+}
+
+#[test]
+fn the_unit_files_pass_systemd_checks() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if !have("systemd-analyze") {
+        // Not a namespace matter: a skip, even under PYFW_REQUIRE_NETNS=1.
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIP the_unit_files_pass_systemd_checks: systemd-analyze is not installed"
+        );
+        return;
+    }
+    let unit = std::fs::read_to_string(root.join("systemd/pyfw.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/local/sbin/pyfw daemon"));
+    // `verify` wants the binary to exist: point it at the one under test.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("pyfw.service");
+    std::fs::write(&copy, unit.replace("/usr/local/sbin/pyfw", PYFW)).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .env("PATH", path_env())
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    assert!(
+        !said.contains("pyfw.service"),
+        "systemd-analyze verify complains about the unit:\n{said}"
+    );
+    // (Creating a root-owned file needs root.)
+    if have("systemd-tmpfiles") && effective_uid() == Some(0) {
+        let fake_root = tempfile::tempdir().unwrap();
+        let out = Command::new("systemd-tmpfiles")
+            .arg("--create")
+            .arg(format!("--root={}", fake_root.path().display()))
+            .arg(root.join("systemd/pyfw.conf"))
+            .env("PATH", path_env())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(fake_root.path().join("run/xtables.lock").is_file());
+    }
+}
