@@ -7,6 +7,7 @@
 //! Needs root; see `tests/common/mod.rs` for how a test skips (or, with
 //! `PYFW_REQUIRE_NETNS=1`, fails) where namespaces are unavailable.
 
+#[macro_use]
 mod common;
 mod topology;
 
@@ -29,22 +30,6 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long the daemon may take to repair drift (it polls every 500 ms).
 const REPAIR_DEADLINE: Duration = Duration::from_secs(10);
-
-/// Runs a scenario `fn(Backend)` as two tests, `NAME::nft` and `NAME::legacy`.
-macro_rules! on_both_backends {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            #[test]
-            fn nft() {
-                super::$scenario(super::Backend::Nft);
-            }
-            #[test]
-            fn legacy() {
-                super::$scenario(super::Backend::Legacy);
-            }
-        }
-    )*};
-}
 
 on_both_backends!(spec_story_with_packets);
 

@@ -5,6 +5,7 @@
 //! `PYFW_REQUIRE_NETNS=1`, fails) where namespaces are unavailable.
 //! `offline_plan_needs_no_kernel` needs neither root nor a namespace.
 
+#[macro_use]
 mod common;
 
 use std::collections::BTreeMap;
@@ -14,22 +15,6 @@ use common::{
     Backend, Netns, PYFW, assert_rules_eq, assert_text_eq, normalize_ipsets, normalize_rules,
     run_command, spec, spec_path,
 };
-
-/// Runs a scenario `fn(Backend)` as two tests, `NAME::nft` and `NAME::legacy`.
-macro_rules! on_both_backends {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            #[test]
-            fn nft() {
-                super::$scenario(super::Backend::Nft);
-            }
-            #[test]
-            fn legacy() {
-                super::$scenario(super::Backend::Legacy);
-            }
-        }
-    )*};
-}
 
 on_both_backends!(
     spec_story,

@@ -7,6 +7,7 @@
 //! backends; see `tests/common/mod.rs` for how a test skips (or, with
 //! `PYFW_REQUIRE_NETNS=1`, fails) where namespaces are unavailable.
 
+#[macro_use]
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,22 +19,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{Backend, Netns, Out, assert_text_eq, spec};
-
-/// Runs a scenario `fn(Backend)` as two tests, `NAME::nft` and `NAME::legacy`.
-macro_rules! on_both_backends {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            #[test]
-            fn nft() {
-                super::$scenario(super::Backend::Nft);
-            }
-            #[test]
-            fn legacy() {
-                super::$scenario(super::Backend::Legacy);
-            }
-        }
-    )*};
-}
 
 on_both_backends!(
     shell_style_wishes_read_as_fulfilled,

@@ -16,6 +16,23 @@
 
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
+/// Runs a scenario `fn(Backend)` as two tests, `NAME::nft` and
+/// `NAME::legacy` (with `#[macro_use] mod common;`).
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[test]
+            fn nft() {
+                super::$scenario(super::Backend::Nft);
+            }
+            #[test]
+            fn legacy() {
+                super::$scenario(super::Backend::Legacy);
+            }
+        }
+    )*};
+}
+
 use std::fmt;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
