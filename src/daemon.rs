@@ -1,8 +1,9 @@
 //! The reconciliation daemon (`pyfw daemon`).
 //!
 //! One loop, one idempotent reconcile. Every trigger (the start, a change
-//! of the wishes file, SIGHUP, the poll timer, a retry after a failure)
-//! only marks a run as wanted; triggers that arrive together, or while a
+//! of the wishes file, SIGHUP, the poll timer, a retry after a failure, a
+//! change another program made to a wished chain) only marks a run as
+//! wanted; triggers that arrive together, or while a
 //! run is in flight, are answered by one run. A run re-reads the wishes
 //! file and reads fresh netfilter state, names what drifted, and repairs
 //! it with the shared [`Reconciler`]. Runs happen on a blocking thread, so
@@ -10,11 +11,13 @@
 //!
 //! - [`timing`]: when to run (coalescing, debounce, backoff, fights);
 //! - [`core`]: what one run does, and how bad wishes are kept out;
-//! - [`watch`]: the file watch; [`log`]: the journal or stderr.
+//! - [`watch`]: the file watch; [`events`]: netfilter's change
+//!   notifications (nft backend); [`log`]: the journal or stderr.
 //!
 //! See `docs/daemon.md` for running it under systemd.
 
 pub mod core;
+pub mod events;
 pub mod log;
 pub mod timing;
 pub mod watch;
@@ -34,6 +37,7 @@ use crate::reconcile::Reconciler;
 use crate::state::Family;
 
 use self::core::{Core, Job, Outcome, Reconcile, RunResult};
+use self::events::Events;
 use self::timing::{
     Backoff, Debounce, FightNews, FightPolicy, Fights, Finished, Schedule, Trigger,
 };
@@ -119,6 +123,12 @@ pub struct Config {
     pub debounce: Duration,
     /// Longest wait for quiet.
     pub debounce_max: Duration,
+    /// Quiet time after another program's netfilter change before the
+    /// repair: a burst (Docker putting back its rules one by one) is
+    /// answered once, after it.
+    pub event_quiet: Duration,
+    /// Longest wait for netfilter to be quiet.
+    pub event_max: Duration,
     pub backoff: Backoff,
     pub fights: FightPolicy,
     /// systemd's watchdog period (`WATCHDOG_USEC`), if enabled.
@@ -133,6 +143,8 @@ impl Config {
             interval,
             debounce: Duration::from_millis(200),
             debounce_max: Duration::from_secs(2),
+            event_quiet: Duration::from_millis(30),
+            event_max: Duration::from_millis(500),
             backoff: Backoff::new(
                 interval.min(Duration::from_secs(1)),
                 Duration::from_secs(60),
@@ -208,6 +220,7 @@ fn start(path: &Path, variant: Variant, args: &Args) -> Result<ExitCode, String>
             .map(|w| format!(", watchdog {}", humantime::format_duration(w)))
             .unwrap_or_default()
     );
+    let events = follow_netfilter(&system, &loaded.wishes, args.interval);
     let core = Core::new(
         Reconciler::new(system),
         path.to_path_buf(),
@@ -220,12 +233,50 @@ fn start(path: &Path, variant: Variant, args: &Args) -> Result<ExitCode, String>
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     let (hint_tx, hints) = mpsc::unbounded_channel();
     let watch = Watch::new(path, hint_tx);
-    let code = runtime.block_on(run(core, config, signals, hints, watch, Systemd));
+    let code = runtime.block_on(run(core, config, signals, hints, watch, events, Systemd));
     // A run still in flight after the stop grace is abandoned, not waited
     // for: the rules stay as they are, and the next start finishes the job.
     runtime.shutdown_background();
     drop(daemon_lock);
     Ok(code)
+}
+
+/// Subscribes to netfilter's change notifications where the backend has
+/// them (nft); `None`, said once in the log, where it does not.
+fn follow_netfilter(
+    system: &System,
+    wishes: &crate::wishes::Wishes,
+    interval: Duration,
+) -> Option<Events> {
+    let every = humantime::format_duration(interval);
+    if !system.is_nft() {
+        tracing::info!(
+            "iptables-legacy announces no changes: drift is found by the poll every {every}"
+        );
+        return None;
+    }
+    match Events::start(events::watched(wishes)) {
+        Ok(events) => {
+            tracing::info!(
+                "following netfilter changes: drift in a wished chain is repaired at once (and \
+                 the poll every {every} stays on)"
+            );
+            Some(events)
+        }
+        Err(e) => {
+            tracing::warn!(
+                "cannot follow netfilter changes ({e}); drift is found by the poll every {every}"
+            );
+            None
+        }
+    }
+}
+
+async fn next_change(events: &mut Option<Events>) -> events::Change {
+    match events {
+        Some(e) => e.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Forwards SIGHUP, SIGTERM and SIGINT from a signal-hook thread.
@@ -282,11 +333,13 @@ pub async fn run<R: Reconcile, N: Notifier>(
     mut signals: UnboundedReceiver<Signal>,
     mut hints: UnboundedReceiver<()>,
     mut watch: Option<Watch>,
+    mut events: Option<Events>,
     notifier: N,
 ) -> ExitCode {
     let path = core.path().display().to_string();
     let mut schedule = Schedule::new(Instant::now(), config.interval, config.backoff.clone());
     let mut debounce = Debounce::new(config.debounce, config.debounce_max);
+    let mut changes = Debounce::new(config.event_quiet, config.event_max);
     let mut fights = Fights::new(config.fights);
     let mut idle: Option<Core<R>> = Some(core);
     let mut running: Option<Running<R>> = None;
@@ -406,12 +459,24 @@ pub async fn run<R: Reconcile, N: Notifier>(
                     notifier.notify(&[NotifyState::Status(&status)]);
                 }
                 last_status = status;
+                if let Some(e) = &events {
+                    e.watch(events::watched(core.wishes()));
+                }
                 idle = Some(core);
                 if let Some(w) = watch.as_mut() {
                     w.update();
                 }
             },
             Some(()) = hints.recv() => debounce.hint(Instant::now()),
+            change = next_change(&mut events) => {
+                tracing::debug!(trigger = "netfilter", "netfilter change: {change}");
+                changes.hint(Instant::now());
+            },
+            () = sleep_until(changes.deadline()) => {
+                if changes.fire(Instant::now()) {
+                    schedule.add(Trigger::Netfilter);
+                }
+            },
             () = sleep_until(debounce.deadline()) => {
                 if debounce.fire(Instant::now()) {
                     schedule.add(Trigger::FileEvent);
@@ -535,6 +600,7 @@ mod tests {
         notes: Recorded,
         signals: UnboundedSender<Signal>,
         hints: UnboundedSender<()>,
+        changes: UnboundedSender<events::Change>,
         done: tokio::task::JoinHandle<ExitCode>,
     }
 
@@ -547,13 +613,24 @@ mod tests {
             let (signals, signal_rx) = mpsc::unbounded_channel();
             let (hints, hint_rx) = mpsc::unbounded_channel();
             let notes = Recorded::default();
-            let done = tokio::spawn(run(core, config, signal_rx, hint_rx, None, notes.clone()));
+            let (changes, change_rx) = mpsc::unbounded_channel();
+            let events = Some(Events::from_channel(change_rx));
+            let done = tokio::spawn(run(
+                core,
+                config,
+                signal_rx,
+                hint_rx,
+                None,
+                events,
+                notes.clone(),
+            ));
             Harness {
                 _dir: dir,
                 fake,
                 notes,
                 signals,
                 hints,
+                changes,
                 done,
             }
         }
@@ -696,6 +773,74 @@ mod tests {
         assert_eq!(h.stop().await, ExitCode::SUCCESS);
     }
 
+    fn foreign_change() -> events::Change {
+        events::Change::Touched {
+            what: vec!["filter/INPUT".into()],
+            by: "iptables (pid 1)".into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_netfilter_changes_is_repaired_once_after_it() {
+        let h = Harness::start(config(3600 * S), Fake::default());
+        sleep(100 * MS).await;
+        assert_eq!((h.plans(), h.applies()), (1, 1));
+        // Another program deletes the rule, then keeps editing the chain
+        // every 10 ms for 100 ms: one repair, 30 ms after the last change.
+        h.fake.world().kernel.clear();
+        let start = Instant::now();
+        for _ in 0..10 {
+            h.changes.send(foreign_change()).unwrap();
+            sleep(10 * MS).await;
+        }
+        assert_eq!(h.plans(), 1, "nothing before the burst is over");
+        sleep(25 * MS).await;
+        assert_eq!(h.plans(), 2);
+        assert_eq!(h.applies(), 2, "repaired");
+        assert!(Instant::now() - start < 150 * MS);
+        assert_eq!(h.fake.world().kernel, ["allow_ssh"]);
+        // Changes that never stop are answered within `event_max`.
+        let start = Instant::now();
+        while h.plans() == 2 {
+            h.changes.send(foreign_change()).unwrap();
+            sleep(10 * MS).await;
+        }
+        assert!(
+            Instant::now() - start <= 510 * MS,
+            "{:?}",
+            Instant::now() - start
+        );
+        // Quiet again: once the last changes are answered, nothing more.
+        sleep(S).await;
+        let plans = h.plans();
+        sleep(60 * S).await;
+        assert_eq!(h.plans(), plans);
+        assert_eq!(h.stop().await, ExitCode::SUCCESS);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changes_during_a_run_are_answered_by_one_more_run() {
+        let fake = Fake::default();
+        let (open, gate) = std::sync::mpsc::channel::<()>();
+        fake.world().gate = Some(gate);
+        let h = Harness::start(config(3600 * S), fake);
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        // The start-up run is stuck reading; meanwhile, changes. (Time
+        // stands still while a blocking run is in flight.)
+        for _ in 0..5 {
+            h.changes.send(foreign_change()).unwrap();
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+        }
+        drop(open);
+        sleep(S).await;
+        assert_eq!(h.plans(), 2, "the start-up, then one run for the changes");
+        assert_eq!(h.stop().await, ExitCode::SUCCESS);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn wishes_rejected_at_startup_exit_1() {
         let dir = tempfile::tempdir().unwrap();
@@ -706,7 +851,16 @@ mod tests {
         let (_signals, signal_rx) = mpsc::unbounded_channel();
         let (_hints, hint_rx) = mpsc::unbounded_channel();
         let notes = Recorded::default();
-        let code = run(core, config(S), signal_rx, hint_rx, None, notes.clone()).await;
+        let code = run(
+            core,
+            config(S),
+            signal_rx,
+            hint_rx,
+            None,
+            None,
+            notes.clone(),
+        )
+        .await;
         assert_eq!(code, ExitCode::from(1));
         assert!(!notes.0.lock().unwrap().iter().any(|n| n == "READY=1"));
     }

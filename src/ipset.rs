@@ -342,6 +342,109 @@ fn set_name(text: &str) -> Result<String, String> {
     }
 }
 
+/// New sets are filled under this prefix, then renamed into place.
+pub const FILL_PREFIX: &str = "_pyfw_fill_";
+
+/// A run of ipset commands as the input of one `ipset restore -exist`.
+///
+/// A set the run creates and fills is created under a temporary name
+/// ([`FILL_PREFIX`]), filled, and only then renamed to its own name, so the
+/// wished name never names a half-filled set: if the restore stops
+/// part-way, that name does not exist at all and nothing of the set needs
+/// undoing, and a set of 100,000 members is never rolled back member by
+/// member. A leftover temporary set (from a pyfw killed mid-restore) is
+/// destroyed first; `-exist` makes that a no-op when there is none. Sets
+/// that change type or options are rebuilt the same way by the planner and
+/// swapped in (`plan::plan_ipset`). The plan still lists the commands as
+/// the spec writes them (`ipset create NAME`, `ipset add NAME ...`).
+#[derive(Clone, Debug, Default)]
+pub struct RestoreScript {
+    pub text: String,
+    /// For each input line, how many of the commands had taken effect
+    /// before it.
+    done_before: Vec<usize>,
+    /// Each temporary set and its lines (0-based), creation to rename.
+    fills: Vec<(String, std::ops::Range<usize>)>,
+}
+
+impl RestoreScript {
+    pub fn new(commands: &[&crate::plan::Command]) -> RestoreScript {
+        let mut out = RestoreScript::default();
+        let line = |out: &mut RestoreScript, args: &[&str], before: usize| {
+            for (i, a) in args.iter().enumerate() {
+                if i > 0 {
+                    out.text.push(' ');
+                }
+                crate::rule::push_restore_word(&mut out.text, a);
+            }
+            out.text.push('\n');
+            out.done_before.push(before);
+        };
+        let mut i = 0;
+        while i < commands.len() {
+            let args = &commands[i].args;
+            let op = args.first().map(String::as_str);
+            let name = args.get(1).map(String::as_str).unwrap_or("");
+            let adds = commands[i + 1..]
+                .iter()
+                .take_while(|c| {
+                    c.args.first().map(String::as_str) == Some("add")
+                        && c.args.get(1).map(String::as_str) == Some(name)
+                })
+                .count();
+            if op != Some("create") || adds == 0 || name.starts_with("_pyfw_") {
+                let words: Vec<&str> = args.iter().map(String::as_str).collect();
+                line(&mut out, &words, i);
+                i += 1;
+                continue;
+            }
+            let mut tmp = format!("{FILL_PREFIX}{name}");
+            tmp.truncate(31);
+            line(&mut out, &["destroy", &tmp], i);
+            let first = out.done_before.len();
+            for c in &commands[i..=i + adds] {
+                let mut words: Vec<&str> = c.args.iter().map(String::as_str).collect();
+                words[1] = &tmp;
+                line(&mut out, &words, i);
+            }
+            line(&mut out, &["rename", &tmp, name], i);
+            out.fills.push((tmp.clone(), first..out.done_before.len()));
+            i += adds + 1;
+        }
+        out
+    }
+
+    /// How many commands took effect when the restore stopped at input
+    /// line `line` (1-based, as ipset reports it).
+    pub fn applied_before(&self, line: usize) -> usize {
+        line.checked_sub(1)
+            .and_then(|l| self.done_before.get(l))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Temporary sets a restore that stopped at `line` (1-based; `None`:
+    /// unknown) may have left behind.
+    pub fn leftovers(&self, line: Option<usize>) -> Vec<&str> {
+        self.fills
+            .iter()
+            .filter(|(_, lines)| line.is_none_or(|l| lines.contains(&(l.saturating_sub(1)))))
+            .map(|(tmp, _)| tmp.as_str())
+            .collect()
+    }
+
+    /// Whether a run of commands fills a new set under a temporary name.
+    pub fn fills(commands: &[&crate::plan::Command]) -> bool {
+        commands.windows(2).any(|w| {
+            let (a, b) = (&w[0].args, &w[1].args);
+            a.first().is_some_and(|op| op == "create")
+                && b.first().is_some_and(|op| op == "add")
+                && a.get(1).is_some_and(|n| !n.starts_with("_pyfw_"))
+                && a.get(1) == b.get(1)
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,5 +539,65 @@ mod tests {
         assert!(norm("hash:net", "10.0.0.0/33").is_err());
         assert!(norm("hash:mac", "aa:bb").is_err());
         assert!(norm("list:set", "a b c").is_ok()); // options after the element
+    }
+
+    fn ipset(args: &str) -> crate::plan::Command {
+        crate::plan::Command {
+            program: crate::plan::Program::Ipset,
+            args: args.split(' ').map(String::from).collect(),
+            undo: None,
+            reason: String::new(),
+            target: String::new(),
+            wish: None,
+        }
+    }
+
+    #[test]
+    fn a_new_set_is_filled_under_a_temporary_name_then_renamed() {
+        let commands: Vec<_> = [
+            "del old 10.0.0.9",
+            "create allowed hash:ip maxelem 131072",
+            "add allowed 10.0.0.1",
+            "add allowed 10.0.0.2",
+            "create empty hash:ip",
+            "add other 10.0.0.3",
+        ]
+        .map(ipset)
+        .to_vec();
+        let refs: Vec<&crate::plan::Command> = commands.iter().collect();
+        let script = RestoreScript::new(&refs);
+        assert_eq!(
+            script.text,
+            "del old 10.0.0.9\n\
+             destroy _pyfw_fill_allowed\n\
+             create _pyfw_fill_allowed hash:ip maxelem 131072\n\
+             add _pyfw_fill_allowed 10.0.0.1\n\
+             add _pyfw_fill_allowed 10.0.0.2\n\
+             rename _pyfw_fill_allowed allowed\n\
+             create empty hash:ip\n\
+             add other 10.0.0.3\n"
+        );
+        assert!(RestoreScript::fills(&refs));
+        assert!(!RestoreScript::fills(&refs[4..]));
+        // Stopped within the fill (lines 2-6): only the `del` took effect,
+        // and the temporary set may be left.
+        for line in 2..=6 {
+            assert_eq!(script.applied_before(line), 1, "line {line}");
+        }
+        assert_eq!(script.leftovers(Some(4)), ["_pyfw_fill_allowed"]);
+        assert_eq!(script.leftovers(Some(2)), Vec::<&str>::new());
+        assert_eq!(script.leftovers(None), ["_pyfw_fill_allowed"]);
+        // Stopped after it: the whole set took effect.
+        assert_eq!(script.applied_before(7), 4);
+        assert_eq!(script.applied_before(8), 5);
+        assert_eq!(script.leftovers(Some(8)), Vec::<&str>::new());
+        // pyfw's own temporaries (a swap's replacement) are left as they are.
+        let swap = [
+            "create _pyfw_temp_x hash:net",
+            "add _pyfw_temp_x 10.0.0.0/8",
+        ]
+        .map(ipset);
+        let refs: Vec<&crate::plan::Command> = swap.iter().collect();
+        assert!(!RestoreScript::new(&refs).text.contains("fill"));
     }
 }

@@ -11,13 +11,18 @@
 
 pub mod apply;
 pub mod canon;
+pub mod confirm;
 pub mod daemon;
+pub mod formats;
 pub mod ipset;
+pub mod lint;
 pub mod lock;
+pub mod metrics;
 pub mod netfilter;
 pub mod ownership;
 pub mod plan;
 pub mod reconcile;
 pub mod rule;
+pub mod secure;
 pub mod state;
 pub mod wishes;

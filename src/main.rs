@@ -1,5 +1,6 @@
 //! The `pyfw` command: one-shot `plan`, `apply`, `check` and `state`.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -7,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use pyfw::apply::Event;
 use pyfw::canon::{self, Comparison};
+use pyfw::formats::{PlanDoc, PlanFormat, StateFormat};
 use pyfw::netfilter::{Backend, Scope, System, Variant};
 use pyfw::plan::Plan;
 use pyfw::reconcile::Reconciler;
@@ -19,6 +21,7 @@ Exit status:
   1  error: the wishes file is invalid, a dump cannot be read, or a command failed
      (an apply that fails part-way undoes what it ran)
   2  `check` only: netfilter differs from the wishes (the plan is printed)
+  3  `apply --confirm` only: not confirmed in time; the previous state was put back
 
 Output:
   `plan` prints one command per line; every other line starts with `#`.
@@ -54,6 +57,23 @@ struct Cli {
     )]
     backend: Variant,
 
+    /// With `apply`: after applying, wait this long (`30s`, `2m`) for a
+    /// confirmation (`yes` typed here, or `pyfw confirm` from another
+    /// session); without one, put back exactly what was there before.
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_confirm)]
+    confirm: Option<std::time::Duration>,
+
+    /// Use a wishes file even when it or its directory is not owned by root
+    /// or is writable by group or others (refused by default, like sshd's
+    /// StrictModes).
+    #[arg(
+        long,
+        global = true,
+        env = "PYFW_ALLOW_INSECURE_WISHES",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    allow_insecure_wishes: bool,
+
     #[command(flatten)]
     dumps: Dumps,
 
@@ -84,23 +104,117 @@ impl Dumps {
 #[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
 enum Cmd {
     /// Print the commands that would make netfilter match the wishes (default).
-    Plan,
+    Plan(PlanArgs),
     /// Run those commands, then print what changed.
     Apply,
     /// Exit 0 when netfilter matches the wishes, 2 when it does not.
     Check,
     /// Print the state pyfw sees.
-    State,
+    State(StateArgs),
     /// Keep netfilter matching the wishes: watch the file, poll for drift,
     /// repair it, and log every correction.
     Daemon(pyfw::daemon::Args),
+    /// Confirm the `pyfw apply --confirm` waiting in this network namespace,
+    /// so that it keeps its change.
+    Confirm,
+    /// Print a shell completion script (for packaging).
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (pyfw.8, pyfw-SUBCOMMAND.8) into DIR (for
+    /// packaging).
+    #[command(hide = true)]
+    Man { dir: PathBuf },
+}
+
+#[derive(clap::Args, Debug, Clone, Default, PartialEq, Eq)]
+struct PlanArgs {
+    /// Output format: `json` is documented in docs/formats.md.
+    #[arg(long, value_enum, default_value_t)]
+    format: PlanFormat,
+}
+
+#[derive(clap::Args, Debug, Clone, Default, PartialEq, Eq)]
+struct StateArgs {
+    /// Output format: `yaml` and `json` are documented in docs/formats.md.
+    #[arg(long, value_enum, default_value_t)]
+    format: StateFormat,
+}
+
+/// `pyfw completions SHELL` and `pyfw man DIR`: generated from this CLI,
+/// so they always match it.
+fn assets(command: &Cmd) -> Option<ExitCode> {
+    use clap::CommandFactory;
+    match command {
+        Cmd::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "pyfw", &mut script);
+            let mut out = std::io::stdout().lock();
+            if let Err(e) = out.write_all(&script).and_then(|()| out.flush()) {
+                eprintln!("pyfw: error: cannot write the completions: {e}");
+                return Some(ExitCode::from(1));
+            }
+        }
+        Cmd::Man { dir } => {
+            let mut cli = Cli::command().disable_help_subcommand(true);
+            cli.build();
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                eprintln!("pyfw: error: {}: {e}", dir.display());
+                return Some(ExitCode::from(1));
+            }
+            let pages = std::iter::once(cli.clone())
+                .chain(cli.get_subcommands().filter(|c| !c.is_hide_set()).cloned());
+            for page in pages {
+                let man = clap_mangen::Man::new(page)
+                    .section("8")
+                    .source(concat!("pyfw ", env!("CARGO_PKG_VERSION")))
+                    .manual("pyfw");
+                if let Err(e) = man.generate_to(dir) {
+                    eprintln!("pyfw: error: {}: {e}", dir.display());
+                    return Some(ExitCode::from(1));
+                }
+            }
+        }
+        _ => return None,
+    }
+    Some(ExitCode::SUCCESS)
+}
+
+fn parse_confirm(text: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d < std::time::Duration::from_secs(1) {
+        return Err("must be at least 1s".into());
+    }
+    Ok(d)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    pyfw::secure::allow_insecure_wishes(cli.allow_insecure_wishes);
+    if cli.confirm.is_some() && !(cli.apply || cli.command == Some(Cmd::Apply)) {
+        eprintln!("pyfw: error: --confirm is only for `apply`");
+        return ExitCode::from(1);
+    }
+    if let Some(Cmd::Confirm) = &cli.command {
+        return match pyfw::confirm::send_confirm() {
+            Ok(reply) => {
+                println!("{reply}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pyfw: error: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     if let Some(Cmd::Daemon(args)) = &cli.command {
         // The daemon sets up its own logging (the journal under systemd).
         return pyfw::daemon::main(&cli.wishes, cli.backend, args);
+    }
+    if let Some(code) = cli.command.as_ref().and_then(assets) {
+        return code;
     }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -116,7 +230,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
         (true, _) => Cmd::Apply,
-        (false, command) => command.unwrap_or(Cmd::Plan),
+        (false, command) => command.unwrap_or(Cmd::Plan(PlanArgs::default())),
     };
     match run(&cli, &command) {
         Ok(code) => code,
@@ -134,6 +248,7 @@ fn run(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
     if cli.dumps.given() {
         return offline(cli, command);
     }
+    pyfw::secure::require_net_admin()?;
     let (backend, warnings) = System::default()
         .with_variant(cli.backend)
         .map_err(|e| e.to_string())?;
@@ -141,17 +256,29 @@ fn run(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
         tracing::warn!("{w}");
     }
     let mut reconciler = Reconciler::new(backend);
-    if *command == Cmd::State {
+    if let Cmd::State(args) = command {
         let state = reconciler
             .backend_mut()
             .read_state(Scope::all())
             .map_err(|e| e.to_string())?;
-        print!("{state}");
+        print!("{}", pyfw::formats::render_state(&state, args.format)?);
         return Ok(ExitCode::SUCCESS);
     }
     let wishes = wishes::load(&cli.wishes).map_err(|e| e.to_string())?;
     if *command != Cmd::Apply {
         let planned = reconciler.plan(&wishes).map_err(|e| e.to_string())?;
+        if plan_json(command) {
+            let backend = reconciler.backend();
+            let doc = PlanDoc::new(
+                &wishes.path,
+                planned.comparison,
+                false,
+                &planned.plan,
+                |c| backend.binary(c.program),
+            );
+            print!("{}", doc.to_json()?);
+            return Ok(ExitCode::SUCCESS);
+        }
         let lines = plan_lines(&planned.plan, |c| {
             pyfw::apply::command_line(reconciler.backend(), c)
         });
@@ -186,36 +313,148 @@ fn run(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
         }
         Event::Done { .. } => {}
     };
-    let applied = reconciler
-        .apply(&wishes, &mut on)
-        .map_err(|e| e.to_string())?;
-    if applied.plan.is_empty() {
+    let planned = reconciler.plan(&wishes).map_err(|e| e.to_string())?;
+    let ssh = pyfw::lint::SshConnection::from_env();
+    for w in pyfw::lint::lint(&wishes, &planned.state, ssh.as_ref()) {
+        eprintln!("pyfw: warning: {w}");
+    }
+    let snapshot = pyfw::confirm::Snapshot::of(&planned.plan, &planned.state);
+    if !(planned.plan.is_empty() && planned.plan.record.is_empty()) {
+        pyfw::apply::apply(
+            reconciler.backend_mut(),
+            &planned.plan,
+            &planned.deferred,
+            &mut on,
+        )
+        .map_err(|e| pyfw::reconcile::Error::Apply(e).to_string())?;
+    }
+    if planned.plan.is_empty() {
         println!(
             "Nothing to do: netfilter already matches {}",
             wishes.path.display()
         );
+        pyfw::confirm::clear_mark();
         return Ok(ExitCode::SUCCESS);
     }
-    let after = reconciler
-        .backend_mut()
-        .read_state(applied.scope.clone())
-        .map_err(|e| e.to_string())?;
-    print_diff(&applied.before, &after);
-    Ok(ExitCode::SUCCESS)
+    // Everything is applied: failing to read it back is not a failure.
+    match reconciler.backend_mut().read_state(planned.scope.clone()) {
+        Ok(after) => print_diff(&planned.state, &after),
+        Err(e) => eprintln!(
+            "pyfw: warning: applied, but cannot read netfilter back to show the changes: {e}"
+        ),
+    }
+    match cli.confirm {
+        None => {
+            pyfw::confirm::clear_mark();
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(timeout) => Ok(confirm_or_revert(
+            reconciler.backend_mut(),
+            &snapshot,
+            &wishes,
+            timeout,
+        )),
+    }
+}
+
+/// `apply --confirm`: waits for the answer (the writer lock still held),
+/// and puts the snapshot back without one. Writes never panic here: the
+/// terminal may be gone, and the revert must still happen.
+fn confirm_or_revert(
+    backend: &mut dyn Backend,
+    snapshot: &pyfw::confirm::Snapshot,
+    wishes: &Wishes,
+    timeout: std::time::Duration,
+) -> ExitCode {
+    let mut say = |line: String| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    };
+    let terminal = pyfw::confirm::stdin_readable();
+    say(format!(
+        "Applied. Keep this change? Confirm within {}: {}run `pyfw confirm` from another \
+         session. Otherwise the previous state comes back.",
+        humantime::format_duration(timeout),
+        if terminal {
+            "type `yes` and Enter here, or "
+        } else {
+            ""
+        }
+    ));
+    let answer = pyfw::confirm::wait(timeout, terminal, &mut say);
+    let why = match answer {
+        Ok(pyfw::confirm::Answer::Confirmed(how)) => {
+            say(format!("Confirmed {how}; keeping the change."));
+            pyfw::confirm::clear_mark();
+            return ExitCode::SUCCESS;
+        }
+        Ok(pyfw::confirm::Answer::Refused(why)) => why,
+        Err(e) => format!("cannot wait for a confirmation ({e})"),
+    };
+    say(format!(
+        "Not confirmed: {why}. Reverting to the previous state."
+    ));
+    let done = pyfw::confirm::revert(backend, snapshot, &mut say);
+    if let Ok(text) = pyfw::secure::read_wishes(&wishes.path) {
+        match pyfw::confirm::mark_reverted(&text, &wishes.path, &why) {
+            Ok(mark) => say(format!(
+                "Marked {} as reverted ({}): a pyfw daemon will not apply this content again \
+                 until the file changes or `pyfw apply` runs.",
+                wishes.path.display(),
+                mark.display()
+            )),
+            Err(e) => say(format!(
+                "warning: cannot mark the revert for the daemon: {e}"
+            )),
+        }
+    }
+    if done.failures.is_empty() {
+        say(format!(
+            "Reverted: every chain, policy and ipset the apply touched is as it was ({} \
+             transaction(s)).",
+            done.transactions
+        ));
+        ExitCode::from(3)
+    } else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "pyfw: error: the revert failed in part: {}",
+            done.failures.join("; ")
+        );
+        ExitCode::from(1)
+    }
 }
 
 /// `plan`, `check` and `state` from saved dumps: no kernel, no root.
 fn offline(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
     let state = read_dumps(&cli.dumps)?;
-    if *command == Cmd::State {
-        print!("{state}");
+    if let Cmd::State(args) = command {
+        print!("{}", pyfw::formats::render_state(&state, args.format)?);
         return Ok(ExitCode::SUCCESS);
     }
     let wishes = wishes::load(&cli.wishes).map_err(|e| e.to_string())?;
     let normalized = wishes.map_rules(|chain, r| canon::normalize(&r.rule, chain.family));
     let plan = pyfw::plan::plan(&normalized, &state);
+    if plan_json(command) {
+        let doc = PlanDoc::new(&wishes.path, Comparison::Builtin, true, &plan, |c| {
+            c.program.name().to_string()
+        });
+        print!("{}", doc.to_json()?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let lines = plan_lines(&plan, |c| c.to_string());
     Ok(report(&wishes, &lines, command, Comparison::Builtin, true))
+}
+
+/// True for `plan --format json`, which prints the plan document.
+fn plan_json(command: &Cmd) -> bool {
+    matches!(
+        command,
+        Cmd::Plan(PlanArgs {
+            format: PlanFormat::Json
+        })
+    )
 }
 
 /// A plan as printed: each command's reason (when it changes) as a `#`

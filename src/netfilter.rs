@@ -103,8 +103,19 @@ pub enum Error {
         command: String,
         source: std::io::Error,
     },
-    #[error("`{command}` did not finish within {timeout:?}; killed it")]
-    Timeout { command: String, timeout: Duration },
+    #[error("`{command}` did not finish within {timeout:?}; killed it{detail}")]
+    Timeout {
+        command: String,
+        timeout: Duration,
+        /// What it had printed on stderr by then, and whether the xtables
+        /// lock was held (`; ...`, or empty).
+        detail: String,
+    },
+    #[error(
+        "`{command}` printed more than {limit} bytes; refusing to read it (set \
+         PYFW_MAX_OUTPUT to raise the limit)"
+    )]
+    TooLarge { command: String, limit: usize },
     #[error("`{command}` failed ({status}): {stderr}")]
     Failed {
         command: String,
@@ -196,10 +207,61 @@ pub fn transactions(commands: &[Command]) -> Vec<std::ops::Range<usize>> {
     out
 }
 
+/// How long one kernel tool may run: `PYFW_COMMAND_TIMEOUT` (`30s`,
+/// `500ms`), 30 s by default.
+pub const COMMAND_TIMEOUT_ENV: &str = "PYFW_COMMAND_TIMEOUT";
+/// How many bytes one kernel tool may print on stdout or stderr:
+/// `PYFW_MAX_OUTPUT`, 256 MiB by default (a 50,000-rule chain is ~10 MiB).
+pub const MAX_OUTPUT_ENV: &str = "PYFW_MAX_OUTPUT";
+const DEFAULT_MAX_OUTPUT: usize = 256 << 20;
+
+fn said(stderr: &str) -> String {
+    match stderr.trim() {
+        "" => String::new(),
+        text => format!(
+            "; it said: {}",
+            text.lines().take(3).collect::<Vec<_>>().join(" / ")
+        ),
+    }
+}
+
+/// For an iptables tool that timed out: whether another process holds the
+/// xtables lock it waits for (`-w`, `--wait`; legacy iptables).
+fn xtables_lock_note(program: &str) -> String {
+    if !program.contains("tables") {
+        return String::new();
+    }
+    let path = std::env::var("XTABLES_LOCKFILE").unwrap_or_else(|_| "/run/xtables.lock".into());
+    let Ok(file) = std::fs::File::open(&path) else {
+        return String::new();
+    };
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock(2) on an open fd; a lock taken here is released at once
+    // (closing the file releases it too).
+    let held = unsafe {
+        if libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 {
+            libc::flock(file.as_raw_fd(), libc::LOCK_UN);
+            false
+        } else {
+            std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+        }
+    };
+    if held {
+        format!(
+            "; the xtables lock ({path}) is held by another process, and iptables waits for it \
+             (see `fuser -v {path}`)"
+        )
+    } else {
+        String::new()
+    }
+}
+
 /// The real kernel tools, found on `PATH`.
 #[derive(Clone, Debug)]
 pub struct System {
     pub timeout: Duration,
+    /// Most bytes read from one tool's stdout (and stderr).
+    pub max_output: usize,
     /// Binary prefix per family: `iptables`, `iptables-legacy`, ...
     v4: String,
     v6: String,
@@ -209,8 +271,15 @@ pub struct System {
 
 impl Default for System {
     fn default() -> Self {
+        let env = |key: &str| std::env::var(key).ok().filter(|v| !v.trim().is_empty());
         System {
-            timeout: Duration::from_secs(30),
+            timeout: env(COMMAND_TIMEOUT_ENV)
+                .and_then(|v| humantime::parse_duration(v.trim()).ok())
+                .filter(|d| !d.is_zero())
+                .unwrap_or(Duration::from_secs(30)),
+            max_output: env(MAX_OUTPUT_ENV)
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(DEFAULT_MAX_OUTPUT),
             v4: "iptables".into(),
             v6: "ip6tables".into(),
             nft: true,
@@ -228,6 +297,20 @@ fn restore_error_line(stderr: &str) -> Option<usize> {
         };
         n.trim().parse().ok()
     })
+}
+
+/// The program and arguments that run `commands` as one batch.
+fn batch_program(system: &System, commands: &[&Command]) -> (String, Vec<String>) {
+    match commands[0].program {
+        Program::Iptables(family) => (
+            system.tool(family, "-restore"),
+            ["--noflush", "--wait"].map(String::from).to_vec(),
+        ),
+        Program::Ipset => (
+            "ipset".to_string(),
+            ["restore", "-exist"].map(String::from).to_vec(),
+        ),
+    }
 }
 
 /// The program, arguments and input that run `commands` as one batch.
@@ -265,12 +348,12 @@ fn batch_input(system: &System, commands: &[&Command]) -> (String, Vec<String>, 
             (system.tool(family, "-restore"), args, text)
         }
         Program::Ipset => {
-            for c in commands {
-                text.push_str(&crate::rule::restore_line(&c.args));
-                text.push('\n');
-            }
-            let args = ["restore", "-exist"].map(String::from).to_vec();
-            ("ipset".to_string(), args, text)
+            let (program, args) = batch_program(system, commands);
+            (
+                program,
+                args,
+                crate::ipset::RestoreScript::new(commands).text,
+            )
         }
     }
 }
@@ -349,9 +432,15 @@ impl System {
         input: Option<&str>,
     ) -> Result<Output, Error> {
         let command = format!("{program} {}", crate::rule::display_args(args));
-        let spawn_err = |source| Error::Spawn {
+        let spawn_err = |source: std::io::Error| Error::Spawn {
             command: command.clone(),
-            source,
+            source: match source.kind() {
+                std::io::ErrorKind::NotFound => std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("{program} is not installed or not on PATH ({source})"),
+                ),
+                _ => source,
+            },
         };
         let mut child = std::process::Command::new(program)
             .args(args)
@@ -365,6 +454,7 @@ impl System {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(spawn_err)?;
+        let _mark = ChildMark::new(child.id());
         let writer = input.and_then(|text| {
             let mut stdin = child.stdin.take()?;
             let text = text.to_string();
@@ -373,13 +463,23 @@ impl System {
                 let _ = stdin.write_all(text.as_bytes());
             }))
         });
-        let stdout = drain(child.stdout.take());
-        let stderr = drain(child.stderr.take());
+        let stdout = drain(child.stdout.take(), self.max_output);
+        let stderr = drain(child.stderr.take(), self.max_output);
         let status = match child.wait_timeout(self.timeout).map_err(spawn_err)? {
             Some(status) => status,
             None => {
                 kill(&mut child);
+                // What it said may name the cause; do not wait long for it.
+                let deadline = std::time::Instant::now() + Duration::from_millis(500);
+                while !stderr.is_finished() && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let stderr = match stderr.is_finished() {
+                    true => stderr.join().map(|(s, _)| s).unwrap_or_default(),
+                    false => String::new(),
+                };
                 return Err(Error::Timeout {
+                    detail: format!("{}{}", said(&stderr), xtables_lock_note(program)),
                     command,
                     timeout: self.timeout,
                 });
@@ -388,8 +488,14 @@ impl System {
         if let Some(w) = writer {
             let _ = w.join();
         }
-        let stdout = stdout.join().unwrap_or_default();
-        let stderr = stderr.join().unwrap_or_default();
+        let (stdout, too_large) = stdout.join().unwrap_or_default();
+        let (stderr, _) = stderr.join().unwrap_or_default();
+        if too_large {
+            return Err(Error::TooLarge {
+                command,
+                limit: self.max_output,
+            });
+        }
         if !status.success() {
             return Err(Error::Failed {
                 command,
@@ -401,6 +507,12 @@ impl System {
     }
 
     /// `iptables`, `iptables-legacy-save`, `ip6tables-nft-restore`, ...
+    /// Whether this drives iptables-nft, whose changes the kernel announces
+    /// (see `daemon::events`); legacy iptables changes are silent.
+    pub fn is_nft(&self) -> bool {
+        self.nft
+    }
+
     fn tool(&self, family: Family, suffix: &str) -> String {
         match family {
             Family::V4 => format!("{}{suffix}", self.v4),
@@ -529,8 +641,18 @@ impl System {
     fn drop_scratch(&self, family: Family, table: &str, chain: &str) -> Result<(), Error> {
         let text = format!("*{table}\n-F {chain}\n-X {chain}\nCOMMIT\n");
         let args = ["--noflush", "--wait"].map(String::from);
-        self.exec(&self.tool(family, "-restore"), &args, Some(&text))
-            .map(|_| ())
+        let Err(e) = self.exec(&self.tool(family, "-restore"), &args, Some(&text)) else {
+            return Ok(());
+        };
+        // A scratch chain must not stay behind: try plain commands too.
+        let plain = |op: &str| {
+            let args = ["-w", "-t", table, op, chain].map(String::from);
+            self.exec(&self.tool(family, ""), &args, None)
+        };
+        match plain("-F").and_then(|_| plain("-X")) {
+            Ok(_) => Ok(()),
+            Err(_) => Err(e),
+        }
     }
 
     fn save(&self, family: Family, table: Option<&str>) -> Result<state::Ruleset, Error> {
@@ -626,18 +748,72 @@ impl System {
     }
 }
 
+/// The processes this pyfw started lately, so that the daemon can tell its
+/// own netfilter changes from other programs': the kernel's change
+/// notifications name the process that committed each change (see
+/// `daemon::events`). Each is remembered while it runs and for
+/// [`REMEMBER_CHILDREN`] after it ends.
+static CHILDREN: std::sync::Mutex<Vec<(u32, Option<std::time::Instant>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// How long a finished child is still recognised as pyfw's own.
+pub const REMEMBER_CHILDREN: Duration = Duration::from_secs(10);
+
+/// Marks a child as pyfw's from its start until the mark drops, after
+/// which it is remembered for [`REMEMBER_CHILDREN`].
+struct ChildMark(u32);
+
+impl ChildMark {
+    fn new(pid: u32) -> ChildMark {
+        if let Ok(mut children) = CHILDREN.lock() {
+            children.retain(|(_, end)| end.is_none_or(|e| e.elapsed() < REMEMBER_CHILDREN));
+            children.push((pid, None));
+        }
+        ChildMark(pid)
+    }
+}
+
+impl Drop for ChildMark {
+    fn drop(&mut self) {
+        if let Ok(mut children) = CHILDREN.lock() {
+            for (pid, end) in children.iter_mut() {
+                if *pid == self.0 && end.is_none() {
+                    *end = Some(std::time::Instant::now());
+                }
+            }
+        }
+    }
+}
+
+/// True when `pid` is a process this pyfw started that runs, or ended
+/// less than [`REMEMBER_CHILDREN`] ago.
+pub fn started_here(pid: u32) -> bool {
+    CHILDREN.lock().is_ok_and(|children| {
+        children
+            .iter()
+            .any(|(p, end)| *p == pid && end.is_none_or(|e| e.elapsed() < REMEMBER_CHILDREN))
+    })
+}
+
 fn kill(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
 
-fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> JoinHandle<String> {
+/// Reads a pipe to its end, keeping at most `limit` bytes; the flag says
+/// whether there was more (the rest is read and dropped, so that the tool
+/// is never blocked writing and its timeout still applies).
+fn drain<R: Read + Send + 'static>(pipe: Option<R>, limit: usize) -> JoinHandle<(String, bool)> {
     std::thread::spawn(move || {
         let mut buf = Vec::new();
-        if let Some(mut p) = pipe {
+        let mut over = false;
+        if let Some(p) = pipe {
+            let mut p = p.take(limit as u64);
             let _ = p.read_to_end(&mut buf);
+            let mut rest = p.into_inner();
+            over = std::io::copy(&mut rest, &mut std::io::sink()).is_ok_and(|n| n > 0);
         }
-        String::from_utf8_lossy(&buf).into_owned()
+        (String::from_utf8_lossy(&buf).into_owned(), over)
     })
 }
 
@@ -772,14 +948,23 @@ impl Backend for System {
         let applied = match (&first.program, &cause) {
             // One transaction: nothing took effect.
             (Program::Iptables(_), _) => 0,
-            // ipset restore stops at the failing line.
-            (Program::Ipset, Error::Failed { stderr, .. }) => stderr
-                .split("Error in line ")
-                .nth(1)
-                .and_then(|r| r.split(':').next())
-                .and_then(|n| n.trim().parse::<usize>().ok())
-                .map_or(0, |n| n.saturating_sub(1)),
-            (Program::Ipset, _) => 0,
+            // ipset restore stops at the failing line; a set it was
+            // filling under a temporary name never got its own name.
+            (Program::Ipset, _) => {
+                let line = match &cause {
+                    Error::Failed { stderr, .. } => stderr
+                        .split("Error in line ")
+                        .nth(1)
+                        .and_then(|r| r.split(':').next())
+                        .and_then(|n| n.trim().parse::<usize>().ok()),
+                    _ => None,
+                };
+                let script = crate::ipset::RestoreScript::new(commands);
+                for tmp in script.leftovers(line) {
+                    let _ = self.exec("ipset", &["-exist", "destroy", tmp].map(String::from), None);
+                }
+                line.map_or(0, |l| script.applied_before(l))
+            }
         };
         Err(BatchError { applied, cause })
     }
@@ -789,8 +974,14 @@ impl Backend for System {
             [] => String::new(),
             [one] => format!("{} (a single command)", self.binary(one.program)),
             _ => {
-                let (program, args, _) = batch_input(self, commands);
-                format!("{program} {}", args.join(" "))
+                let (program, args) = batch_program(self, commands);
+                let fills = commands[0].program == Program::Ipset
+                    && crate::ipset::RestoreScript::fills(commands);
+                let note = match fills {
+                    false => "",
+                    true => " (a new set is filled under a temporary name, then renamed)",
+                };
+                format!("{program} {}{note}", args.join(" "))
             }
         }
     }

@@ -286,16 +286,29 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
         let Some(current) = ruleset.tables.get(table).and_then(|t| t.chain(chain)) else {
             continue; // Gone already: forget it.
         };
-        let left = (0..current.rules.len())
-            .filter(|i| !deleted.contains(&(*family, table.clone(), chain.clone(), *i)))
-            .count();
+        // What the plan leaves in it: a planned chain's final rules (its
+        // leftover temporary copies gone too), else the rules not deleted.
+        let left = match planned.get(&(*family, table.clone(), chain.clone())) {
+            Some(rules) => rules.len(),
+            None => (0..current.rules.len())
+                .filter(|i| !deleted.contains(&(*family, table.clone(), chain.clone(), *i)))
+                .count(),
+        };
+        // Referenced as the plan leaves things: a planned chain by its
+        // final rules (a wished rule may jump here), any other as read.
+        let jumps_here = |r: &Rule| r.target() == Some(chain.as_str());
         let referenced = ruleset.tables.get(table).is_some_and(|t| {
             t.chains.iter().any(|(name, c)| {
+                if planned.contains_key(&(*family, table.clone(), name.clone())) {
+                    return false;
+                }
                 c.rules.iter().enumerate().any(|(i, r)| {
                     let going = deleted.contains(&(*family, table.clone(), name.clone(), i));
-                    name != chain && !going && r.target() == Some(chain.as_str())
+                    name != chain && !going && jumps_here(r)
                 })
             })
+        }) || planned.iter().any(|((f, t, name), rules)| {
+            f == family && t == table && name != chain && rules.iter().any(jumps_here)
         });
         if left > 0 || referenced {
             keep.insert(entry.clone());

@@ -199,24 +199,29 @@ pub fn restore_line(args: &[String]) -> String {
         if i > 0 {
             out.push(' ');
         }
-        let plain = !tok.is_empty()
-            && !tok
-                .chars()
-                .any(|c| c.is_whitespace() || c == '"' || c == '\'' || c == '\\');
-        if plain {
-            out.push_str(tok);
-        } else {
-            out.push('"');
-            for c in tok.chars() {
-                if c == '"' || c == '\\' {
-                    out.push('\\');
-                }
-                out.push(c);
-            }
-            out.push('"');
-        }
+        push_restore_word(&mut out, tok);
     }
     out
+}
+
+/// Appends one word of a [`restore_line`], quoted when it must be.
+pub fn push_restore_word(out: &mut String, tok: &str) {
+    let plain = !tok.is_empty()
+        && !tok
+            .chars()
+            .any(|c| c.is_whitespace() || c == '"' || c == '\'' || c == '\\');
+    if plain {
+        out.push_str(tok);
+    } else {
+        out.push('"');
+        for c in tok.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+    }
 }
 
 impl fmt::Display for Rule {

@@ -298,7 +298,16 @@ pub fn parse_ipset_save(text: &str) -> Result<BTreeMap<String, Ipset>, ParseErro
                     if line.contains(" comment ") {
                         let words =
                             shlex::split(line).ok_or_else(|| err(n, line, "unbalanced quotes"))?;
-                        if let Some(at) = words.iter().position(|w| w == "comment")
+                        if words.get(2).map(String::as_str) != Some(element) {
+                            return Err(err(n, line, "unexpected characters around the member"));
+                        }
+                        // After the element, which may itself be `comment`
+                        // (a list:set member).
+                        if let Some(at) = words
+                            .iter()
+                            .skip(3)
+                            .position(|w| w == "comment")
+                            .map(|at| at + 3)
                             && let Some(c) = words.get(at + 1)
                         {
                             set.comments.insert(element.to_string(), c.clone());

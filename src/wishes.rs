@@ -174,7 +174,7 @@ pub fn load(path: &Path) -> Result<Wishes, LoadError> {
             message,
         }],
     };
-    let text = std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    let text = crate::secure::read_wishes(path).map_err(|e| fail(format!("cannot read: {e}")))?;
     let text = String::from_utf8(text).map_err(|_| fail("is not UTF-8 text".into()))?;
     parse(&text, path)
 }
@@ -194,15 +194,16 @@ pub fn parse(text: &str, path: &Path) -> Result<Wishes, LoadError> {
         );
         return Err(LoadError { errors: v.errors });
     }
-    let raw: RawFile = match serde_saphyr::from_str(text) {
-        Ok(raw) => raw,
-        Err(e) => {
-            let line = e.location().map(|l| l.line()).unwrap_or(0);
-            let message = e.without_snippet().to_string();
-            v.error(line, None, &message);
-            return Err(LoadError { errors: v.errors });
-        }
-    };
+    let raw: RawFile =
+        match serde_saphyr::from_str_with_options(text, crate::secure::yaml_options()) {
+            Ok(raw) => raw,
+            Err(e) => {
+                let line = e.location().map(|l| l.line()).unwrap_or(0);
+                let message = e.without_snippet().to_string();
+                v.error(line, None, &message);
+                return Err(LoadError { errors: v.errors });
+            }
+        };
     let Some(top) = raw.pyfw_wishes else {
         v.error(
             0,
@@ -460,6 +461,19 @@ impl Validator {
                     continue;
                 }
             };
+            if let Some(bad) = rule
+                .args()
+                .iter()
+                .find_map(|a| a.chars().find(|c| c.is_control()))
+            {
+                let msg = format!(
+                    "bad rule text: an argument holds the control character {bad:?}; no iptables \
+                     argument can"
+                );
+                self.error(line, Some(&wish), &msg);
+                ok = false;
+                continue;
+            }
             if let Some(comment) = rule.comment()
                 && comment != name
             {

@@ -1365,3 +1365,113 @@ fn the_unit_files_pass_systemd_checks() {
         assert!(fake_root.path().join("run/xtables.lock").is_file());
     }
 }
+
+// --- netfilter events (nft) ------------------------------------------------
+
+/// The reconciles the daemon has started so far (logged at debug).
+fn runs(daemon: &Daemon) -> usize {
+    daemon.log_lines_with("run for ").len()
+}
+
+/// On the nft backend a Docker restart is repaired from the kernel's change
+/// notification alone: the poll is an hour away.
+#[test]
+fn netfilter_changes_are_repaired_without_waiting_for_the_poll() {
+    let Some((ns, mut daemon)) = started("events_repair", &spec_path("wishes.yaml"), NEVER) else {
+        return;
+    };
+    daemon.wait_log("following netfilter changes");
+    replay_docker_restart(&ns, "iptables-restore");
+    daemon.wait_rules(&ns, &spec("after-apply.save"), "the event-driven repair");
+    daemon.wait_log("repaired (drift)");
+    let log = daemon.log();
+    assert!(
+        log.contains("netfilter change: filter/DOCKER, filter/FORWARD changed by "),
+        "the log must say what changed, and who changed it:\n{log}"
+    );
+    assert!(log.contains("run for netfilter"), "{log}");
+    daemon.assert_alive();
+}
+
+/// pyfw's own transactions trigger nothing: after the first reconcile and
+/// after an event-driven repair, an idle daemon (its poll an hour away)
+/// starts no reconcile at all, and changes to chains nobody wished (nat,
+/// Kubernetes' chains) do not wake it.
+#[test]
+fn an_idle_daemon_does_not_trigger_itself() {
+    let Some((ns, mut daemon)) = started("events_idle", &spec_path("wishes.yaml"), NEVER) else {
+        return;
+    };
+    daemon.wait_log("following netfilter changes");
+    let quiet = |what: &str, expected: usize| {
+        std::thread::sleep(Duration::from_secs(3));
+        assert_eq!(
+            runs(&daemon),
+            expected,
+            "{what}: no reconcile may follow\n{}",
+            daemon.log()
+        );
+    };
+    assert_eq!(runs(&daemon), 1, "the start-up run\n{}", daemon.log());
+    quiet("after the start-up run", 1);
+
+    ns.ok(&[
+        "iptables",
+        "-w",
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-j",
+        "RETURN",
+    ]);
+    ns.ok(&["iptables", "-w", "-N", "KUBE-SERVICES"]);
+    ns.ok(&["iptables", "-w", "-A", "KUBE-SERVICES", "-j", "RETURN"]);
+    ns.ok(&[
+        "iptables",
+        "-w",
+        "-t",
+        "nat",
+        "-D",
+        "POSTROUTING",
+        "-j",
+        "RETURN",
+    ]);
+    ns.ok(&["iptables", "-w", "-F", "KUBE-SERVICES"]);
+    ns.ok(&["iptables", "-w", "-X", "KUBE-SERVICES"]);
+    quiet("after changes to chains nobody wished", 1);
+
+    replay_docker_restart(&ns, "iptables-restore");
+    daemon.wait_rules(&ns, &spec("after-apply.save"), "the event-driven repair");
+    daemon.wait_log("repaired (drift)");
+    let after_repair = runs(&daemon);
+    assert_eq!(
+        after_repair,
+        2,
+        "one run for the Docker restart\n{}",
+        daemon.log()
+    );
+    quiet("after the repair", after_repair);
+    daemon.assert_alive();
+}
+
+/// Legacy iptables announces nothing: the daemon says so and polls.
+#[test]
+fn legacy_relies_on_the_poll() {
+    let Some(ns) = Ns::with_backend("events_legacy", true) else {
+        return;
+    };
+    ns.restore(
+        "iptables-restore",
+        &["-w"],
+        &spec("docker-after-reboot.save"),
+    );
+    let wishes = spec_path("wishes.yaml");
+    let mut daemon = Start::new(&wishes, FAST)
+        .global(&["--backend", "legacy"])
+        .spawn(&ns);
+    daemon.wait_log("ready: netfilter matches");
+    daemon.wait_log("iptables-legacy announces no changes: drift is found by the poll every");
+    assert!(!daemon.log().contains("following netfilter changes"));
+    daemon.assert_alive();
+}

@@ -64,7 +64,8 @@ pub struct Loaded {
 /// Reads and validates the wishes file, keeping its bytes for comparing
 /// with later reads.
 pub fn load(path: &Path) -> Result<Loaded, LoadError> {
-    let text = std::fs::read(path).map_err(|e| file_error(path, format!("cannot read: {e}")))?;
+    let text = crate::secure::read_wishes(path)
+        .map_err(|e| file_error(path, format!("cannot read: {e}")))?;
     let wishes = parse(path, &text)?;
     Ok(Loaded { wishes, text })
 }
@@ -222,6 +223,11 @@ impl<R: Reconcile> Core<R> {
         &self.rec
     }
 
+    /// The wishes in force.
+    pub fn wishes(&self) -> &Wishes {
+        &self.active.wishes
+    }
+
     /// A one-line status for `systemctl status`.
     pub fn status(&self) -> String {
         match &self.reported {
@@ -256,6 +262,8 @@ impl<R: Reconcile> Core<R> {
         };
         let quiet = if job.triggers.contains(Trigger::Retry) {
             "retry"
+        } else if job.triggers.contains(Trigger::Netfilter) {
+            "event"
         } else {
             "timer"
         };
@@ -289,7 +297,7 @@ impl<R: Reconcile> Core<R> {
     fn refresh(&mut self, force: bool) -> bool {
         let path = self.path.clone();
         let shown = path.display();
-        let text = match std::fs::read(&path) {
+        let text = match crate::secure::read_wishes(&path) {
             Ok(t) => t,
             Err(e) => {
                 let bad = Bad::Unreadable(e.to_string());
@@ -395,6 +403,11 @@ impl<R: Reconcile> Core<R> {
                 Err(e) => return Ok(RunResult::Failed(e.to_string())),
             },
         };
+        // `pyfw apply --confirm` reverted this very content: applying it
+        // again would undo the revert (see `crate::confirm`).
+        if crate::confirm::daemon_holds_back(&self.active.text) {
+            return Ok(RunResult::Held);
+        }
         let plan = match self.rec.plan(&self.active.wishes) {
             Ok(plan) => plan,
             Err(e) => return self.failure(e),

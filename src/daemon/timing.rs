@@ -26,15 +26,19 @@ pub enum Trigger {
     Retry,
     /// The poll interval passed.
     Timer,
+    /// Another program changed a watched chain (nft backend; see
+    /// `daemon::events`).
+    Netfilter,
 }
 
 impl Trigger {
-    const ALL: [Trigger; 5] = [
+    const ALL: [Trigger; 6] = [
         Trigger::Startup,
         Trigger::Sighup,
         Trigger::FileEvent,
         Trigger::Retry,
         Trigger::Timer,
+        Trigger::Netfilter,
     ];
 
     fn bit(self) -> u8 {
@@ -48,6 +52,7 @@ impl Trigger {
             Trigger::FileEvent => "file-event",
             Trigger::Retry => "retry",
             Trigger::Timer => "timer",
+            Trigger::Netfilter => "netfilter",
         }
     }
 
@@ -337,18 +342,25 @@ pub struct FightPolicy {
     /// The first hold; each correction during the fight doubles it.
     pub first_hold: Duration,
     pub max_hold: Duration,
+    /// Corrections of one thing closer together than this count once, so
+    /// that the count is in polls even when netfilter events trigger
+    /// repairs: a Docker restart that pushes a rule down five times within
+    /// a second is one correction, not a fight.
+    pub min_gap: Duration,
 }
 
 impl FightPolicy {
     /// Scaled to the poll interval: a fight is the same correction three
     /// times within 30 polls; holds start at 2 polls and double up to 12
-    /// (1 minute at the default 5 s interval).
+    /// (1 minute at the default 5 s interval). Corrections less than half
+    /// an interval apart count once.
     pub fn for_interval(interval: Duration) -> FightPolicy {
         FightPolicy {
             threshold: 3,
             window: interval.saturating_mul(30),
             first_hold: interval.saturating_mul(2),
             max_hold: interval.saturating_mul(12),
+            min_gap: interval / 2,
         }
     }
 
@@ -426,6 +438,12 @@ impl Fights {
                 continue;
             }
             let times = self.seen.entry(fix.key.clone()).or_default();
+            if times
+                .back()
+                .is_some_and(|last| now.duration_since(*last) < self.policy.min_gap)
+            {
+                continue;
+            }
             times.push_back(now);
             Fights::prune(times, now, self.policy.window);
             let count = times.len();
@@ -676,6 +694,32 @@ mod tests {
 
     fn policy() -> FightPolicy {
         FightPolicy::for_interval(Duration::from_secs(1))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_event_driven_corrections_counts_once() {
+        let mut f = Fights::new(policy());
+        // A Docker restart pushes the rule down five times within 400 ms;
+        // each push is repaired at once (netfilter events).
+        for _ in 0..5 {
+            assert_eq!(
+                f.corrected(Instant::now(), &[fix("allow_established")]),
+                vec![]
+            );
+            advance(100 * MS).await;
+        }
+        // Twice more, a poll apart: now it is a fight.
+        advance(Duration::from_secs(1)).await;
+        assert_eq!(
+            f.corrected(Instant::now(), &[fix("allow_established")]),
+            vec![]
+        );
+        advance(Duration::from_secs(1)).await;
+        let news = f.corrected(Instant::now(), &[fix("allow_established")]);
+        assert!(
+            matches!(&news[..], [FightNews::Started { count: 3, .. }]),
+            "{news:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

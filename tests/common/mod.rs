@@ -439,6 +439,12 @@ impl Netns {
         (cmd, shown)
     }
 
+    /// The command that runs argv inside the namespace, to spawn it and
+    /// manage it yourself (in the background, with its own environment).
+    pub fn command_for(&self, argv: &[&str]) -> Command {
+        self.command(argv).0
+    }
+
     /// Runs argv inside the namespace.
     pub fn run(&self, argv: &[&str]) -> Out {
         let (cmd, shown) = self.command(argv);
