@@ -68,13 +68,16 @@ impl Snapshot {
                     let (Some(table), Some(chain)) = (c.args.get(2), c.args.get(4)) else {
                         continue;
                     };
-                    let had = before
-                        .ruleset(family)
-                        .chain(table, chain)
-                        .map(|c| c.into_owned());
+                    // Copied once per chain, not per command (a 50,000-rule
+                    // chain, a 100,000-member set).
                     snap.chains
                         .entry((family, table.clone(), chain.clone()))
-                        .or_insert(had);
+                        .or_insert_with(|| {
+                            before
+                                .ruleset(family)
+                                .chain(table, chain)
+                                .map(|c| c.into_owned())
+                        });
                 }
                 Program::Ipset => {
                     let names: &[String] = match c.args.first().map(String::as_str) {
@@ -82,8 +85,10 @@ impl Snapshot {
                         _ => c.args.get(1..2).unwrap_or(&[]),
                     };
                     for name in names {
-                        let had = before.ipsets.get(name).cloned();
-                        snap.sets.entry(name.clone()).or_insert(had);
+                        if !snap.sets.contains_key(name) {
+                            snap.sets
+                                .insert(name.clone(), before.ipsets.get(name).cloned());
+                        }
                     }
                 }
             }

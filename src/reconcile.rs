@@ -174,14 +174,19 @@ impl<B: Backend> Reconciler<B> {
                 .chain([RECORD_SET.to_string()])
                 .collect(),
         );
-        let sets = self.backend.read_state(first).map_err(Error::Read)?;
-        let scope = scope_for(wishes, &sets);
+        let sets = self
+            .backend
+            .read_state(first.clone())
+            .map_err(Error::Read)?;
+        let mut scope = scope_for(wishes, &sets);
         let mut state = self
             .backend
             .read_state(scope.clone())
             .map_err(Error::Read)?;
         if scope.sets == Sets::Skip {
             state.ipsets = sets.ipsets;
+            // What was read, sets included, to read the same again.
+            scope.sets = first.sets;
         }
         self.drop_dead_scratch_chains(&state);
         let (canonical, deferred) = self.canonicalize(wishes, &state)?;

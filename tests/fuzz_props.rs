@@ -111,3 +111,26 @@ proptest! {
         fuzz_model::planner_target(&data);
     }
 }
+
+/// Inputs the fuzzers found, kept whatever `cargo fuzz cmin` keeps: each
+/// broke a property once (the planner's two are in `tests/ordering.rs`).
+#[test]
+fn fuzz_findings_stay_fixed() {
+    // A list:set member named `comment`: the member's comment is the one
+    // after it, not the member itself.
+    let sets = pyfw::state::parse_ipset_save(
+        "create l list:set size 8 comment\nadd l comment comment \"the comment\"\n",
+    )
+    .unwrap();
+    assert_eq!(sets["l"].comments["comment"], "the comment");
+    fuzz_model::ipset_save_target(b"create l list:set size 8 comment\nadd l comment comment x\n");
+    // Whitespace the two tokenizers disagree on is an error, not a wrong
+    // comment.
+    assert!(
+        pyfw::state::parse_ipset_save("create s hash:ip\nadd s\x0bx 1.2.3.4 comment c\n").is_err()
+    );
+    // A NUL in saved rules: parsed, but not printable as text.
+    fuzz_model::iptables_save_target(
+        b"*filter\n:INPUT ACCEPT [0:0]\n-A INPUT --sport\x0067 -j ACCEPT\nCOMMIT\n",
+    );
+}
