@@ -495,7 +495,7 @@ fn answer_client(listener: &UnixListener) -> Option<Answer> {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
-    let (pid, uid) = peer(&stream)?;
+    let (pid, uid) = crate::lock::peer(&stream)?;
     let mut buf = [0u8; 64];
     let n = stream.read(&mut buf).ok()?;
     if !buf[..n].starts_with(b"confirm") {
@@ -519,28 +519,6 @@ fn answer_client(listener: &UnixListener) -> Option<Answer> {
     Some(Answer::Confirmed(format!(
         "by `pyfw confirm` (pid {pid}, uid {uid})"
     )))
-}
-
-/// The pid and uid of a connected peer.
-fn peer(stream: &UnixStream) -> Option<(i32, u32)> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` and `len` are valid for writes and `len` is the size of
-    // `cred`, as SO_PEERCRED requires; the fd is open for the whole call.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0).then_some((cred.pid, cred.uid))
 }
 
 /// `pyfw confirm`: confirms the apply waiting in this network namespace.

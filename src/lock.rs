@@ -218,10 +218,9 @@ pub fn wait_for_writer() -> Result<Lock, LockError> {
     })
 }
 
-/// Asks the kernel who is listening on `addr` (`SO_PEERCRED` of a
-/// connection to it), then `/proc` what that process is.
-fn holder(addr: &SocketAddr) -> Option<Holder> {
-    let stream = UnixStream::connect_addr(addr).ok()?;
+/// The pid and uid of a connected peer (`SO_PEERCRED`); the lock and
+/// `pyfw confirm` both ask who is on the other end of a socket.
+pub(crate) fn peer(stream: &UnixStream) -> Option<(i32, u32)> {
     let mut cred = libc::ucred {
         pid: 0,
         uid: 0,
@@ -239,11 +238,16 @@ fn holder(addr: &SocketAddr) -> Option<Holder> {
             &mut len,
         )
     };
+    (rc == 0).then_some((cred.pid, cred.uid))
+}
+
+/// Asks the kernel who is listening on `addr` (`SO_PEERCRED` of a
+/// connection to it), then `/proc` what that process is.
+fn holder(addr: &SocketAddr) -> Option<Holder> {
+    let stream = UnixStream::connect_addr(addr).ok()?;
+    let (pid, _uid) = peer(&stream)?;
     // pid 0: the holder is in a pid namespace this process cannot see.
-    if rc != 0 || cred.pid <= 0 {
-        return None;
-    }
-    let pid = cred.pid as u32;
+    let pid = u32::try_from(pid).ok().filter(|p| *p > 0)?;
     let command = std::fs::read(format!("/proc/{pid}/cmdline"))
         .ok()
         .map(|raw| {
