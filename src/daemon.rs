@@ -169,6 +169,7 @@ pub fn main(wishes: &Path, backend: Variant, args: &Args) -> ExitCode {
 }
 
 fn start(path: &Path, variant: Variant, args: &Args) -> Result<ExitCode, String> {
+    one_heap();
     // First of all, so that SIGTERM is ours to handle from here on.
     let signals = forward_signals()?;
     let mut daemon_lock = crate::lock::try_lock(crate::lock::DAEMON).map_err(|e| match e {
@@ -239,6 +240,30 @@ fn start(path: &Path, variant: Variant, args: &Args) -> Result<ExitCode, String>
     runtime.shutdown_background();
     drop(daemon_lock);
     Ok(code)
+}
+
+/// One malloc arena for the whole daemon, before any thread starts. Each
+/// run happens on a pool thread and each tool's output is read on a thread
+/// of its own; with glibc's default of an arena per thread, the memory a
+/// run frees (a 100,000-member set read and planned) stays held in several
+/// arenas: 170 MB resident instead of 30 MB, measured. pyfw's threads
+/// barely contend, so one arena costs nothing.
+fn one_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt(3) only sets an allocator parameter.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// Returns the memory a run freed to the system, so that the daemon's
+/// resident size between runs is what it holds, not what a run needed.
+fn give_back_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim(3) only releases free heap memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Subscribes to netfilter's change notifications where the backend has
@@ -462,6 +487,7 @@ pub async fn run<R: Reconcile, N: Notifier>(
                 if let Some(e) = &events {
                     e.watch(events::watched(core.wishes()));
                 }
+                give_back_memory();
                 idle = Some(core);
                 if let Some(w) = watch.as_mut() {
                     w.update();

@@ -535,10 +535,21 @@ impl System {
                         .map(|o| o.stdout.lines().filter(|l| l.starts_with("-A ")).count())
                         .unwrap_or(0)
                 };
-                let nft = count(&self, "iptables-nft-save") + count(&self, "ip6tables-nft-save");
                 let legacy_loaded = ["/proc/net/ip_tables_names", "/proc/net/ip6_tables_names"]
                     .iter()
                     .any(|p| std::fs::read_to_string(p).is_ok_and(|t| !t.trim().is_empty()));
+                // Legacy holds nothing and `iptables` is nft: nft it is,
+                // without counting (a full `iptables-nft-save` of a
+                // 50,000-rule host takes seconds).
+                let plain_nft = || {
+                    self.exec("iptables", &["--version".to_string()], None)
+                        .is_ok_and(|o| o.stdout.contains("nf_tables"))
+                };
+                let nft = if !legacy_loaded && plain_nft() {
+                    1
+                } else {
+                    count(&self, "iptables-nft-save") + count(&self, "ip6tables-nft-save")
+                };
                 let legacy = if legacy_loaded {
                     count(&self, "iptables-legacy-save") + count(&self, "ip6tables-legacy-save")
                 } else {
