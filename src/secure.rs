@@ -81,7 +81,7 @@ pub fn check_wishes_path(path: &Path, euid: u32) -> Result<(), Vec<String>> {
                 ));
             }
             let mode = meta.mode() & 0o7777;
-            if mode & 0o022 != 0 {
+            if mode & 0o022 != 0 && !read_only_mount(p) {
                 problems.push(format!(
                     "{what} {} is writable by {} (mode {mode:04o}; fix: chmod go-w {})",
                     p.display(),
@@ -105,6 +105,25 @@ pub fn check_wishes_path(path: &Path, euid: u32) -> Result<(), Vec<String>> {
     } else {
         Err(problems)
     }
+}
+
+/// Whether `path` lies on a read-only mount, where mode bits that say
+/// "writable" are moot: nothing writes through the mount. This is how a
+/// Kubernetes ConfigMap volume looks from inside the pod (the kubelet makes
+/// its directory 0777, kubernetes/kubernetes#125876, and mounts it
+/// read-only), so pyfw can trust it without `--allow-insecure-wishes`.
+/// Ownership is still checked.
+fn read_only_mount(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a NUL-terminated path and `st` is valid for writes of
+    // one statvfs, which statvfs(3) fills on success; it is read only then.
+    let ok = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) } == 0;
+    // SAFETY: initialised by the successful call above.
+    ok && unsafe { st.assume_init() }.f_flag & libc::ST_RDONLY != 0
 }
 
 /// Reads the wishes file with the checks above and the size budget. The

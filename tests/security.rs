@@ -277,6 +277,54 @@ fn insecure_wishes_are_refused_unless_allowed() {
     }
 }
 
+/// A Kubernetes ConfigMap's directory is mode 0777 but mounted read-only:
+/// nothing can write through it, so pyfw trusts it without
+/// `--allow-insecure-wishes`. The same directory writable is refused.
+#[test]
+fn a_read_only_mount_counts_as_not_writable() {
+    if common_euid() != 0 {
+        assert_ne!(
+            std::env::var("PYFW_REQUIRE_NETNS").as_deref(),
+            Ok("1"),
+            "a_read_only_mount_counts_as_not_writable needs root for a mount namespace"
+        );
+        eprintln!("SKIP a_read_only_mount_counts_as_not_writable: not root");
+        return;
+    }
+    let empty = tempfile::NamedTempFile::new().unwrap();
+    let dir = secure_dir();
+    let wishes = write_wishes(dir.path(), 0o644);
+    chmod(dir.path(), 0o777);
+    let out = offline(
+        &[
+            "--wishes",
+            arg(&wishes),
+            "plan",
+            "--iptables-save",
+            arg(empty.path()),
+        ],
+        &[],
+    );
+    assert_eq!(
+        out.code(),
+        Some(1),
+        "writable and mounted read-write\n{out}"
+    );
+    assert!(out.stderr.contains("writable by group and others"), "{out}");
+
+    // The same directory, bind-mounted read-only in a private mount
+    // namespace (the host's mounts are not touched).
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && exec "$2" --wishes "$3" plan --iptables-save "$4""#)
+        .args(["sh", arg(dir.path()), PYFW, arg(&wishes), arg(empty.path())])
+        .env_remove("PYFW_WISHES")
+        .env_remove("PYFW_ALLOW_INSECURE_WISHES");
+    let out = common::run_command(cmd, vec!["unshare ... pyfw plan".into()], None);
+    out.expect_ok("a 0777 directory on a read-only mount");
+    assert!(!out.stderr.contains("insecure"), "{out}");
+}
+
 fn common_euid() -> u32 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
