@@ -63,8 +63,8 @@ pub struct Args {
 
     /// Serve Prometheus/OpenMetrics metrics at `GET /metrics` on ADDR: a
     /// loopback address (127.0.0.1:9983, [::1]:9983, localhost:9983) or a
-    /// Unix socket (unix:/run/pyfw/metrics.sock). Off by default; see
-    /// docs/metrics.md.
+    /// Unix socket (unix:/run/pyfw/metrics.sock). Off by default, and when
+    /// empty; see docs/metrics.md.
     #[arg(long, env = "PYFW_METRICS", value_name = "ADDR")]
     pub metrics: Option<String>,
 
@@ -74,9 +74,20 @@ pub struct Args {
     #[arg(
         long,
         env = "PYFW_METRICS_ALLOW_REMOTE",
-        value_parser = clap::builder::BoolishValueParser::new()
+        value_parser = parse_switch
     )]
     pub metrics_allow_remote: bool,
+}
+
+/// yes/no, true/false, on/off, 1/0; empty is no, so that
+/// `PYFW_METRICS_ALLOW_REMOTE=` in /etc/default/pyfw cannot stop a firewall
+/// from starting.
+fn parse_switch(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "" | "n" | "no" | "f" | "false" | "off" | "0" => Ok(false),
+        "y" | "yes" | "t" | "true" | "on" | "1" => Ok(true),
+        other => Err(format!("`{other}` is not yes or no")),
+    }
 }
 
 fn parse_interval(text: &str) -> Result<Duration, String> {
@@ -189,9 +200,11 @@ pub fn main(wishes: &Path, backend: Variant, args: &Args) -> ExitCode {
 fn start(path: &Path, variant: Variant, args: &Args) -> Result<ExitCode, String> {
     one_heap();
     // A mistyped or remote metrics address is refused before anything else.
+    // (`PYFW_METRICS=` is off, like the variable unset.)
     let listen = args
         .metrics
         .as_deref()
+        .filter(|text| !text.trim().is_empty())
         .map(|text| {
             Listen::parse(text, args.metrics_allow_remote).map_err(|e| format!("--metrics {e}"))
         })
@@ -953,6 +966,17 @@ mod tests {
         .await;
         assert_eq!(code, ExitCode::from(1));
         assert!(!notes.0.lock().unwrap().iter().any(|n| n == "READY=1"));
+    }
+
+    #[test]
+    fn switches_read_yes_and_no_and_empty_is_no() {
+        for yes in ["yes", "true", "1", "On", "y"] {
+            assert_eq!(parse_switch(yes), Ok(true), "{yes}");
+        }
+        for no in ["", " ", "no", "false", "0", "OFF"] {
+            assert_eq!(parse_switch(no), Ok(false), "{no:?}");
+        }
+        assert!(parse_switch("maybe").is_err());
     }
 
     #[test]
