@@ -31,6 +31,7 @@ use tokio::sync::mpsc::{self, UnboundedReceiver};
 use tokio::task::JoinHandle;
 use tokio::time::{Duration, Instant};
 
+use crate::metrics::{self, Listen, Metrics};
 use crate::netfilter::{Backend, System, Variant};
 use crate::plan::Program;
 use crate::reconcile::Reconciler;
@@ -59,6 +60,34 @@ pub struct Args {
         value_parser = parse_interval
     )]
     pub interval: Duration,
+
+    /// Serve Prometheus/OpenMetrics metrics at `GET /metrics` on ADDR: a
+    /// loopback address (127.0.0.1:9983, [::1]:9983, localhost:9983) or a
+    /// Unix socket (unix:/run/pyfw/metrics.sock). Off by default, and when
+    /// empty; see docs/metrics.md.
+    #[arg(long, env = "PYFW_METRICS", value_name = "ADDR")]
+    pub metrics: Option<String>,
+
+    /// Allow --metrics on an address that is not loopback (0.0.0.0:9983, a
+    /// host address): a firewall daemon does not open a port on the network
+    /// unless told to in so many words. Without --metrics, it does nothing.
+    #[arg(
+        long,
+        env = "PYFW_METRICS_ALLOW_REMOTE",
+        value_parser = parse_switch
+    )]
+    pub metrics_allow_remote: bool,
+}
+
+/// yes/no, true/false, on/off, 1/0; empty is no, so that
+/// `PYFW_METRICS_ALLOW_REMOTE=` in /etc/default/pyfw cannot stop a firewall
+/// from starting.
+fn parse_switch(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "" | "n" | "no" | "f" | "false" | "off" | "0" => Ok(false),
+        "y" | "yes" | "t" | "true" | "on" | "1" => Ok(true),
+        other => Err(format!("`{other}` is not yes or no")),
+    }
 }
 
 fn parse_interval(text: &str) -> Result<Duration, String> {
@@ -170,6 +199,16 @@ pub fn main(wishes: &Path, backend: Variant, args: &Args) -> ExitCode {
 
 fn start(path: &Path, variant: Variant, args: &Args) -> Result<ExitCode, String> {
     one_heap();
+    // A mistyped or remote metrics address is refused before anything else.
+    // (`PYFW_METRICS=` is off, like the variable unset.)
+    let listen = args
+        .metrics
+        .as_deref()
+        .filter(|text| !text.trim().is_empty())
+        .map(|text| {
+            Listen::parse(text, args.metrics_allow_remote).map_err(|e| format!("--metrics {e}"))
+        })
+        .transpose()?;
     // First of all, so that SIGTERM is ours to handle from here on.
     let signals = forward_signals()?;
     let mut daemon_lock = crate::lock::try_lock(crate::lock::DAEMON).map_err(|e| match e {
@@ -183,6 +222,19 @@ fn start(path: &Path, variant: Variant, args: &Args) -> Result<ExitCode, String>
         other => other.to_string(),
     })?;
     daemon_lock.serve_probes();
+    // Bound after the lock, so that a second daemon is refused for being a
+    // second daemon, not for a busy port; and bound before the first
+    // reconcile, so that a bad or busy address fails the start.
+    let served = match &listen {
+        Some(listen) => {
+            let metrics = Arc::new(Metrics::new());
+            let server =
+                metrics::serve(listen, metrics.clone()).map_err(|e| cannot_serve(listen, &e))?;
+            tracing::info!("serving metrics on {}", server.local_addr());
+            Some((metrics, server))
+        }
+        None => None,
+    };
     let loaded = match core::load(path) {
         Ok(l) => l,
         Err(e) => {
@@ -222,12 +274,15 @@ fn start(path: &Path, variant: Variant, args: &Args) -> Result<ExitCode, String>
             .unwrap_or_default()
     );
     let events = follow_netfilter(&system, &loaded.wishes, args.interval);
-    let core = Core::new(
+    let mut core = Core::new(
         Reconciler::new(system),
         path.to_path_buf(),
         loaded,
         Some(crate::lock::WRITER.to_string()),
     );
+    if let Some((metrics, _)) = &served {
+        core = core.with_metrics(metrics.clone());
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -238,8 +293,30 @@ fn start(path: &Path, variant: Variant, args: &Args) -> Result<ExitCode, String>
     // A run still in flight after the stop grace is abandoned, not waited
     // for: the rules stay as they are, and the next start finishes the job.
     runtime.shutdown_background();
+    // Stops the metrics server and removes its Unix socket, while the lock
+    // still keeps another daemon from binding the same address.
+    drop(served);
     drop(daemon_lock);
     Ok(code)
+}
+
+/// Why the metrics address cannot be served, with what to do about it.
+fn cannot_serve(listen: &Listen, e: &std::io::Error) -> String {
+    let hint = match (listen, e.kind()) {
+        (Listen::Tcp(_), std::io::ErrorKind::AddrInUse) => {
+            " (another program listens there: pick another address)".to_string()
+        }
+        (Listen::Unix(path), std::io::ErrorKind::NotFound) => format!(
+            " (the directory {} does not exist: create it, or under systemd let \
+             RuntimeDirectory=pyfw create /run/pyfw)",
+            path.parent().unwrap_or(path).display()
+        ),
+        (_, std::io::ErrorKind::AddrNotAvailable) => {
+            " (no interface here has that address)".to_string()
+        }
+        _ => String::new(),
+    };
+    format!("cannot serve metrics on {listen}: {e}{hint}")
 }
 
 /// One malloc arena for the whole daemon, before any thread starts. Each
@@ -889,6 +966,17 @@ mod tests {
         .await;
         assert_eq!(code, ExitCode::from(1));
         assert!(!notes.0.lock().unwrap().iter().any(|n| n == "READY=1"));
+    }
+
+    #[test]
+    fn switches_read_yes_and_no_and_empty_is_no() {
+        for yes in ["yes", "true", "1", "On", "y"] {
+            assert_eq!(parse_switch(yes), Ok(true), "{yes}");
+        }
+        for no in ["", " ", "no", "false", "0", "OFF"] {
+            assert_eq!(parse_switch(no), Ok(false), "{no:?}");
+        }
+        assert!(parse_switch("maybe").is_err());
     }
 
     #[test]

@@ -212,7 +212,7 @@ impl Metrics {
     }
 
     /// A run ended. `trigger` is the name the daemon logs (`startup`,
-    /// `wishes-changed`, `sighup`, `drift`, `timer`, `retry`,
+    /// `wishes-changed`, `sighup`, `drift`, `timer`, `event`, `retry`,
     /// `file-event`). A run that ends in sync clears every drift gauge.
     pub fn observe_reconcile(&self, trigger: &str, result: ReconcileResult) {
         self.reconciles
@@ -400,7 +400,8 @@ impl Listen {
         if !allow_remote && !addr.ip().to_canonical().is_loopback() {
             return Err(format!(
                 "`{text}` is not a loopback address: metrics are served on 127.0.0.1, ::1 or a \
-                 Unix socket unless remote access is explicitly allowed"
+                 Unix socket unless remote access is explicitly allowed \
+                 (--metrics-allow-remote)"
             ));
         }
         Ok(Listen::Tcp(addr))

@@ -1,19 +1,34 @@
 //! The daemon's metrics, scraped over HTTP from the server a daemon starts
-//! with `--metrics ADDR`, on loopback TCP and on a Unix socket. The events
-//! fed in are what the daemon reports for the spec's Docker restart: its
-//! real wishes and the real plan from the spec's dumps.
+//! with `--metrics ADDR`, on loopback TCP and on a Unix socket.
+//!
+//! The first tests feed the registry what the daemon reports for the
+//! spec's Docker restart: its real wishes and the real plan from the spec's
+//! dumps. The last ones start the real `pyfw daemon --metrics` in a network
+//! namespace of its own (see `tests/common`: without root they print SKIP,
+//! or fail under `PYFW_REQUIRE_NETNS=1`), make drift and break the wishes
+//! file, and read what the daemon says about it. Every wait polls a
+//! condition until a deadline; nothing depends on timing.
 
+#[macro_use]
+mod common;
+
+use std::fs::File;
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
+use common::{Backend, Netns, PYFW};
 use pyfw::metrics::{CONTENT_TYPE, Listen, Metrics, ReconcileResult, serve};
 use pyfw::plan::{Plan, plan};
 use pyfw::state::{State, parse_ipset_save, parse_iptables_save};
 use pyfw::wishes::{self, Wishes};
+use wait_timeout::ChildExt;
 
 fn fixture(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -272,4 +287,534 @@ fn only_loopback_unless_allowed() {
     };
     let local = Listen::Tcp(format!("127.0.0.1:{}", bound.port()).parse().unwrap());
     assert_eq!(get_tcp(&local, "/metrics").0, "HTTP/1.1 200 OK");
+}
+
+// --- the real daemon -------------------------------------------------------
+
+on_both_backends!(
+    a_daemon_reports_over_loopback_tcp,
+    a_daemon_reports_over_a_unix_socket,
+);
+
+/// Longest wait for any condition.
+const WAIT: Duration = Duration::from_secs(30);
+/// The daemon's poll interval in these tests.
+const INTERVAL: &str = "300ms";
+
+/// Wishes with an INPUT policy of DROP: loopback must be allowed, or the
+/// firewall would block its own metrics port.
+const WISHES: &str = "\
+pyfw_wishes:
+  ipsets:
+    trusted:
+      type: hash:ip
+      members_equal:
+      - 192.0.2.10
+  iptables:
+    filter:
+      INPUT:
+        default_action: DROP
+        rules:
+        - allow_loopback: -i lo -m comment --comment allow_loopback -j ACCEPT
+        - allow_ssh: -p tcp -m tcp --dport 22 -m comment --comment allow_ssh -j ACCEPT
+        - allow_trusted: -m set --match-set trusted src -m comment --comment allow_trusted -j ACCEPT
+";
+
+/// The rule the tests delete, as `iptables -D` takes it.
+const ALLOW_SSH: &[&str] = &[
+    "-D",
+    "INPUT",
+    "-p",
+    "tcp",
+    "-m",
+    "tcp",
+    "--dport",
+    "22",
+    "-m",
+    "comment",
+    "--comment",
+    "allow_ssh",
+    "-j",
+    "ACCEPT",
+];
+
+const INPUT_DRIFT: &str = "pyfw_drift{family=\"ipv4\",table=\"filter\",chain=\"INPUT\"}";
+const SSH_CORRECTIONS: &str = "pyfw_corrections_total{family=\"ipv4\",table=\"filter\",\
+                               chain=\"INPUT\",wish=\"allow_ssh\"}";
+
+fn reconciles(trigger: &str, result: &str) -> String {
+    format!("pyfw_reconciles_total{{trigger=\"{trigger}\",result=\"{result}\"}}")
+}
+
+/// A wishes file in a directory of its own, root-owned and private as
+/// pyfw requires.
+fn wishes_file() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wishes.yaml");
+    std::fs::write(&path, WISHES).unwrap();
+    (dir, path)
+}
+
+/// Writes `text` the way editors save: a temporary file renamed over.
+fn editor_save(path: &Path, text: &str) {
+    let tmp = path.with_extension("swp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Where a daemon serves its metrics, and how the test reaches it.
+enum Scrape {
+    /// Loopback inside the namespace: reached from a thread that joins it.
+    Tcp { netns: String, addr: SocketAddr },
+    /// A socket file: reached from the test process directly.
+    Unix(PathBuf),
+}
+
+impl Scrape {
+    fn arg(&self) -> String {
+        match self {
+            Scrape::Tcp { addr, .. } => addr.to_string(),
+            Scrape::Unix(path) => format!("unix:{}", path.display()),
+        }
+    }
+
+    /// One `GET /metrics`: the body of a 200 answer, or why there is none.
+    fn get(&self) -> Result<String, String> {
+        let request = "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n";
+        match self {
+            Scrape::Unix(path) => {
+                let conn = UnixStream::connect(path).map_err(|e| e.to_string())?;
+                conn.set_read_timeout(Some(Duration::from_secs(10)))
+                    .map_err(|e| e.to_string())?;
+                fetch(conn, request)
+            }
+            Scrape::Tcp { netns, addr } => {
+                let addr = *addr;
+                in_netns(netns, move || {
+                    let conn = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                        .map_err(|e| e.to_string())?;
+                    conn.set_read_timeout(Some(Duration::from_secs(10)))
+                        .map_err(|e| e.to_string())?;
+                    fetch(conn, request)
+                })
+            }
+        }
+    }
+}
+
+/// Runs `f` on a thread that has joined network namespace `netns`
+/// (setns(2) moves only the calling thread).
+fn in_netns<T: Send + 'static>(
+    netns: &str,
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    let path = format!("/run/netns/{netns}");
+    std::thread::spawn(move || {
+        let ns = File::open(&path).map_err(|e| format!("{path}: {e}"))?;
+        rustix::thread::move_into_link_name_space(
+            ns.as_fd(),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .map_err(|e| format!("setns {path}: {e}"))?;
+        f()
+    })
+    .join()
+    .unwrap_or_else(|_| Err("the namespace thread panicked".into()))
+}
+
+/// Sends `request` and returns the body of a `200 OK` answer.
+fn fetch(mut conn: impl Read + Write, request: &str) -> Result<String, String> {
+    conn.write_all(request.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    conn.read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("incomplete response: {response:?}"))?;
+    if !head.starts_with("HTTP/1.1 200 OK\r\n") || !head.contains(CONTENT_TYPE) {
+        return Err(format!("unexpected answer: {head}"));
+    }
+    Ok(body.to_string())
+}
+
+/// A `pyfw daemon --metrics` in a namespace, its log collected as it comes.
+struct Daemon {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Daemon {
+    fn spawn(ns: &Netns, wishes: &Path, metrics: &str) -> Daemon {
+        let backend = match ns.backend {
+            Backend::Nft => "nft",
+            Backend::Legacy => "legacy",
+        };
+        let wishes = wishes.to_str().unwrap();
+        let mut cmd = ns.command_for(&[
+            PYFW,
+            "--wishes",
+            wishes,
+            "--backend",
+            backend,
+            "daemon",
+            "--interval",
+            INTERVAL,
+            "--metrics",
+            metrics,
+        ]);
+        cmd.env("PYFW_LOG", "debug")
+            .env_remove("PYFW_INTERVAL")
+            .env_remove("PYFW_METRICS")
+            .env_remove("PYFW_METRICS_ALLOW_REMOTE")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the daemon: {e}"));
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match stderr.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => sink
+                        .lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n])),
+                }
+            }
+        });
+        Daemon {
+            child,
+            log,
+            reader: Some(reader),
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Sends `signal` (`TERM`, `HUP`); `ip netns exec` execs pyfw, so the
+    /// child is the daemon itself.
+    fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal}");
+    }
+
+    #[track_caller]
+    fn assert_alive(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!("the daemon exited ({status})\n{}", self.log());
+        }
+    }
+
+    /// Waits for the daemon to exit, within [`WAIT`].
+    #[track_caller]
+    fn exit_status(&mut self) -> ExitStatus {
+        let Some(status) = self.child.wait_timeout(WAIT).unwrap() else {
+            panic!("the daemon did not exit within {WAIT:?}\n{}", self.log());
+        };
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        status
+    }
+
+    /// Scrapes until `ok` holds for the body, within [`WAIT`]; returns that
+    /// body.
+    #[track_caller]
+    fn scrape_until(&mut self, scrape: &Scrape, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        self.scrape_while_doing(scrape, what, ok, || {})
+    }
+
+    /// The same, doing `meanwhile` before each scrape.
+    #[track_caller]
+    fn scrape_while_doing(
+        &mut self,
+        scrape: &Scrape,
+        what: &str,
+        ok: impl Fn(&str) -> bool,
+        mut meanwhile: impl FnMut(),
+    ) -> String {
+        let start = Instant::now();
+        loop {
+            self.assert_alive();
+            meanwhile();
+            let last = match scrape.get() {
+                Ok(body) if ok(&body) => return body,
+                other => other,
+            };
+            if start.elapsed() > WAIT {
+                let last = match last {
+                    Ok(body) => body,
+                    Err(e) => format!("(no answer: {e})"),
+                };
+                panic!(
+                    "timed out after {WAIT:?} waiting for {what}\n--- last scrape ---\n{last}\n\
+                     --- daemon log ---\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+fn value(body: &str, series: &str) -> f64 {
+    sample(body, series).unwrap_or(0.0)
+}
+
+/// Starts a daemon on `scrape` and waits for its start-up reconcile to be
+/// counted: pyfw's wishes loaded, everything repaired, no drift left.
+fn started(ns: &Netns, wishes: &Path, scrape: &Scrape) -> (Daemon, String) {
+    let mut daemon = Daemon::spawn(ns, wishes, &scrape.arg());
+    let body = daemon.scrape_until(scrape, "the start-up reconcile", |b| {
+        value(b, &reconciles("startup", "repaired")) == 1.0
+    });
+    assert_eq!(sample(&body, "pyfw_wishes_loaded"), Some(1.0), "{body}");
+    assert_eq!(
+        sample(&body, "pyfw_wishes_load_failures_total"),
+        Some(0.0),
+        "{body}"
+    );
+    assert_eq!(sample(&body, SSH_CORRECTIONS), Some(1.0), "{body}");
+    assert_eq!(sample(&body, INPUT_DRIFT), Some(0.0), "{body}");
+    assert_eq!(
+        sample(&body, "pyfw_ipset_drift{ipset=\"trusted\"}"),
+        Some(0.0),
+        "{body}"
+    );
+    assert!(
+        value(&body, "pyfw_apply_duration_seconds_count") >= 1.0,
+        "{body}"
+    );
+    let since = value(&body, "pyfw_seconds_since_last_successful_reconcile");
+    assert!(since.is_finite(), "{body}");
+    assert!(body.contains("pyfw_build_info{version=\""), "{body}");
+    // The set's creation is a correction too, under family ipset.
+    assert!(
+        value(
+            &body,
+            "pyfw_corrections_total{family=\"ipset\",table=\"\",chain=\"\",wish=\"trusted\"}"
+        ) >= 1.0,
+        "{body}"
+    );
+    (daemon, body)
+}
+
+/// Another program deletes a wished rule: one correction more, counted
+/// under its chain and wish, and the drift gauge back at 0.
+fn drift_is_counted(ns: &Netns, daemon: &mut Daemon, scrape: &Scrape) {
+    let before = daemon.scrape_until(scrape, "a scrape", |_| true);
+    let corrected = value(&before, SSH_CORRECTIONS);
+    let mut delete = vec!["iptables", "-w"];
+    delete.extend_from_slice(ALLOW_SSH);
+    ns.ok(&delete, "delete allow_ssh");
+    let after = daemon.scrape_until(scrape, "the repair to be counted", |b| {
+        value(b, SSH_CORRECTIONS) > corrected && value(b, &reconciles("drift", "repaired")) >= 1.0
+    });
+    assert_eq!(value(&after, SSH_CORRECTIONS), corrected + 1.0, "{after}");
+    assert_eq!(sample(&after, INPUT_DRIFT), Some(0.0), "{after}");
+    assert!(
+        ns.iptables_save().contains("--comment allow_ssh"),
+        "repaired"
+    );
+}
+
+fn a_daemon_reports_over_loopback_tcp(backend: Backend) {
+    let Some(ns) = Netns::new("metrics_tcp", backend) else {
+        return;
+    };
+    let (_dir, wishes) = wishes_file();
+    // Loopback of the namespace: no port of the host is involved.
+    let scrape = Scrape::Tcp {
+        netns: ns.name.clone(),
+        addr: "127.0.0.1:9983".parse().unwrap(),
+    };
+    let (mut daemon, _) = started(&ns, &wishes, &scrape);
+    drift_is_counted(&ns, &mut daemon, &scrape);
+
+    // A fight: another program keeps deleting the rule. The daemon backs
+    // off, and while it holds its correction back the gauge shows drift.
+    let mut delete = vec!["iptables", "-w"];
+    delete.extend_from_slice(ALLOW_SSH);
+    let during = daemon.scrape_while_doing(
+        &scrape,
+        "a held-back correction with the drift on the gauge",
+        |b| value(b, &reconciles("drift", "held")) >= 1.0 && value(b, INPUT_DRIFT) == 1.0,
+        || {
+            let _ = ns.run(&delete);
+        },
+    );
+    assert_eq!(
+        sample(
+            &during,
+            "pyfw_drift{family=\"ipv4\",table=\"filter\",chain=\"FORWARD\"}"
+        ),
+        None,
+        "only wished chains have a gauge: {during}"
+    );
+    // The fight stops: the repair clears the gauge.
+    daemon.scrape_until(&scrape, "the drift gauge back at 0", |b| {
+        value(b, INPUT_DRIFT) == 0.0 && b.contains(INPUT_DRIFT)
+    });
+
+    // A broken edit: the wishes gauge drops, the failure is counted once,
+    // and the last good wishes stay in force.
+    editor_save(&wishes, "pyfw_wishes:\n  iptables: [oops\n");
+    let broken = daemon.scrape_until(&scrape, "the failed load", |b| {
+        value(b, "pyfw_wishes_loaded") == 0.0
+    });
+    assert_eq!(
+        sample(&broken, "pyfw_wishes_load_failures_total"),
+        Some(1.0),
+        "{broken}"
+    );
+    // Polls go on (the scrape still passes INPUT's DROP policy) and do not
+    // count the same bad file again.
+    let polls = value(&broken, &reconciles("timer", "in-sync"));
+    let later = daemon.scrape_until(&scrape, "two more polls", |b| {
+        value(b, &reconciles("timer", "in-sync")) >= polls + 2.0
+    });
+    assert_eq!(
+        sample(&later, "pyfw_wishes_load_failures_total"),
+        Some(1.0),
+        "{later}"
+    );
+    assert_eq!(sample(&later, "pyfw_wishes_loaded"), Some(0.0), "{later}");
+
+    // Fixed: loaded again.
+    editor_save(&wishes, WISHES);
+    daemon.scrape_until(&scrape, "the wishes loaded again", |b| {
+        value(b, "pyfw_wishes_loaded") == 1.0
+    });
+
+    daemon.signal("TERM");
+    let status = daemon.exit_status();
+    assert_eq!(status.code(), Some(0), "{}", daemon.log());
+    assert!(scrape.get().is_err(), "the server stops with the daemon");
+}
+
+fn a_daemon_reports_over_a_unix_socket(backend: Backend) {
+    let Some(ns) = Netns::new("metrics_unix", backend) else {
+        return;
+    };
+    let (dir, wishes) = wishes_file();
+    let socket = dir.path().join("metrics.sock");
+    let scrape = Scrape::Unix(socket.clone());
+    let (mut daemon, _) = started(&ns, &wishes, &scrape);
+    drift_is_counted(&ns, &mut daemon, &scrape);
+
+    // SIGHUP re-reads the file: a load, and a run under its own trigger.
+    daemon.signal("HUP");
+    let body = daemon.scrape_until(&scrape, "the SIGHUP run", |b| {
+        value(b, &reconciles("sighup", "in-sync")) == 1.0
+    });
+    assert_eq!(sample(&body, "pyfw_wishes_loaded"), Some(1.0), "{body}");
+
+    // SIGTERM: exit 0, and the socket file goes with the server.
+    daemon.signal("TERM");
+    let status = daemon.exit_status();
+    assert_eq!(status.code(), Some(0), "{}", daemon.log());
+    assert!(!socket.exists(), "{} is left behind", socket.display());
+}
+
+/// A bad or busy address stops the start, with a message saying why,
+/// before netfilter is touched; a second daemon is refused for being a
+/// second daemon, whatever its metrics address.
+#[test]
+fn a_bad_or_busy_metrics_address_fails_the_start() {
+    let Some(ns) = Netns::new("metrics_addr", Backend::Nft) else {
+        return;
+    };
+    let (dir, wishes) = wishes_file();
+    let refused = |metrics: &str, says: &[&str]| {
+        let mut daemon = Daemon::spawn(&ns, &wishes, metrics);
+        let status = daemon.exit_status();
+        let log = daemon.log();
+        assert_eq!(status.code(), Some(1), "{metrics}: {log}");
+        for s in says {
+            assert!(log.contains(s), "{metrics}: the log must say `{s}`:\n{log}");
+        }
+        assert!(
+            !ns.iptables_save().contains("allow_ssh"),
+            "{metrics}: nothing may be applied:\n{log}"
+        );
+    };
+    refused(
+        "0.0.0.0:9983",
+        &[
+            "cannot start",
+            "not a loopback address",
+            "--metrics-allow-remote",
+        ],
+    );
+    refused("9983", &["cannot start", "expected IP:PORT"]);
+    let missing = dir.path().join("missing/metrics.sock");
+    refused(
+        &format!("unix:{}", missing.display()),
+        &[
+            "cannot serve metrics",
+            "does not exist",
+            "RuntimeDirectory=pyfw",
+        ],
+    );
+    // A port another program holds in the namespace.
+    let holder = in_netns(&ns.name, || {
+        TcpListener::bind("127.0.0.1:9984").map_err(|e| e.to_string())
+    })
+    .unwrap();
+    refused(
+        "127.0.0.1:9984",
+        &[
+            "cannot serve metrics on http://127.0.0.1:9984/metrics",
+            "another program listens there",
+        ],
+    );
+    drop(holder);
+
+    // One daemon serves; a second one on the same address is refused by
+    // the lock, and the first goes on serving.
+    let scrape = Scrape::Tcp {
+        netns: ns.name.clone(),
+        addr: "127.0.0.1:9983".parse().unwrap(),
+    };
+    let (mut first, _) = started(&ns, &wishes, &scrape);
+    let mut second = Daemon::spawn(&ns, &wishes, &scrape.arg());
+    let status = second.exit_status();
+    let log = second.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("already running in this network namespace")
+            && !log.contains("cannot serve metrics"),
+        "refused for the lock, not the port:\n{log}"
+    );
+    first.scrape_until(&scrape, "the first daemon still serving", |b| {
+        value(b, "pyfw_wishes_loaded") == 1.0
+    });
 }

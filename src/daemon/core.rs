@@ -17,9 +17,11 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::apply::Event;
+use crate::metrics::{Metrics, ReconcileResult};
 use crate::netfilter::{self, Backend};
 use crate::plan::{Command, Plan};
 use crate::reconcile::{self, Reconciler};
@@ -200,6 +202,9 @@ pub struct Core<R> {
     reported: Option<Bad>,
     /// The abstract-socket lock held while netfilter is read and changed.
     writer_lock: Option<String>,
+    /// Where to report what runs find and do (`pyfw daemon --metrics`);
+    /// `None` costs nothing.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl<R: Reconcile> Core<R> {
@@ -212,6 +217,22 @@ impl<R: Reconcile> Core<R> {
             fallback: None,
             reported: None,
             writer_lock,
+            metrics: None,
+        }
+    }
+
+    /// Reports to `metrics` from now on. The wishes the core starts with
+    /// loaded (that is how it got them), so the wishes gauge starts at 1.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Core<R> {
+        metrics.observe_wishes_load(true);
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Reports that the wishes file was read: `ok` when it loaded.
+    fn observe_wishes_load(&self, ok: bool) {
+        if let Some(m) = &self.metrics {
+            m.observe_wishes_load(ok);
         }
     }
 
@@ -240,8 +261,23 @@ impl<R: Reconcile> Core<R> {
     }
 
     /// One run: re-read the file, then reconcile unless nothing can have
-    /// changed.
+    /// changed. Its end is reported to the metrics, if any.
     pub fn run(&mut self, job: &Job) -> Outcome {
+        let outcome = self.run_once(job);
+        if let Some(m) = &self.metrics {
+            let result = match &outcome.result {
+                RunResult::Skipped => ReconcileResult::Skipped,
+                RunResult::InSync => ReconcileResult::InSync,
+                RunResult::Repaired { .. } => ReconcileResult::Repaired,
+                RunResult::Held => ReconcileResult::Held,
+                RunResult::Failed(_) | RunResult::Fatal(_) => ReconcileResult::Failed,
+            };
+            m.observe_reconcile(outcome.trigger, result);
+        }
+        outcome
+    }
+
+    fn run_once(&mut self, job: &Job) -> Outcome {
         let startup = job.triggers.contains(Trigger::Startup);
         let sighup = job.triggers.contains(Trigger::Sighup);
         let changed = self.refresh(sighup);
@@ -308,6 +344,9 @@ impl<R: Reconcile> Core<R> {
                          good wishes"
                     );
                     self.reported = Some(bad);
+                    // Counted as often as it is reported: once per
+                    // problem, and again on SIGHUP.
+                    self.observe_wishes_load(false);
                 }
                 return false;
             }
@@ -318,8 +357,10 @@ impl<R: Reconcile> Core<R> {
                     file = %shown,
                     "{shown} is back to the wishes in force"
                 );
+                self.observe_wishes_load(true);
             } else if force {
                 tracing::info!(file = %shown, "{shown} is unchanged");
+                self.observe_wishes_load(true);
             }
             return false;
         }
@@ -341,6 +382,7 @@ impl<R: Reconcile> Core<R> {
                 }
                 self.proven = false;
                 self.reported = None;
+                self.observe_wishes_load(true);
                 true
             }
             Err(e) => {
@@ -350,6 +392,7 @@ impl<R: Reconcile> Core<R> {
                     "invalid wishes; nothing changed, still enforcing the last good wishes",
                 );
                 self.reported = Some(bad);
+                self.observe_wishes_load(false);
                 false
             }
         }
@@ -384,6 +427,9 @@ impl<R: Reconcile> Core<R> {
             "{message}"
         );
         self.reported = Some(Bad::Text(self.active.text.clone()));
+        // The file loaded, but its wishes cannot be enforced: to whoever
+        // watches, as bad as a file that does not load.
+        self.observe_wishes_load(false);
         message
     }
 
@@ -412,6 +458,9 @@ impl<R: Reconcile> Core<R> {
             Ok(plan) => plan,
             Err(e) => return self.failure(e),
         };
+        if let Some(m) = &self.metrics {
+            m.observe_plan(&self.active.wishes, &plan);
+        }
         if plan.is_empty() {
             self.proven = true;
             return Ok(RunResult::InSync);
@@ -448,6 +497,7 @@ impl<R: Reconcile> Core<R> {
         // all its commands, runs them at once, then reports each as done.
         let mut pending: VecDeque<(usize, usize, String, Command)> = VecDeque::new();
         let mut transaction: Option<String> = None;
+        let metrics = self.metrics.as_deref();
         let mut on = |event: Event| match event {
             Event::Transaction {
                 index,
@@ -471,6 +521,9 @@ impl<R: Reconcile> Core<R> {
                 line,
             } => pending.push_back((index, total, line, command.clone())),
             Event::Done { command } => {
+                if let Some(m) = metrics {
+                    m.observe_correction(command);
+                }
                 let at = pending.iter().position(|p| p.3 == *command).unwrap_or(0);
                 if let Some((index, total, line, command)) = pending.remove(at) {
                     let at = Label::parse(&command.target);
@@ -507,6 +560,9 @@ impl<R: Reconcile> Core<R> {
             other => tracing::debug!(trigger, "{other:?}"),
         };
         let result = self.rec.apply(&self.active.wishes, &mut on);
+        if let Some(m) = metrics {
+            m.observe_apply(started.elapsed());
+        }
         match result {
             Ok(ran) => {
                 self.proven = true;
@@ -1052,6 +1108,102 @@ mod tests {
         };
         let o = s.core.run(&sighup);
         assert_eq!(fixes_of(&o.result), ["filter/INPUT allow_ssh"]);
+    }
+
+    /// The value of one sample in OpenMetrics text.
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines().find_map(|l| {
+            let (s, v) = l.rsplit_once(' ')?;
+            (s == series).then(|| v.parse().unwrap())
+        })
+    }
+
+    #[test]
+    fn runs_report_to_the_metrics() {
+        let Setup {
+            _dir,
+            path,
+            fake,
+            core,
+        } = setup(&["allow_ssh"]);
+        let metrics = Arc::new(Metrics::new());
+        let mut core = core.with_metrics(metrics.clone());
+        let text = || metrics.encode();
+        assert_eq!(sample(&text(), "pyfw_wishes_loaded"), Some(1.0));
+        let correction = "pyfw_corrections_total{family=\"ipv4\",table=\"filter\",\
+                          chain=\"INPUT\",wish=\"allow_ssh\"}";
+        let drift = "pyfw_drift{family=\"ipv4\",table=\"filter\",chain=\"INPUT\"}";
+        core.run(&job(&[Trigger::Startup]));
+        let t = text();
+        assert_eq!(
+            sample(
+                &t,
+                "pyfw_reconciles_total{trigger=\"startup\",result=\"repaired\"}"
+            ),
+            Some(1.0),
+            "{t}"
+        );
+        assert_eq!(sample(&t, correction), Some(1.0), "{t}");
+        assert_eq!(sample(&t, drift), Some(0.0), "{t}");
+        assert_eq!(sample(&t, "pyfw_apply_duration_seconds_count"), Some(1.0));
+        // Drift held back in a fight stays on the gauge.
+        fake.world().kernel.clear();
+        let held = Job {
+            triggers: Triggers::of(&[Trigger::Timer]),
+            held: HashSet::from(["filter/INPUT allow_ssh".to_string()]),
+        };
+        core.run(&held);
+        let t = text();
+        assert_eq!(sample(&t, drift), Some(1.0), "{t}");
+        assert_eq!(
+            sample(
+                &t,
+                "pyfw_reconciles_total{trigger=\"drift\",result=\"held\"}"
+            ),
+            Some(1.0)
+        );
+        core.run(&job(&[Trigger::Timer]));
+        let t = text();
+        assert_eq!(sample(&t, drift), Some(0.0), "{t}");
+        assert_eq!(sample(&t, correction), Some(2.0), "{t}");
+        // A bad edit: counted once, however many polls see it.
+        logged(|_| {
+            save(&path, "pyfw_wishes:\n  iptables: [oops\n");
+            core.run(&job(&[Trigger::FileEvent]));
+            core.run(&job(&[Trigger::Timer]));
+        });
+        let t = text();
+        assert_eq!(sample(&t, "pyfw_wishes_loaded"), Some(0.0), "{t}");
+        assert_eq!(sample(&t, "pyfw_wishes_load_failures_total"), Some(1.0));
+        assert_eq!(
+            sample(
+                &t,
+                "pyfw_reconciles_total{trigger=\"file-event\",result=\"skipped\"}"
+            ),
+            Some(1.0),
+            "{t}"
+        );
+        // Wishes iptables rejects count as a failed load too.
+        logged(|_| {
+            save(&path, &wishes_text(&["allow_ssh", "bad"]));
+            core.run(&job(&[Trigger::FileEvent]));
+        });
+        let t = text();
+        assert_eq!(sample(&t, "pyfw_wishes_loaded"), Some(0.0), "{t}");
+        assert_eq!(sample(&t, "pyfw_wishes_load_failures_total"), Some(2.0));
+        // Fixed.
+        save(&path, &wishes_text(&["allow_ssh", "allow_http"]));
+        core.run(&job(&[Trigger::FileEvent]));
+        let t = text();
+        assert_eq!(sample(&t, "pyfw_wishes_loaded"), Some(1.0), "{t}");
+        assert_eq!(
+            sample(
+                &t,
+                "pyfw_reconciles_total{trigger=\"wishes-changed\",result=\"repaired\"}"
+            ),
+            Some(1.0),
+            "{t}"
+        );
     }
 
     #[test]
