@@ -13,6 +13,7 @@ pub mod apply;
 pub mod canon;
 pub mod confirm;
 pub mod daemon;
+pub mod fingerprint;
 pub mod formats;
 pub mod ipset;
 pub mod lint;

@@ -1,0 +1,464 @@
+//! The legacy-table fingerprint against real netfilter, each test in its
+//! own network namespace: what must not change it (a second look, traffic
+//! through counting rules) and what must (a reorder of equal size, a policy,
+//! a rule added or removed), and that it never makes a table appear.
+//!
+//! `pyfw::fingerprint` works in the calling thread's namespace, so each call
+//! runs on a thread that first joins the test's namespace with setns(2).
+//!
+//! `cost_on_50k_rules` (ignored; run it with `--release -- --ignored
+//! --nocapture`) measures the CPU a fingerprint costs beside
+//! `iptables-legacy-save` and `iptables-legacy -S INPUT` on the benchmark's
+//! 50,000-rule host (BENCHMARKS.md, issue 5).
+
+// The fingerprint is for the legacy backend only: no `on_both_backends!`.
+#[allow(unused_macros)]
+mod common;
+
+use std::fs::File;
+use std::net::UdpSocket;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use common::{Backend, Netns};
+use pyfw::fingerprint::legacy_table;
+use pyfw::state::Family;
+
+/// Runs `f` on a thread inside `ns`'s network namespace.
+fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
+    let path = format!("/run/netns/{}", ns.name);
+    let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns(2) takes a descriptor we hold open; it moves only
+            // this thread, which ends when `f` returns.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("thread in the namespace panicked")
+    })
+}
+
+/// The fingerprint of a legacy table in `ns`, which must not fail.
+#[track_caller]
+fn fp(ns: &Netns, family: Family, table: &str) -> Option<u64> {
+    in_netns(ns, || legacy_table(family, table))
+        .unwrap_or_else(|e| panic!("fingerprint of {family:?} {table}: {e}"))
+}
+
+/// The legacy tables that exist in `ns`, from the kernel's list.
+fn tables_in(ns: &Netns, family: Family) -> String {
+    let list = match family {
+        Family::V4 => "/proc/net/ip_tables_names",
+        Family::V6 => "/proc/net/ip6_tables_names",
+    };
+    let mut names: Vec<String> = ns
+        .ok(&["cat", list], "list legacy tables")
+        .lines()
+        .map(String::from)
+        .collect();
+    names.sort();
+    names.join(",")
+}
+
+const RULES: &str = "*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:FOREIGN - [0:0]
+-A INPUT -i lo -p udp -m comment --comment \"counts datagrams\" -j ACCEPT
+-A INPUT -j FOREIGN
+-A FOREIGN -s 10.0.0.1/32 -j ACCEPT
+-A FOREIGN -s 10.0.0.2/32 -j ACCEPT
+-A FOREIGN -s 10.0.0.3/32 -p tcp -m tcp --dport 22 -j DROP
+COMMIT
+";
+
+/// A legacy namespace holding [`RULES`] in filter, or `None` (skipped).
+fn legacy_ns(test: &str) -> Option<Netns> {
+    let ns = Netns::new(test, Backend::Legacy)?;
+    ns.iptables_restore(RULES);
+    Some(ns)
+}
+
+/// Sends `n` UDP datagrams over `lo` inside `ns` (to the discard port,
+/// where nothing listens: the kernel answers each with an ICMP error, more
+/// traffic still).
+fn send_datagrams(ns: &Netns, to: &str, n: usize) {
+    in_netns(ns, || {
+        let from = if to.starts_with('[') {
+            "[::1]:0"
+        } else {
+            "127.0.0.1:0"
+        };
+        let socket = UdpSocket::bind(from).expect("bind a UDP socket");
+        for _ in 0..n {
+            socket.send_to(b"traffic", to).expect("send a datagram");
+        }
+    });
+}
+
+/// Packets and bytes of INPUT's first rule, from `iptables -L -v -x`
+/// (`command` is iptables or ip6tables).
+fn first_input_counters(ns: &Netns, command: &str) -> (u64, u64) {
+    let out = ns.ok(
+        &[command, "-w", "-L", "INPUT", "-v", "-x", "-n"],
+        "list INPUT with counters",
+    );
+    let line = out
+        .lines()
+        .nth(2)
+        .unwrap_or_else(|| panic!("no first rule in:\n{out}"));
+    let mut fields = line.split_whitespace();
+    let mut number = || -> u64 {
+        fields
+            .next()
+            .and_then(|f| f.parse().ok())
+            .unwrap_or_else(|| panic!("no counters in {line:?}"))
+    };
+    (number(), number())
+}
+
+#[test]
+fn same_fingerprint_twice() {
+    let Some(ns) = legacy_ns("fpsame") else {
+        return;
+    };
+    let first = fp(&ns, Family::V4, "filter");
+    assert!(first.is_some(), "filter is loaded");
+    assert_eq!(fp(&ns, Family::V4, "filter"), first);
+}
+
+#[test]
+fn traffic_does_not_change_it() {
+    let Some(ns) = legacy_ns("fptraffic") else {
+        return;
+    };
+    let before = fp(&ns, Family::V4, "filter");
+    let counters = first_input_counters(&ns, "iptables");
+    send_datagrams(&ns, "127.0.0.1:9", 5);
+    let after = first_input_counters(&ns, "iptables");
+    assert!(
+        after.0 >= counters.0 + 5 && after.1 > counters.1,
+        "the datagrams went through the counting rule: {counters:?} -> {after:?}"
+    );
+    assert_eq!(fp(&ns, Family::V4, "filter"), before);
+}
+
+#[test]
+fn reorder_of_equal_size_changes_it() {
+    let Some(ns) = legacy_ns("fpreorder") else {
+        return;
+    };
+    let before = fp(&ns, Family::V4, "filter");
+    let size_before = ns.iptables_save().len();
+    // Swap the first two FOREIGN rules: same rules, same sizes, new order,
+    // as a Docker restart does to FORWARD.
+    ns.iptables(&["-D", "FOREIGN", "1"]);
+    ns.iptables(&["-I", "FOREIGN", "2", "-s", "10.0.0.1/32", "-j", "ACCEPT"]);
+    let swapped = ns.iptables_save();
+    assert_eq!(swapped.len(), size_before);
+    assert!(swapped.contains("-A FOREIGN -s 10.0.0.2/32 -j ACCEPT\n-A FOREIGN -s 10.0.0.1/32"));
+    let after = fp(&ns, Family::V4, "filter");
+    assert_ne!(after, before, "a reorder must change the fingerprint");
+    // Swapped back, the table is what it was, and so is its fingerprint.
+    ns.iptables(&["-D", "FOREIGN", "1"]);
+    ns.iptables(&["-I", "FOREIGN", "2", "-s", "10.0.0.2/32", "-j", "ACCEPT"]);
+    assert_eq!(fp(&ns, Family::V4, "filter"), before);
+}
+
+#[test]
+fn policy_change_changes_it() {
+    let Some(ns) = legacy_ns("fppolicy") else {
+        return;
+    };
+    let before = fp(&ns, Family::V4, "filter");
+    ns.iptables(&["-P", "FORWARD", "DROP"]);
+    assert_ne!(fp(&ns, Family::V4, "filter"), before);
+    ns.iptables(&["-P", "FORWARD", "ACCEPT"]);
+    assert_eq!(fp(&ns, Family::V4, "filter"), before);
+}
+
+#[test]
+fn adding_or_removing_a_rule_changes_it() {
+    let Some(ns) = legacy_ns("fpaddrm") else {
+        return;
+    };
+    let before = fp(&ns, Family::V4, "filter");
+    ns.iptables(&["-A", "OUTPUT", "-d", "192.0.2.1/32", "-j", "DROP"]);
+    let added = fp(&ns, Family::V4, "filter");
+    assert_ne!(added, before);
+    ns.iptables(&["-D", "FOREIGN", "3"]);
+    let removed = fp(&ns, Family::V4, "filter");
+    assert_ne!(removed, added);
+    assert_ne!(removed, before);
+    ns.iptables(&["-D", "OUTPUT", "1"]);
+    ns.iptables(&[
+        "-A",
+        "FOREIGN",
+        "-s",
+        "10.0.0.3/32",
+        "-p",
+        "tcp",
+        "-m",
+        "tcp",
+        "--dport",
+        "22",
+        "-j",
+        "DROP",
+    ]);
+    assert_eq!(fp(&ns, Family::V4, "filter"), before);
+}
+
+#[test]
+fn ipv6_tables_too() {
+    let Some(ns) = Netns::new("fpipv6", Backend::Legacy) else {
+        return;
+    };
+    assert_eq!(fp(&ns, Family::V6, "filter"), None, "not loaded yet");
+    ns.ok(
+        &[
+            "ip6tables",
+            "-w",
+            "-A",
+            "INPUT",
+            "-i",
+            "lo",
+            "-p",
+            "udp",
+            "-j",
+            "ACCEPT",
+        ],
+        "ip6tables -A",
+    );
+    ns.ok(
+        &[
+            "ip6tables",
+            "-w",
+            "-A",
+            "INPUT",
+            "-s",
+            "2001:db8::1/128",
+            "-j",
+            "ACCEPT",
+        ],
+        "ip6tables -A",
+    );
+    ns.ok(
+        &[
+            "ip6tables",
+            "-w",
+            "-A",
+            "INPUT",
+            "-s",
+            "2001:db8::2/128",
+            "-j",
+            "ACCEPT",
+        ],
+        "ip6tables -A",
+    );
+    let before = fp(&ns, Family::V6, "filter");
+    assert!(before.is_some());
+    assert_eq!(fp(&ns, Family::V6, "filter"), before);
+    let counters = first_input_counters(&ns, "ip6tables");
+    send_datagrams(&ns, "[::1]:9", 5);
+    let after = first_input_counters(&ns, "ip6tables");
+    assert!(after.0 >= counters.0 + 5, "{counters:?} -> {after:?}");
+    assert_eq!(fp(&ns, Family::V6, "filter"), before, "traffic");
+    ns.ok(&["ip6tables", "-w", "-D", "INPUT", "2"], "ip6tables -D");
+    ns.ok(
+        &[
+            "ip6tables",
+            "-w",
+            "-A",
+            "INPUT",
+            "-s",
+            "2001:db8::1/128",
+            "-j",
+            "ACCEPT",
+        ],
+        "ip6tables -A",
+    );
+    assert_ne!(fp(&ns, Family::V6, "filter"), before, "reorder");
+    assert_eq!(fp(&ns, Family::V4, "filter"), None, "IPv4 was never used");
+}
+
+#[test]
+fn none_for_a_table_not_loaded_and_it_stays_unloaded() {
+    let Some(ns) = legacy_ns("fpabsent") else {
+        return;
+    };
+    assert_eq!(tables_in(&ns, Family::V4), "filter");
+    for table in ["nat", "mangle", "raw", "security", "nosuchtable"] {
+        assert_eq!(fp(&ns, Family::V4, table), None, "{table}");
+    }
+    assert_eq!(
+        tables_in(&ns, Family::V4),
+        "filter",
+        "asking must not create tables"
+    );
+    // Once nat exists, it has a fingerprint of its own.
+    ns.iptables(&["-t", "nat", "-A", "POSTROUTING", "-j", "MASQUERADE"]);
+    let nat = fp(&ns, Family::V4, "nat");
+    assert!(nat.is_some());
+    assert_ne!(nat, fp(&ns, Family::V4, "filter"));
+}
+
+/// On an nft host the legacy tables do not exist: `None` for every table,
+/// and asking must not create any (which would hook legacy tables in front
+/// of the nft ones).
+#[test]
+fn nft_host_has_no_legacy_tables() {
+    let Some(ns) = Netns::new("fpnft", Backend::Nft) else {
+        return;
+    };
+    ns.iptables_restore(RULES);
+    ns.iptables(&["-t", "nat", "-A", "POSTROUTING", "-j", "MASQUERADE"]);
+    for family in [Family::V4, Family::V6] {
+        for table in pyfw::state::TABLES {
+            assert_eq!(fp(&ns, family, table), None, "{family:?} {table}");
+        }
+        assert_eq!(tables_in(&ns, family), "", "{family:?}");
+    }
+}
+
+/// CPU time of this thread (user + system).
+fn thread_cpu() -> Duration {
+    rusage(libc::RUSAGE_THREAD)
+}
+
+/// CPU time of this process's waited-for children (user + system).
+fn children_cpu() -> Duration {
+    rusage(libc::RUSAGE_CHILDREN)
+}
+
+fn rusage(who: libc::c_int) -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage(2) fills the struct it is given.
+    let rc = unsafe { libc::getrusage(who, usage.as_mut_ptr()) };
+    assert_eq!(rc, 0, "getrusage: {}", std::io::Error::last_os_error());
+    // SAFETY: zeroed, then filled by a successful getrusage.
+    let usage = unsafe { usage.assume_init() };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Measures, in `ns`, the CPU of `runs` fingerprints of each of `tables`
+/// against `runs` runs of each command (started from the same thread, so in
+/// the namespace, without `ip netns exec`).
+fn measure(ns: &Netns, runs: u32, tables: &[&str], commands: &[&[&str]]) {
+    in_netns(ns, || {
+        let start = (thread_cpu(), Instant::now());
+        for _ in 0..runs {
+            for table in tables {
+                let fp = legacy_table(Family::V4, table).expect("fingerprint");
+                assert!(fp.is_some(), "{table} is loaded");
+            }
+        }
+        let (cpu, wall) = (thread_cpu() - start.0, start.1.elapsed());
+        println!(
+            "fingerprint {tables:?}: {runs} runs, CPU {:.1} ms per run, wall {:.1} ms per run",
+            cpu.as_secs_f64() * 1e3 / f64::from(runs),
+            wall.as_secs_f64() * 1e3 / f64::from(runs)
+        );
+        for argv in commands {
+            let start = (children_cpu(), Instant::now());
+            for _ in 0..runs {
+                let out = std::process::Command::new(argv[0])
+                    .args(&argv[1..])
+                    .stdout(std::process::Stdio::null())
+                    .status()
+                    .expect("run tool");
+                assert!(out.success(), "{argv:?}");
+            }
+            let (cpu, wall) = (children_cpu() - start.0, start.1.elapsed());
+            println!(
+                "{}: {runs} runs, CPU {:.1} ms per run, wall {:.1} ms per run",
+                argv.join(" "),
+                cpu.as_secs_f64() * 1e3 / f64::from(runs),
+                wall.as_secs_f64() * 1e3 / f64::from(runs)
+            );
+        }
+    });
+}
+
+/// The benchmark's idle host: a 50,000-rule foreign chain (a Kubernetes
+/// service chain with comments), plus small nat, mangle and raw tables.
+#[test]
+#[ignore = "a measurement, not a check: run with --release -- --ignored --nocapture"]
+fn cost_on_50k_rules() {
+    let Some(ns) = Netns::new("fpcost", Backend::Legacy) else {
+        return;
+    };
+    let mut text = String::from(
+        "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+         :KUBE-SVC-BIG - [0:0]\n",
+    );
+    for i in 0..50_000u32 {
+        text.push_str(&format!(
+            "-A KUBE-SVC-BIG -d 10.{}.{}.{}/32 -p tcp -m comment --comment \
+             \"default/svc-{i}:http cluster IP\" -m tcp --dport 80 -j ACCEPT\n",
+            i >> 16,
+            (i >> 8) & 255,
+            i & 255
+        ));
+    }
+    text.push_str("-A INPUT -j KUBE-SVC-BIG\nCOMMIT\n");
+    text.push_str(
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+         :POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE\n\
+         COMMIT\n*mangle\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n\
+         :OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n\
+         *raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n",
+    );
+    ns.run_with_input(&["iptables-legacy-restore", "-w"], &text)
+        .expect_ok("load the 50,000-rule host");
+    let runs = 10;
+    measure(
+        &ns,
+        runs,
+        &["filter"],
+        &[
+            &["iptables-legacy-save"],
+            &["iptables-legacy-save", "-t", "filter"],
+            &["iptables-legacy", "-w", "-S", "INPUT"],
+        ],
+    );
+    measure(&ns, runs, &["filter", "nat", "mangle", "raw"], &[]);
+    measure(&ns, runs, &["nat"], &[]);
+    drop(ns);
+
+    // The smallest rules a foreign chain can hold (`-s ADDR -j ACCEPT`,
+    // 152 bytes each, 7.6 MB), for how the cost scales with rule size.
+    println!("-- 50,000 rules of the form -A BIG -s 10.x.y.z/32 -j ACCEPT --");
+    let Some(ns) = Netns::new("fpcostplain", Backend::Legacy) else {
+        return;
+    };
+    let mut text = String::from(
+        "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:BIG - [0:0]\n",
+    );
+    for i in 0..50_000u32 {
+        text.push_str(&format!(
+            "-A BIG -s 10.{}.{}.{}/32 -j ACCEPT\n",
+            i >> 16,
+            (i >> 8) & 255,
+            i & 255
+        ));
+    }
+    text.push_str("-A INPUT -j BIG\nCOMMIT\n");
+    ns.run_with_input(&["iptables-legacy-restore", "-w"], &text)
+        .expect_ok("load the plain 50,000-rule host");
+    measure(
+        &ns,
+        runs,
+        &["filter"],
+        &[
+            &["iptables-legacy-save"],
+            &["iptables-legacy", "-w", "-S", "INPUT"],
+        ],
+    );
+}
