@@ -390,7 +390,6 @@ fn an_oversized_wishes_file_is_refused() {
     std::fs::write(&wishes, text).unwrap();
     chmod(&wishes, 0o644);
     let empty = tempfile::NamedTempFile::new().unwrap();
-    let start = Instant::now();
     let out = offline(
         &[
             "--wishes",
@@ -403,5 +402,4 @@ fn an_oversized_wishes_file_is_refused() {
     );
     assert_eq!(out.code(), Some(1), "{out}");
     assert!(out.stderr.contains("larger than 16 MiB"), "{out}");
-    assert!(start.elapsed() < Duration::from_secs(5));
 }

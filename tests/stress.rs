@@ -256,7 +256,8 @@ fn a_busy_second_writer_loses_nothing_and_state_converges(backend: Backend) {
         if let Some(s) = daemon.try_wait().unwrap() {
             break s;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "{}", log_text());
+        // A deadline against a hang, not a speed check.
+        assert!(start.elapsed() < Duration::from_secs(60), "{}", log_text());
         std::thread::sleep(Duration::from_millis(50));
     };
     let _ = reader.join();
