@@ -724,12 +724,17 @@ impl System {
     ) -> Result<state::Ruleset, Error> {
         let mut rs = state::Ruleset::default();
         let mut whole: BTreeSet<&str> = BTreeSet::new();
-        for (table, chain) in chains {
+        let tool = self.tool(family, "");
+        let outputs = parallel(chains.iter().map(|(table, chain)| {
+            let args = ["-w", "-t", table.as_str(), "-S", chain.as_str()].map(String::from);
+            let tool = &tool;
+            move || self.exec(tool, &args, None)
+        }));
+        for ((table, chain), out) in chains.iter().zip(outputs) {
             if whole.contains(table.as_str()) {
                 continue;
             }
-            let args = ["-w", "-t", table.as_str(), "-S", chain.as_str()].map(String::from);
-            let out = match self.exec(&self.tool(family, ""), &args, None) {
+            let out = match out {
                 Ok(out) => out,
                 Err(Error::Failed { stderr, .. })
                     if stderr.contains("No chain/target/match by that name")
@@ -906,6 +911,67 @@ impl System {
         })
     }
 
+    /// One family's rules in `scope`; `None` when it is not read.
+    fn read_rules(&self, family: Family, scope: &Scope) -> Result<Option<state::Ruleset>, Error> {
+        Ok(Some(match &scope.rules(family) {
+            Rules::Skip => return Ok(None),
+            Rules::All => self.save(family, None)?,
+            Rules::Tables(tables) => {
+                let mut rs = state::Ruleset::default();
+                for t in tables {
+                    rs.tables.extend(self.save(family, Some(t))?.tables);
+                }
+                rs
+            }
+            // Legacy copies the whole table out of the kernel for any
+            // read, even `iptables -S CHAIN` (0.1 s of CPU with a
+            // 50,000-rule table), but `-S` prints and pyfw parses only
+            // that chain, where a save prints the table and parsing it
+            // costs as much again. So `-S` for one or two chains of a
+            // table, one save per table for more. nft reads a chain
+            // alone.
+            Rules::Chains(chains) if !self.nft => {
+                let mut by_table: std::collections::BTreeMap<&String, usize> =
+                    std::collections::BTreeMap::new();
+                for (t, _) in chains {
+                    *by_table.entry(t).or_default() += 1;
+                }
+                let few: BTreeSet<(String, String)> = chains
+                    .iter()
+                    .filter(|(t, _)| by_table.get(t).is_some_and(|&n| n <= LEGACY_LIST_MAX))
+                    .cloned()
+                    .collect();
+                let mut rs = self.list_chains(family, &few)?;
+                for (t, n) in by_table {
+                    if n > LEGACY_LIST_MAX {
+                        rs.tables.extend(self.save(family, Some(t))?.tables);
+                    }
+                }
+                rs
+            }
+            Rules::Chains(chains) => self.list_chains(family, chains)?,
+        }))
+    }
+
+    /// The sets in `sets`, each named one read by its own `ipset save`,
+    /// side by side.
+    fn read_sets(
+        &self,
+        sets: &Sets,
+    ) -> Result<std::collections::BTreeMap<String, state::Ipset>, Error> {
+        let names = match sets {
+            Sets::Skip => return Ok(Default::default()),
+            Sets::All => return Ok(self.ipset_save(None)?.unwrap_or_default()),
+            Sets::Named(names) => names,
+        };
+        let mut out = std::collections::BTreeMap::new();
+        let saved = parallel(names.iter().map(|name| move || self.ipset_save(Some(name))));
+        for sets in saved {
+            out.extend(sets?.unwrap_or_default());
+        }
+        Ok(out)
+    }
+
     /// `ipset save [NAME]`; `None` when the named set does not exist.
     fn ipset_save(
         &self,
@@ -1000,62 +1066,77 @@ fn drain<R: Read + Send + 'static>(pipe: Option<R>, limit: usize) -> JoinHandle<
     })
 }
 
+/// What [`Backend::read_state`] reads side by side.
+#[derive(Clone, Copy)]
+enum Part {
+    Rules(Family),
+    Sets,
+}
+
+/// What one [`Part`] gave.
+enum Got {
+    Rules(Family, Option<state::Ruleset>),
+    Sets(std::collections::BTreeMap<String, state::Ipset>),
+}
+
+/// Runs each job on a thread of its own (the first on this thread) and
+/// returns their results in order. A read is a tool process whose time goes
+/// mostly to starting and to the kernel: two chains or two sets read side by
+/// side take the time of one on a machine with two CPUs.
+fn parallel<T, F>(jobs: impl IntoIterator<Item = F>) -> Vec<Result<T, Error>>
+where
+    T: Send,
+    F: FnOnce() -> Result<T, Error> + Send,
+{
+    let mut jobs = jobs.into_iter();
+    let Some(first) = jobs.next() else {
+        return Vec::new();
+    };
+    std::thread::scope(|scope| {
+        let rest: Vec<_> = jobs.map(|job| scope.spawn(job)).collect();
+        let mut out = vec![first()];
+        for handle in rest {
+            out.push(handle.join().unwrap_or_else(|_| {
+                Err(Error::Spawn {
+                    command: "a reading thread".into(),
+                    source: std::io::Error::other("it panicked"),
+                })
+            }));
+        }
+        out
+    })
+}
+
 impl Backend for System {
+    /// The families' rules and the sets are read side by side (see
+    /// [`parallel`]).
     fn read_state(&mut self, scope: Scope) -> Result<State, Error> {
-        let mut state = State::default();
+        let this = &*self;
+        let scope = &scope;
+        let mut parts = Vec::new();
         for family in [Family::V4, Family::V6] {
-            let ruleset = match &scope.rules(family) {
-                Rules::Skip => continue,
-                Rules::All => self.save(family, None)?,
-                Rules::Tables(tables) => {
-                    let mut rs = state::Ruleset::default();
-                    for t in tables {
-                        rs.tables.extend(self.save(family, Some(t))?.tables);
-                    }
-                    rs
-                }
-                // Legacy copies the whole table out of the kernel for any
-                // read, even `iptables -S CHAIN` (0.1 s of CPU with a
-                // 50,000-rule table), but `-S` prints and pyfw parses only
-                // that chain, where a save prints the table and parsing it
-                // costs as much again. So `-S` for one or two chains of a
-                // table, one save per table for more. nft reads a chain
-                // alone.
-                Rules::Chains(chains) if !self.nft => {
-                    let mut by_table: std::collections::BTreeMap<&String, usize> =
-                        std::collections::BTreeMap::new();
-                    for (t, _) in chains {
-                        *by_table.entry(t).or_default() += 1;
-                    }
-                    let few: BTreeSet<(String, String)> = chains
-                        .iter()
-                        .filter(|(t, _)| by_table.get(t).is_some_and(|&n| n <= LEGACY_LIST_MAX))
-                        .cloned()
-                        .collect();
-                    let mut rs = self.list_chains(family, &few)?;
-                    for (t, n) in by_table {
-                        if n > LEGACY_LIST_MAX {
-                            rs.tables.extend(self.save(family, Some(t))?.tables);
-                        }
-                    }
-                    rs
-                }
-                Rules::Chains(chains) => self.list_chains(family, chains)?,
-            };
-            match family {
-                Family::V4 => state.v4 = ruleset,
-                Family::V6 => state.v6 = ruleset,
+            if *scope.rules(family) != Rules::Skip {
+                parts.push(Part::Rules(family));
             }
         }
-        match &scope.sets {
-            Sets::Skip => {}
-            Sets::All => state.ipsets = self.ipset_save(None)?.unwrap_or_default(),
-            Sets::Named(names) => {
-                for name in names {
-                    if let Some(sets) = self.ipset_save(Some(name))? {
-                        state.ipsets.extend(sets);
-                    }
-                }
+        if scope.sets != Sets::Skip {
+            parts.push(Part::Sets);
+        }
+        let got = parallel(parts.into_iter().map(|what| {
+            move || match what {
+                Part::Rules(family) => this
+                    .read_rules(family, scope)
+                    .map(|rs| Got::Rules(family, rs)),
+                Part::Sets => this.read_sets(&scope.sets).map(Got::Sets),
+            }
+        }));
+        let mut state = State::default();
+        for part in got {
+            match part? {
+                Got::Rules(Family::V4, Some(rs)) => state.v4 = rs,
+                Got::Rules(Family::V6, Some(rs)) => state.v6 = rs,
+                Got::Rules(_, None) => {}
+                Got::Sets(sets) => state.ipsets = sets,
             }
         }
         Ok(state)

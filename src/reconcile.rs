@@ -164,8 +164,11 @@ impl<B: Backend> Reconciler<B> {
     /// Reads what the wishes touch and plans, changing nothing but a
     /// short-lived scratch chain used to learn canonical rule forms.
     pub fn plan(&mut self, wishes: &Wishes) -> Result<Planned, Error> {
-        // Sets first: pyfw's record in them says which rules matter.
-        let mut first = Scope::none();
+        // Sets first: pyfw's record in them says which rules matter. The
+        // wished chains are read in any case: they are read beside the sets
+        // (see `Backend::read_state`), and only a record naming other
+        // chains, or a set that may go, takes a second read.
+        let mut first = scope_for(wishes, &State::default());
         first.sets = Sets::Named(
             wishes
                 .ipsets
@@ -174,17 +177,24 @@ impl<B: Backend> Reconciler<B> {
                 .chain([RECORD_SET.to_string()])
                 .collect(),
         );
-        let sets = self
+        let read = self
             .backend
             .read_state(first.clone())
             .map_err(Error::Read)?;
-        let mut scope = scope_for(wishes, &sets);
-        let mut state = self
-            .backend
-            .read_state(scope.clone())
-            .map_err(Error::Read)?;
+        let mut scope = scope_for(wishes, &read);
+        let state = if scope.v4 == first.v4 && scope.v6 == first.v6 && scope.sets == Sets::Skip {
+            read
+        } else {
+            let mut state = self
+                .backend
+                .read_state(scope.clone())
+                .map_err(Error::Read)?;
+            if scope.sets == Sets::Skip {
+                state.ipsets = read.ipsets;
+            }
+            state
+        };
         if scope.sets == Sets::Skip {
-            state.ipsets = sets.ipsets;
             // What was read, sets included, to read the same again.
             scope.sets = first.sets;
         }
