@@ -1,5 +1,6 @@
 //! The `pyfw` command: one-shot `plan`, `apply`, `check` and `state`.
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -9,7 +10,7 @@ use clap::{Parser, Subcommand};
 use pyfw::apply::Event;
 use pyfw::canon::{self, Comparison};
 use pyfw::formats::{PlanDoc, PlanFormat, StateFormat};
-use pyfw::netfilter::{Backend, Scope, System, Variant};
+use pyfw::netfilter::{Backend, Scope, SetSummary, Sets, System, Variant};
 use pyfw::plan::Plan;
 use pyfw::reconcile::Reconciler;
 use pyfw::state::{self, State};
@@ -359,8 +360,26 @@ fn run(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
     // what the plan touched is read and compared (the snapshot's chains and
     // sets, as they were): reading and diffing whole tables again cost a
     // second on a host with a 50,000-rule foreign chain.
-    match reconciler.backend_mut().read_state(snapshot.scope()) {
-        Ok(after) => print_changes(&mut out, &snapshot, &after),
+    let big = big_set_changes(&planned.plan);
+    let mut scope = snapshot.scope();
+    if let Sets::Named(names) = &mut scope.sets {
+        names.retain(|n| !big.contains_key(n));
+        if names.is_empty() {
+            scope.sets = Sets::Skip;
+        }
+    }
+    let after = reconciler
+        .backend_mut()
+        .read_state(scope)
+        .and_then(|after| {
+            let mut terse = std::collections::BTreeMap::new();
+            for name in big.keys() {
+                terse.insert(name.clone(), reconciler.backend().ipset_terse(name)?);
+            }
+            Ok((after, terse))
+        });
+    match after {
+        Ok((after, terse)) => print_changes(&mut out, &snapshot, &after, &big, &terse),
         Err(e) => {
             let _ = out.flush();
             eprintln!(
@@ -560,7 +579,21 @@ fn read_dumps(dumps: &Dumps) -> Result<State, String> {
 /// 100,000-member set with 1,000 changes costs two hash lookups per member,
 /// where a line diff of its whole listing took a fifth of a second. Every
 /// changed line is printed, however many.
-fn print_changes(out: &mut impl std::io::Write, before: &pyfw::confirm::Snapshot, after: &State) {
+///
+/// A set whose members the plan changed more than [`LIST_MAX`] times is
+/// summarised instead: its `create` line if that changed, then its member
+/// count before (the snapshot) and after (read from the kernel with `ipset
+/// list -terse`), with how many members the plan added and removed.
+/// Listing 100,000 new members one by one again, after their 100,000
+/// `Executing` lines, told the operator nothing more and cost a read and
+/// parse of the whole set.
+fn print_changes(
+    out: &mut impl std::io::Write,
+    before: &pyfw::confirm::Snapshot,
+    after: &State,
+    big: &BTreeMap<String, (usize, usize)>,
+    terse: &BTreeMap<String, Option<SetSummary>>,
+) {
     let _ = writeln!(out, "State changes:");
     for ((family, table, chain), old) in &before.chains {
         let new = after.ruleset(*family).chain(table, chain);
@@ -591,8 +624,78 @@ fn print_changes(out: &mut impl std::io::Write, before: &pyfw::confirm::Snapshot
         }
     }
     for (name, old) in &before.sets {
-        print_set_changes(out, name, old.as_ref(), after.ipsets.get(name));
+        match (big.get(name), terse.get(name)) {
+            (Some(&(added, removed)), Some(now)) => {
+                print_set_summary(out, name, old.as_ref(), now.as_ref(), added, removed)
+            }
+            _ => print_set_changes(out, name, old.as_ref(), after.ipsets.get(name)),
+        }
     }
+}
+
+/// More member changes than this in one set are summarised in "State
+/// changes" rather than listed.
+const LIST_MAX: usize = 1000;
+
+/// The sets whose members `plan` changes more than [`LIST_MAX`] times,
+/// with how many members it adds and removes.
+fn big_set_changes(plan: &Plan) -> BTreeMap<String, (usize, usize)> {
+    let mut counts: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for c in &plan.commands {
+        if c.program != pyfw::plan::Program::Ipset {
+            continue;
+        }
+        let (Some(op), Some(name)) = (c.args.first(), c.args.get(1)) else {
+            continue;
+        };
+        match op.as_str() {
+            "add" => counts.entry(name.clone()).or_default().0 += 1,
+            "del" => counts.entry(name.clone()).or_default().1 += 1,
+            _ => {}
+        }
+    }
+    counts.retain(|_, (a, r)| *a + *r > LIST_MAX);
+    counts
+}
+
+/// One set's changes, summarised: see [`print_changes`].
+fn print_set_summary(
+    out: &mut impl std::io::Write,
+    name: &str,
+    old: Option<&state::Ipset>,
+    now: Option<&SetSummary>,
+    added: usize,
+    removed: usize,
+) {
+    let create = |kind: &str, options: &[String]| {
+        let mut line = format!("create {name} {kind}");
+        for o in options {
+            line.push(' ');
+            line.push_str(o);
+        }
+        line
+    };
+    let old_create = old.map(|s| create(&s.kind, &s.options));
+    let new_create = now.map(|s| create(&s.kind, &s.options));
+    if old_create != new_create {
+        if let Some(line) = &old_create {
+            let _ = writeln!(out, "- {line}");
+        }
+        if let Some(line) = &new_create {
+            let _ = writeln!(out, "+ {line}");
+        }
+    }
+    let count = |n: Option<usize>| match n {
+        Some(n) => format!("{n} members"),
+        None => "no set".to_string(),
+    };
+    let _ = writeln!(
+        out,
+        "# ipset {name}: {} before, {} now; pyfw added {added} and removed {removed} \
+         (over {LIST_MAX} changes: not listed; `ipset save {name}` lists them)",
+        count(old.map(|s| s.members.len())),
+        count(now.map(|s| s.members)),
+    );
 }
 
 /// One set's changes: its `create` line if it differs, then the members
