@@ -389,18 +389,18 @@ fn run(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
     }
     let _ = out.flush();
     drop(out);
-    match cli.confirm {
+    let code = match cli.confirm {
         None => {
             pyfw::confirm::clear_mark();
-            Ok(ExitCode::SUCCESS)
+            ExitCode::SUCCESS
         }
-        Some(timeout) => Ok(confirm_or_revert(
-            reconciler.backend_mut(),
-            &snapshot,
-            &wishes,
-            timeout,
-        )),
-    }
+        Some(timeout) => confirm_or_revert(reconciler.backend_mut(), &snapshot, &wishes, timeout),
+    };
+    // The process ends next: freeing a 100,000-member set's wishes, state,
+    // plan and snapshot one allocation at a time only delays the exit (by
+    // 50 ms or more); the kernel takes the memory back at once.
+    std::mem::forget((planned, snapshot, wishes));
+    Ok(code)
 }
 
 /// `apply --confirm`: waits for the answer (the writer lock still held),
