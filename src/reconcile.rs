@@ -11,7 +11,7 @@
 //! written `-p tcp --dport 22` is not seen as drift from the
 //! `-p tcp -m tcp --dport 22` the kernel reports.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::apply::{self, ApplyError, Event};
 use crate::canon::{self, Comparison};
@@ -164,8 +164,11 @@ impl<B: Backend> Reconciler<B> {
     /// Reads what the wishes touch and plans, changing nothing but a
     /// short-lived scratch chain used to learn canonical rule forms.
     pub fn plan(&mut self, wishes: &Wishes) -> Result<Planned, Error> {
-        // Sets first: pyfw's record in them says which rules matter.
-        let mut first = Scope::none();
+        // Sets first: pyfw's record in them says which rules matter. The
+        // wished chains are read in any case: they are read beside the sets
+        // (see `Backend::read_state`), and only a record naming other
+        // chains, or a set that may go, takes a second read.
+        let mut first = scope_for(wishes, &State::default());
         first.sets = Sets::Named(
             wishes
                 .ipsets
@@ -174,17 +177,24 @@ impl<B: Backend> Reconciler<B> {
                 .chain([RECORD_SET.to_string()])
                 .collect(),
         );
-        let sets = self
+        let read = self
             .backend
             .read_state(first.clone())
             .map_err(Error::Read)?;
-        let mut scope = scope_for(wishes, &sets);
-        let mut state = self
-            .backend
-            .read_state(scope.clone())
-            .map_err(Error::Read)?;
+        let mut scope = scope_for(wishes, &read);
+        let state = if scope.v4 == first.v4 && scope.v6 == first.v6 && scope.sets == Sets::Skip {
+            read
+        } else {
+            let mut state = self
+                .backend
+                .read_state(scope.clone())
+                .map_err(Error::Read)?;
+            if scope.sets == Sets::Skip {
+                state.ipsets = read.ipsets;
+            }
+            state
+        };
         if scope.sets == Sets::Skip {
-            state.ipsets = sets.ipsets;
             // What was read, sets included, to read the same again.
             scope.sets = first.sets;
         }
@@ -229,6 +239,11 @@ impl<B: Backend> Reconciler<B> {
     /// Wishes with every rule in iptables' own form. Rules that name a set
     /// or chain that does not exist yet cannot be in the kernel either; they
     /// go through the built-in normaliser and are checked later.
+    ///
+    /// A wished rule written exactly as a rule the kernel printed in the
+    /// same table is in iptables' form already (what `iptables-save` prints
+    /// loads back to the same rule and prints the same), so it is not
+    /// learned: the kernel's rendering of it is its own text.
     fn canonicalize(
         &mut self,
         wishes: &Wishes,
@@ -236,6 +251,8 @@ impl<B: Backend> Reconciler<B> {
     ) -> Result<(Wishes, Vec<RuleCheck>), Error> {
         let mut learn: Vec<RuleCheck> = Vec::new();
         let mut deferred: Vec<RuleCheck> = Vec::new();
+        // What the kernel printed, by family and table, built on first use.
+        let mut printed: HashMap<(Family, &str), HashSet<&[String]>> = HashMap::new();
         for chain in &wishes.chains {
             let ruleset = state.ruleset(chain.family);
             let chain_missing = ruleset.chain(&chain.table, &chain.chain).is_none();
@@ -245,6 +262,21 @@ impl<B: Backend> Reconciler<B> {
                 };
                 let key = (chain.family, chain.table.clone(), r.rule.args().to_vec());
                 if self.canonical.contains_key(&key) {
+                    continue;
+                }
+                let kernel = printed
+                    .entry((chain.family, chain.table.as_str()))
+                    .or_insert_with(|| {
+                        ruleset
+                            .tables
+                            .get(&chain.table)
+                            .into_iter()
+                            .flat_map(|t| t.chains.iter())
+                            .flat_map(|(_, c)| c.rules.iter().map(Rule::args))
+                            .collect()
+                    });
+                if kernel.contains(r.rule.args()) {
+                    self.canonical.insert(key, r.rule.clone());
                     continue;
                 }
                 let missing_set = r.rule.sets().any(|s| !state.ipsets.contains_key(s));
@@ -274,13 +306,13 @@ impl<B: Backend> Reconciler<B> {
                 }
             }
         }
-        let learned = self
-            .backend
-            .canonicalize(&learn)
-            .map_err(|source| Error::Rejected {
-                path: wishes.path.display().to_string(),
-                source,
-            })?;
+        let learned =
+            self.backend
+                .canonicalize(&learn, state)
+                .map_err(|source| Error::Rejected {
+                    path: wishes.path.display().to_string(),
+                    source,
+                })?;
         for (check, rule) in learn.iter().zip(learned) {
             let key = (
                 check.family,

@@ -22,6 +22,7 @@ on_both_backends!(
     rejected_target_rolls_back,
     foreign_rules_untouched,
     a_move_inside_one_transaction_never_shows_a_gap,
+    rule_forms_are_the_same_without_a_private_namespace,
 );
 
 /// Docker's five FORWARD rules, as argv after `-A FORWARD`.
@@ -574,4 +575,70 @@ fn an_explicit_backend_drives_that_variant() {
     assert!(!nft.contains("--comment ssh"), "{nft}");
     ns.run_pyfw(&wishes, &["--backend", "legacy", "check"])
         .expect_code(0, "check with --backend legacy");
+}
+
+/// pyfw learns how iptables prints the wished rules in a private network
+/// namespace when it may make one, else in a scratch chain of the real
+/// tables (without CAP_SYS_ADMIN, as under the systemd unit). Both must
+/// give the same result, with rules that name a set and jump to an
+/// existing chain, and leave no scratch chain behind.
+fn rule_forms_are_the_same_without_a_private_namespace(backend: Backend) {
+    let (Some(private), Some(scratch)) = (
+        Netns::new("forms_private", backend),
+        Netns::new("forms_scratch", backend),
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let wishes = dir.path().join("wishes.yaml");
+    std::fs::write(
+        &wishes,
+        "pyfw_wishes:\n  ipsets:\n    allowed_hosts:\n      type: hash:ip\n      \
+         members_equal: [192.168.122.193]\n  iptables:\n    filter:\n      INPUT:\n        \
+         rules:\n        - allow_ssh: -p tcp --dport 22 -j ACCEPT\n      FORWARD:\n        \
+         rules:\n        - to_docker: -o docker1 -j DOCKER\n      DOCKER:\n        rules:\n        \
+         - allowed_hosts_only: '! -i docker0 -o docker0 -m set ! --match-set allowed_hosts src \
+         -j REJECT'\n",
+    )
+    .unwrap();
+    let wishes = path_str(&wishes);
+    let no_sys_admin = [
+        "setpriv",
+        "--inh-caps=-sys_admin",
+        "--bounding-set=-sys_admin",
+        "--",
+    ];
+    let mut saves = Vec::new();
+    for (ns, prefix) in [(&private, &[][..]), (&scratch, &no_sys_admin[..])] {
+        ns.iptables_restore(&spec("docker-after-reboot.save"));
+        // The set exists, so the rule naming it is learned, not deferred.
+        ns.ok(
+            &["ipset", "create", "allowed_hosts", "hash:ip"],
+            "ipset create",
+        );
+        let mut argv: Vec<&str> = prefix.to_vec();
+        argv.extend([
+            "env",
+            "PYFW_LOG=pyfw=debug",
+            PYFW,
+            "--wishes",
+            wishes,
+            "apply",
+        ]);
+        let out = ns.run(&argv);
+        out.expect_ok("apply");
+        let fell_back = out.stderr.contains("using a scratch chain");
+        assert_eq!(fell_back, !prefix.is_empty(), "{argv:?}\n{out}");
+        let again = ns.run(&argv);
+        again.expect_ok("apply again");
+        assert!(again.stdout.contains("Nothing to do"), "{argv:?}\n{again}");
+        let save = ns.iptables_save();
+        assert!(
+            !save.contains(pyfw::netfilter::SCRATCH_PREFIX),
+            "a scratch chain was left behind\n{save}"
+        );
+        assert!(save.contains("--match-set allowed_hosts src"), "{save}");
+        saves.push(normalize_rules(&save));
+    }
+    assert_text_eq(&saves[1], &saves[0], "without CAP_SYS_ADMIN, as with it");
 }
