@@ -250,6 +250,8 @@ fn start(path: &Path, variant: Variant, args: &Args) -> Result<ExitCode, String>
     let (system, warnings) = System::default()
         .with_variant(variant)
         .map_err(|e| e.to_string())?;
+    // Polls of an unchanged legacy table skip the read (its fingerprint).
+    let system = system.remember_legacy_reads();
     for w in warnings {
         tracing::warn!("{w}");
     }
