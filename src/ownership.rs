@@ -129,9 +129,19 @@ impl Owned {
 /// A short, stable fingerprint of a rule's text.
 pub fn text_hash(rule: &Rule) -> String {
     let mut h = fnv::FnvHasher::default();
-    for arg in rule.args() {
-        h.write(arg.as_bytes());
-        h.write(&[0]);
+    // Each token then a NUL: the joined form is exactly that, less the
+    // last NUL, so most rules hash without building their argv.
+    match rule.joined() {
+        Some(joined) => {
+            h.write(joined.as_bytes());
+            h.write(&[0]);
+        }
+        None => {
+            for arg in rule.tokens() {
+                h.write(arg.as_bytes());
+                h.write(&[0]);
+            }
+        }
     }
     format!("{:016x}", h.finish())
 }

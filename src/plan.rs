@@ -461,6 +461,9 @@ fn retarget(
 }
 
 fn is_withdrawn(rule: &Rule, wish: &ChainWish, gone: &[(String, String)]) -> bool {
+    if gone.is_empty() {
+        return false;
+    }
     let Some(name) = rule.comment() else {
         return false;
     };
@@ -738,8 +741,8 @@ fn plan_chain(
         slot.id = id;
     }
     sim.next_id = current.len();
-    let wished_names: HashSet<&str> = wish.rule_names().collect();
-    let mut by_name: HashMap<&str, Vec<usize>> = HashMap::new();
+    let wished_names: FnvHashSet<&str> = wish.rule_names().collect();
+    let mut by_name: FnvHashMap<&str, Vec<usize>> = FnvHashMap::default();
     let mut foreign: Vec<usize> = Vec::new();
     for (i, r) in current.iter().enumerate() {
         match r.comment() {
@@ -751,7 +754,10 @@ fn plan_chain(
 
     // The desired order.
     let mut taken = vec![false; current.len()];
-    let mut targets: Vec<Target> = Vec::new();
+    let mut targets: Vec<Target> = Vec::with_capacity(current.len() + wished_names.len());
+    // One buffer for the text each `~match` reads, so matching a long
+    // chain allocates nothing per rule.
+    let mut shown = String::new();
     for item in wish.rules.iter().flatten() {
         match item {
             RuleItem::Named(named) => {
@@ -773,7 +779,12 @@ fn plan_chain(
             }
             RuleItem::Match(m) => {
                 for &i in &foreign {
-                    if !taken[i] && m.regex.is_match(&current[i].to_string()) {
+                    if taken[i] {
+                        continue;
+                    }
+                    shown.clear();
+                    current[i].display_into(&mut shown);
+                    if m.regex.is_match(&shown) {
                         taken[i] = true;
                         targets.push(Target {
                             rule: current[i].clone(),
@@ -798,16 +809,25 @@ fn plan_chain(
     }
 
     let stable = longest_increasing(&targets.iter().map(|t| t.source).collect::<Vec<_>>());
-    let in_target: FnvHashSet<usize> = targets.iter().filter_map(|t| t.source).collect();
-    let replaced: FnvHashSet<usize> = targets.iter().filter_map(|t| t.replaces).collect();
+    // Flags by slot id: every id that is not below `current.len()` is a
+    // rule this plan inserts, which is in none of these.
+    let mut in_target = vec![false; current.len()];
+    let mut replaced = vec![false; current.len()];
+    for t in &targets {
+        if let Some(src) = t.source {
+            in_target[src] = true;
+        }
+        if let Some(old) = t.replaces {
+            replaced[old] = true;
+        }
+    }
+    let flag = |flags: &[bool], id: usize| flags.get(id).copied().unwrap_or(false);
     let mut placed: Vec<usize> = Vec::with_capacity(targets.len());
     // Slots that will still move or go: they may sit anywhere meanwhile.
-    let mut pending: FnvHashSet<usize> = (0..current.len())
-        .filter(|i| !in_target.contains(i))
-        .collect();
+    let mut pending: Vec<bool> = in_target.iter().map(|t| !t).collect();
     for (p, t) in targets.iter().enumerate() {
         if let Some(src) = t.source.filter(|_| !stable[p]) {
-            pending.insert(src);
+            pending[src] = true;
         }
     }
 
@@ -825,10 +845,9 @@ fn plan_chain(
             .map_or_else(|| "a rule matched by ~match".to_string(), String::from);
         match t.source {
             Some(src) => {
-                pending.remove(&src);
+                pending[src] = false;
                 let now = sim.pos(src);
-                let in_place =
-                    now >= at && sim.slots.range(at..now).all(|s| pending.contains(&s.id));
+                let in_place = now >= at && sim.slots.range(at..now).all(|s| flag(&pending, s.id));
                 if !in_place {
                     let reason = format!(
                         "{label}: {what} is at position {}, wished {}",
@@ -855,7 +874,7 @@ fn plan_chain(
                         t.name.as_deref(),
                         &format!("{label}: {what}: remove the old text"),
                     );
-                    pending.remove(&old);
+                    pending[old] = false;
                 }
                 placed.push(id);
             }
@@ -866,7 +885,7 @@ fn plan_chain(
         .slots
         .iter()
         .map(|s| s.id)
-        .filter(|id| *id < current.len() && !in_target.contains(id) && !replaced.contains(id))
+        .filter(|&id| id < current.len() && !in_target[id] && !replaced[id])
         .collect();
     for id in leftovers {
         let rule = sim.rule(id).clone();
@@ -916,8 +935,10 @@ struct ChainSim {
     slots: VecDeque<Slot>,
     /// How many copies of each rule text the chain holds, so that telling
     /// whether deleting by text hits the intended copy needs no scan in
-    /// the usual case of one copy.
-    copies: FnvHashMap<Rule, usize>,
+    /// the usual case of one copy. Counted only once an edit lands deeper
+    /// than [`ChainSim::SHALLOW`]: most plans edit near the top, where
+    /// looking above is cheaper than counting a 50,000-rule chain.
+    copies: Option<FnvHashMap<Rule, usize>>,
     next_id: usize,
     family: Family,
     table: String,
@@ -927,13 +948,12 @@ struct ChainSim {
 }
 
 impl ChainSim {
+    /// How deep an edit may land before the copies are counted.
+    const SHALLOW: usize = 256;
+
     fn new(family: Family, table: &str, chain: &str, rules: &[Rule]) -> ChainSim {
-        let mut copies: FnvHashMap<Rule, usize> = FnvHashMap::default();
-        for r in rules {
-            *copies.entry(r.clone()).or_default() += 1;
-        }
         ChainSim {
-            copies,
+            copies: None,
             slots: rules
                 .iter()
                 .enumerate()
@@ -968,10 +988,33 @@ impl ChainSim {
     }
 
     /// True when the first rule with this slot's text is this slot.
-    fn first_of_its_text(&self, at: usize) -> bool {
+    fn first_of_its_text(&mut self, at: usize) -> bool {
+        if at >= Self::SHALLOW && self.copies.is_none() {
+            let mut copies: FnvHashMap<Rule, usize> = FnvHashMap::default();
+            copies.reserve(self.slots.len());
+            for s in &self.slots {
+                *copies.entry(s.rule.clone()).or_default() += 1;
+            }
+            self.copies = Some(copies);
+        }
         let rule = &self.slots[at].rule;
-        self.copies.get(rule).copied().unwrap_or(0) <= 1
-            || !self.slots.range(..at).any(|s| s.rule == *rule)
+        let single = self
+            .copies
+            .as_ref()
+            .is_some_and(|c| c.get(rule).copied().unwrap_or(0) <= 1);
+        single || !self.slots.range(..at).any(|s| s.rule == *rule)
+    }
+
+    /// Counts one more (`true`) or one fewer copy of `rule`, once counted.
+    fn count(&mut self, rule: &Rule, more: bool) {
+        let Some(copies) = self.copies.as_mut() else {
+            return;
+        };
+        if more {
+            *copies.entry(rule.clone()).or_default() += 1;
+        } else if let Some(n) = copies.get_mut(rule) {
+            *n = n.saturating_sub(1);
+        }
     }
 
     fn rule(&self, id: usize) -> &Rule {
@@ -1006,7 +1049,7 @@ impl ChainSim {
         // Undoing deletes by text unless an identical rule sits above.
         let id = self.next_id;
         self.next_id += 1;
-        *self.copies.entry(rule.clone()).or_default() += 1;
+        self.count(&rule, true);
         self.slots.insert(at, Slot { id, rule });
         let undo = if self.first_of_its_text(at) {
             self.args("-D", None, Some(&self.slots[at].rule))
@@ -1030,9 +1073,7 @@ impl ChainSim {
         let undo = self.args("-I", Some(at + 1), Some(&rule));
         self.emit(args, undo, wish, reason);
         self.slots.remove(at);
-        if let Some(n) = self.copies.get_mut(&rule) {
-            *n -= 1;
-        }
+        self.count(&rule, false);
     }
 
     /// Moves slot `id` to 0-based position `at` (counted before the move)

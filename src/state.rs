@@ -140,6 +140,8 @@ pub fn parse_iptables_save(text: &str) -> Result<Ruleset, ParseError> {
     // Chain name to index in the current table: hosts have thousands of
     // chains, so a linear search per rule line would be quadratic.
     let mut index: HashMap<String, usize> = HashMap::new();
+    // One buffer for splitting every rule line.
+    let mut buf: Vec<u8> = Vec::new();
     for (idx, raw) in text.lines().enumerate() {
         let n = idx + 1;
         let line = raw.trim_end();
@@ -202,15 +204,13 @@ pub fn parse_iptables_save(text: &str) -> Result<Ruleset, ParseError> {
                 },
                 None => line,
             };
-            let mut args = split_line(body).ok_or_else(|| err(n, line, "unbalanced quotes"))?;
-            if args.len() < 2 || args[0] != "-A" {
+            let split =
+                split_rule_line(body, &mut buf).ok_or_else(|| err(n, line, "unbalanced quotes"))?;
+            let Some((chain_name, rule)) = split else {
                 return Err(err(n, line, "expected `-A CHAIN ...`"));
-            }
-            let chain_name = args[1].clone();
-            args.drain(..2);
-            let rule = Rule::from_args(args);
+            };
             match index
-                .get(&chain_name)
+                .get(&*chain_name)
                 .and_then(|&i| table.chains.get_mut(i))
             {
                 Some((_, chain)) => chain.rules.push(rule),
@@ -234,6 +234,46 @@ pub fn parse_iptables_save(text: &str) -> Result<Ruleset, ParseError> {
         ));
     }
     Ok(ruleset)
+}
+
+/// Splits a saved rule line (`-A CHAIN ...`) into its chain and its rule
+/// (`Some(None)` when the line does not start with `-A CHAIN`); `None` for
+/// unbalanced quotes. Most lines hold no quotes or escapes and split on
+/// blanks; the rest split as a shell would. Either way the words go into
+/// `buf` joined by NUL, and the rule costs one allocation, the chain none.
+fn split_rule_line<'b>(line: &str, buf: &'b mut Vec<u8>) -> Option<Option<(Cow<'b, str>, Rule)>> {
+    if line.contains('\0') {
+        // No real rule holds a NUL; odd input takes the general path.
+        let mut args = split_line(line)?;
+        if args.len() < 2 || args[0] != "-A" {
+            return Some(None);
+        }
+        let chain = std::mem::take(&mut args[1]);
+        args.drain(..2);
+        return Some(Some((Cow::Owned(chain), Rule::from_args(args))));
+    }
+    buf.clear();
+    if line.contains(['"', '\'', '\\']) {
+        crate::rule::split_joined(line, buf)?;
+    } else {
+        for word in line.split_ascii_whitespace() {
+            if !buf.is_empty() {
+                buf.push(0);
+            }
+            buf.extend_from_slice(word.as_bytes());
+        }
+    }
+    // Splitting cuts only at ASCII bytes, so this is the line's own UTF-8.
+    let joined = std::str::from_utf8(buf).ok()?;
+    let mut words = joined.splitn(3, '\0');
+    let (Some("-A"), Some(chain)) = (words.next(), words.next()) else {
+        return Some(None);
+    };
+    let rule = match words.next() {
+        Some(rest) => Rule::from_joined(rest.into()),
+        None => Rule::from_tokens([]),
+    };
+    Some(Some((Cow::Borrowed(chain), rule)))
 }
 
 /// Splits a saved rule line into arguments. Most lines hold no quotes or
