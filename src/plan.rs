@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt;
 
-use fnv::{FnvHashMap, FnvHashSet};
+use fnv::FnvHashMap;
 
 use crate::ownership::{self, Owned, RECORD_CREATE, RECORD_SET};
 use crate::rule::{Rule, TEMP_PREFIX, display_args};
@@ -109,6 +109,29 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
     // the same every time.
     let mut chains: Vec<ChainWish> = wishes.chains.clone();
     let mut withdrawn: HashMap<(Family, String, String), Vec<(String, String)>> = HashMap::new();
+    // Looked up once per record entry: sets, so that a record of thousands
+    // of rules costs no scan of the wishes per entry.
+    let wished_chains: HashSet<(Family, &str, &str)> = wishes
+        .chains
+        .iter()
+        .map(|c| (c.family, c.table.as_str(), c.chain.as_str()))
+        .collect();
+    let with_rules: HashSet<(Family, &str, &str)> = wishes
+        .chains
+        .iter()
+        .filter(|c| c.rules.is_some())
+        .map(|c| (c.family, c.table.as_str(), c.chain.as_str()))
+        .collect();
+    let wished_rules: HashSet<(Family, &str, &str, &str)> = wishes
+        .chains
+        .iter()
+        .filter(|c| c.rules.is_some())
+        .flat_map(|c| {
+            c.rule_names()
+                .map(|n| (c.family, c.table.as_str(), c.chain.as_str(), n))
+        })
+        .collect();
+    let mut added: HashSet<(Family, String, String)> = HashSet::new();
     for entry in &record {
         let Owned::Rule {
             family,
@@ -120,20 +143,18 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
         else {
             continue;
         };
-        let wished = wishes.chains.iter().find(|c| {
-            c.family == *family && c.table == *table && c.chain == *chain && c.rules.is_some()
-        });
-        if wished.is_some_and(|c| c.rule_names().any(|n| n == name)) {
+        let key = (*family, table.as_str(), chain.as_str());
+        let wished = with_rules.contains(&key);
+        if wished && wished_rules.contains(&(*family, table, chain, name)) {
             continue;
         }
         withdrawn
             .entry((*family, table.clone(), chain.clone()))
             .or_default()
             .push((name.clone(), hash.clone()));
-        if wished.is_none()
-            && !chains
-                .iter()
-                .any(|c| c.family == *family && c.table == *table && c.chain == *chain)
+        if !wished
+            && !wished_chains.contains(&key)
+            && added.insert((*family, table.clone(), chain.clone()))
         {
             // Not wished: only its withdrawn rules go; nothing else moves.
             chains.push(ChainWish {
@@ -150,12 +171,8 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
         let builtin = builtin_chains(&c.table).contains(&c.chain.as_str());
         (c.family, c.table.clone(), builtin, c.chain.clone())
     });
-    let is_wished = |c: &ChainWish| {
-        wishes
-            .chains
-            .iter()
-            .any(|w| w.family == c.family && w.table == c.table && w.chain == c.chain)
-    };
+    let is_wished =
+        |c: &ChainWish| wished_chains.contains(&(c.family, c.table.as_str(), c.chain.as_str()));
 
     for wish in &chains {
         let exists = state
@@ -181,8 +198,8 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
             keep.insert(owned);
         }
     }
-    let mut deleted: HashSet<(Family, String, String, usize)> = HashSet::new();
-    // Each planned chain as the plan leaves it.
+    // Each planned chain as the plan leaves it (every chain whose withdrawn
+    // rules go is planned, so the chains not here lose no rule).
     let mut planned: HashMap<(Family, String, String), Vec<Rule>> = HashMap::new();
     for wish in &chains {
         for item in wish.rules.iter().flatten() {
@@ -203,11 +220,6 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
             .map(Vec::as_slice)
             .unwrap_or(&[]);
         if wish.rules.is_some() {
-            for (i, r) in current.iter().enumerate() {
-                if is_withdrawn(r, wish, gone) {
-                    deleted.insert((wish.family, wish.table.clone(), wish.chain.clone(), i));
-                }
-            }
             let (commands, result) = plan_chain(wish, current, gone);
             out.commands.extend(commands);
             planned.insert(
@@ -244,8 +256,9 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
                 Some(&["destroy", &fresh]),
                 format!("ipset {name}: rebuild as {}", wish.kind.name()),
             ));
+            let rebuild = MemberCmds::new(&fresh, &fresh, "rebuild");
             for m in wish.members.as_deref().unwrap_or(&[]) {
-                out.commands.push(add_member(&fresh, m, "rebuild"));
+                out.commands.push(rebuild.add(m));
             }
             out.commands.push(ipset_cmd(
                 name,
@@ -270,6 +283,7 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
     }
 
     // Chains pyfw created and no longer wishes, once empty and unreferenced.
+    let mut jumps = None;
     for entry in &record {
         let Owned::Chain {
             family,
@@ -287,29 +301,15 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
             continue; // Gone already: forget it.
         };
         // What the plan leaves in it: a planned chain's final rules (its
-        // leftover temporary copies gone too), else the rules not deleted.
+        // leftover temporary copies gone too), else the rules as read.
         let left = match planned.get(&(*family, table.clone(), chain.clone())) {
             Some(rules) => rules.len(),
-            None => (0..current.rules.len())
-                .filter(|i| !deleted.contains(&(*family, table.clone(), chain.clone(), *i)))
-                .count(),
+            None => current.rules.len(),
         };
         // Referenced as the plan leaves things: a planned chain by its
         // final rules (a wished rule may jump here), any other as read.
-        let jumps_here = |r: &Rule| r.target() == Some(chain.as_str());
-        let referenced = ruleset.tables.get(table).is_some_and(|t| {
-            t.chains.iter().any(|(name, c)| {
-                if planned.contains_key(&(*family, table.clone(), name.clone())) {
-                    return false;
-                }
-                c.rules.iter().enumerate().any(|(i, r)| {
-                    let going = deleted.contains(&(*family, table.clone(), name.clone(), i));
-                    name != chain && !going && jumps_here(r)
-                })
-            })
-        }) || planned.iter().any(|((f, t, name), rules)| {
-            f == family && t == table && name != chain && rules.iter().any(jumps_here)
-        });
+        let jumps = jumps.get_or_insert_with(|| jump_targets(state, &planned));
+        let referenced = jumps.contains(&(*family, table.as_str(), chain.as_str()));
         if left > 0 || referenced {
             keep.insert(entry.clone());
             continue;
@@ -346,42 +346,15 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
     }
 
     // Sets pyfw managed and no longer wishes, once no rule names them.
+    let mut used_sets = None;
     for entry in &record {
         let Owned::Set { name } = entry else { continue };
         if keep.contains(entry) || !state.ipsets.contains_key(name) {
             continue;
         }
-        // Rules as the plan leaves them: the planned chains' final rules,
-        // every other chain as read. A rule the plan replaces or removes no
-        // longer counts; one it inserts does.
-        let mut used = false;
-        for family in [Family::V4, Family::V6] {
-            for (table, t) in &state.ruleset(family).tables {
-                for (chain, c) in &t.chains {
-                    let key = (family, table.clone(), chain.clone());
-                    let rules = planned.get(&key).unwrap_or(&c.rules);
-                    used |= rules.iter().any(|r| r.sets().any(|s| s == name));
-                }
-            }
-        }
-        for (key, rules) in &planned {
-            let read = state
-                .ruleset(key.0)
-                .tables
-                .get(&key.1)
-                .and_then(|t| t.chain(&key.2));
-            if read.is_none() {
-                used |= rules.iter().any(|r| r.sets().any(|s| s == name));
-            }
-        }
-        // A list:set holding it, as the plan leaves it, uses it too.
-        used |= state.ipsets.iter().any(|(list, set)| {
-            let wished = wishes.ipsets.iter().find(|w| w.name == *list);
-            let members = wished
-                .and_then(|w| w.members.as_ref())
-                .unwrap_or(&set.members);
-            set.kind == "list:set" && members.iter().any(|m| element(m) == name)
-        });
+        let used = used_sets
+            .get_or_insert_with(|| sets_in_use(wishes, state, &planned))
+            .contains(name.as_str());
         if used {
             keep.insert(entry.clone());
             continue;
@@ -397,6 +370,81 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
     group_tables(&mut out.commands);
     out.record = record_changes(&record, &keep, state);
     out
+}
+
+/// Every chain some rule of another chain jumps or goes to, by family and
+/// table, with the rules as the plan leaves them: a planned chain's final
+/// rules, any other chain's as read. Gathered once for all the chains pyfw
+/// may drop, so that asking costs no pass over every rule per chain.
+fn jump_targets<'a>(
+    state: &'a State,
+    planned: &'a HashMap<(Family, String, String), Vec<Rule>>,
+) -> HashSet<(Family, &'a str, &'a str)> {
+    let mut out = HashSet::new();
+    for family in [Family::V4, Family::V6] {
+        for (table, t) in &state.ruleset(family).tables {
+            for (name, c) in &t.chains {
+                if planned.contains_key(&(family, table.clone(), name.clone())) {
+                    continue;
+                }
+                for target in c.rules.iter().filter_map(Rule::target) {
+                    if target != name {
+                        out.insert((family, table.as_str(), target));
+                    }
+                }
+            }
+        }
+    }
+    for ((family, table, name), rules) in planned {
+        for target in rules.iter().filter_map(Rule::target) {
+            if target != name {
+                out.insert((*family, table.as_str(), target));
+            }
+        }
+    }
+    out
+}
+
+/// Every set a rule or a list:set names, as the plan leaves things: rules
+/// of the planned chains as planned, every other chain's as read; a
+/// wished list:set's members as wished, any other's as read. Gathered once
+/// for all the sets pyfw may drop.
+fn sets_in_use<'a>(
+    wishes: &'a Wishes,
+    state: &'a State,
+    planned: &'a HashMap<(Family, String, String), Vec<Rule>>,
+) -> HashSet<&'a str> {
+    let mut used = HashSet::new();
+    for family in [Family::V4, Family::V6] {
+        for (table, t) in &state.ruleset(family).tables {
+            for (chain, c) in &t.chains {
+                let key = (family, table.clone(), chain.clone());
+                let rules = planned.get(&key).unwrap_or(&c.rules);
+                used.extend(rules.iter().flat_map(Rule::sets));
+            }
+        }
+    }
+    for (key, rules) in planned {
+        let read = state
+            .ruleset(key.0)
+            .tables
+            .get(&key.1)
+            .and_then(|t| t.chain(&key.2));
+        if read.is_none() {
+            used.extend(rules.iter().flat_map(Rule::sets));
+        }
+    }
+    for (list, set) in &state.ipsets {
+        if set.kind != "list:set" {
+            continue;
+        }
+        let wished = wishes.ipsets.iter().find(|w| w.name == *list);
+        let members = wished
+            .and_then(|w| w.members.as_ref())
+            .unwrap_or(&set.members);
+        used.extend(members.iter().map(|m| element(m)));
+    }
+    used
 }
 
 /// Within each run of iptables commands, brings each table's commands
@@ -460,19 +508,38 @@ fn retarget(
     out
 }
 
-fn is_withdrawn(rule: &Rule, wish: &ChainWish, gone: &[(String, String)]) -> bool {
-    if gone.is_empty() {
-        return false;
+/// The withdrawn rules of one chain, as pyfw's record names them (name and
+/// text hash), in sets: a chain of 50,000 rules is checked against a
+/// record of thousands without a scan per rule.
+struct Withdrawn<'a> {
+    names: TextSet<'a>,
+    pairs: HashSet<(&'a str, &'a str), crate::rule::TextHash>,
+}
+
+impl<'a> Withdrawn<'a> {
+    fn new(gone: &'a [(String, String)]) -> Withdrawn<'a> {
+        Withdrawn {
+            names: gone.iter().map(|(n, _)| n.as_str()).collect(),
+            pairs: gone.iter().map(|(n, h)| (n.as_str(), h.as_str())).collect(),
+        }
     }
-    let Some(name) = rule.comment() else {
-        return false;
-    };
-    // Most rules carry no withdrawn name: settle those without hashing.
-    if !gone.iter().any(|(n, _)| n == name) || wish.rule_names().any(|n| n == name) {
-        return false;
+
+    /// True for a rule pyfw put there and the wishes (named `wished`) no
+    /// longer hold.
+    fn holds(&self, rule: &Rule, wished: &TextSet) -> bool {
+        if self.names.is_empty() {
+            return false;
+        }
+        let Some(name) = rule.comment() else {
+            return false;
+        };
+        // Most rules carry no withdrawn name: settle those without hashing.
+        if !self.names.contains(name) || wished.contains(name) {
+            return false;
+        }
+        let hash = ownership::text_hash(rule);
+        self.pairs.contains(&(name, hash.as_str()))
     }
-    let hash = ownership::text_hash(rule);
-    gone.iter().any(|(n, h)| n == name && *h == hash)
 }
 
 /// The commands that turn the record into `keep`.
@@ -612,8 +679,10 @@ fn plan_ipset(
             Some(&["destroy", name]),
             format!("ipset {name}: missing"),
         ));
+        out.reserve(members.len());
+        let missing = MemberCmds::new(name, name, "missing");
         for m in members {
-            out.push(add_member(name, m, "missing"));
+            out.push(missing.add(m));
         }
         return SetChange::None;
     };
@@ -640,15 +709,10 @@ fn plan_ipset(
             Some(m) => m,
             None => &have.members,
         };
+        out.reserve(keep.len());
+        let fill = MemberCmds::new(&tmp, name, "fill the replacement");
         for m in keep {
-            let mut add = vec!["add", tmp.as_str()];
-            add.extend(m.split(' '));
-            out.push(ipset_cmd(
-                name,
-                &add,
-                Some(&["del", &tmp, element(m)]),
-                format!("ipset {name}: fill the replacement"),
-            ));
+            out.push(fill.add(m));
         }
         let same_family = have_family(have).is_none_or(|f| f == family_word(wish));
         if same_family && wish.kind.swappable_with(&have.kind) {
@@ -673,21 +737,17 @@ fn plan_ipset(
     let Some(wished) = &wish.members else {
         return SetChange::None;
     };
-    let wished_elements: HashSet<&str> = wished.iter().map(|m| element(m)).collect();
-    let have_elements: HashSet<&str> = have.members.iter().map(String::as_str).collect();
+    let wished_elements: TextSet = wished.iter().map(|m| element(m)).collect();
+    let have_elements: TextSet = have.members.iter().map(String::as_str).collect();
+    let cmds = MemberCmds::new(name, name, "member missing");
     for m in &have.members {
         if !wished_elements.contains(m.as_str()) {
-            out.push(ipset_cmd(
-                name,
-                &["del", name, m],
-                Some(&["add", name, m]),
-                format!("ipset {name}: member {m} not wished"),
-            ));
+            out.push(cmds.del(m));
         }
     }
     for m in wished {
         if !have_elements.contains(element(m)) {
-            out.push(add_member(name, m, "member missing"));
+            out.push(cmds.add(m));
         }
     }
     SetChange::None
@@ -697,27 +757,83 @@ fn element(member: &str) -> &str {
     member.split(' ').next().unwrap_or(member)
 }
 
-fn add_member(set: &str, member: &str, why: &str) -> Command {
-    let mut add = vec!["add", set];
-    add.extend(member.split(' '));
-    ipset_cmd(
-        set,
-        &add,
-        Some(&["del", set, element(member)]),
-        format!("ipset {set}: {why}"),
-    )
+/// Set elements, hashed a word at a time: a 100,000-member set is hashed
+/// twice per plan.
+type TextSet<'a> = HashSet<&'a str, crate::rule::TextHash>;
+
+/// Commands for the members of one set, one each: what they all share is
+/// made once, not per member.
+struct MemberCmds<'a> {
+    /// The set the commands change.
+    set: &'a str,
+    /// The wished set they serve (a replacement is filled for its set).
+    wish: &'a str,
+    reason: String,
+    target: String,
+}
+
+impl<'a> MemberCmds<'a> {
+    fn new(set: &'a str, wish: &'a str, why: &str) -> MemberCmds<'a> {
+        MemberCmds {
+            set,
+            wish,
+            reason: format!("ipset {wish}: {why}"),
+            target: format!("ipset {wish}"),
+        }
+    }
+
+    fn command(&self, args: Vec<String>, undo: Vec<String>, reason: String) -> Command {
+        Command {
+            program: Program::Ipset,
+            args,
+            undo: Some(undo),
+            reason,
+            target: self.target.clone(),
+            wish: Some(self.wish.to_string()),
+        }
+    }
+
+    /// `add SET MEMBER...`, undone by deleting its element.
+    fn add(&self, member: &str) -> Command {
+        let mut args = Vec::with_capacity(3);
+        args.extend(["add", self.set].map(String::from));
+        args.extend(member.split(' ').map(String::from));
+        let undo = ["del", self.set, element(member)].map(String::from).to_vec();
+        self.command(args, undo, self.reason.clone())
+    }
+
+    /// `del SET ELEMENT`, undone by adding it back.
+    fn del(&self, element: &str) -> Command {
+        let args = ["del", self.set, element].map(String::from).to_vec();
+        let undo = ["add", self.set, element].map(String::from).to_vec();
+        let reason = format!("ipset {}: member {element} not wished", self.wish);
+        self.command(args, undo, reason)
+    }
 }
 
 /// One slot of the simulated chain.
 #[derive(Clone, Debug)]
 struct Slot {
     id: usize,
+    /// `rule.key()`, here so that scanning slots for a text reads no rule.
+    key: u64,
     rule: Rule,
 }
 
+impl Slot {
+    fn new(id: usize, rule: Rule) -> Slot {
+        Slot {
+            id,
+            key: rule.key(),
+            rule,
+        }
+    }
+}
+
 /// What the final chain should hold at one position.
-struct Target {
-    rule: Rule,
+struct Target<'a> {
+    /// Borrowed: a long chain's rules are not cloned to be planned.
+    rule: &'a Rule,
     /// The current rule that already is this element, by slot id.
     source: Option<usize>,
     /// The wished name, for wished rules.
@@ -741,13 +857,14 @@ fn plan_chain(
         slot.id = id;
     }
     sim.next_id = current.len();
-    let wished_names: FnvHashSet<&str> = wish.rule_names().collect();
-    let mut by_name: FnvHashMap<&str, Vec<usize>> = FnvHashMap::default();
+    let wished_names: TextSet = wish.rule_names().collect();
+    let gone = Withdrawn::new(withdrawn);
+    let mut by_name: HashMap<&str, Vec<usize>, crate::rule::TextHash> = HashMap::default();
     let mut foreign: Vec<usize> = Vec::new();
     for (i, r) in current.iter().enumerate() {
         match r.comment() {
             Some(c) if wished_names.contains(c) => by_name.entry(c).or_default().push(i),
-            _ if is_withdrawn(r, wish, withdrawn) => {}
+            _ if gone.holds(r, &wished_names) => {}
             _ => foreign.push(i),
         }
     }
@@ -771,7 +888,7 @@ fn plan_chain(
                     None => (None, found.first().copied()),
                 };
                 targets.push(Target {
-                    rule: named.rule.clone(),
+                    rule: &named.rule,
                     source,
                     name: Some(named.name.clone()),
                     replaces,
@@ -787,7 +904,7 @@ fn plan_chain(
                     if m.regex.is_match(&shown) {
                         taken[i] = true;
                         targets.push(Target {
-                            rule: current[i].clone(),
+                            rule: &current[i],
                             source: Some(i),
                             name: None,
                             replaces: None,
@@ -800,7 +917,7 @@ fn plan_chain(
     for &i in &foreign {
         if !taken[i] {
             targets.push(Target {
-                rule: current[i].clone(),
+                rule: &current[i],
                 source: Some(i),
                 name: None,
                 replaces: None,
@@ -890,7 +1007,7 @@ fn plan_chain(
     for id in leftovers {
         let rule = sim.rule(id).clone();
         let name = rule.comment().unwrap_or("");
-        let reason = if is_withdrawn(&rule, wish, withdrawn) {
+        let reason = if gone.holds(&rule, &wished_names) {
             format!("{label}: {name} was withdrawn from the wishes; pyfw put it there")
         } else {
             format!("{label}: duplicate of wished rule {name}")
@@ -910,7 +1027,16 @@ fn longest_increasing(sources: &[Option<usize>]) -> Vec<bool> {
     let mut prev: Vec<Option<usize>> = vec![None; sources.len()];
     for (i, s) in sources.iter().enumerate() {
         let Some(s) = *s else { continue };
-        let k = tails.partition_point(|&t| sources[t].is_some_and(|v| v < s));
+        // Chains are mostly in order already: extending the longest run
+        // needs no search.
+        let extends = tails
+            .last()
+            .is_none_or(|&t| sources[t].is_some_and(|v| v < s));
+        let k = if extends {
+            tails.len()
+        } else {
+            tails.partition_point(|&t| sources[t].is_some_and(|v| v < s))
+        };
         prev[i] = k.checked_sub(1).map(|k| tails[k]);
         if k == tails.len() {
             tails.push(i);
@@ -957,10 +1083,7 @@ impl ChainSim {
             slots: rules
                 .iter()
                 .enumerate()
-                .map(|(id, rule)| Slot {
-                    id,
-                    rule: rule.clone(),
-                })
+                .map(|(id, rule)| Slot::new(id, rule.clone()))
                 .collect(),
             next_id: rules.len(),
             family,
@@ -997,12 +1120,16 @@ impl ChainSim {
             }
             self.copies = Some(copies);
         }
-        let rule = &self.slots[at].rule;
+        let Slot { key, rule, .. } = &self.slots[at];
         let single = self
             .copies
             .as_ref()
             .is_some_and(|c| c.get(rule).copied().unwrap_or(0) <= 1);
-        single || !self.slots.range(..at).any(|s| s.rule == *rule)
+        single
+            || !self
+                .slots
+                .range(..at)
+                .any(|s| s.key == *key && s.rule == *rule)
     }
 
     /// Counts one more (`true`) or one fewer copy of `rule`, once counted.
@@ -1050,7 +1177,7 @@ impl ChainSim {
         let id = self.next_id;
         self.next_id += 1;
         self.count(&rule, true);
-        self.slots.insert(at, Slot { id, rule });
+        self.slots.insert(at, Slot::new(id, rule));
         let undo = if self.first_of_its_text(at) {
             self.args("-D", None, Some(&self.slots[at].rule))
         } else {

@@ -340,8 +340,8 @@ impl Validator {
         let kind = kind?;
         let mut members = None;
         if let Some(list) = raw.members_equal {
-            let mut seen = fnv::FnvHashSet::default();
-            let mut out = Vec::with_capacity(list.value.0.len());
+            let mut seen = Elements::with_capacity(list.value.0.len());
+            let mut out: Vec<String> = Vec::with_capacity(list.value.0.len());
             let list_line = list.referenced.line();
             for m in list.value.0 {
                 let mline = m.line.unwrap_or(list_line);
@@ -350,13 +350,17 @@ impl Validator {
                     ok = false;
                     continue;
                 };
-                match kind.expand_member(&text, family) {
+                // The text is needed again only for a message.
+                let (expanded, text) = if m.line.is_some() {
+                    (kind.expand_member(&text, family), Some(text))
+                } else {
+                    (kind.expand_owned(text, family), None)
+                };
+                match expanded {
                     Ok(elements) => {
                         for norm in elements {
-                            let element = norm.split(' ').next().unwrap_or("");
-                            if !seen.contains(element) {
-                                seen.insert(element.to_string());
-                            } else {
+                            if seen.insert(&out, &norm) {
+                                let text = text.as_deref().unwrap_or(norm.as_str());
                                 self.error(mline, label, &format!("member `{text}` listed twice"));
                                 ok = false;
                             }
@@ -518,6 +522,41 @@ impl Validator {
         }
         ok.then_some(out)
     }
+}
+
+/// The elements of a set's members seen so far, by hash, each pointing at
+/// its first member in the list being built: finding a member listed twice
+/// copies no member.
+struct Elements(fnv::FnvHashMap<u64, usize>);
+
+impl Elements {
+    fn with_capacity(n: usize) -> Elements {
+        let mut map = fnv::FnvHashMap::default();
+        map.reserve(n);
+        Elements(map)
+    }
+
+    /// Notes the element of `member`, about to be pushed onto `members`;
+    /// true when an earlier member has the same element.
+    fn insert(&mut self, members: &[String], member: &str) -> bool {
+        let key = crate::rule::text_key(element(member).as_bytes());
+        match self.0.get(&key) {
+            None => {
+                self.0.insert(key, members.len());
+                false
+            }
+            Some(&first) if members.get(first).is_some_and(|m| element(m) == element(member)) => {
+                true
+            }
+            // Two elements with one hash: rare enough to settle by a scan.
+            Some(_) => members.iter().any(|m| element(m) == element(member)),
+        }
+    }
+}
+
+/// A member's element: its first word, before any options.
+fn element(member: &str) -> &str {
+    member.split(' ').next().unwrap_or("")
 }
 
 fn header_family(header: &[String]) -> Result<SetFamily, String> {
