@@ -540,6 +540,27 @@ mod tests {
     }
 
     #[test]
+    fn plain_addresses_skip_nothing_but_work() {
+        let t = SetType::parse("hash:ip").unwrap();
+        for m in [
+            "0.0.0.0",
+            "10.0.0.1",
+            "255.255.255.255",
+            "010.0.0.1",
+            "10.0.0.256",
+            "1.2.3",
+            "2001:db8::1",
+            " 10.0.0.1",
+        ] {
+            for family in [SetFamily::Inet, SetFamily::Inet6] {
+                let slow = t.expand_member_slow(m, family);
+                assert_eq!(t.expand_member(m, family), slow, "{m}");
+                assert_eq!(t.expand_owned(m.to_string(), family), slow, "{m}");
+            }
+        }
+    }
+
+    #[test]
     fn address_sets_store_networks_address_by_address() {
         assert_eq!(
             norm("hash:ip", "10.0.0.4/30").unwrap(),

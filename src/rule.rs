@@ -23,33 +23,28 @@ pub const TEMP_PREFIX: &str = "_pyfw_temp_";
 /// `String` each: reading a 50,000-rule `iptables-save` (the daemon does it
 /// on every poll) then costs one allocation per rule, not a dozen, and
 /// comparing or hashing a rule is comparing or hashing one string. The
-/// argv as `String`s ([`Rule::args`]) is built on first use, once per rule
-/// and its clones.
+/// argv as `String`s ([`Rule::args`]) is built on first use: a rule handed
+/// to a program is one of a few, not one of 50,000.
 #[derive(Clone)]
-pub struct Rule(Arc<Inner>);
-
-struct Inner {
+pub struct Rule {
     /// The tokens joined by NUL. `None` when that would not read back
     /// unambiguously (no tokens at all, or a token holding a NUL, which no
     /// C argv can): such rules keep their tokens in `args` only.
-    joined: Option<Box<str>>,
-    /// The tokens as `String`s, built when [`Rule::args`] is first called.
-    args: OnceLock<Box<[String]>>,
+    joined: Option<Arc<str>>,
     /// A hash of the tokens, taken once, so that maps keyed by rule cost
-    /// no rehashing of text.
+    /// no rehashing of text and unequal rules mostly differ here.
     key: u64,
+    /// The tokens as `String`s, built when [`Rule::args`] is first called.
+    args: OnceLock<Arc<[String]>>,
 }
 
 impl PartialEq for Rule {
     fn eq(&self, other: &Rule) -> bool {
-        if Arc::ptr_eq(&self.0, &other.0) {
-            return true;
-        }
-        if self.0.key != other.0.key {
+        if self.key != other.key {
             return false;
         }
-        match (&self.0.joined, &other.0.joined) {
-            (Some(a), Some(b)) => a == b,
+        match (&self.joined, &other.joined) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
             (None, None) => self.args() == other.args(),
             _ => false,
         }
@@ -60,7 +55,7 @@ impl Eq for Rule {}
 
 impl Hash for Rule {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.0.key);
+        state.write_u64(self.key);
     }
 }
 
@@ -118,7 +113,8 @@ pub struct Tokens<'a>(TokensInner<'a>);
 
 #[derive(Clone)]
 enum TokensInner<'a> {
-    Joined(std::str::Split<'a, char>),
+    /// What is left of the joined text; `None` once it is all read.
+    Joined(Option<&'a str>),
     Args(std::slice::Iter<'a, String>),
 }
 
@@ -126,7 +122,21 @@ impl<'a> Iterator for Tokens<'a> {
     type Item = &'a str;
     fn next(&mut self) -> Option<&'a str> {
         match &mut self.0 {
-            TokensInner::Joined(split) => split.next(),
+            // By hand rather than `split('\0')`: tokens are a few bytes
+            // long, too short for a searcher to pay for itself.
+            TokensInner::Joined(rest) => {
+                let r = (*rest)?;
+                match r.bytes().position(|b| b == 0) {
+                    Some(i) => {
+                        *rest = r.get(i + 1..);
+                        r.get(..i)
+                    }
+                    None => {
+                        *rest = None;
+                        Some(r)
+                    }
+                }
+            }
             TokensInner::Args(iter) => iter.next().map(String::as_str),
         }
     }
@@ -259,37 +269,35 @@ impl Rule {
         // Marks these keys apart from the joined form's.
         bytes.push(1);
         let key = text_key(&bytes);
-        let cell = OnceLock::new();
-        let _ = cell.set(args.into_boxed_slice());
-        Rule(Arc::new(Inner {
+        Rule {
             joined: None,
-            args: cell,
             key,
-        }))
+            args: OnceLock::from(Arc::from(args)),
+        }
     }
 
     /// A rule from tokens already joined by NUL (at least one token, none
     /// holding a NUL).
     pub(crate) fn from_joined(joined: Box<str>) -> Rule {
-        Rule(Arc::new(Inner {
+        Rule {
             key: text_key(joined.as_bytes()),
-            joined: Some(joined),
+            joined: Some(Arc::from(joined)),
             args: OnceLock::new(),
-        }))
+        }
     }
 
     /// The tokens as `String`s, for callers that hand them to a program.
     pub fn args(&self) -> &[String] {
-        self.0.args.get_or_init(|| match &self.0.joined {
+        self.args.get_or_init(|| match &self.joined {
             Some(j) => j.split('\0').map(String::from).collect(),
-            None => Box::new([]),
+            None => Arc::new([]),
         })
     }
 
     /// The tokens, borrowed: no allocation.
     pub fn tokens(&self) -> Tokens<'_> {
-        match &self.0.joined {
-            Some(j) => Tokens(TokensInner::Joined(j.split('\0'))),
+        match &self.joined {
+            Some(j) => Tokens(TokensInner::Joined(Some(j))),
             None => Tokens(TokensInner::Args(self.args().iter())),
         }
     }
@@ -297,12 +305,12 @@ impl Rule {
     /// A hash of the tokens, the one [`Hash`] uses: equal rules have equal
     /// keys, so unequal keys tell rules apart without reading them.
     pub(crate) fn key(&self) -> u64 {
-        self.0.key
+        self.key
     }
 
     /// The tokens joined by NUL, for the common form; `None` otherwise.
     pub(crate) fn joined(&self) -> Option<&str> {
-        self.0.joined.as_deref()
+        self.joined.as_deref()
     }
 
     /// Appends the rule as [`fmt::Display`] shows it, without allocating
@@ -310,14 +318,17 @@ impl Rule {
     /// this text for every rule of a chain.
     pub fn display_into(&self, out: &mut String) {
         if let Some(j) = self.joined() {
-            let plain = !j.is_empty()
-                && !j.starts_with('\0')
-                && !j.ends_with('\0')
-                && !j.contains("\0\0")
-                && j.bytes().all(|b| b == 0 || safe_byte(b));
+            // Plain when no token is empty and every byte is safe: then
+            // the text is the joined text with blanks for NULs.
+            let mut prev = 0u8;
+            let plain = j.bytes().all(|b| {
+                let ok = if b == 0 { prev != 0 } else { safe_byte(b) };
+                prev = b;
+                ok
+            }) && prev != 0;
             if plain {
                 out.reserve(j.len());
-                for (i, tok) in j.split('\0').enumerate() {
+                for (i, tok) in self.tokens().enumerate() {
                     if i > 0 {
                         out.push(' ');
                     }

@@ -242,7 +242,7 @@ pub fn parse_iptables_save(text: &str) -> Result<Ruleset, ParseError> {
 /// blanks; the rest split as a shell would. Either way the words go into
 /// `buf` joined by NUL, and the rule costs one allocation, the chain none.
 fn split_rule_line<'b>(line: &str, buf: &'b mut Vec<u8>) -> Option<Option<(Cow<'b, str>, Rule)>> {
-    if line.contains('\0') {
+    if line.as_bytes().contains(&0) {
         // No real rule holds a NUL; odd input takes the general path.
         let mut args = split_line(line)?;
         if args.len() < 2 || args[0] != "-A" {
@@ -253,14 +253,36 @@ fn split_rule_line<'b>(line: &str, buf: &'b mut Vec<u8>) -> Option<Option<(Cow<'
         return Some(Some((Cow::Owned(chain), Rule::from_args(args))));
     }
     buf.clear();
-    if line.contains(['"', '\'', '\\']) {
-        crate::rule::split_joined(line, buf)?;
-    } else {
-        for word in line.split_ascii_whitespace() {
-            if !buf.is_empty() {
-                buf.push(0);
+    // The usual line, words apart by one blank and nothing to unquote,
+    // is copied whole with NULs for blanks, in one pass.
+    buf.extend_from_slice(line.as_bytes());
+    let mut after_blank = true;
+    let mut simple = true;
+    for b in buf.iter_mut() {
+        match *b {
+            b' ' if !after_blank => {
+                *b = 0;
+                after_blank = true;
             }
-            buf.extend_from_slice(word.as_bytes());
+            b'"' | b'\'' | b'\\' | 0 => simple = false,
+            c if c.is_ascii_whitespace() => simple = false,
+            _ => after_blank = false,
+        }
+        if !simple {
+            break;
+        }
+    }
+    if !simple || after_blank {
+        buf.clear();
+        if line.bytes().any(|b| matches!(b, b'"' | b'\'' | b'\\')) {
+            crate::rule::split_joined(line, buf)?;
+        } else {
+            for word in line.split_ascii_whitespace() {
+                if !buf.is_empty() {
+                    buf.push(0);
+                }
+                buf.extend_from_slice(word.as_bytes());
+            }
         }
     }
     // Splitting cuts only at ASCII bytes, so this is the line's own UTF-8.
@@ -469,6 +491,23 @@ COMMIT
             rs.chain("nat", "PREROUTING").unwrap().policy.as_deref(),
             Some("ACCEPT")
         );
+    }
+
+    proptest::proptest! {
+        /// The one-pass splitter reads every line as the plain one did:
+        /// `split_line`, then `-A CHAIN` off the front.
+        #[test]
+        fn rule_lines_split_as_before(rest in "[ a-c\"'\\\\\t\0#]{0,16}", chain in "[A-Z\" ]{1,3}") {
+            let line = format!("-A {chain} {rest}");
+            let want = split_line(&line).map(|args| {
+                (args.len() >= 2 && args[0] == "-A")
+                    .then(|| (args[1].clone(), Rule::from_args(args[2..].to_vec())))
+            });
+            let mut buf = Vec::new();
+            let got = split_rule_line(&line, &mut buf)
+                .map(|split| split.map(|(chain, rule)| (chain.into_owned(), rule)));
+            proptest::prop_assert_eq!(got, want);
+        }
     }
 
     #[test]

@@ -494,8 +494,7 @@ impl Validator {
                 }
             };
             if let Some(bad) = rule
-                .args()
-                .iter()
+                .tokens()
                 .find_map(|a| a.chars().find(|c| c.is_control()))
             {
                 let msg = format!(
@@ -746,8 +745,11 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for Map<V> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
                 let mut entries: Vec<(Spanned<String>, V)> = Vec::new();
+                // A set, not a scan of `entries`: thousands of chains or
+                // sets must not cost a comparison per pair.
+                let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
                 while let Some(key) = access.next_key::<Spanned<String>>()? {
-                    if entries.iter().any(|(k, _)| k.value == key.value) {
+                    if !seen.insert(key.value.clone()) {
                         return Err(de::Error::custom(format!(
                             "duplicate key `{}` on line {}",
                             key.value,
