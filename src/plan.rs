@@ -737,18 +737,30 @@ fn plan_ipset(
     let Some(wished) = &wish.members else {
         return SetChange::None;
     };
-    let wished_elements: TextSet = wished.iter().map(|m| element(m)).collect();
-    let have_elements: TextSet = have.members.iter().map(String::as_str).collect();
+    // One pass over each list, each member read as few times as can be:
+    // with 100,000 members scattered over the heap, reading them is the
+    // cost. `first[i]` is the first member with member `i`'s element.
+    let mut have_at: HashMap<&str, usize, crate::rule::TextHash> = HashMap::default();
+    have_at.reserve(have.members.len());
+    let first: Vec<usize> = (have.members.iter().enumerate())
+        .map(|(i, m)| *have_at.entry(m.as_str()).or_insert(i))
+        .collect();
+    let mut wished_here = vec![false; have.members.len()];
+    let mut missing = Vec::new();
+    for m in wished {
+        match have_at.get(element(m)) {
+            Some(&i) => wished_here[i] = true,
+            None => missing.push(m),
+        }
+    }
     let cmds = MemberCmds::new(name, name, "member missing");
-    for m in &have.members {
-        if !wished_elements.contains(m.as_str()) {
+    for (m, &f) in have.members.iter().zip(&first) {
+        if !wished_here[f] {
             out.push(cmds.del(m));
         }
     }
-    for m in wished {
-        if !have_elements.contains(element(m)) {
-            out.push(cmds.add(m));
-        }
+    for m in missing {
+        out.push(cmds.add(m));
     }
     SetChange::None
 }
@@ -1064,7 +1076,9 @@ struct ChainSim {
     /// the usual case of one copy. Counted only once an edit lands deeper
     /// than [`ChainSim::SHALLOW`]: most plans edit near the top, where
     /// looking above is cheaper than counting a 50,000-rule chain.
-    copies: Option<FnvHashMap<Rule, usize>>,
+    /// Keyed by [`Rule::key`]: two texts sharing a key count together,
+    /// which only ever sends a question to the scan.
+    copies: Option<FnvHashMap<u64, usize>>,
     next_id: usize,
     family: Family,
     table: String,
@@ -1113,10 +1127,10 @@ impl ChainSim {
     /// True when the first rule with this slot's text is this slot.
     fn first_of_its_text(&mut self, at: usize) -> bool {
         if at >= Self::SHALLOW && self.copies.is_none() {
-            let mut copies: FnvHashMap<Rule, usize> = FnvHashMap::default();
+            let mut copies: FnvHashMap<u64, usize> = FnvHashMap::default();
             copies.reserve(self.slots.len());
             for s in &self.slots {
-                *copies.entry(s.rule.clone()).or_default() += 1;
+                *copies.entry(s.key).or_default() += 1;
             }
             self.copies = Some(copies);
         }
@@ -1124,7 +1138,7 @@ impl ChainSim {
         let single = self
             .copies
             .as_ref()
-            .is_some_and(|c| c.get(rule).copied().unwrap_or(0) <= 1);
+            .is_some_and(|c| c.get(key).copied().unwrap_or(0) <= 1);
         single
             || !self
                 .slots
@@ -1138,8 +1152,8 @@ impl ChainSim {
             return;
         };
         if more {
-            *copies.entry(rule.clone()).or_default() += 1;
-        } else if let Some(n) = copies.get_mut(rule) {
+            *copies.entry(rule.key()).or_default() += 1;
+        } else if let Some(n) = copies.get_mut(&rule.key()) {
             *n = n.saturating_sub(1);
         }
     }

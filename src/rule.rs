@@ -361,6 +361,9 @@ impl Rule {
 
     /// The rule's name: the value of its first comment match, if any.
     pub fn comment(&self) -> Option<&str> {
+        if let Some(found) = self.joined().and_then(comment_in_joined) {
+            return found;
+        }
         self.comments().next().map(|(_, c)| c)
     }
 
@@ -457,6 +460,41 @@ impl Rule {
             args[i] = &value[TEMP_PREFIX.len()..];
         }
         Some(Rule::from_tokens(args))
+    }
+}
+
+/// [`Rule::comment`] read straight off the joined text, for the common
+/// shapes: no `--comment` token at all, or a first one right after
+/// `-m comment`. `None` leaves other shapes to the token walk. The planner
+/// asks this of every rule of every chain it plans.
+fn comment_in_joined(j: &str) -> Option<Option<&str>> {
+    const OPT: &str = "--comment";
+    let bytes = j.as_bytes();
+    let mut from = 0;
+    let at = loop {
+        let Some(at) = j.get(from..).and_then(|rest| rest.find(OPT)) else {
+            return Some(None);
+        };
+        let at = from + at;
+        let starts = at == 0 || bytes.get(at - 1) == Some(&0);
+        let end = at + OPT.len();
+        if starts && (end == bytes.len() || bytes.get(end) == Some(&0)) {
+            break at;
+        }
+        from = at + 1;
+    };
+    let before = j.get(..at)?;
+    let in_match = ["-m\0comment\0", "--match\0comment\0"].iter().any(|m| {
+        before
+            .strip_suffix(m)
+            .is_some_and(|b| b.is_empty() || b.ends_with('\0'))
+    });
+    if !in_match {
+        return None;
+    }
+    match j.get(at + OPT.len() + 1..) {
+        None => Some(None),
+        Some(rest) => Some(Some(rest.split('\0').next().unwrap_or(rest))),
     }
 }
 
@@ -625,6 +663,15 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// The shortcut to a rule's comment finds what the token walk finds.
+        #[test]
+        fn comment_shortcut_agrees(picks in proptest::collection::vec(0usize..8, 0..8)) {
+            const WORDS: [&str; 8] =
+                ["-m", "--match", "comment", "--comment", "x", "", "a--comment", "-j"];
+            let rule = Rule::from_tokens(picks.iter().map(|&i| WORDS[i]));
+            proptest::prop_assert_eq!(rule.comment(), rule.comments().next().map(|(_, c)| c));
+        }
+
         /// The NUL-joined splitter is `shlex::split`, word for word.
         #[test]
         fn splits_like_shlex(text in "[ a-c#\"'\\\\\t\n-]{0,24}") {
