@@ -13,6 +13,7 @@
 //! carries its inverse so that the shell can roll back a plan that fails
 //! half-way.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt;
 
@@ -849,7 +850,7 @@ struct Target<'a> {
     /// The current rule that already is this element, by slot id.
     source: Option<usize>,
     /// The wished name, for wished rules.
-    name: Option<String>,
+    name: Option<&'a str>,
     /// An existing rule with this wish's name but other text, replaced here.
     replaces: Option<usize>,
 }
@@ -862,12 +863,16 @@ fn plan_chain(
 ) -> (Vec<Command>, Vec<Rule>) {
     let label = wish.label();
     let mut sim = ChainSim::new(wish.family, &wish.table, &wish.chain, current);
-    sim.recover_temps();
-    // From here on the chain holds no temporary copies; number it afresh.
-    let current: Vec<Rule> = sim.slots.iter().map(|s| s.rule.clone()).collect();
-    for (id, slot) in sim.slots.iter_mut().enumerate() {
-        slot.id = id;
-    }
+    // From here on the chain holds no temporary copies; where there were
+    // some, number it afresh (else it is numbered as read already).
+    let current: Cow<[Rule]> = if sim.recover_temps() {
+        for (id, slot) in sim.slots.iter_mut().enumerate() {
+            slot.id = id;
+        }
+        Cow::Owned(sim.slots.iter().map(|s| s.rule.clone()).collect())
+    } else {
+        Cow::Borrowed(current)
+    };
     sim.next_id = current.len();
     let wished_names: TextSet = wish.rule_names().collect();
     let gone = Withdrawn::new(withdrawn);
@@ -902,7 +907,7 @@ fn plan_chain(
                 targets.push(Target {
                     rule: &named.rule,
                     source,
-                    name: Some(named.name.clone()),
+                    name: Some(named.name.as_str()),
                     replaces,
                 });
             }
@@ -970,7 +975,6 @@ fn plan_chain(
         let at = pred.map_or(0, |id| sim.pos(id) + 1);
         let what = t
             .name
-            .as_deref()
             .map_or_else(|| "a rule matched by ~match".to_string(), String::from);
         match t.source {
             Some(src) => {
@@ -983,7 +987,7 @@ fn plan_chain(
                         now + 1,
                         at + 1
                     );
-                    sim.move_rule(src, at, t.name.as_deref(), &reason);
+                    sim.move_rule(src, at, t.name, &reason);
                 }
                 placed.push(src);
             }
@@ -996,11 +1000,11 @@ fn plan_chain(
                     ),
                     None => format!("{label}: {what} missing"),
                 };
-                let id = sim.insert(at, t.rule.clone(), t.name.as_deref(), &reason);
+                let id = sim.insert(at, t.rule.clone(), t.name, &reason);
                 if let Some(old) = t.replaces {
                     sim.delete(
                         old,
-                        t.name.as_deref(),
+                        t.name,
                         &format!("{label}: {what}: remove the old text"),
                     );
                     pending[old] = false;
@@ -1242,13 +1246,15 @@ impl ChainSim {
     /// Removes temporary copies left by an interrupted move. Where the copy
     /// is all that is left of a rule, the rule is put back in its place
     /// first, so that nothing is ever missing.
-    fn recover_temps(&mut self) {
+    /// True when there were any.
+    fn recover_temps(&mut self) -> bool {
         let temps: Vec<usize> = self
             .slots
             .iter()
             .filter(|s| s.rule.is_temp())
             .map(|s| s.id)
             .collect();
+        let any = !temps.is_empty();
         for id in temps {
             let Some(base) = self.rule(id).temp_base() else {
                 continue;
@@ -1265,6 +1271,7 @@ impl ChainSim {
             );
             self.delete(id, wish.as_deref(), &reason);
         }
+        any
     }
 
     fn rename(&mut self, from: usize, to: usize) {

@@ -21,30 +21,38 @@ pub const TEMP_PREFIX: &str = "_pyfw_temp_";
 ///
 /// The tokens are kept as one string, joined by NUL, rather than one
 /// `String` each: reading a 50,000-rule `iptables-save` (the daemon does it
-/// on every poll) then costs one allocation per rule, not a dozen, and
+/// on every poll) then costs two allocations per rule, not a dozen, and
 /// comparing or hashing a rule is comparing or hashing one string. The
 /// argv as `String`s ([`Rule::args`]) is built on first use: a rule handed
 /// to a program is one of a few, not one of 50,000.
+///
+/// The handle is one pointer: a planner copies chains of rules about, and
+/// a small handle keeps those copies small.
 #[derive(Clone)]
-pub struct Rule {
+pub struct Rule(Arc<Inner>);
+
+struct Inner {
     /// The tokens joined by NUL. `None` when that would not read back
     /// unambiguously (no tokens at all, or a token holding a NUL, which no
     /// C argv can): such rules keep their tokens in `args` only.
-    joined: Option<Arc<str>>,
+    joined: Option<Box<str>>,
     /// A hash of the tokens, taken once, so that maps keyed by rule cost
     /// no rehashing of text and unequal rules mostly differ here.
     key: u64,
     /// The tokens as `String`s, built when [`Rule::args`] is first called.
-    args: OnceLock<Arc<[String]>>,
+    args: OnceLock<Box<[String]>>,
 }
 
 impl PartialEq for Rule {
     fn eq(&self, other: &Rule) -> bool {
-        if self.key != other.key {
+        if Arc::ptr_eq(&self.0, &other.0) {
+            return true;
+        }
+        if self.0.key != other.0.key {
             return false;
         }
-        match (&self.joined, &other.joined) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+        match (&self.0.joined, &other.0.joined) {
+            (Some(a), Some(b)) => a == b,
             (None, None) => self.args() == other.args(),
             _ => false,
         }
@@ -55,7 +63,7 @@ impl Eq for Rule {}
 
 impl Hash for Rule {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.key);
+        state.write_u64(self.0.key);
     }
 }
 
@@ -269,34 +277,34 @@ impl Rule {
         // Marks these keys apart from the joined form's.
         bytes.push(1);
         let key = text_key(&bytes);
-        Rule {
+        Rule(Arc::new(Inner {
             joined: None,
             key,
-            args: OnceLock::from(Arc::from(args)),
-        }
+            args: OnceLock::from(args.into_boxed_slice()),
+        }))
     }
 
     /// A rule from tokens already joined by NUL (at least one token, none
     /// holding a NUL).
     pub(crate) fn from_joined(joined: Box<str>) -> Rule {
-        Rule {
+        Rule(Arc::new(Inner {
             key: text_key(joined.as_bytes()),
-            joined: Some(Arc::from(joined)),
+            joined: Some(joined),
             args: OnceLock::new(),
-        }
+        }))
     }
 
     /// The tokens as `String`s, for callers that hand them to a program.
     pub fn args(&self) -> &[String] {
-        self.args.get_or_init(|| match &self.joined {
+        self.0.args.get_or_init(|| match &self.0.joined {
             Some(j) => j.split('\0').map(String::from).collect(),
-            None => Arc::new([]),
+            None => Box::new([]),
         })
     }
 
     /// The tokens, borrowed: no allocation.
     pub fn tokens(&self) -> Tokens<'_> {
-        match &self.joined {
+        match &self.0.joined {
             Some(j) => Tokens(TokensInner::Joined(Some(j))),
             None => Tokens(TokensInner::Args(self.args().iter())),
         }
@@ -305,12 +313,12 @@ impl Rule {
     /// A hash of the tokens, the one [`Hash`] uses: equal rules have equal
     /// keys, so unequal keys tell rules apart without reading them.
     pub(crate) fn key(&self) -> u64 {
-        self.key
+        self.0.key
     }
 
     /// The tokens joined by NUL, for the common form; `None` otherwise.
     pub(crate) fn joined(&self) -> Option<&str> {
-        self.joined.as_deref()
+        self.0.joined.as_deref()
     }
 
     /// Appends the rule as [`fmt::Display`] shows it, without allocating

@@ -350,21 +350,23 @@ impl Validator {
                     ok = false;
                     continue;
                 };
-                // The text is needed again only for a message.
+                // The text is needed again only for a message, and only
+                // messages from the pass with lines are shown.
+                let start = out.len();
                 let (expanded, text) = if m.line.is_some() {
-                    (kind.expand_member(&text, family), Some(text))
+                    let expanded = kind.expand_member(&text, family);
+                    (expanded.map(|e| out.extend(e)), Some(text))
                 } else {
-                    (kind.expand_owned(text, family), None)
+                    (kind.expand_into(text, family, &mut out), None)
                 };
                 match expanded {
-                    Ok(elements) => {
-                        for norm in elements {
-                            if seen.insert(&out, &norm) {
-                                let text = text.as_deref().unwrap_or(norm.as_str());
+                    Ok(()) => {
+                        for k in start..out.len() {
+                            if seen.insert(&out, k) {
+                                let text = text.as_deref().unwrap_or(out[k].as_str());
                                 self.error(mline, label, &format!("member `{text}` listed twice"));
                                 ok = false;
                             }
-                            out.push(norm);
                         }
                     }
                     Err(why) => {
@@ -535,20 +537,23 @@ impl Elements {
         Elements(map)
     }
 
-    /// Notes the element of `member`, about to be pushed onto `members`;
-    /// true when an earlier member has the same element.
-    fn insert(&mut self, members: &[String], member: &str) -> bool {
+    /// Notes the element of `members[k]`; true when an earlier member has
+    /// the same element.
+    fn insert(&mut self, members: &[String], k: usize) -> bool {
+        let Some(member) = members.get(k) else {
+            return false;
+        };
         let key = crate::rule::text_key(element(member).as_bytes());
         match self.0.get(&key) {
             None => {
-                self.0.insert(key, members.len());
+                self.0.insert(key, k);
                 false
             }
             Some(&first) if members.get(first).is_some_and(|m| element(m) == element(member)) => {
                 true
             }
             // Two elements with one hash: rare enough to settle by a scan.
-            Some(_) => members.iter().any(|m| element(m) == element(member)),
+            Some(_) => members[..k].iter().any(|m| element(m) == element(member)),
         }
     }
 }
