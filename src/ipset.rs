@@ -138,9 +138,7 @@ impl SetType {
     /// parser takes only plain dotted quads, no leading zeros, so the text
     /// is its own canonical form).
     fn is_plain_address(&self, member: &str, family: SetFamily) -> bool {
-        family == SetFamily::Inet
-            && self.parts == [Part::Ip]
-            && member.parse::<Ipv4Addr>().is_ok()
+        family == SetFamily::Inet && self.parts == [Part::Ip] && member.parse::<Ipv4Addr>().is_ok()
     }
 
     fn expand_member_slow(&self, member: &str, family: SetFamily) -> Result<Vec<String>, String> {

@@ -811,7 +811,9 @@ impl<'a> MemberCmds<'a> {
         let mut args = Vec::with_capacity(3);
         args.extend(["add", self.set].map(String::from));
         args.extend(member.split(' ').map(String::from));
-        let undo = ["del", self.set, element(member)].map(String::from).to_vec();
+        let undo = ["del", self.set, element(member)]
+            .map(String::from)
+            .to_vec();
         self.command(args, undo, self.reason.clone())
     }
 

@@ -403,10 +403,10 @@ impl Rule {
     /// The ipsets the rule names (`--match-set`, `--add-set`, `--del-set`).
     pub fn sets(&self) -> impl Iterator<Item = &str> {
         let mut prev: Option<&str> = None;
-        self.tokens().filter_map(move |tok| {
+        self.tokens().filter(move |tok| {
             let names_set = matches!(prev, Some("--match-set" | "--add-set" | "--del-set"));
             prev = Some(tok);
-            names_set.then_some(tok)
+            names_set
         })
     }
 
@@ -457,9 +457,7 @@ impl Rule {
 
     /// For a temporary copy, the rule it stands for.
     pub fn temp_base(&self) -> Option<Rule> {
-        let (i, value) = self
-            .comments()
-            .find(|(_, c)| c.starts_with(TEMP_PREFIX))?;
+        let (i, value) = self.comments().find(|(_, c)| c.starts_with(TEMP_PREFIX))?;
         let mut args: Vec<&str> = self.tokens().collect();
         if value == FOREIGN_TEMP {
             // Drop `-m comment --comment _pyfw_temp_~`.

@@ -139,7 +139,7 @@ pub fn parse_iptables_save(text: &str) -> Result<Ruleset, ParseError> {
     let mut current: Option<(String, Table)> = None;
     // Chain name to index in the current table: hosts have thousands of
     // chains, so a linear search per rule line would be quadratic.
-    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut index: HashMap<String, usize, crate::rule::TextHash> = HashMap::default();
     // One buffer for splitting every rule line.
     let mut buf: Vec<u8> = Vec::new();
     for (idx, raw) in text.lines().enumerate() {

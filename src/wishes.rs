@@ -549,7 +549,11 @@ impl Elements {
                 self.0.insert(key, k);
                 false
             }
-            Some(&first) if members.get(first).is_some_and(|m| element(m) == element(member)) => {
+            Some(&first)
+                if members
+                    .get(first)
+                    .is_some_and(|m| element(m) == element(member)) =>
+            {
                 true
             }
             // Two elements with one hash: rare enough to settle by a scan.
