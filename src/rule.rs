@@ -325,25 +325,28 @@ impl Rule {
     /// when no token needs quoting (most rules): `~match` patterns read
     /// this text for every rule of a chain.
     pub fn display_into(&self, out: &mut String) {
-        if let Some(j) = self.joined() {
-            // Plain when no token is empty and every byte is safe: then
-            // the text is the joined text with blanks for NULs.
-            let mut prev = 0u8;
-            let plain = j.bytes().all(|b| {
-                let ok = if b == 0 { prev != 0 } else { safe_byte(b) };
-                prev = b;
-                ok
-            }) && prev != 0;
-            if plain {
-                out.reserve(j.len());
-                for (i, tok) in self.tokens().enumerate() {
-                    if i > 0 {
-                        out.push(' ');
-                    }
-                    out.push_str(tok);
+        if let Some(j) = self.joined()
+            && j.bytes().all(|b| SAFE_OR_NUL[usize::from(b)])
+        {
+            // Every byte safe: the text is the tokens with blanks between,
+            // unless a token is empty (shown quoted), which is rare.
+            let start = out.len();
+            out.reserve(j.len());
+            let mut plain = true;
+            for (i, tok) in self.tokens().enumerate() {
+                if tok.is_empty() {
+                    plain = false;
+                    break;
                 }
+                if i > 0 {
+                    out.push(' ');
+                }
+                out.push_str(tok);
+            }
+            if plain {
                 return;
             }
+            out.truncate(start);
         }
         push_display(out, self.tokens());
     }
@@ -542,6 +545,13 @@ const SAFE: [bool; 256] = {
         t[extra[i] as usize] = true;
         i += 1;
     }
+    t
+};
+
+/// [`SAFE`], and NUL too: the separator of joined tokens.
+const SAFE_OR_NUL: [bool; 256] = {
+    let mut t = SAFE;
+    t[0] = true;
     t
 };
 
