@@ -129,9 +129,19 @@ impl Owned {
 /// A short, stable fingerprint of a rule's text.
 pub fn text_hash(rule: &Rule) -> String {
     let mut h = fnv::FnvHasher::default();
-    for arg in rule.args() {
-        h.write(arg.as_bytes());
-        h.write(&[0]);
+    // Each token then a NUL: the joined form is exactly that, less the
+    // last NUL, so most rules hash without building their argv.
+    match rule.joined() {
+        Some(joined) => {
+            h.write(joined.as_bytes());
+            h.write(&[0]);
+        }
+        None => {
+            for arg in rule.tokens() {
+                h.write(arg.as_bytes());
+                h.write(&[0]);
+            }
+        }
     }
     format!("{:016x}", h.finish())
 }
@@ -154,6 +164,27 @@ pub fn read(state: &State) -> Vec<Owned> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_hash_is_the_recorded_one() {
+        // The record in the kernel holds these: the fast path over the
+        // joined text must hash exactly as each token then a NUL did.
+        for r in [
+            Rule::parse("-p tcp -m comment --comment 'a b' -j ACCEPT").unwrap(),
+            Rule::from_args(vec!["x\0y".into(), String::new()]),
+            Rule::from_args(vec![]),
+        ] {
+            let mut h = fnv::FnvHasher::default();
+            for arg in r.args() {
+                h.write(arg.as_bytes());
+                h.write(&[0]);
+            }
+            assert_eq!(text_hash(&r), format!("{:016x}", h.finish()), "{r}");
+        }
+        let r = Rule::parse("-s 10.0.0.1/32 -j DROP").unwrap();
+        // FNV-1a of `-s 10.0.0.1/32 -j DROP`, each token NUL-terminated.
+        assert_eq!(text_hash(&r), "849ce40835f963e7");
+    }
 
     #[test]
     fn keys_round_trip() {

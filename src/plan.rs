@@ -13,10 +13,11 @@
 //! carries its inverse so that the shell can roll back a plan that fails
 //! half-way.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt;
 
-use fnv::{FnvHashMap, FnvHashSet};
+use fnv::FnvHashMap;
 
 use crate::ownership::{self, Owned, RECORD_CREATE, RECORD_SET};
 use crate::rule::{Rule, TEMP_PREFIX, display_args};
@@ -109,6 +110,29 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
     // the same every time.
     let mut chains: Vec<ChainWish> = wishes.chains.clone();
     let mut withdrawn: HashMap<(Family, String, String), Vec<(String, String)>> = HashMap::new();
+    // Looked up once per record entry: sets, so that a record of thousands
+    // of rules costs no scan of the wishes per entry.
+    let wished_chains: HashSet<(Family, &str, &str)> = wishes
+        .chains
+        .iter()
+        .map(|c| (c.family, c.table.as_str(), c.chain.as_str()))
+        .collect();
+    let with_rules: HashSet<(Family, &str, &str)> = wishes
+        .chains
+        .iter()
+        .filter(|c| c.rules.is_some())
+        .map(|c| (c.family, c.table.as_str(), c.chain.as_str()))
+        .collect();
+    let wished_rules: HashSet<(Family, &str, &str, &str)> = wishes
+        .chains
+        .iter()
+        .filter(|c| c.rules.is_some())
+        .flat_map(|c| {
+            c.rule_names()
+                .map(|n| (c.family, c.table.as_str(), c.chain.as_str(), n))
+        })
+        .collect();
+    let mut added: HashSet<(Family, String, String)> = HashSet::new();
     for entry in &record {
         let Owned::Rule {
             family,
@@ -120,20 +144,18 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
         else {
             continue;
         };
-        let wished = wishes.chains.iter().find(|c| {
-            c.family == *family && c.table == *table && c.chain == *chain && c.rules.is_some()
-        });
-        if wished.is_some_and(|c| c.rule_names().any(|n| n == name)) {
+        let key = (*family, table.as_str(), chain.as_str());
+        let wished = with_rules.contains(&key);
+        if wished && wished_rules.contains(&(*family, table, chain, name)) {
             continue;
         }
         withdrawn
             .entry((*family, table.clone(), chain.clone()))
             .or_default()
             .push((name.clone(), hash.clone()));
-        if wished.is_none()
-            && !chains
-                .iter()
-                .any(|c| c.family == *family && c.table == *table && c.chain == *chain)
+        if !wished
+            && !wished_chains.contains(&key)
+            && added.insert((*family, table.clone(), chain.clone()))
         {
             // Not wished: only its withdrawn rules go; nothing else moves.
             chains.push(ChainWish {
@@ -150,12 +172,8 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
         let builtin = builtin_chains(&c.table).contains(&c.chain.as_str());
         (c.family, c.table.clone(), builtin, c.chain.clone())
     });
-    let is_wished = |c: &ChainWish| {
-        wishes
-            .chains
-            .iter()
-            .any(|w| w.family == c.family && w.table == c.table && w.chain == c.chain)
-    };
+    let is_wished =
+        |c: &ChainWish| wished_chains.contains(&(c.family, c.table.as_str(), c.chain.as_str()));
 
     for wish in &chains {
         let exists = state
@@ -181,8 +199,8 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
             keep.insert(owned);
         }
     }
-    let mut deleted: HashSet<(Family, String, String, usize)> = HashSet::new();
-    // Each planned chain as the plan leaves it.
+    // Each planned chain as the plan leaves it (every chain whose withdrawn
+    // rules go is planned, so the chains not here lose no rule).
     let mut planned: HashMap<(Family, String, String), Vec<Rule>> = HashMap::new();
     for wish in &chains {
         for item in wish.rules.iter().flatten() {
@@ -203,11 +221,6 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
             .map(Vec::as_slice)
             .unwrap_or(&[]);
         if wish.rules.is_some() {
-            for (i, r) in current.iter().enumerate() {
-                if is_withdrawn(r, wish, gone) {
-                    deleted.insert((wish.family, wish.table.clone(), wish.chain.clone(), i));
-                }
-            }
             let (commands, result) = plan_chain(wish, current, gone);
             out.commands.extend(commands);
             planned.insert(
@@ -244,8 +257,9 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
                 Some(&["destroy", &fresh]),
                 format!("ipset {name}: rebuild as {}", wish.kind.name()),
             ));
+            let rebuild = MemberCmds::new(&fresh, &fresh, "rebuild");
             for m in wish.members.as_deref().unwrap_or(&[]) {
-                out.commands.push(add_member(&fresh, m, "rebuild"));
+                out.commands.push(rebuild.add(m));
             }
             out.commands.push(ipset_cmd(
                 name,
@@ -270,6 +284,7 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
     }
 
     // Chains pyfw created and no longer wishes, once empty and unreferenced.
+    let mut jumps = None;
     for entry in &record {
         let Owned::Chain {
             family,
@@ -287,29 +302,15 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
             continue; // Gone already: forget it.
         };
         // What the plan leaves in it: a planned chain's final rules (its
-        // leftover temporary copies gone too), else the rules not deleted.
+        // leftover temporary copies gone too), else the rules as read.
         let left = match planned.get(&(*family, table.clone(), chain.clone())) {
             Some(rules) => rules.len(),
-            None => (0..current.rules.len())
-                .filter(|i| !deleted.contains(&(*family, table.clone(), chain.clone(), *i)))
-                .count(),
+            None => current.rules.len(),
         };
         // Referenced as the plan leaves things: a planned chain by its
         // final rules (a wished rule may jump here), any other as read.
-        let jumps_here = |r: &Rule| r.target() == Some(chain.as_str());
-        let referenced = ruleset.tables.get(table).is_some_and(|t| {
-            t.chains.iter().any(|(name, c)| {
-                if planned.contains_key(&(*family, table.clone(), name.clone())) {
-                    return false;
-                }
-                c.rules.iter().enumerate().any(|(i, r)| {
-                    let going = deleted.contains(&(*family, table.clone(), name.clone(), i));
-                    name != chain && !going && jumps_here(r)
-                })
-            })
-        }) || planned.iter().any(|((f, t, name), rules)| {
-            f == family && t == table && name != chain && rules.iter().any(jumps_here)
-        });
+        let jumps = jumps.get_or_insert_with(|| jump_targets(state, &planned));
+        let referenced = jumps.contains(&(*family, table.as_str(), chain.as_str()));
         if left > 0 || referenced {
             keep.insert(entry.clone());
             continue;
@@ -346,42 +347,15 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
     }
 
     // Sets pyfw managed and no longer wishes, once no rule names them.
+    let mut used_sets = None;
     for entry in &record {
         let Owned::Set { name } = entry else { continue };
         if keep.contains(entry) || !state.ipsets.contains_key(name) {
             continue;
         }
-        // Rules as the plan leaves them: the planned chains' final rules,
-        // every other chain as read. A rule the plan replaces or removes no
-        // longer counts; one it inserts does.
-        let mut used = false;
-        for family in [Family::V4, Family::V6] {
-            for (table, t) in &state.ruleset(family).tables {
-                for (chain, c) in &t.chains {
-                    let key = (family, table.clone(), chain.clone());
-                    let rules = planned.get(&key).unwrap_or(&c.rules);
-                    used |= rules.iter().any(|r| r.sets().any(|s| s == name));
-                }
-            }
-        }
-        for (key, rules) in &planned {
-            let read = state
-                .ruleset(key.0)
-                .tables
-                .get(&key.1)
-                .and_then(|t| t.chain(&key.2));
-            if read.is_none() {
-                used |= rules.iter().any(|r| r.sets().any(|s| s == name));
-            }
-        }
-        // A list:set holding it, as the plan leaves it, uses it too.
-        used |= state.ipsets.iter().any(|(list, set)| {
-            let wished = wishes.ipsets.iter().find(|w| w.name == *list);
-            let members = wished
-                .and_then(|w| w.members.as_ref())
-                .unwrap_or(&set.members);
-            set.kind == "list:set" && members.iter().any(|m| element(m) == name)
-        });
+        let used = used_sets
+            .get_or_insert_with(|| sets_in_use(wishes, state, &planned))
+            .contains(name.as_str());
         if used {
             keep.insert(entry.clone());
             continue;
@@ -397,6 +371,81 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
     group_tables(&mut out.commands);
     out.record = record_changes(&record, &keep, state);
     out
+}
+
+/// Every chain some rule of another chain jumps or goes to, by family and
+/// table, with the rules as the plan leaves them: a planned chain's final
+/// rules, any other chain's as read. Gathered once for all the chains pyfw
+/// may drop, so that asking costs no pass over every rule per chain.
+fn jump_targets<'a>(
+    state: &'a State,
+    planned: &'a HashMap<(Family, String, String), Vec<Rule>>,
+) -> HashSet<(Family, &'a str, &'a str)> {
+    let mut out = HashSet::new();
+    for family in [Family::V4, Family::V6] {
+        for (table, t) in &state.ruleset(family).tables {
+            for (name, c) in &t.chains {
+                if planned.contains_key(&(family, table.clone(), name.clone())) {
+                    continue;
+                }
+                for target in c.rules.iter().filter_map(Rule::target) {
+                    if target != name {
+                        out.insert((family, table.as_str(), target));
+                    }
+                }
+            }
+        }
+    }
+    for ((family, table, name), rules) in planned {
+        for target in rules.iter().filter_map(Rule::target) {
+            if target != name {
+                out.insert((*family, table.as_str(), target));
+            }
+        }
+    }
+    out
+}
+
+/// Every set a rule or a list:set names, as the plan leaves things: rules
+/// of the planned chains as planned, every other chain's as read; a
+/// wished list:set's members as wished, any other's as read. Gathered once
+/// for all the sets pyfw may drop.
+fn sets_in_use<'a>(
+    wishes: &'a Wishes,
+    state: &'a State,
+    planned: &'a HashMap<(Family, String, String), Vec<Rule>>,
+) -> HashSet<&'a str> {
+    let mut used = HashSet::new();
+    for family in [Family::V4, Family::V6] {
+        for (table, t) in &state.ruleset(family).tables {
+            for (chain, c) in &t.chains {
+                let key = (family, table.clone(), chain.clone());
+                let rules = planned.get(&key).unwrap_or(&c.rules);
+                used.extend(rules.iter().flat_map(Rule::sets));
+            }
+        }
+    }
+    for (key, rules) in planned {
+        let read = state
+            .ruleset(key.0)
+            .tables
+            .get(&key.1)
+            .and_then(|t| t.chain(&key.2));
+        if read.is_none() {
+            used.extend(rules.iter().flat_map(Rule::sets));
+        }
+    }
+    for (list, set) in &state.ipsets {
+        if set.kind != "list:set" {
+            continue;
+        }
+        let wished = wishes.ipsets.iter().find(|w| w.name == *list);
+        let members = wished
+            .and_then(|w| w.members.as_ref())
+            .unwrap_or(&set.members);
+        used.extend(members.iter().map(|m| element(m)));
+    }
+    used
 }
 
 /// Within each run of iptables commands, brings each table's commands
@@ -460,16 +509,38 @@ fn retarget(
     out
 }
 
-fn is_withdrawn(rule: &Rule, wish: &ChainWish, gone: &[(String, String)]) -> bool {
-    let Some(name) = rule.comment() else {
-        return false;
-    };
-    // Most rules carry no withdrawn name: settle those without hashing.
-    if !gone.iter().any(|(n, _)| n == name) || wish.rule_names().any(|n| n == name) {
-        return false;
+/// The withdrawn rules of one chain, as pyfw's record names them (name and
+/// text hash), in sets: a chain of 50,000 rules is checked against a
+/// record of thousands without a scan per rule.
+struct Withdrawn<'a> {
+    names: TextSet<'a>,
+    pairs: HashSet<(&'a str, &'a str), crate::rule::TextHash>,
+}
+
+impl<'a> Withdrawn<'a> {
+    fn new(gone: &'a [(String, String)]) -> Withdrawn<'a> {
+        Withdrawn {
+            names: gone.iter().map(|(n, _)| n.as_str()).collect(),
+            pairs: gone.iter().map(|(n, h)| (n.as_str(), h.as_str())).collect(),
+        }
     }
-    let hash = ownership::text_hash(rule);
-    gone.iter().any(|(n, h)| n == name && *h == hash)
+
+    /// True for a rule pyfw put there and the wishes (named `wished`) no
+    /// longer hold.
+    fn holds(&self, rule: &Rule, wished: &TextSet) -> bool {
+        if self.names.is_empty() {
+            return false;
+        }
+        let Some(name) = rule.comment() else {
+            return false;
+        };
+        // Most rules carry no withdrawn name: settle those without hashing.
+        if !self.names.contains(name) || wished.contains(name) {
+            return false;
+        }
+        let hash = ownership::text_hash(rule);
+        self.pairs.contains(&(name, hash.as_str()))
+    }
 }
 
 /// The commands that turn the record into `keep`.
@@ -609,8 +680,10 @@ fn plan_ipset(
             Some(&["destroy", name]),
             format!("ipset {name}: missing"),
         ));
+        out.reserve(members.len());
+        let missing = MemberCmds::new(name, name, "missing");
         for m in members {
-            out.push(add_member(name, m, "missing"));
+            out.push(missing.add(m));
         }
         return SetChange::None;
     };
@@ -637,15 +710,10 @@ fn plan_ipset(
             Some(m) => m,
             None => &have.members,
         };
+        out.reserve(keep.len());
+        let fill = MemberCmds::new(&tmp, name, "fill the replacement");
         for m in keep {
-            let mut add = vec!["add", tmp.as_str()];
-            add.extend(m.split(' '));
-            out.push(ipset_cmd(
-                name,
-                &add,
-                Some(&["del", &tmp, element(m)]),
-                format!("ipset {name}: fill the replacement"),
-            ));
+            out.push(fill.add(m));
         }
         let same_family = have_family(have).is_none_or(|f| f == family_word(wish));
         if same_family && wish.kind.swappable_with(&have.kind) {
@@ -670,22 +738,30 @@ fn plan_ipset(
     let Some(wished) = &wish.members else {
         return SetChange::None;
     };
-    let wished_elements: HashSet<&str> = wished.iter().map(|m| element(m)).collect();
-    let have_elements: HashSet<&str> = have.members.iter().map(String::as_str).collect();
-    for m in &have.members {
-        if !wished_elements.contains(m.as_str()) {
-            out.push(ipset_cmd(
-                name,
-                &["del", name, m],
-                Some(&["add", name, m]),
-                format!("ipset {name}: member {m} not wished"),
-            ));
+    // One pass over each list, each member read as few times as can be:
+    // with 100,000 members scattered over the heap, reading them is the
+    // cost. `first[i]` is the first member with member `i`'s element.
+    let mut have_at: HashMap<&str, usize, crate::rule::TextHash> = HashMap::default();
+    have_at.reserve(have.members.len());
+    let first: Vec<usize> = (have.members.iter().enumerate())
+        .map(|(i, m)| *have_at.entry(m.as_str()).or_insert(i))
+        .collect();
+    let mut wished_here = vec![false; have.members.len()];
+    let mut missing = Vec::new();
+    for m in wished {
+        match have_at.get(element(m)) {
+            Some(&i) => wished_here[i] = true,
+            None => missing.push(m),
         }
     }
-    for m in wished {
-        if !have_elements.contains(element(m)) {
-            out.push(add_member(name, m, "member missing"));
+    let cmds = MemberCmds::new(name, name, "member missing");
+    for (m, &f) in have.members.iter().zip(&first) {
+        if !wished_here[f] {
+            out.push(cmds.del(m));
         }
+    }
+    for m in missing {
+        out.push(cmds.add(m));
     }
     SetChange::None
 }
@@ -694,31 +770,89 @@ fn element(member: &str) -> &str {
     member.split(' ').next().unwrap_or(member)
 }
 
-fn add_member(set: &str, member: &str, why: &str) -> Command {
-    let mut add = vec!["add", set];
-    add.extend(member.split(' '));
-    ipset_cmd(
-        set,
-        &add,
-        Some(&["del", set, element(member)]),
-        format!("ipset {set}: {why}"),
-    )
+/// Set elements, hashed a word at a time: a 100,000-member set is hashed
+/// twice per plan.
+type TextSet<'a> = HashSet<&'a str, crate::rule::TextHash>;
+
+/// Commands for the members of one set, one each: what they all share is
+/// made once, not per member.
+struct MemberCmds<'a> {
+    /// The set the commands change.
+    set: &'a str,
+    /// The wished set they serve (a replacement is filled for its set).
+    wish: &'a str,
+    reason: String,
+    target: String,
+}
+
+impl<'a> MemberCmds<'a> {
+    fn new(set: &'a str, wish: &'a str, why: &str) -> MemberCmds<'a> {
+        MemberCmds {
+            set,
+            wish,
+            reason: format!("ipset {wish}: {why}"),
+            target: format!("ipset {wish}"),
+        }
+    }
+
+    fn command(&self, args: Vec<String>, undo: Vec<String>, reason: String) -> Command {
+        Command {
+            program: Program::Ipset,
+            args,
+            undo: Some(undo),
+            reason,
+            target: self.target.clone(),
+            wish: Some(self.wish.to_string()),
+        }
+    }
+
+    /// `add SET MEMBER...`, undone by deleting its element.
+    fn add(&self, member: &str) -> Command {
+        let mut args = Vec::with_capacity(3);
+        args.extend(["add", self.set].map(String::from));
+        args.extend(member.split(' ').map(String::from));
+        let undo = ["del", self.set, element(member)]
+            .map(String::from)
+            .to_vec();
+        self.command(args, undo, self.reason.clone())
+    }
+
+    /// `del SET ELEMENT`, undone by adding it back.
+    fn del(&self, element: &str) -> Command {
+        let args = ["del", self.set, element].map(String::from).to_vec();
+        let undo = ["add", self.set, element].map(String::from).to_vec();
+        let reason = format!("ipset {}: member {element} not wished", self.wish);
+        self.command(args, undo, reason)
+    }
 }
 
 /// One slot of the simulated chain.
 #[derive(Clone, Debug)]
 struct Slot {
     id: usize,
+    /// `rule.key()`, here so that scanning slots for a text reads no rule.
+    key: u64,
     rule: Rule,
 }
 
+impl Slot {
+    fn new(id: usize, rule: Rule) -> Slot {
+        Slot {
+            id,
+            key: rule.key(),
+            rule,
+        }
+    }
+}
+
 /// What the final chain should hold at one position.
-struct Target {
-    rule: Rule,
+struct Target<'a> {
+    /// Borrowed: a long chain's rules are not cloned to be planned.
+    rule: &'a Rule,
     /// The current rule that already is this element, by slot id.
     source: Option<usize>,
     /// The wished name, for wished rules.
-    name: Option<String>,
+    name: Option<&'a str>,
     /// An existing rule with this wish's name but other text, replaced here.
     replaces: Option<usize>,
 }
@@ -731,27 +865,35 @@ fn plan_chain(
 ) -> (Vec<Command>, Vec<Rule>) {
     let label = wish.label();
     let mut sim = ChainSim::new(wish.family, &wish.table, &wish.chain, current);
-    sim.recover_temps();
-    // From here on the chain holds no temporary copies; number it afresh.
-    let current: Vec<Rule> = sim.slots.iter().map(|s| s.rule.clone()).collect();
-    for (id, slot) in sim.slots.iter_mut().enumerate() {
-        slot.id = id;
-    }
+    // From here on the chain holds no temporary copies; where there were
+    // some, number it afresh (else it is numbered as read already).
+    let current: Cow<[Rule]> = if sim.recover_temps() {
+        for (id, slot) in sim.slots.iter_mut().enumerate() {
+            slot.id = id;
+        }
+        Cow::Owned(sim.slots.iter().map(|s| s.rule.clone()).collect())
+    } else {
+        Cow::Borrowed(current)
+    };
     sim.next_id = current.len();
-    let wished_names: HashSet<&str> = wish.rule_names().collect();
-    let mut by_name: HashMap<&str, Vec<usize>> = HashMap::new();
+    let wished_names: TextSet = wish.rule_names().collect();
+    let gone = Withdrawn::new(withdrawn);
+    let mut by_name: HashMap<&str, Vec<usize>, crate::rule::TextHash> = HashMap::default();
     let mut foreign: Vec<usize> = Vec::new();
     for (i, r) in current.iter().enumerate() {
         match r.comment() {
             Some(c) if wished_names.contains(c) => by_name.entry(c).or_default().push(i),
-            _ if is_withdrawn(r, wish, withdrawn) => {}
+            _ if gone.holds(r, &wished_names) => {}
             _ => foreign.push(i),
         }
     }
 
     // The desired order.
     let mut taken = vec![false; current.len()];
-    let mut targets: Vec<Target> = Vec::new();
+    let mut targets: Vec<Target> = Vec::with_capacity(current.len() + wished_names.len());
+    // One buffer for the text each `~match` reads, so matching a long
+    // chain allocates nothing per rule.
+    let mut shown = String::new();
     for item in wish.rules.iter().flatten() {
         match item {
             RuleItem::Named(named) => {
@@ -765,18 +907,23 @@ fn plan_chain(
                     None => (None, found.first().copied()),
                 };
                 targets.push(Target {
-                    rule: named.rule.clone(),
+                    rule: &named.rule,
                     source,
-                    name: Some(named.name.clone()),
+                    name: Some(named.name.as_str()),
                     replaces,
                 });
             }
             RuleItem::Match(m) => {
                 for &i in &foreign {
-                    if !taken[i] && m.regex.is_match(&current[i].to_string()) {
+                    if taken[i] {
+                        continue;
+                    }
+                    shown.clear();
+                    current[i].display_into(&mut shown);
+                    if m.regex.is_match(&shown) {
                         taken[i] = true;
                         targets.push(Target {
-                            rule: current[i].clone(),
+                            rule: &current[i],
                             source: Some(i),
                             name: None,
                             replaces: None,
@@ -789,7 +936,7 @@ fn plan_chain(
     for &i in &foreign {
         if !taken[i] {
             targets.push(Target {
-                rule: current[i].clone(),
+                rule: &current[i],
                 source: Some(i),
                 name: None,
                 replaces: None,
@@ -798,16 +945,25 @@ fn plan_chain(
     }
 
     let stable = longest_increasing(&targets.iter().map(|t| t.source).collect::<Vec<_>>());
-    let in_target: FnvHashSet<usize> = targets.iter().filter_map(|t| t.source).collect();
-    let replaced: FnvHashSet<usize> = targets.iter().filter_map(|t| t.replaces).collect();
+    // Flags by slot id: every id that is not below `current.len()` is a
+    // rule this plan inserts, which is in none of these.
+    let mut in_target = vec![false; current.len()];
+    let mut replaced = vec![false; current.len()];
+    for t in &targets {
+        if let Some(src) = t.source {
+            in_target[src] = true;
+        }
+        if let Some(old) = t.replaces {
+            replaced[old] = true;
+        }
+    }
+    let flag = |flags: &[bool], id: usize| flags.get(id).copied().unwrap_or(false);
     let mut placed: Vec<usize> = Vec::with_capacity(targets.len());
     // Slots that will still move or go: they may sit anywhere meanwhile.
-    let mut pending: FnvHashSet<usize> = (0..current.len())
-        .filter(|i| !in_target.contains(i))
-        .collect();
+    let mut pending: Vec<bool> = in_target.iter().map(|t| !t).collect();
     for (p, t) in targets.iter().enumerate() {
         if let Some(src) = t.source.filter(|_| !stable[p]) {
-            pending.insert(src);
+            pending[src] = true;
         }
     }
 
@@ -821,21 +977,19 @@ fn plan_chain(
         let at = pred.map_or(0, |id| sim.pos(id) + 1);
         let what = t
             .name
-            .as_deref()
             .map_or_else(|| "a rule matched by ~match".to_string(), String::from);
         match t.source {
             Some(src) => {
-                pending.remove(&src);
+                pending[src] = false;
                 let now = sim.pos(src);
-                let in_place =
-                    now >= at && sim.slots.range(at..now).all(|s| pending.contains(&s.id));
+                let in_place = now >= at && sim.slots.range(at..now).all(|s| flag(&pending, s.id));
                 if !in_place {
                     let reason = format!(
                         "{label}: {what} is at position {}, wished {}",
                         now + 1,
                         at + 1
                     );
-                    sim.move_rule(src, at, t.name.as_deref(), &reason);
+                    sim.move_rule(src, at, t.name, &reason);
                 }
                 placed.push(src);
             }
@@ -848,14 +1002,14 @@ fn plan_chain(
                     ),
                     None => format!("{label}: {what} missing"),
                 };
-                let id = sim.insert(at, t.rule.clone(), t.name.as_deref(), &reason);
+                let id = sim.insert(at, t.rule.clone(), t.name, &reason);
                 if let Some(old) = t.replaces {
                     sim.delete(
                         old,
-                        t.name.as_deref(),
+                        t.name,
                         &format!("{label}: {what}: remove the old text"),
                     );
-                    pending.remove(&old);
+                    pending[old] = false;
                 }
                 placed.push(id);
             }
@@ -866,12 +1020,12 @@ fn plan_chain(
         .slots
         .iter()
         .map(|s| s.id)
-        .filter(|id| *id < current.len() && !in_target.contains(id) && !replaced.contains(id))
+        .filter(|&id| id < current.len() && !in_target[id] && !replaced[id])
         .collect();
     for id in leftovers {
         let rule = sim.rule(id).clone();
         let name = rule.comment().unwrap_or("");
-        let reason = if is_withdrawn(&rule, wish, withdrawn) {
+        let reason = if gone.holds(&rule, &wished_names) {
             format!("{label}: {name} was withdrawn from the wishes; pyfw put it there")
         } else {
             format!("{label}: duplicate of wished rule {name}")
@@ -891,7 +1045,16 @@ fn longest_increasing(sources: &[Option<usize>]) -> Vec<bool> {
     let mut prev: Vec<Option<usize>> = vec![None; sources.len()];
     for (i, s) in sources.iter().enumerate() {
         let Some(s) = *s else { continue };
-        let k = tails.partition_point(|&t| sources[t].is_some_and(|v| v < s));
+        // Chains are mostly in order already: extending the longest run
+        // needs no search.
+        let extends = tails
+            .last()
+            .is_none_or(|&t| sources[t].is_some_and(|v| v < s));
+        let k = if extends {
+            tails.len()
+        } else {
+            tails.partition_point(|&t| sources[t].is_some_and(|v| v < s))
+        };
         prev[i] = k.checked_sub(1).map(|k| tails[k]);
         if k == tails.len() {
             tails.push(i);
@@ -916,8 +1079,12 @@ struct ChainSim {
     slots: VecDeque<Slot>,
     /// How many copies of each rule text the chain holds, so that telling
     /// whether deleting by text hits the intended copy needs no scan in
-    /// the usual case of one copy.
-    copies: FnvHashMap<Rule, usize>,
+    /// the usual case of one copy. Counted only once an edit lands deeper
+    /// than [`ChainSim::SHALLOW`]: most plans edit near the top, where
+    /// looking above is cheaper than counting a 50,000-rule chain.
+    /// Keyed by [`Rule::key`]: two texts sharing a key count together,
+    /// which only ever sends a question to the scan.
+    copies: Option<FnvHashMap<u64, usize>>,
     next_id: usize,
     family: Family,
     table: String,
@@ -927,20 +1094,16 @@ struct ChainSim {
 }
 
 impl ChainSim {
+    /// How deep an edit may land before the copies are counted.
+    const SHALLOW: usize = 256;
+
     fn new(family: Family, table: &str, chain: &str, rules: &[Rule]) -> ChainSim {
-        let mut copies: FnvHashMap<Rule, usize> = FnvHashMap::default();
-        for r in rules {
-            *copies.entry(r.clone()).or_default() += 1;
-        }
         ChainSim {
-            copies,
+            copies: None,
             slots: rules
                 .iter()
                 .enumerate()
-                .map(|(id, rule)| Slot {
-                    id,
-                    rule: rule.clone(),
-                })
+                .map(|(id, rule)| Slot::new(id, rule.clone()))
                 .collect(),
             next_id: rules.len(),
             family,
@@ -968,10 +1131,37 @@ impl ChainSim {
     }
 
     /// True when the first rule with this slot's text is this slot.
-    fn first_of_its_text(&self, at: usize) -> bool {
-        let rule = &self.slots[at].rule;
-        self.copies.get(rule).copied().unwrap_or(0) <= 1
-            || !self.slots.range(..at).any(|s| s.rule == *rule)
+    fn first_of_its_text(&mut self, at: usize) -> bool {
+        if at >= Self::SHALLOW && self.copies.is_none() {
+            let mut copies: FnvHashMap<u64, usize> = FnvHashMap::default();
+            copies.reserve(self.slots.len());
+            for s in &self.slots {
+                *copies.entry(s.key).or_default() += 1;
+            }
+            self.copies = Some(copies);
+        }
+        let Slot { key, rule, .. } = &self.slots[at];
+        let single = self
+            .copies
+            .as_ref()
+            .is_some_and(|c| c.get(key).copied().unwrap_or(0) <= 1);
+        single
+            || !self
+                .slots
+                .range(..at)
+                .any(|s| s.key == *key && s.rule == *rule)
+    }
+
+    /// Counts one more (`true`) or one fewer copy of `rule`, once counted.
+    fn count(&mut self, rule: &Rule, more: bool) {
+        let Some(copies) = self.copies.as_mut() else {
+            return;
+        };
+        if more {
+            *copies.entry(rule.key()).or_default() += 1;
+        } else if let Some(n) = copies.get_mut(&rule.key()) {
+            *n = n.saturating_sub(1);
+        }
     }
 
     fn rule(&self, id: usize) -> &Rule {
@@ -1006,8 +1196,8 @@ impl ChainSim {
         // Undoing deletes by text unless an identical rule sits above.
         let id = self.next_id;
         self.next_id += 1;
-        *self.copies.entry(rule.clone()).or_default() += 1;
-        self.slots.insert(at, Slot { id, rule });
+        self.count(&rule, true);
+        self.slots.insert(at, Slot::new(id, rule));
         let undo = if self.first_of_its_text(at) {
             self.args("-D", None, Some(&self.slots[at].rule))
         } else {
@@ -1030,9 +1220,7 @@ impl ChainSim {
         let undo = self.args("-I", Some(at + 1), Some(&rule));
         self.emit(args, undo, wish, reason);
         self.slots.remove(at);
-        if let Some(n) = self.copies.get_mut(&rule) {
-            *n -= 1;
-        }
+        self.count(&rule, false);
     }
 
     /// Moves slot `id` to 0-based position `at` (counted before the move)
@@ -1060,13 +1248,15 @@ impl ChainSim {
     /// Removes temporary copies left by an interrupted move. Where the copy
     /// is all that is left of a rule, the rule is put back in its place
     /// first, so that nothing is ever missing.
-    fn recover_temps(&mut self) {
+    /// True when there were any.
+    fn recover_temps(&mut self) -> bool {
         let temps: Vec<usize> = self
             .slots
             .iter()
             .filter(|s| s.rule.is_temp())
             .map(|s| s.id)
             .collect();
+        let any = !temps.is_empty();
         for id in temps {
             let Some(base) = self.rule(id).temp_base() else {
                 continue;
@@ -1083,6 +1273,7 @@ impl ChainSim {
             );
             self.delete(id, wish.as_deref(), &reason);
         }
+        any
     }
 
     fn rename(&mut self, from: usize, to: usize) {

@@ -139,7 +139,9 @@ pub fn parse_iptables_save(text: &str) -> Result<Ruleset, ParseError> {
     let mut current: Option<(String, Table)> = None;
     // Chain name to index in the current table: hosts have thousands of
     // chains, so a linear search per rule line would be quadratic.
-    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut index: HashMap<String, usize, crate::rule::TextHash> = HashMap::default();
+    // One buffer for splitting every rule line.
+    let mut buf: Vec<u8> = Vec::new();
     for (idx, raw) in text.lines().enumerate() {
         let n = idx + 1;
         let line = raw.trim_end();
@@ -202,15 +204,13 @@ pub fn parse_iptables_save(text: &str) -> Result<Ruleset, ParseError> {
                 },
                 None => line,
             };
-            let mut args = split_line(body).ok_or_else(|| err(n, line, "unbalanced quotes"))?;
-            if args.len() < 2 || args[0] != "-A" {
+            let split =
+                split_rule_line(body, &mut buf).ok_or_else(|| err(n, line, "unbalanced quotes"))?;
+            let Some((chain_name, rule)) = split else {
                 return Err(err(n, line, "expected `-A CHAIN ...`"));
-            }
-            let chain_name = args[1].clone();
-            args.drain(..2);
-            let rule = Rule::from_args(args);
+            };
             match index
-                .get(&chain_name)
+                .get(&*chain_name)
                 .and_then(|&i| table.chains.get_mut(i))
             {
                 Some((_, chain)) => chain.rules.push(rule),
@@ -234,6 +234,68 @@ pub fn parse_iptables_save(text: &str) -> Result<Ruleset, ParseError> {
         ));
     }
     Ok(ruleset)
+}
+
+/// Splits a saved rule line (`-A CHAIN ...`) into its chain and its rule
+/// (`Some(None)` when the line does not start with `-A CHAIN`); `None` for
+/// unbalanced quotes. Most lines hold no quotes or escapes and split on
+/// blanks; the rest split as a shell would. Either way the words go into
+/// `buf` joined by NUL, and the rule costs one allocation, the chain none.
+fn split_rule_line<'b>(line: &str, buf: &'b mut Vec<u8>) -> Option<Option<(Cow<'b, str>, Rule)>> {
+    if line.as_bytes().contains(&0) {
+        // No real rule holds a NUL; odd input takes the general path.
+        let mut args = split_line(line)?;
+        if args.len() < 2 || args[0] != "-A" {
+            return Some(None);
+        }
+        let chain = std::mem::take(&mut args[1]);
+        args.drain(..2);
+        return Some(Some((Cow::Owned(chain), Rule::from_args(args))));
+    }
+    buf.clear();
+    // The usual line, words apart by one blank and nothing to unquote,
+    // is copied whole with NULs for blanks, in one pass.
+    buf.extend_from_slice(line.as_bytes());
+    let mut after_blank = true;
+    let mut simple = true;
+    for b in buf.iter_mut() {
+        match *b {
+            b' ' if !after_blank => {
+                *b = 0;
+                after_blank = true;
+            }
+            b'"' | b'\'' | b'\\' | 0 => simple = false,
+            c if c.is_ascii_whitespace() => simple = false,
+            _ => after_blank = false,
+        }
+        if !simple {
+            break;
+        }
+    }
+    if !simple || after_blank {
+        buf.clear();
+        if line.bytes().any(|b| matches!(b, b'"' | b'\'' | b'\\')) {
+            crate::rule::split_joined(line, buf)?;
+        } else {
+            for word in line.split_ascii_whitespace() {
+                if !buf.is_empty() {
+                    buf.push(0);
+                }
+                buf.extend_from_slice(word.as_bytes());
+            }
+        }
+    }
+    // Splitting cuts only at ASCII bytes, so this is the line's own UTF-8.
+    let joined = std::str::from_utf8(buf).ok()?;
+    let mut words = joined.splitn(3, '\0');
+    let (Some("-A"), Some(chain)) = (words.next(), words.next()) else {
+        return Some(None);
+    };
+    let rule = match words.next() {
+        Some(rest) => Rule::from_joined(rest.into()),
+        None => Rule::from_tokens([]),
+    };
+    Some(Some((Cow::Borrowed(chain), rule)))
 }
 
 /// Splits a saved rule line into arguments. Most lines hold no quotes or
@@ -429,6 +491,23 @@ COMMIT
             rs.chain("nat", "PREROUTING").unwrap().policy.as_deref(),
             Some("ACCEPT")
         );
+    }
+
+    proptest::proptest! {
+        /// The one-pass splitter reads every line as the plain one did:
+        /// `split_line`, then `-A CHAIN` off the front.
+        #[test]
+        fn rule_lines_split_as_before(rest in "[ a-c\"'\\\\\t\0#]{0,16}", chain in "[A-Z\" ]{1,3}") {
+            let line = format!("-A {chain} {rest}");
+            let want = split_line(&line).map(|args| {
+                (args.len() >= 2 && args[0] == "-A")
+                    .then(|| (args[1].clone(), Rule::from_args(args[2..].to_vec())))
+            });
+            let mut buf = Vec::new();
+            let got = split_rule_line(&line, &mut buf)
+                .map(|split| split.map(|(chain, rule)| (chain.into_owned(), rule)));
+            proptest::prop_assert_eq!(got, want);
+        }
     }
 
     #[test]

@@ -340,8 +340,8 @@ impl Validator {
         let kind = kind?;
         let mut members = None;
         if let Some(list) = raw.members_equal {
-            let mut seen = fnv::FnvHashSet::default();
-            let mut out = Vec::with_capacity(list.value.0.len());
+            let mut seen = Elements::with_capacity(list.value.0.len());
+            let mut out: Vec<String> = Vec::with_capacity(list.value.0.len());
             let list_line = list.referenced.line();
             for m in list.value.0 {
                 let mline = m.line.unwrap_or(list_line);
@@ -350,17 +350,23 @@ impl Validator {
                     ok = false;
                     continue;
                 };
-                match kind.expand_member(&text, family) {
-                    Ok(elements) => {
-                        for norm in elements {
-                            let element = norm.split(' ').next().unwrap_or("");
-                            if !seen.contains(element) {
-                                seen.insert(element.to_string());
-                            } else {
+                // The text is needed again only for a message, and only
+                // messages from the pass with lines are shown.
+                let start = out.len();
+                let (expanded, text) = if m.line.is_some() {
+                    let expanded = kind.expand_member(&text, family);
+                    (expanded.map(|e| out.extend(e)), Some(text))
+                } else {
+                    (kind.expand_into(text, family, &mut out), None)
+                };
+                match expanded {
+                    Ok(()) => {
+                        for k in start..out.len() {
+                            if seen.insert(&out, k) {
+                                let text = text.as_deref().unwrap_or(out[k].as_str());
                                 self.error(mline, label, &format!("member `{text}` listed twice"));
                                 ok = false;
                             }
-                            out.push(norm);
                         }
                     }
                     Err(why) => {
@@ -490,8 +496,7 @@ impl Validator {
                 }
             };
             if let Some(bad) = rule
-                .args()
-                .iter()
+                .tokens()
                 .find_map(|a| a.chars().find(|c| c.is_control()))
             {
                 let msg = format!(
@@ -518,6 +523,48 @@ impl Validator {
         }
         ok.then_some(out)
     }
+}
+
+/// The elements of a set's members seen so far, by hash, each pointing at
+/// its first member in the list being built: finding a member listed twice
+/// copies no member.
+struct Elements(fnv::FnvHashMap<u64, usize>);
+
+impl Elements {
+    fn with_capacity(n: usize) -> Elements {
+        let mut map = fnv::FnvHashMap::default();
+        map.reserve(n);
+        Elements(map)
+    }
+
+    /// Notes the element of `members[k]`; true when an earlier member has
+    /// the same element.
+    fn insert(&mut self, members: &[String], k: usize) -> bool {
+        let Some(member) = members.get(k) else {
+            return false;
+        };
+        let key = crate::rule::text_key(element(member).as_bytes());
+        match self.0.get(&key) {
+            None => {
+                self.0.insert(key, k);
+                false
+            }
+            Some(&first)
+                if members
+                    .get(first)
+                    .is_some_and(|m| element(m) == element(member)) =>
+            {
+                true
+            }
+            // Two elements with one hash: rare enough to settle by a scan.
+            Some(_) => members[..k].iter().any(|m| element(m) == element(member)),
+        }
+    }
+}
+
+/// A member's element: its first word, before any options.
+fn element(member: &str) -> &str {
+    member.split(' ').next().unwrap_or("")
 }
 
 fn header_family(header: &[String]) -> Result<SetFamily, String> {
@@ -707,8 +754,11 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for Map<V> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
                 let mut entries: Vec<(Spanned<String>, V)> = Vec::new();
+                // A set, not a scan of `entries`: thousands of chains or
+                // sets must not cost a comparison per pair.
+                let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
                 while let Some(key) = access.next_key::<Spanned<String>>()? {
-                    if entries.iter().any(|(k, _)| k.value == key.value) {
+                    if !seen.insert(key.value.clone()) {
                         return Err(de::Error::custom(format!(
                             "duplicate key `{}` on line {}",
                             key.value,
