@@ -13,39 +13,25 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-const PYFW: &str = env!("CARGO_BIN_EXE_pyfw");
+mod common;
+
+use common::{
+    Backend, Netns, PYFW, base_path, effective_uid, normalize_rules as normalize, spec, spec_path,
+    unavailable,
+};
+
 /// Longest wait for any condition.
 const WAIT: Duration = Duration::from_secs(20);
-/// Prefix of the namespaces these tests create.
-const PREFIX: &str = "pyfw-d-";
 /// The poll interval of most tests.
 const FAST: &str = "300ms";
 /// A poll interval that never comes due during a test.
 const NEVER: &str = "1h";
 
 // --- fixtures --------------------------------------------------------------
-
-fn spec_path(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/spec")
-        .join(name)
-}
-
-fn spec(name: &str) -> String {
-    let path = spec_path(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn normalize(save: &str) -> String {
-    let rs = pyfw::state::parse_iptables_save(save)
-        .unwrap_or_else(|e| panic!("cannot parse iptables-save output: {e}\n{save}"));
-    pyfw::state::render_ruleset(&rs)
-}
 
 /// The spec's wishes with one more INPUT rule after `allow_ssh`.
 fn wishes_with(name: &str, port: u16) -> String {
@@ -94,65 +80,11 @@ fn wait_until(what: &str, mut ok: impl FnMut() -> bool, context: impl Fn() -> St
 
 // --- namespaces ------------------------------------------------------------
 
-fn effective_uid() -> Option<u32> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-    line.split_whitespace().nth(2)?.parse().ok()
-}
-
-#[track_caller]
-fn unavailable(test: &str, reason: &str) {
-    if std::env::var("PYFW_REQUIRE_NETNS").as_deref() == Ok("1") {
-        panic!("{test}: network namespace tests are required (PYFW_REQUIRE_NETNS=1): {reason}");
-    }
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIP {test}: {reason} (set PYFW_REQUIRE_NETNS=1 to make this a failure)"
-    );
-}
-
-fn path_env() -> String {
-    let mut path = std::env::var("PATH").unwrap_or_default();
-    for dir in ["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
-        if !path.split(':').any(|p| p == dir) {
-            path.push(':');
-            path.push_str(dir);
-        }
-    }
-    path
-}
-
-/// Deletes namespaces left by test processes that are gone.
-fn remove_stale() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let Ok(entries) = std::fs::read_dir("/run/netns") else {
-            return;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let Some(rest) = name.strip_prefix(PREFIX) else {
-                continue;
-            };
-            let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
-            if let Some(pid) = pid
-                && pid != std::process::id()
-                && !Path::new(&format!("/proc/{pid}")).exists()
-            {
-                let _ = Command::new("ip").args(["netns", "del", &name]).status();
-            }
-        }
-    });
-}
-
-/// A private network namespace with `lo` up, deleted on drop.
+/// A namespace from the shared harness ([`common::Netns`]), with the
+/// daemon's environment (interval, systemd's variables) kept out of every
+/// command, and helpers that return what these tests compare.
 struct Ns {
-    name: String,
-    /// `PATH` inside: for the legacy backend, a directory of `iptables*`
-    /// symlinks to the legacy tools comes first, so that pyfw (which runs
-    /// `iptables`) and the test drive the same tables.
-    path: String,
-    _legacy_bin: Option<tempfile::TempDir>,
+    inner: Netns,
 }
 
 impl Ns {
@@ -163,93 +95,17 @@ impl Ns {
 
     #[track_caller]
     fn with_backend(test: &str, legacy: bool) -> Option<Ns> {
-        match effective_uid() {
-            Some(0) => {}
-            other => {
-                unavailable(test, &format!("not root (euid {other:?})"));
-                return None;
-            }
-        }
-        remove_stale();
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "{PREFIX}{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        );
-        match Command::new("ip")
-            .args(["netns", "add", &name])
-            .env("PATH", path_env())
-            .output()
-        {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => {
-                unavailable(
-                    test,
-                    &format!(
-                        "`ip netns add` failed: {}",
-                        String::from_utf8_lossy(&o.stderr).trim()
-                    ),
-                );
-                return None;
-            }
-            Err(e) => {
-                unavailable(test, &format!("cannot run `ip`: {e}"));
-                return None;
-            }
-        }
-        let mut ns = Ns {
-            name,
-            path: path_env(),
-            _legacy_bin: None,
+        let backend = if legacy {
+            Backend::Legacy
+        } else {
+            Backend::Nft
         };
-        if legacy {
-            let dir = tempfile::tempdir().unwrap();
-            for tool in [
-                "iptables",
-                "iptables-save",
-                "iptables-restore",
-                "ip6tables",
-                "ip6tables-save",
-                "ip6tables-restore",
-            ] {
-                let legacy_tool = tool.replacen("tables", "tables-legacy", 1);
-                let Some(target) = ["/usr/sbin", "/sbin", "/usr/local/sbin"]
-                    .iter()
-                    .map(|d| Path::new(d).join(&legacy_tool))
-                    .find(|p| p.exists())
-                else {
-                    unavailable(test, &format!("{legacy_tool} is not installed"));
-                    return None;
-                };
-                std::os::unix::fs::symlink(target, dir.path().join(tool)).unwrap();
-            }
-            ns.path = format!("{}:{}", dir.path().display(), ns.path);
-            ns._legacy_bin = Some(dir);
-        }
-        ns.ok(&["ip", "link", "set", "lo", "up"]);
-        let version = ns.run(&["iptables", "-V"]);
-        let marker = if legacy { "(legacy)" } else { "(nf_tables)" };
-        if !String::from_utf8_lossy(&version.stdout).contains(marker) {
-            unavailable(test, &format!("`iptables -V` does not say {marker}"));
-            return None;
-        }
-        if !ns.run(&["iptables-save"]).status.success() {
-            unavailable(test, "iptables does not work in a network namespace");
-            return None;
-        }
-        Some(ns)
+        Netns::new(test, backend).map(|inner| Ns { inner })
     }
 
     fn command(&self, argv: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name])
-            .args(argv)
-            .env("PATH", &self.path)
-            .env("LC_ALL", "C")
-            .env_remove("PYFW_WISHES")
-            .env_remove("PYFW_INTERVAL")
-            .env_remove("PYFW_BACKEND")
+        let mut c = self.inner.command_for(argv);
+        c.env_remove("PYFW_INTERVAL")
             .env_remove("JOURNAL_STREAM")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")
@@ -310,15 +166,6 @@ impl Ns {
 
     fn ipsets(&self) -> String {
         self.ok(&["ipset", "save"])
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .env("PATH", path_env())
-            .status();
     }
 }
 
@@ -983,7 +830,7 @@ fn hold_writer_lock(ns: &Ns) -> Child {
 fn have(tool: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
-        .env("PATH", path_env())
+        .env("PATH", base_path())
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
@@ -1356,7 +1203,7 @@ fn the_unit_files_pass_systemd_checks() {
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&copy)
-        .env("PATH", path_env())
+        .env("PATH", base_path())
         .output()
         .unwrap();
     let said = format!(
@@ -1376,7 +1223,7 @@ fn the_unit_files_pass_systemd_checks() {
             .arg("--create")
             .arg(format!("--root={}", fake_root.path().display()))
             .arg(root.join("systemd/pyfw.conf"))
-            .env("PATH", path_env())
+            .env("PATH", base_path())
             .output()
             .unwrap();
         assert!(

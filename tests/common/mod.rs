@@ -18,6 +18,7 @@
 
 /// Runs a scenario `fn(Backend)` as two tests, `NAME::nft` and
 /// `NAME::legacy` (with `#[macro_use] mod common;`).
+#[allow(unused_macros)] // not every test binary runs scenarios on both
 macro_rules! on_both_backends {
     ($($scenario:ident),* $(,)?) => {$(
         mod $scenario {
@@ -213,7 +214,7 @@ pub fn run_command(mut cmd: Command, argv: Vec<String>, input: Option<&str>) -> 
 }
 
 /// `PATH` with the system directories that hold the netfilter tools.
-fn base_path() -> String {
+pub fn base_path() -> String {
     let mut parts: Vec<String> = std::env::var("PATH")
         .unwrap_or_default()
         .split(':')
@@ -232,7 +233,7 @@ fn base_path() -> String {
 /// else prints a `SKIP` line straight to stderr (past the test harness's
 /// output capture, so that it shows even for a passing test).
 #[track_caller]
-fn unavailable(test: &str, reason: &str) {
+pub fn unavailable(test: &str, reason: &str) {
     if std::env::var("PYFW_REQUIRE_NETNS").as_deref() == Ok("1") {
         panic!(
             "{test}: network namespace tests are required (PYFW_REQUIRE_NETNS=1) but cannot run: {reason}"
@@ -244,7 +245,7 @@ fn unavailable(test: &str, reason: &str) {
     );
 }
 
-fn effective_uid() -> Option<u32> {
+pub fn effective_uid() -> Option<u32> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("Uid:"))?;
     line.split_whitespace().nth(2)?.parse().ok()
