@@ -81,7 +81,7 @@ pub fn check_wishes_path(path: &Path, euid: u32) -> Result<(), Vec<String>> {
                 ));
             }
             let mode = meta.mode() & 0o7777;
-            if mode & 0o022 != 0 && !read_only_mount(p) {
+            if mode & 0o022 != 0 && !(trust_read_only_mounts() && read_only_mount(p)) {
                 problems.push(format!(
                     "{what} {} is writable by {} (mode {mode:04o}; fix: chmod go-w {})",
                     p.display(),
@@ -107,12 +107,22 @@ pub fn check_wishes_path(path: &Path, euid: u32) -> Result<(), Vec<String>> {
     }
 }
 
+/// The environment variable that lets a read-only mount count as not
+/// writable, whatever its mode bits (see [`read_only_mount`]).
+pub const TRUST_READ_ONLY_MOUNTS_ENV: &str = "PYFW_TRUST_READ_ONLY_MOUNTS";
+
+fn trust_read_only_mounts() -> bool {
+    std::env::var(TRUST_READ_ONLY_MOUNTS_ENV).is_ok_and(|v| v.trim() == "1")
+}
+
 /// Whether `path` lies on a read-only mount, where mode bits that say
-/// "writable" are moot: nothing writes through the mount. This is how a
-/// Kubernetes ConfigMap volume looks from inside the pod (the kubelet makes
-/// its directory 0777, kubernetes/kubernetes#125876, and mounts it
-/// read-only), so pyfw can trust it without `--allow-insecure-wishes`.
-/// Ownership is still checked.
+/// "writable" are moot for this mount: nothing writes through it. This is
+/// how a Kubernetes ConfigMap volume looks from inside the pod (the kubelet
+/// makes its directory 0777, kubernetes/kubernetes#125876, and mounts it
+/// read-only). It is an opt-in ([`TRUST_READ_ONLY_MOUNTS_ENV`]=1), not the
+/// default: a read-only bind mount says nothing of other mounts of the same
+/// directory, and a world-writable directory bind-mounted read-only would
+/// still be writable through its other path. Ownership is still checked.
 fn read_only_mount(path: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {

@@ -278,50 +278,58 @@ fn insecure_wishes_are_refused_unless_allowed() {
 }
 
 /// A Kubernetes ConfigMap's directory is mode 0777 but mounted read-only:
-/// nothing can write through it, so pyfw trusts it without
-/// `--allow-insecure-wishes`. The same directory writable is refused.
+/// with `PYFW_TRUST_READ_ONLY_MOUNTS=1` (the DaemonSet sets it) pyfw trusts
+/// it without `--allow-insecure-wishes`. Without the opt-in, or mounted
+/// read-write, it is refused.
 #[test]
-fn a_read_only_mount_counts_as_not_writable() {
+fn a_read_only_mount_counts_as_not_writable_when_opted_in() {
+    let test = "a_read_only_mount_counts_as_not_writable_when_opted_in";
     if common_euid() != 0 {
         assert_ne!(
             std::env::var("PYFW_REQUIRE_NETNS").as_deref(),
             Ok("1"),
-            "a_read_only_mount_counts_as_not_writable needs root for a mount namespace"
+            "{test} needs root for a mount namespace"
         );
-        eprintln!("SKIP a_read_only_mount_counts_as_not_writable: not root");
+        eprintln!("SKIP {test}: not root");
         return;
     }
     let empty = tempfile::NamedTempFile::new().unwrap();
     let dir = secure_dir();
     let wishes = write_wishes(dir.path(), 0o644);
     chmod(dir.path(), 0o777);
-    let out = offline(
-        &[
-            "--wishes",
-            arg(&wishes),
-            "plan",
-            "--iptables-save",
-            arg(empty.path()),
-        ],
-        &[],
-    );
-    assert_eq!(
-        out.code(),
-        Some(1),
-        "writable and mounted read-write\n{out}"
-    );
+    let trust = [("PYFW_TRUST_READ_ONLY_MOUNTS", "1")];
+    let plan = [
+        "--wishes",
+        arg(&wishes),
+        "plan",
+        "--iptables-save",
+        arg(empty.path()),
+    ];
+    let out = offline(&plan, &trust);
+    assert_eq!(out.code(), Some(1), "writable, mounted read-write\n{out}");
     assert!(out.stderr.contains("writable by group and others"), "{out}");
 
     // The same directory, bind-mounted read-only in a private mount
     // namespace (the host's mounts are not touched).
-    let mut cmd = std::process::Command::new("unshare");
-    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(r#"mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && exec "$2" --wishes "$3" plan --iptables-save "$4""#)
-        .args(["sh", arg(dir.path()), PYFW, arg(&wishes), arg(empty.path())])
-        .env_remove("PYFW_WISHES")
-        .env_remove("PYFW_ALLOW_INSECURE_WISHES");
-    let out = common::run_command(cmd, vec!["unshare ... pyfw plan".into()], None);
-    out.expect_ok("a 0777 directory on a read-only mount");
+    let read_only = |env: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(r#"mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@""#)
+            .args(["sh", arg(dir.path()), PYFW])
+            .args(plan)
+            .env_remove("PYFW_WISHES")
+            .env_remove("PYFW_ALLOW_INSECURE_WISHES")
+            .env_remove("PYFW_TRUST_READ_ONLY_MOUNTS");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        common::run_command(cmd, vec!["unshare ... pyfw plan".into()], None)
+    };
+    let out = read_only(&[]);
+    assert_eq!(out.code(), Some(1), "read-only, not opted in\n{out}");
+    assert!(out.stderr.contains("writable by group and others"), "{out}");
+    let out = read_only(&trust);
+    out.expect_ok("a 0777 directory on a read-only mount, opted in");
     assert!(!out.stderr.contains("insecure"), "{out}");
 }
 
