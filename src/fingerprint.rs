@@ -174,13 +174,12 @@ impl TableInfo {
 /// see the module comment), and needs `CAP_NET_RAW` (a raw socket) and
 /// `CAP_NET_ADMIN`. It answers for the calling thread's network namespace.
 ///
-/// How a poll should use it: fingerprint each (family, table) the wishes
-/// touch *before* reading; skip the read, parse and plan only when every
-/// fingerprint is `Ok` and equal to the one taken before the last full read,
-/// and that poll ended with nothing left to do. Taken before the read, a
-/// change racing the read shows at the next poll; taken after, it could be
-/// missed. Read fully anyway on any error, when the wishes change, after a
-/// failed apply, and at least every N polls as a safety net.
+/// How the daemon uses it (`netfilter::LegacyCache`): it fingerprints each
+/// legacy table whose chains a poll reads *before* reading them, keeps the
+/// chains read with that fingerprint, and answers the next poll from them
+/// while the fingerprint is unchanged, re-reading after five minutes
+/// regardless. Taken before the read, a change racing the read shows at the
+/// next poll; taken after, it could be missed. Any error means a real read.
 pub fn legacy_table(family: Family, table: &str) -> io::Result<Option<u64>> {
     if !table_loaded(family, table)? {
         return Ok(None);

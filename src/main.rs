@@ -645,7 +645,9 @@ fn big_set_changes(plan: &Plan) -> BTreeMap<String, (usize, usize)> {
         if c.program != pyfw::plan::Program::Ipset {
             continue;
         }
-        let (Some(op), Some(name)) = (c.args.first(), c.args.get(1)) else {
+        // Counted for the wished set, also when the commands fill its
+        // replacement (`_pyfw_temp_NAME`) before a swap.
+        let (Some(op), Some(name)) = (c.args.first(), c.wish.as_ref().or(c.args.get(1))) else {
             continue;
         };
         match op.as_str() {

@@ -344,8 +344,9 @@ pub struct System {
 }
 
 /// On legacy, any read copies the whole table out of the kernel: with a
-/// 50,000-rule table, 0.1 s of CPU per chain read, every poll. A table's
-/// fingerprint ([`crate::fingerprint`]) costs about a quarter of that and
+/// 50,000-rule table, 0.1 s of CPU per chain read, every poll, and more to
+/// parse. A table's fingerprint ([`crate::fingerprint`]) costs most of one
+/// such copy (0.07 s: the kernel's copy is the floor) but nothing else, and
 /// changes with any rule, order or policy change (never with counters), so
 /// a poll reads a table's chains again only when it changed, and in any
 /// case after [`LEGACY_REREAD_AFTER`], as a safety net. Only the
@@ -583,16 +584,34 @@ impl System {
             .spawn()
             .map_err(spawn_err)?;
         let _mark = ChildMark::new(child.id());
-        let writer = input.and_then(|text| {
-            let mut stdin = child.stdin.take()?;
-            let text = text.to_string();
-            // A tool that exits early closes the pipe; its own error says why.
-            Some(std::thread::spawn(move || {
-                let _ = stdin.write_all(text.as_bytes());
-            }))
-        });
-        let stdout = drain(child.stdout.take(), self.max_output);
-        let stderr = drain(child.stderr.take(), self.max_output);
+        // Threads feed and drain the pipes. Where the system gives no
+        // thread (a TasksMax limit), the tool is killed and that is the
+        // error: never a panic.
+        let no_thread = |child: &mut Child, e: std::io::Error| {
+            kill(child);
+            Error::Spawn {
+                command: command.clone(),
+                source: std::io::Error::new(e.kind(), format!("no thread for its pipes: {e}")),
+            }
+        };
+        let writer = match (input, child.stdin.take()) {
+            (Some(text), Some(mut stdin)) => {
+                let text = text.to_string();
+                // A tool that exits early closes the pipe; its own error says why.
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("pyfw-stdin".into())
+                        .spawn(move || {
+                            let _ = stdin.write_all(text.as_bytes());
+                        });
+                Some(spawned.map_err(|e| no_thread(&mut child, e))?)
+            }
+            _ => None,
+        };
+        let stdout =
+            drain(child.stdout.take(), self.max_output).map_err(|e| no_thread(&mut child, e))?;
+        let stderr =
+            drain(child.stderr.take(), self.max_output).map_err(|e| no_thread(&mut child, e))?;
         let status = match child.wait_timeout(self.timeout).map_err(spawn_err)? {
             Some(status) => status,
             None => {
@@ -955,10 +974,12 @@ impl System {
     /// to clean up (the namespace goes with the thread). The kernel and
     /// the tools are the same, so iptables prints each rule as it would in
     /// the real tables. The sets the rules name are created there (empty,
-    /// with their real type and options) and the chains they jump to are
-    /// created too, so that iptables accepts the rules for the same
-    /// reasons it would on the host. Needs CAP_SYS_ADMIN, which the
-    /// systemd unit does not grant: the caller then uses a scratch chain.
+    /// with their real type and options) and the chains they jump to that
+    /// pyfw read are created too, so that iptables accepts the rules for
+    /// the same reasons it would on the host. A jump to a chain pyfw did
+    /// not read (`DOCKER-USER`, `f2b-sshd`) fails there, and the caller
+    /// then uses the scratch chain, as it does without CAP_SYS_ADMIN, which
+    /// the systemd unit does not grant: correct either way, slower.
     fn canonicalize_private(&self, rules: &[RuleCheck], host: &State) -> Result<Vec<Rule>, Error> {
         let unshare_err = |source: std::io::Error| Error::Spawn {
             command: "unshare(CLONE_NEWNET)".into(),
@@ -1081,7 +1102,11 @@ impl System {
                     if let (Some(cache), Some(key), Some(fp)) = (cache, &key, fingerprint)
                         && let Some(t) = cache.hit(key, fp, &wanted)
                     {
-                        rs.tables.insert(table.clone(), t);
+                        // As a read gives it: no table when none of the
+                        // chains exists.
+                        if !t.chains.is_empty() {
+                            rs.tables.insert(table.clone(), t);
+                        }
                         continue;
                     }
                     let read = if wanted.len() <= LEGACY_LIST_MAX {
@@ -1105,7 +1130,7 @@ impl System {
                         (Some(cache), Some(key), None) => cache.forget(&key),
                         _ => {}
                     }
-                    if let Some(t) = t {
+                    if let Some(t) = t.filter(|t| !t.chains.is_empty()) {
                         rs.tables.insert(table.clone(), t);
                     }
                 }
@@ -1254,18 +1279,23 @@ fn kill(child: &mut Child) {
 /// Reads a pipe to its end, keeping at most `limit` bytes; the flag says
 /// whether there was more (the rest is read and dropped, so that the tool
 /// is never blocked writing and its timeout still applies).
-fn drain<R: Read + Send + 'static>(pipe: Option<R>, limit: usize) -> JoinHandle<(String, bool)> {
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let mut over = false;
-        if let Some(p) = pipe {
-            let mut p = p.take(limit as u64);
-            let _ = p.read_to_end(&mut buf);
-            let mut rest = p.into_inner();
-            over = std::io::copy(&mut rest, &mut std::io::sink()).is_ok_and(|n| n > 0);
-        }
-        (String::from_utf8_lossy(&buf).into_owned(), over)
-    })
+fn drain<R: Read + Send + 'static>(
+    pipe: Option<R>,
+    limit: usize,
+) -> std::io::Result<JoinHandle<(String, bool)>> {
+    std::thread::Builder::new()
+        .name("pyfw-drain".into())
+        .spawn(move || {
+            let mut buf = Vec::new();
+            let mut over = false;
+            if let Some(p) = pipe {
+                let mut p = p.take(limit as u64);
+                let _ = p.read_to_end(&mut buf);
+                let mut rest = p.into_inner();
+                over = std::io::copy(&mut rest, &mut std::io::sink()).is_ok_and(|n| n > 0);
+            }
+            (String::from_utf8_lossy(&buf).into_owned(), over)
+        })
 }
 
 /// What [`Backend::read_state`] reads side by side.
@@ -1281,32 +1311,68 @@ enum Got {
     Sets(std::collections::BTreeMap<String, state::Ipset>),
 }
 
-/// Runs each job on a thread of its own (the first on this thread) and
+/// At most this many reads run at once: each is a tool process with its
+/// pipes and threads, and a wishes file may name hundreds of sets (one per
+/// country), which must not exhaust the descriptors or tasks pyfw may have.
+const READERS: usize = 4;
+
+/// Runs the jobs on up to [`READERS`] threads (this one included) and
 /// returns their results in order. A read is a tool process whose time goes
 /// mostly to starting and to the kernel: two chains or two sets read side by
-/// side take the time of one on a machine with two CPUs.
+/// side take the time of one on a machine with two CPUs. Where the system
+/// gives fewer threads, fewer work; a job that panics is an error.
 fn parallel<T, F>(jobs: impl IntoIterator<Item = F>) -> Vec<Result<T, Error>>
 where
     T: Send,
     F: FnOnce() -> Result<T, Error> + Send,
 {
-    let mut jobs = jobs.into_iter();
-    let Some(first) = jobs.next() else {
-        return Vec::new();
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let jobs: Vec<Mutex<Option<F>>> = jobs.into_iter().map(|j| Mutex::new(Some(j))).collect();
+    let results: Vec<Mutex<Option<Result<T, Error>>>> =
+        jobs.iter().map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let panicked = || Error::Spawn {
+        command: "a reading thread".into(),
+        source: std::io::Error::other("it panicked"),
     };
-    std::thread::scope(|scope| {
-        let rest: Vec<_> = jobs.map(|job| scope.spawn(job)).collect();
-        let mut out = vec![first()];
-        for handle in rest {
-            out.push(handle.join().unwrap_or_else(|_| {
-                Err(Error::Spawn {
-                    command: "a reading thread".into(),
-                    source: std::io::Error::other("it panicked"),
-                })
-            }));
+    let work = || {
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let (Some(slot), Some(out)) = (jobs.get(i), results.get(i)) else {
+                break;
+            };
+            let Some(job) = slot.lock().ok().and_then(|mut j| j.take()) else {
+                continue;
+            };
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job))
+                .unwrap_or_else(|_| Err(panicked()));
+            if let Ok(mut out) = out.lock() {
+                *out = Some(result);
+            }
         }
-        out
-    })
+    };
+    let work = &work;
+    std::thread::scope(|scope| {
+        for _ in 1..READERS.min(jobs.len()) {
+            let spawned = std::thread::Builder::new()
+                .name("pyfw-read".into())
+                .spawn_scoped(scope, work);
+            if spawned.is_err() {
+                break;
+            }
+        }
+        work();
+    });
+    results
+        .into_iter()
+        .map(|r| {
+            r.into_inner()
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| Err(panicked()))
+        })
+        .collect()
 }
 
 impl Backend for System {
@@ -1459,6 +1525,40 @@ impl Backend for System {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Hundreds of reads (a set per country) run a few at a time, every
+    /// result in its place; a job that panics is an error, not a crash.
+    #[test]
+    fn parallel_reads_are_bounded_and_ordered() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let running = AtomicUsize::new(0);
+        let most = AtomicUsize::new(0);
+        let jobs = (0..300).map(|i| {
+            let (running, most) = (&running, &most);
+            move || {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(1));
+                running.fetch_sub(1, Ordering::SeqCst);
+                if i == 7 {
+                    panic!("job 7 fails");
+                }
+                Ok(i)
+            }
+        });
+        let out = parallel(jobs);
+        assert_eq!(out.len(), 300);
+        for (i, r) in out.iter().enumerate() {
+            match (i, r) {
+                (7, Err(e)) => assert!(e.to_string().contains("panicked"), "{e}"),
+                (_, Ok(v)) => assert_eq!(*v, i),
+                (_, other) => panic!("job {i}: {other:?}"),
+            }
+        }
+        let most = most.load(Ordering::SeqCst);
+        assert!((1..=READERS).contains(&most), "{most} at once");
+        assert!(parallel(std::iter::empty::<fn() -> Result<(), Error>>()).is_empty());
+    }
 
     #[test]
     fn reads_both_restore_error_formats() {

@@ -252,7 +252,11 @@ impl<B: Backend> Reconciler<B> {
         let mut learn: Vec<RuleCheck> = Vec::new();
         let mut deferred: Vec<RuleCheck> = Vec::new();
         // What the kernel printed, by family and table, built on first use.
-        let mut printed: HashMap<(Family, &str), HashSet<&[String]>> = HashMap::new();
+        // Rules compare by their tokens, so no rule's argv is built here.
+        // (`Rule` caches its argv in a cell, which takes no part in its
+        // hash or equality: the key cannot change while in the set.)
+        #[allow(clippy::mutable_key_type)]
+        let mut printed: HashMap<(Family, &str), HashSet<&Rule>> = HashMap::new();
         for chain in &wishes.chains {
             let ruleset = state.ruleset(chain.family);
             let chain_missing = ruleset.chain(&chain.table, &chain.chain).is_none();
@@ -264,6 +268,7 @@ impl<B: Backend> Reconciler<B> {
                 if self.canonical.contains_key(&key) {
                     continue;
                 }
+                #[allow(clippy::mutable_key_type)]
                 let kernel = printed
                     .entry((chain.family, chain.table.as_str()))
                     .or_insert_with(|| {
@@ -272,10 +277,10 @@ impl<B: Backend> Reconciler<B> {
                             .get(&chain.table)
                             .into_iter()
                             .flat_map(|t| t.chains.iter())
-                            .flat_map(|(_, c)| c.rules.iter().map(Rule::args))
+                            .flat_map(|(_, c)| c.rules.iter())
                             .collect()
                     });
-                if kernel.contains(r.rule.args()) {
+                if kernel.contains(&r.rule) {
                     self.canonical.insert(key, r.rule.clone());
                     continue;
                 }

@@ -240,7 +240,8 @@ pub fn parse_iptables_save(text: &str) -> Result<Ruleset, ParseError> {
 /// (`Some(None)` when the line does not start with `-A CHAIN`); `None` for
 /// unbalanced quotes. Most lines hold no quotes or escapes and split on
 /// blanks; the rest split as a shell would. Either way the words go into
-/// `buf` joined by NUL, and the rule costs one allocation, the chain none.
+/// `buf` joined by NUL, and the rule costs two allocations (its text and
+/// the `Arc`), the chain none.
 fn split_rule_line<'b>(line: &str, buf: &'b mut Vec<u8>) -> Option<Option<(Cow<'b, str>, Rule)>> {
     if line.as_bytes().contains(&0) {
         // No real rule holds a NUL; odd input takes the general path.
