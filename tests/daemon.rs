@@ -9,7 +9,7 @@
 //! does not within [`WAIT`].
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -226,20 +226,7 @@ impl<'a> Start<'a> {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start the daemon: {e}"));
         let log = Arc::new(Mutex::new(String::new()));
-        let mut stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        let reader = std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            loop {
-                match stderr.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => sink
-                        .lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buf[..n])),
-                }
-            }
-        });
+        let reader = common::collect(child.stderr.take().unwrap(), &log);
         Daemon {
             child,
             log,
@@ -858,20 +845,8 @@ fn apply_takes_turns_with_the_writer_lock() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stderr = apply.stderr.take().unwrap();
     let seen = Arc::new(Mutex::new(String::new()));
-    let sink = seen.clone();
-    let reader = std::thread::spawn(move || {
-        let mut buf = [0u8; 1024];
-        while let Ok(n) = stderr.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
+    let reader = common::collect(apply.stderr.take().unwrap(), &seen);
     wait_until(
         "apply to say it waits",
         || seen.lock().unwrap().contains("waiting up to"),

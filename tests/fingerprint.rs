@@ -15,9 +15,7 @@
 #[allow(unused_macros)]
 mod common;
 
-use std::fs::File;
 use std::net::UdpSocket;
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use common::{Backend, Netns};
@@ -26,14 +24,10 @@ use pyfw::state::Family;
 
 /// Runs `f` on a thread inside `ns`'s network namespace.
 fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
-    let path = format!("/run/netns/{}", ns.name);
-    let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
     std::thread::scope(|s| {
         s.spawn(|| {
-            // SAFETY: setns(2) takes a descriptor we hold open; it moves only
-            // this thread, which ends when `f` returns.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            common::enter_netns(&ns.name)
+                .unwrap_or_else(|e| panic!("enter namespace {}: {e}", ns.name));
             f()
         })
         .join()
@@ -218,47 +212,9 @@ fn ipv6_tables_too() {
         return;
     };
     assert_eq!(fp(&ns, Family::V6, "filter"), None, "not loaded yet");
-    ns.ok(
-        &[
-            "ip6tables",
-            "-w",
-            "-A",
-            "INPUT",
-            "-i",
-            "lo",
-            "-p",
-            "udp",
-            "-j",
-            "ACCEPT",
-        ],
-        "ip6tables -A",
-    );
-    ns.ok(
-        &[
-            "ip6tables",
-            "-w",
-            "-A",
-            "INPUT",
-            "-s",
-            "2001:db8::1/128",
-            "-j",
-            "ACCEPT",
-        ],
-        "ip6tables -A",
-    );
-    ns.ok(
-        &[
-            "ip6tables",
-            "-w",
-            "-A",
-            "INPUT",
-            "-s",
-            "2001:db8::2/128",
-            "-j",
-            "ACCEPT",
-        ],
-        "ip6tables -A",
-    );
+    ns.ip6tables(&["-A", "INPUT", "-i", "lo", "-p", "udp", "-j", "ACCEPT"]);
+    ns.ip6tables(&["-A", "INPUT", "-s", "2001:db8::1/128", "-j", "ACCEPT"]);
+    ns.ip6tables(&["-A", "INPUT", "-s", "2001:db8::2/128", "-j", "ACCEPT"]);
     let before = fp(&ns, Family::V6, "filter");
     assert!(before.is_some());
     assert_eq!(fp(&ns, Family::V6, "filter"), before);
@@ -267,20 +223,8 @@ fn ipv6_tables_too() {
     let after = first_input_counters(&ns, "ip6tables");
     assert!(after.0 >= counters.0 + 5, "{counters:?} -> {after:?}");
     assert_eq!(fp(&ns, Family::V6, "filter"), before, "traffic");
-    ns.ok(&["ip6tables", "-w", "-D", "INPUT", "2"], "ip6tables -D");
-    ns.ok(
-        &[
-            "ip6tables",
-            "-w",
-            "-A",
-            "INPUT",
-            "-s",
-            "2001:db8::1/128",
-            "-j",
-            "ACCEPT",
-        ],
-        "ip6tables -A",
-    );
+    ns.ip6tables(&["-D", "INPUT", "2"]);
+    ns.ip6tables(&["-A", "INPUT", "-s", "2001:db8::1/128", "-j", "ACCEPT"]);
     assert_ne!(fp(&ns, Family::V6, "filter"), before, "reorder");
     assert_eq!(fp(&ns, Family::V4, "filter"), None, "IPv4 was never used");
 }

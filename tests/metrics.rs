@@ -12,10 +12,8 @@
 #[macro_use]
 mod common;
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
@@ -410,14 +408,9 @@ fn in_netns<T: Send + 'static>(
     netns: &str,
     f: impl FnOnce() -> Result<T, String> + Send + 'static,
 ) -> Result<T, String> {
-    let path = format!("/run/netns/{netns}");
+    let netns = netns.to_string();
     std::thread::spawn(move || {
-        let ns = File::open(&path).map_err(|e| format!("{path}: {e}"))?;
-        rustix::thread::move_into_link_name_space(
-            ns.as_fd(),
-            Some(rustix::thread::LinkNameSpaceType::Network),
-        )
-        .map_err(|e| format!("setns {path}: {e}"))?;
+        common::enter_netns(&netns).map_err(|e| format!("enter namespace {netns}: {e}"))?;
         f()
     })
     .join()
@@ -481,20 +474,7 @@ impl Daemon {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start the daemon: {e}"));
         let log = Arc::new(Mutex::new(String::new()));
-        let mut stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        let reader = std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            loop {
-                match stderr.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => sink
-                        .lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buf[..n])),
-                }
-            }
-        });
+        let reader = common::collect(child.stderr.take().unwrap(), &log);
         Daemon {
             child,
             log,

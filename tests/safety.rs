@@ -8,7 +8,6 @@
 #[macro_use]
 mod common;
 
-use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
@@ -63,19 +62,7 @@ fn busy_host(ns: &Netns) {
         argv.extend_from_slice(args);
         ns.ok(&argv, "ipset");
     }
-    ns.ok(
-        &[
-            "ip6tables",
-            "-w",
-            "-A",
-            "INPUT",
-            "-s",
-            "2001:db8::1",
-            "-j",
-            "ACCEPT",
-        ],
-        "ip6tables",
-    );
+    ns.ip6tables(&["-A", "INPUT", "-s", "2001:db8::1", "-j", "ACCEPT"]);
 }
 
 /// The spec's wishes plus an IPv6 policy and a new chain, so that the apply
@@ -118,25 +105,10 @@ impl Running {
             .spawn()
             .expect("spawn pyfw");
         let out = Arc::new(Mutex::new(String::new()));
-        let mut readers = Vec::new();
-        let pipes: Vec<Box<dyn Read + Send>> = vec![
-            Box::new(child.stdout.take().unwrap()),
-            Box::new(child.stderr.take().unwrap()),
+        let readers = vec![
+            common::collect(child.stdout.take().unwrap(), &out),
+            common::collect(child.stderr.take().unwrap(), &out),
         ];
-        for mut pipe in pipes {
-            let sink = out.clone();
-            readers.push(std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = pipe.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    sink.lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            }));
-        }
         Running {
             child,
             out,

@@ -13,7 +13,6 @@
 #[macro_use]
 mod common;
 
-use std::io::Read;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -47,21 +46,7 @@ fn a_busy_second_writer_loses_nothing_and_state_converges(backend: Backend) {
         .spawn()
         .expect("start the daemon");
     let log = Arc::new(Mutex::new(String::new()));
-    let reader = {
-        let mut pipe = daemon.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        })
-    };
+    let reader = common::collect(daemon.stderr.take().unwrap(), &log);
     let log_text = || log.lock().unwrap().clone();
     let start = Instant::now();
     while !log_text().contains("ready: netfilter matches") {

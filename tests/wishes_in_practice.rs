@@ -12,7 +12,6 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -400,19 +399,7 @@ fn rejected_wish_names_itself_and_changes_nothing(backend: Backend) {
         "ipset create",
     );
     // IPv6 holds a foreign rule too (and so a filter table to compare).
-    ns.ok(
-        &[
-            "ip6tables",
-            "-w",
-            "-A",
-            "INPUT",
-            "-s",
-            "2001:db8::7",
-            "-j",
-            "DROP",
-        ],
-        "ip6tables -A",
-    );
+    ns.ip6tables(&["-A", "INPUT", "-s", "2001:db8::7", "-j", "DROP"]);
     let dir = tempfile::tempdir().unwrap();
     let bad = "        - bad_port: -p tcp --dport 99999 -j ACCEPT";
     let bad_set = "        - bad_port: -m set --match-set newset src -p tcp --dport 99999 -j DROP";
@@ -1405,18 +1392,6 @@ const PROBE_THREADS: usize = 4;
 /// How long a probe may run at most, whatever happens.
 const PROBE_LIMIT: Duration = Duration::from_secs(60);
 
-/// Moves the calling thread into the namespace (only this thread).
-fn enter_netns(name: &str) -> std::io::Result<()> {
-    let file = std::fs::File::open(format!("/run/netns/{name}"))?;
-    // SAFETY: setns on an open namespace file; it changes only the calling
-    // thread's network namespace.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// Runs `pyfw apply` while one thread runs `ipset test probe 10.0.0.1` in a
 /// tight loop and another sends packets from 10.0.0.1 that the wished rule
 /// must accept; both stop when the apply ends (or after [`PROBE_LIMIT`]).
@@ -1458,8 +1433,8 @@ fn apply_while_probing(ns: &Netns, wishes: &Path) -> (Out, Probed) {
             .collect();
         drop(ready);
         let sender = s.spawn(move || {
-            let socket =
-                enter_netns(&ns.name).and_then(|()| std::net::UdpSocket::bind("10.0.0.1:0"));
+            let socket = common::enter_netns(&ns.name)
+                .and_then(|()| std::net::UdpSocket::bind("10.0.0.1:0"));
             let socket = match socket {
                 Ok(socket) => socket,
                 Err(e) => {

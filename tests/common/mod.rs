@@ -474,6 +474,14 @@ impl Netns {
         self.ok(&argv, "iptables");
     }
 
+    /// `ip6tables -w ARGS`, which must succeed.
+    #[track_caller]
+    pub fn ip6tables(&self, args: &[&str]) {
+        let mut argv = vec!["ip6tables", "-w"];
+        argv.extend_from_slice(args);
+        self.ok(&argv, "ip6tables");
+    }
+
     /// Loads an `iptables-save` dump (flushing the tables it names).
     #[track_caller]
     pub fn iptables_restore(&self, text: &str) {
@@ -521,6 +529,38 @@ impl Drop for Netns {
             );
         }
     }
+}
+
+/// Moves the calling thread (only it: setns(2)) into the network namespace
+/// `name`, so a test can open sockets or ask the kernel there directly.
+pub fn enter_netns(name: &str) -> std::io::Result<()> {
+    let file = std::fs::File::open(format!("/run/netns/{name}"))?;
+    rustix::thread::move_into_link_name_space(
+        std::os::fd::AsFd::as_fd(&file),
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )?;
+    Ok(())
+}
+
+/// Collects what a child prints on `pipe` into `into` as it comes, on a
+/// thread of its own, so a test can read a running daemon's log; join the
+/// handle to have all of it once the child is gone.
+pub fn collect(
+    mut pipe: impl std::io::Read + Send + 'static,
+    into: &std::sync::Arc<std::sync::Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
+    let sink = into.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
 }
 
 /// An `iptables-save` dump as pyfw's parser reads it, rendered back: counters,
