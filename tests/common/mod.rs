@@ -482,6 +482,20 @@ impl Netns {
         self.ok(&argv, "ip6tables");
     }
 
+    /// Runs `f` on a thread inside this namespace, for what must ask the
+    /// kernel directly rather than through a command.
+    pub fn within<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                enter_netns(&self.name)
+                    .unwrap_or_else(|e| panic!("enter namespace {}: {e}", self.name));
+                f()
+            })
+            .join()
+            .expect("thread in the namespace panicked")
+        })
+    }
+
     /// Loads an `iptables-save` dump (flushing the tables it names).
     #[track_caller]
     pub fn iptables_restore(&self, text: &str) {
