@@ -480,35 +480,13 @@ pub fn serve(listen: &Listen, metrics: Arc<Metrics>) -> io::Result<Server> {
             let listener = TcpListener::bind(addr)?;
             let bound = Listen::Tcp(listener.local_addr()?);
             let stop = stop.clone();
-            let thread = spawn(move || {
-                for conn in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    if let Ok(mut conn) = conn {
-                        let _ = conn.set_read_timeout(Some(IO_TIMEOUT));
-                        let _ = conn.set_write_timeout(Some(IO_TIMEOUT));
-                        answer(&mut conn, &metrics);
-                    }
-                }
-            })?;
+            let thread = spawn(move || answer_each(listener.incoming(), &stop, &metrics))?;
             (bound, thread)
         }
         Listen::Unix(path) => {
             let listener = bind_unix(path)?;
             let stop = stop.clone();
-            let thread = spawn(move || {
-                for conn in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    if let Ok(mut conn) = conn {
-                        let _ = conn.set_read_timeout(Some(IO_TIMEOUT));
-                        let _ = conn.set_write_timeout(Some(IO_TIMEOUT));
-                        answer(&mut conn, &metrics);
-                    }
-                }
-            })?;
+            let thread = spawn(move || answer_each(listener.incoming(), &stop, &metrics))?;
             (Listen::Unix(path.clone()), thread)
         }
     };
@@ -517,6 +495,43 @@ pub fn serve(listen: &Listen, metrics: Arc<Metrics>) -> io::Result<Server> {
         stop,
         thread: Some(thread),
     })
+}
+
+/// A scrape's connection, TCP or Unix: the same bounded exchange.
+trait Conn: Read + Write {
+    fn set_timeouts(&self, timeout: Duration) -> io::Result<()>;
+}
+
+impl Conn for TcpStream {
+    fn set_timeouts(&self, timeout: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(timeout))?;
+        self.set_write_timeout(Some(timeout))
+    }
+}
+
+impl Conn for UnixStream {
+    fn set_timeouts(&self, timeout: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(timeout))?;
+        self.set_write_timeout(Some(timeout))
+    }
+}
+
+/// Answers each connection in turn until [`Server`]'s drop sets `stop`
+/// (and wakes the loop with a connection of its own).
+fn answer_each<C: Conn>(
+    incoming: impl Iterator<Item = io::Result<C>>,
+    stop: &AtomicBool,
+    metrics: &Metrics,
+) {
+    for conn in incoming {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        if let Ok(mut conn) = conn {
+            let _ = conn.set_timeouts(IO_TIMEOUT);
+            answer(&mut conn, metrics);
+        }
+    }
 }
 
 fn spawn(f: impl FnOnce() + Send + 'static) -> io::Result<JoinHandle<()>> {
