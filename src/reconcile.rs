@@ -182,18 +182,7 @@ impl<B: Backend> Reconciler<B> {
             .read_state(first.clone())
             .map_err(Error::Read)?;
         let mut scope = scope_for(wishes, &read);
-        let state = if scope.v4 == first.v4 && scope.v6 == first.v6 && scope.sets == Sets::Skip {
-            read
-        } else {
-            let mut state = self
-                .backend
-                .read_state(scope.clone())
-                .map_err(Error::Read)?;
-            if scope.sets == Sets::Skip {
-                state.ipsets = read.ipsets;
-            }
-            state
-        };
+        let state = self.read_more(read, &first, &scope)?;
         if scope.sets == Sets::Skip {
             // What was read, sets included, to read the same again.
             scope.sets = first.sets;
@@ -208,6 +197,52 @@ impl<B: Backend> Reconciler<B> {
             deferred,
             scope,
         })
+    }
+
+    /// `read` (what `first` asked for) completed to `scope`: only what the
+    /// first read lacks is read again (the chains pyfw's record adds to the
+    /// wished ones; whole tables or every set where something may go).
+    fn read_more(&mut self, read: State, first: &Scope, scope: &Scope) -> Result<State, Error> {
+        let mut more = Scope::none();
+        for family in [Family::V4, Family::V6] {
+            *more.rules_mut(family) = match (first.rules(family), scope.rules(family)) {
+                (had, want) if had == want => Rules::Skip,
+                (Rules::Chains(had), Rules::Chains(want)) => {
+                    Rules::Chains(want.difference(had).cloned().collect())
+                }
+                (_, want) => want.clone(),
+            };
+        }
+        more.sets = scope.sets.clone();
+        if more.v4 == Rules::Skip && more.v6 == Rules::Skip && more.sets == Sets::Skip {
+            return Ok(read);
+        }
+        let extra = self.backend.read_state(more.clone()).map_err(Error::Read)?;
+        let mut state = read;
+        for (family, mut got) in [(Family::V4, extra.v4), (Family::V6, extra.v6)] {
+            let have = match family {
+                Family::V4 => &mut state.v4,
+                Family::V6 => &mut state.v6,
+            };
+            match more.rules(family) {
+                Rules::Skip => {}
+                // Other chains than those read: add them.
+                Rules::Chains(_) => {
+                    for (name, table) in std::mem::take(&mut got.tables) {
+                        have.tables
+                            .entry(name)
+                            .or_default()
+                            .chains
+                            .extend(table.chains);
+                    }
+                }
+                Rules::Tables(_) | Rules::All => *have = got,
+            }
+        }
+        if more.sets != Sets::Skip {
+            state.ipsets = extra.ipsets;
+        }
+        Ok(state)
     }
 
     /// Reads, plans and applies; all or nothing.

@@ -23,6 +23,7 @@ on_both_backends!(
     foreign_rules_untouched,
     a_move_inside_one_transaction_never_shows_a_gap,
     rule_forms_are_the_same_without_a_private_namespace,
+    a_chain_no_longer_wished_is_read_and_cleared,
 );
 
 /// Docker's five FORWARD rules, as argv after `-A FORWARD`.
@@ -641,4 +642,49 @@ fn rule_forms_are_the_same_without_a_private_namespace(backend: Backend) {
         saves.push(normalize_rules(&save));
     }
     assert_text_eq(&saves[1], &saves[0], "without CAP_SYS_ADMIN, as with it");
+}
+
+/// A wish withdrawn from a chain that is no longer wished at all: pyfw's
+/// record names that chain, so the reconcile reads it beside the wished
+/// ones (only it is read a second time) and removes pyfw's rule there,
+/// leaving the foreign rule beside it and the wished chain as it was.
+fn a_chain_no_longer_wished_is_read_and_cleared(backend: Backend) {
+    let Some(ns) = Netns::new("unwished_chain", backend) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let both = write(
+        "both.yaml",
+        "pyfw_wishes:\n  iptables:\n    filter:\n      INPUT:\n        rules:\n\
+         \x20       - keep_ssh: -p tcp --dport 22 -j ACCEPT\n      FORWARD:\n        rules:\n\
+         \x20       - old_fwd: -s 10.1.0.0/16 -j ACCEPT\n",
+    );
+    let input_only = write(
+        "input.yaml",
+        "pyfw_wishes:\n  iptables:\n    filter:\n      INPUT:\n        rules:\n\
+         \x20       - keep_ssh: -p tcp --dport 22 -j ACCEPT\n",
+    );
+    ns.iptables(&["-A", "FORWARD", "-s", "10.2.0.0/16", "-j", "DROP"]);
+    ns.run_pyfw(&both, &["apply"])
+        .expect_ok("apply both chains");
+    let forward = || ns.ok(&["iptables", "-w", "-S", "FORWARD"], "list FORWARD");
+    assert!(forward().contains("--comment old_fwd"), "{}", forward());
+
+    let out = ns.run_pyfw(&input_only, &["apply"]);
+    out.expect_ok("apply INPUT only");
+    let now = forward();
+    assert!(
+        !now.contains("old_fwd"),
+        "the withdrawn rule is gone\n{out}\n{now}"
+    );
+    assert!(now.contains("-A FORWARD -s 10.2.0.0/16 -j DROP"), "{now}");
+    let input = ns.ok(&["iptables", "-w", "-S", "INPUT"], "list INPUT");
+    assert!(input.contains("--comment keep_ssh"), "{input}");
+    ns.run_pyfw(&input_only, &["check"])
+        .expect_ok("in sync after the withdrawal");
 }
