@@ -34,7 +34,7 @@
 //! system time: the kernel copies each rule, match and target to user space
 //! piece by piece), against 157 ms for `iptables-legacy-save` and 104 ms for
 //! `iptables-legacy -S INPUT`; the hash is the other 5 ms. See
-//! `cost_on_50k_rules` in `tests/fingerprint.rs`. What it saves is
+//! `cargo bench --bench fingerprint` (as root). What it saves is
 //! everything after the copy: libiptc's parse, the text, pyfw's parse and
 //! plan.
 //!
