@@ -250,8 +250,6 @@ fn start(path: &Path, variant: Variant, args: &Args) -> Result<ExitCode, String>
     let (system, warnings) = System::default()
         .with_variant(variant)
         .map_err(|e| e.to_string())?;
-    // Polls of an unchanged legacy table skip the read (its fingerprint).
-    let system = system.remember_legacy_reads();
     for w in warnings {
         tracing::warn!("{w}");
     }
@@ -275,7 +273,10 @@ fn start(path: &Path, variant: Variant, args: &Args) -> Result<ExitCode, String>
             .map(|w| format!(", watchdog {}", humantime::format_duration(w)))
             .unwrap_or_default()
     );
-    let events = follow_netfilter(&system, &loaded.wishes, args.interval);
+    let (events, lock) = follow_netfilter(&system, &loaded.wishes, args.interval);
+    // Polls of an unchanged legacy table skip the read (its fingerprint),
+    // and while the xtables lock stays quiet, the fingerprint too.
+    let system = system.remember_legacy_reads(lock);
     let mut core = Core::new(
         Reconciler::new(system),
         path.to_path_buf(),
@@ -345,19 +346,40 @@ fn give_back_memory() {
     }
 }
 
-/// Subscribes to netfilter's change notifications where the backend has
-/// them (nft); `None`, said once in the log, where it does not.
+/// Subscribes to netfilter's change notifications on nft; on legacy,
+/// follows the xtables lock instead (the watch is also the legacy reads'
+/// reason to skip a fingerprint). `None`, said once in the log, where
+/// neither works.
 fn follow_netfilter(
     system: &System,
     wishes: &crate::wishes::Wishes,
     interval: Duration,
-) -> Option<Events> {
+) -> (Option<Events>, Option<crate::xtlock::LockWatch>) {
     let every = humantime::format_duration(interval);
     if !system.is_nft() {
-        tracing::info!(
-            "iptables-legacy announces no changes: drift is found by the poll every {every}"
-        );
-        return None;
+        let path = crate::xtlock::path();
+        let (tx, rx) = mpsc::unbounded_channel();
+        return match crate::xtlock::LockWatch::start(&path, move || {
+            tx.send(events::Change::XtablesLock).is_ok()
+        }) {
+            Ok(lock) => {
+                tracing::info!(
+                    "iptables-legacy announces no changes; following the xtables lock {} that \
+                     every iptables command takes: a legacy table is checked when it is \
+                     released, and by the poll every {every}",
+                    path.display()
+                );
+                (Some(Events::from_channel(rx)), Some(lock))
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "iptables-legacy announces no changes, and the xtables lock {} cannot be \
+                     followed ({e}): drift is found by the poll every {every}",
+                    path.display()
+                );
+                (None, None)
+            }
+        };
     }
     match Events::start(events::watched(wishes)) {
         Ok(events) => {
@@ -365,13 +387,13 @@ fn follow_netfilter(
                 "following netfilter changes: drift in a wished chain is repaired at once (and \
                  the poll every {every} stays on)"
             );
-            Some(events)
+            (Some(events), None)
         }
         Err(e) => {
             tracing::warn!(
                 "cannot follow netfilter changes ({e}); drift is found by the poll every {every}"
             );
-            None
+            (None, None)
         }
     }
 }

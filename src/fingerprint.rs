@@ -213,47 +213,101 @@ fn table_loaded(family: Family, table: &str) -> io::Result<bool> {
     }
 }
 
+/// What `IPT_SO_GET_INFO` says about a legacy table now (its entry count,
+/// size and hook offsets), or `None` when this network namespace has no
+/// such table; checked, like [`legacy_table`], without making the kernel
+/// create it. It costs microseconds whatever the table's size, but only
+/// shows a change that adds or removes entries: a reorder, or a rule
+/// replaced by one of the same size, leaves it as it was. The daemon uses
+/// it between fingerprints when the xtables lock says nobody wrote (see
+/// [`crate::xtlock`]), to catch a writer that does not take the lock.
+pub fn legacy_summary(family: Family, table: &str) -> io::Result<Option<TableInfo>> {
+    if !table_loaded(family, table)? {
+        return Ok(None);
+    }
+    let socket = Socket::open(family, table)?;
+    socket.info()
+}
+
 /// The table's info and its entries (after [`GET_ENTRIES_HEAD`] bytes of
 /// header), or `None` if the kernel says it has no such table.
+fn read_table(family: Family, table: &str) -> io::Result<Option<(TableInfo, Vec<u8>)>> {
+    let socket = Socket::open(family, table)?;
+    let mut last = None;
+    for _ in 0..ATTEMPTS {
+        let Some(info) = socket.info()? else {
+            return Ok(None);
+        };
+        let size = usize::try_from(info.size)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "table too large"))?;
+        let mut buf = vec![0u8; GET_ENTRIES_HEAD + size];
+        buf[..socket.name.len()].copy_from_slice(&socket.name);
+        buf[TABLE_NAME_LEN..TABLE_NAME_LEN + 4].copy_from_slice(&info.size.to_ne_bytes());
+        match socket.get(SO_GET_ENTRIES, &mut buf) {
+            Ok(()) => return Ok(Some((info, buf))),
+            // The table changed size between the two calls: ask again.
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => last = Some(e),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EAGAIN)))
+}
+
+/// A raw socket to ask the kernel about one legacy table.
 ///
 /// All of this module's `unsafe` is here: creating the raw socket and the
-/// two `getsockopt` calls, each into a buffer of exactly the length passed.
-fn read_table(family: Family, table: &str) -> io::Result<Option<(TableInfo, Vec<u8>)>> {
-    let name = table.as_bytes();
-    if name.is_empty() || name.len() >= TABLE_NAME_LEN || name.contains(&0) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("not a table name: {table:?}"),
-        ));
-    }
-    let (domain, level) = match family {
-        Family::V4 => (libc::AF_INET, libc::IPPROTO_IP),
-        Family::V6 => (libc::AF_INET6, libc::IPPROTO_IPV6),
-    };
-    // SAFETY: socket(2) takes no pointers; a negative result is an error.
-    let fd = unsafe {
-        libc::socket(
-            domain,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::IPPROTO_RAW,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a descriptor we just opened and own alone.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+/// `getsockopt` calls, each into a buffer of exactly the length passed.
+struct Socket {
+    fd: OwnedFd,
+    level: libc::c_int,
+    /// The table's name, checked to fit `TABLE_NAME_LEN` with its NUL.
+    name: Vec<u8>,
+}
 
-    // getsockopt(2) into `buf`, which the kernel fills up to its length.
-    let get = |option: libc::c_int, buf: &mut [u8]| -> io::Result<()> {
+impl Socket {
+    fn open(family: Family, table: &str) -> io::Result<Socket> {
+        let name = table.as_bytes();
+        if name.is_empty() || name.len() >= TABLE_NAME_LEN || name.contains(&0) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("not a table name: {table:?}"),
+            ));
+        }
+        let (domain, level) = match family {
+            Family::V4 => (libc::AF_INET, libc::IPPROTO_IP),
+            Family::V6 => (libc::AF_INET6, libc::IPPROTO_IPV6),
+        };
+        // SAFETY: socket(2) takes no pointers; a negative result is an error.
+        let fd = unsafe {
+            libc::socket(
+                domain,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::IPPROTO_RAW,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a descriptor we just opened and own alone.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Socket {
+            fd,
+            level,
+            name: name.to_vec(),
+        })
+    }
+
+    /// getsockopt(2) into `buf`, which the kernel fills up to its length.
+    fn get(&self, option: libc::c_int, buf: &mut [u8]) -> io::Result<()> {
         let mut len = libc::socklen_t::try_from(buf.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "table too large"))?;
         // SAFETY: `buf` is valid for writes of `len` bytes and `len` is a
         // live socklen_t; the kernel writes at most `len` bytes into it.
         let rc = unsafe {
             libc::getsockopt(
-                socket.as_raw_fd(),
-                level,
+                self.fd.as_raw_fd(),
+                self.level,
                 option,
                 buf.as_mut_ptr().cast(),
                 &mut len,
@@ -264,32 +318,18 @@ fn read_table(family: Family, table: &str) -> io::Result<Option<(TableInfo, Vec<
         } else {
             Ok(())
         }
-    };
+    }
 
-    let mut last = None;
-    for _ in 0..ATTEMPTS {
+    /// `IPT_SO_GET_INFO`; `None` if the kernel has no such table.
+    fn info(&self) -> io::Result<Option<TableInfo>> {
         let mut raw = [0u8; GETINFO_LEN];
-        raw[..name.len()].copy_from_slice(name);
-        match get(SO_GET_INFO, &mut raw) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
-            Err(e) => return Err(e),
-        }
-        let info = TableInfo::parse(&raw);
-        let size = usize::try_from(info.size)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "table too large"))?;
-        let mut buf = vec![0u8; GET_ENTRIES_HEAD + size];
-        buf[..name.len()].copy_from_slice(name);
-        buf[TABLE_NAME_LEN..TABLE_NAME_LEN + 4].copy_from_slice(&info.size.to_ne_bytes());
-        match get(SO_GET_ENTRIES, &mut buf) {
-            Ok(()) => return Ok(Some((info, buf))),
-            // The table changed size between the two calls: ask again.
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => last = Some(e),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
-            Err(e) => return Err(e),
+        raw[..self.name.len()].copy_from_slice(&self.name);
+        match self.get(SO_GET_INFO, &mut raw) {
+            Ok(()) => Ok(Some(TableInfo::parse(&raw))),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
         }
     }
-    Err(last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EAGAIN)))
 }
 
 /// The fingerprint of a table from its info and raw entries (the bytes the

@@ -27,3 +27,4 @@ pub mod rule;
 pub mod secure;
 pub mod state;
 pub mod wishes;
+pub mod xtlock;

@@ -269,13 +269,15 @@ fn xtables_lock_note(program: &str) -> String {
 impl LegacyCache {
     /// The chains `wanted` of a table, if they were all read when the
     /// table had this fingerprint, and the entry is not due a re-read.
+    /// A hit also starts the table's quiet trust again with `quiet`.
     fn hit(
         &self,
         key: &(u64, Family, String),
         fp: u64,
         wanted: &BTreeSet<String>,
+        quiet: Option<Quiet>,
     ) -> Option<state::Table> {
-        let mut map = self.0.lock().ok()?;
+        let mut map = self.tables.lock().ok()?;
         let entry = map.get_mut(key)?;
         if entry.fingerprint != fp
             || entry.read_at.elapsed() >= LEGACY_REREAD_AFTER
@@ -283,19 +285,43 @@ impl LegacyCache {
         {
             return None;
         }
-        let chains = entry
-            .table
-            .chains
-            .iter()
-            .filter(|(name, _)| wanted.contains(name))
-            .cloned()
-            .collect();
+        entry.quiet = quiet;
         tracing::debug!(
             "{:?} {}: unchanged since it was read (fingerprint)",
             key.1,
             key.2
         );
-        Some(state::Table { chains })
+        Some(entry.wanted(wanted))
+    }
+
+    /// The chains `wanted`, without a fingerprint, if the xtables lock has
+    /// seen no close (`closes` is the count now) and the table's summary is
+    /// `summary` still, since a fingerprint found them unchanged less than
+    /// [`crate::xtlock::TRUST_QUIET_FOR`] ago.
+    fn quiet_hit(
+        &self,
+        key: &(u64, Family, String),
+        closes: u64,
+        summary: &crate::fingerprint::TableInfo,
+        wanted: &BTreeSet<String>,
+    ) -> Option<state::Table> {
+        let map = self.tables.lock().ok()?;
+        let entry = map.get(key)?;
+        let quiet = entry.quiet.as_ref()?;
+        if quiet.closes != closes
+            || quiet.summary != *summary
+            || quiet.since.elapsed() >= crate::xtlock::TRUST_QUIET_FOR
+            || entry.read_at.elapsed() >= LEGACY_REREAD_AFTER
+            || !wanted.is_subset(&entry.chains)
+        {
+            return None;
+        }
+        tracing::debug!(
+            "{:?} {}: unchanged since it was read (the xtables lock stayed quiet)",
+            key.1,
+            key.2
+        );
+        Some(entry.wanted(wanted))
     }
 
     /// Keeps what was just read of a table (`None`: it holds none of the
@@ -306,8 +332,9 @@ impl LegacyCache {
         fp: u64,
         chains: BTreeSet<String>,
         table: Option<state::Table>,
+        quiet: Option<Quiet>,
     ) {
-        if let Ok(mut map) = self.0.lock() {
+        if let Ok(mut map) = self.tables.lock() {
             map.insert(
                 key,
                 CachedTable {
@@ -315,13 +342,14 @@ impl LegacyCache {
                     chains,
                     table: table.unwrap_or_default(),
                     read_at: std::time::Instant::now(),
+                    quiet,
                 },
             );
         }
     }
 
     fn forget(&self, key: &(u64, Family, String)) {
-        if let Ok(mut map) = self.0.lock() {
+        if let Ok(mut map) = self.tables.lock() {
             map.remove(key);
         }
     }
@@ -352,13 +380,34 @@ pub struct System {
 /// case after [`LEGACY_REREAD_AFTER`], as a safety net. Only the
 /// chains asked for are kept, so memory stays small. A clone starts empty,
 /// and each entry names the network namespace it was read in.
+///
+/// When the daemon follows the xtables lock ([`crate::xtlock`]), a poll
+/// that finds no close of the lock since a table's last fingerprint, and the
+/// table's summary as it was then, skips even the fingerprint, for at most
+/// [`crate::xtlock::TRUST_QUIET_FOR`] after it.
 #[derive(Debug, Default)]
-struct LegacyCache(std::sync::Mutex<std::collections::HashMap<(u64, Family, String), CachedTable>>);
+struct LegacyCache {
+    tables: std::sync::Mutex<std::collections::HashMap<(u64, Family, String), CachedTable>>,
+    lock: Option<crate::xtlock::LockWatch>,
+}
 
 impl Clone for LegacyCache {
     fn clone(&self) -> Self {
-        LegacyCache::default()
+        LegacyCache {
+            tables: Default::default(),
+            lock: self.lock.clone(),
+        }
     }
+}
+
+/// What a table's quiet trust rests on: the xtables lock's close count and
+/// the table's summary, both taken before the fingerprint that found the
+/// chains unchanged, and when.
+#[derive(Debug)]
+struct Quiet {
+    closes: u64,
+    summary: crate::fingerprint::TableInfo,
+    since: std::time::Instant,
 }
 
 #[derive(Debug)]
@@ -370,6 +419,21 @@ struct CachedTable {
     table: state::Table,
     /// When it was read.
     read_at: std::time::Instant,
+    /// While the xtables lock is followed: see [`Quiet`].
+    quiet: Option<Quiet>,
+}
+
+impl CachedTable {
+    fn wanted(&self, wanted: &BTreeSet<String>) -> state::Table {
+        let chains = self
+            .table
+            .chains
+            .iter()
+            .filter(|(name, _)| wanted.contains(name))
+            .cloned()
+            .collect();
+        state::Table { chains }
+    }
 }
 
 /// How long a legacy table's chains are answered from the cache before
@@ -544,11 +608,15 @@ pub struct Output {
 
 impl System {
     /// For a reader that polls, the daemon: on legacy, a table's chains are
-    /// read again only when its fingerprint changed (see [`LegacyCache`]).
+    /// read again only when its fingerprint changed, and not even
+    /// fingerprinted while `lock` saw no iptables run (see [`LegacyCache`]).
     /// A one-shot command gains nothing from it, and would pay a
     /// fingerprint per read.
-    pub fn remember_legacy_reads(mut self) -> Self {
-        self.legacy_cache = Some(LegacyCache::default());
+    pub fn remember_legacy_reads(mut self, lock: Option<crate::xtlock::LockWatch>) -> Self {
+        self.legacy_cache = Some(LegacyCache {
+            tables: Default::default(),
+            lock,
+        });
         self
     }
 
@@ -1088,6 +1156,37 @@ impl System {
                     let key = cache
                         .and_then(|_| netns_id())
                         .map(|ns| (ns, family, table.clone()));
+                    // The lock's count first: a close counted after it
+                    // makes the next poll look again.
+                    let closes = key
+                        .as_ref()
+                        .and(cache)
+                        .and_then(|c| c.lock.as_ref())
+                        .and_then(|l| l.closes());
+                    let summary = closes.and_then(|_| {
+                        crate::fingerprint::legacy_summary(family, table)
+                            .inspect_err(|e| {
+                                tracing::debug!("no summary of {family:?} {table}: {e}")
+                            })
+                            .ok()
+                            .flatten()
+                    });
+                    if let (Some(cache), Some(key), Some(closes), Some(summary)) =
+                        (cache, &key, closes, &summary)
+                        && let Some(t) = cache.quiet_hit(key, closes, summary, &wanted)
+                    {
+                        if !t.chains.is_empty() {
+                            rs.tables.insert(table.clone(), t);
+                        }
+                        continue;
+                    }
+                    let quiet = || {
+                        closes.zip(summary).map(|(closes, summary)| Quiet {
+                            closes,
+                            summary,
+                            since: std::time::Instant::now(),
+                        })
+                    };
                     let fingerprint = match key
                         .as_ref()
                         .map(|_| crate::fingerprint::legacy_table(family, table))
@@ -1100,7 +1199,7 @@ impl System {
                         None => None,
                     };
                     if let (Some(cache), Some(key), Some(fp)) = (cache, &key, fingerprint)
-                        && let Some(t) = cache.hit(key, fp, &wanted)
+                        && let Some(t) = cache.hit(key, fp, &wanted, quiet())
                     {
                         // As a read gives it: no table when none of the
                         // chains exists.
@@ -1125,7 +1224,7 @@ impl System {
                     }
                     match (cache, key, fingerprint) {
                         (Some(cache), Some(key), Some(fp)) => {
-                            cache.store(key, fp, wanted, t.clone())
+                            cache.store(key, fp, wanted, t.clone(), quiet())
                         }
                         (Some(cache), Some(key), None) => cache.forget(&key),
                         _ => {}

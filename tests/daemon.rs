@@ -458,8 +458,11 @@ fn docker_restart_is_repaired(legacy: bool) {
     daemon.wait_polls(2);
     if legacy {
         // Polls of an unchanged table skip the read: its fingerprint says
-        // nothing changed.
+        // nothing changed (taken after the daemon's own iptables runs,
+        // which release the xtables lock too); then, while the lock stays
+        // quiet, polls skip even the fingerprint.
         daemon.wait_log("filter: unchanged since it was read (fingerprint)");
+        daemon.wait_log("filter: unchanged since it was read (the xtables lock stayed quiet)");
         // A change of order alone, same size, is still seen:
         // allow_established moved to the end of FORWARD in one transaction.
         let repairs = || daemon.log().matches("repaired (drift)").count();
@@ -478,6 +481,121 @@ fn docker_restart_is_repaired(legacy: bool) {
         );
         daemon.wait_rules_with(&ns, save, &spec("after-apply.save"), "the reorder's repair");
     }
+    daemon.assert_alive();
+}
+
+/// On legacy, a change made through iptables is repaired when the xtables
+/// lock is released, without waiting for a poll: none comes due here.
+#[test]
+fn legacy_drift_is_repaired_when_the_xtables_lock_is_released() {
+    let test = "legacy_lock_release";
+    let Some(ns) = Ns::with_backend(test, true) else {
+        return;
+    };
+    ns.restore(
+        "iptables-restore",
+        &["-w"],
+        &spec("docker-after-reboot.save"),
+    );
+    let wishes = spec_path("wishes.yaml");
+    let mut daemon = Start::new(&wishes, NEVER)
+        .global(&["--backend", "legacy"])
+        .spawn(&ns);
+    daemon.wait_rules_with(&ns, "iptables-save", &spec("after-apply.save"), "the start");
+    daemon.wait_log("following the xtables lock");
+    daemon.wait_log("ready: netfilter matches");
+
+    replay_docker_restart(&ns, "iptables-restore");
+    daemon.wait_rules_with(
+        &ns,
+        "iptables-save",
+        &spec("after-apply.save"),
+        "the repair",
+    );
+    daemon.wait_log("repaired (drift)");
+    let log = daemon.log();
+    assert!(
+        log.contains("netfilter change: an iptables command released the xtables lock"),
+        "{log}"
+    );
+    assert!(!log.contains("trigger=\"poll\""), "no poll was due:\n{log}");
+    daemon.assert_alive();
+}
+
+/// A program that writes a legacy table without taking the xtables lock
+/// pyfw follows (its own `XTABLES_LOCKFILE` here; a libiptc user, or
+/// iptables in a container with its own `/run`, in life) is still found:
+/// adding or removing a rule changes the table's summary, which every poll
+/// checks; a reorder of the same size, at the latest when the quiet
+/// table's fingerprint is taken again ([`pyfw::xtlock::TRUST_QUIET_FOR`]).
+#[test]
+fn legacy_writers_that_bypass_the_lock_are_found_by_the_poll() {
+    let Some(ns) = Ns::with_backend("legacy_lock_bypass", true) else {
+        return;
+    };
+    ns.restore(
+        "iptables-restore",
+        &["-w"],
+        &spec("docker-after-reboot.save"),
+    );
+    let wishes = spec_path("wishes.yaml");
+    let mut daemon = Start::new(&wishes, FAST)
+        .global(&["--backend", "legacy"])
+        .spawn(&ns);
+    daemon.wait_rules_with(&ns, "iptables-save", &spec("after-apply.save"), "the start");
+    daemon.wait_log("filter: unchanged since it was read (the xtables lock stayed quiet)");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let bypass = |script: &str| {
+        let lock = elsewhere.path().join("xtables.lock");
+        let env = format!("XTABLES_LOCKFILE={}", lock.display());
+        let mut child = ns
+            .command(&["env", &env, "iptables-restore", "-w", "--noflush"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    let rule = "-m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment \
+                allow_established -j ACCEPT";
+    let repairs = || daemon.log().matches("repaired (drift)").count();
+
+    // Removed: the summary changes, the next poll repairs it.
+    let before = repairs();
+    bypass(&format!("*filter\n-D FORWARD {rule}\nCOMMIT\n"));
+    wait_until(
+        "the removal repaired",
+        || repairs() > before,
+        || daemon.log(),
+    );
+    daemon.wait_rules_with(&ns, "iptables-save", &spec("after-apply.save"), "removal");
+
+    // Reordered, same size: found by the fingerprint, which a quiet table
+    // still gets every TRUST_QUIET_FOR.
+    daemon.wait_log("filter: unchanged since it was read (the xtables lock stayed quiet)");
+    let before = repairs();
+    bypass(&format!(
+        "*filter\n-D FORWARD {rule}\n-A FORWARD {rule}\nCOMMIT\n"
+    ));
+    let deadline = Instant::now() + pyfw::xtlock::TRUST_QUIET_FOR + WAIT;
+    while repairs() == before {
+        assert!(
+            Instant::now() < deadline,
+            "the same-size reorder was not repaired within {:?}:\n{}",
+            pyfw::xtlock::TRUST_QUIET_FOR + WAIT,
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    daemon.wait_rules_with(&ns, "iptables-save", &spec("after-apply.save"), "reorder");
     daemon.assert_alive();
 }
 
@@ -1296,26 +1414,5 @@ fn an_idle_daemon_does_not_trigger_itself() {
         daemon.log()
     );
     quiet("after the repair", after_repair);
-    daemon.assert_alive();
-}
-
-/// Legacy iptables announces nothing: the daemon says so and polls.
-#[test]
-fn legacy_relies_on_the_poll() {
-    let Some(ns) = Ns::with_backend("events_legacy", true) else {
-        return;
-    };
-    ns.restore(
-        "iptables-restore",
-        &["-w"],
-        &spec("docker-after-reboot.save"),
-    );
-    let wishes = spec_path("wishes.yaml");
-    let mut daemon = Start::new(&wishes, FAST)
-        .global(&["--backend", "legacy"])
-        .spawn(&ns);
-    daemon.wait_log("ready: netfilter matches");
-    daemon.wait_log("iptables-legacy announces no changes: drift is found by the poll every");
-    assert!(!daemon.log().contains("following netfilter changes"));
     daemon.assert_alive();
 }

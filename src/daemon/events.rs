@@ -33,8 +33,10 @@
 //! If the socket cannot be opened (no nf_tables in the kernel, a seccomp
 //! filter, too old a kernel), the daemon logs it once and relies on the
 //! poll, which also stays on as the safety net with events. Legacy
-//! iptables announces nothing: on legacy, polling is the mechanism. ipset
-//! announces nothing either, so a set's drift waits for the poll.
+//! iptables announces nothing; there the closes of the xtables lock, which
+//! every iptables command takes, are the hint ([`crate::xtlock`]), and a
+//! table's fingerprint says whether it really changed. ipset announces
+//! nothing either, so a set's drift waits for the poll.
 
 use std::collections::BTreeSet;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -65,6 +67,9 @@ pub enum Change {
     Touched { what: Vec<String>, by: String },
     /// Notifications were lost: anything may have changed.
     Lost,
+    /// A program released the xtables lock: on legacy, a table may have
+    /// changed (see [`crate::xtlock`]).
+    XtablesLock,
 }
 
 impl std::fmt::Display for Change {
@@ -72,6 +77,7 @@ impl std::fmt::Display for Change {
         match self {
             Change::Touched { what, by } => write!(f, "{} changed by {by}", what.join(", ")),
             Change::Lost => write!(f, "netfilter change notifications were lost"),
+            Change::XtablesLock => write!(f, "an iptables command released the xtables lock"),
         }
     }
 }
@@ -97,7 +103,8 @@ impl Events {
         Ok(Events { changes, watched })
     }
 
-    /// Events fed from a channel instead of the kernel, for tests.
+    /// Events fed from a channel instead of the nf_tables socket: the
+    /// xtables lock's closes on legacy, or a test's script.
     pub fn from_channel(changes: UnboundedReceiver<Change>) -> Events {
         Events {
             changes,

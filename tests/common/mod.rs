@@ -296,8 +296,9 @@ pub struct Netns {
     pub backend: Backend,
     /// `PATH` for every command run inside.
     path: String,
-    /// The legacy symlinks, kept alive as long as the namespace.
-    _bin: Option<tempfile::TempDir>,
+    /// The legacy symlinks and the namespace's xtables lock, kept as long
+    /// as the namespace.
+    bin: Option<tempfile::TempDir>,
 }
 
 impl Netns {
@@ -398,7 +399,7 @@ impl Netns {
             name,
             backend,
             path,
-            _bin: bin,
+            bin,
         };
         ns.ok(&["ip", "link", "set", "lo", "up"], "bring lo up");
 
@@ -435,6 +436,13 @@ impl Netns {
             // default `--backend auto` must find the namespace's variant).
             .env_remove("PYFW_WISHES")
             .env_remove("PYFW_BACKEND");
+        // A legacy namespace has an xtables lock of its own: its tables are
+        // its own, so tests need not wait for each other's locks, and a
+        // daemon that follows the lock (src/xtlock.rs) hears its own test's
+        // iptables runs only. A test may still set another.
+        if let Some(bin) = &self.bin {
+            cmd.env("XTABLES_LOCKFILE", bin.path().join("xtables.lock"));
+        }
         let mut shown = vec![format!("[netns {}]", self.name)];
         shown.extend(argv.iter().map(|s| s.to_string()));
         (cmd, shown)
