@@ -579,8 +579,15 @@ fn legacy_writers_that_bypass_the_lock_are_found_by_the_poll() {
     daemon.wait_rules_with(&ns, "iptables-save", &spec("after-apply.save"), "removal");
 
     // Reordered, same size: found by the fingerprint, which a quiet table
-    // still gets every TRUST_QUIET_FOR.
-    daemon.wait_log("filter: unchanged since it was read (the xtables lock stayed quiet)");
+    // still gets every TRUST_QUIET_FOR. The table is quiet again first (a
+    // poll after the repair trusted it), so nothing else can find it.
+    let quiet = "filter: unchanged since it was read (the xtables lock stayed quiet)";
+    let trusted = daemon.log().matches(quiet).count();
+    wait_until(
+        "a quiet poll after the repair",
+        || daemon.log().matches(quiet).count() > trusted,
+        || daemon.log(),
+    );
     let before = repairs();
     bypass(&format!(
         "*filter\n-D FORWARD {rule}\n-A FORWARD {rule}\nCOMMIT\n"
