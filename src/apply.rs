@@ -96,12 +96,19 @@ pub fn apply(
             line: backend.batch_line(&batch),
             commands: range.start + 1..range.end + 1,
         });
+        // A batch is one program's commands: its binary is asked once,
+        // not once per line (100,000 lines for a set filled from nothing).
+        let mut binary: Option<(Program, String)> = None;
         for (k, command) in batch.iter().enumerate() {
+            if binary.as_ref().is_none_or(|(p, _)| *p != command.program) {
+                binary = Some((command.program, backend.binary(command.program)));
+            }
+            let bin = binary.as_ref().map_or("", |(_, b)| b.as_str());
             on(Event::Executing {
                 index: range.start + k + 1,
                 total,
                 command,
-                line: command_line(backend, command),
+                line: join_line(bin, command),
             });
         }
         if let Err(BatchError { applied, cause }) = backend.run_batch(&batch) {
@@ -134,11 +141,17 @@ pub fn apply(
 
 /// A command as the backend runs it, for output and audit logs.
 pub fn command_line(backend: &dyn Backend, command: &Command) -> String {
-    format!(
-        "{} {}",
-        backend.binary(command.program),
-        crate::rule::display_args(&command.args)
-    )
+    join_line(&backend.binary(command.program), command)
+}
+
+/// [`command_line`] with the binary given.
+fn join_line(binary: &str, command: &Command) -> String {
+    let args = crate::rule::display_args(&command.args);
+    let mut line = String::with_capacity(binary.len() + 1 + args.len());
+    line.push_str(binary);
+    line.push(' ');
+    line.push_str(&args);
+    line
 }
 
 fn roll_back(
