@@ -358,7 +358,11 @@ pub fn parse_ipset_save(text: &str) -> Result<BTreeMap<String, Ipset>, ParseErro
             (Some("add"), Some(name), Some(element)) => match sets.get_mut(name) {
                 Some(set) => {
                     set.members.push(element.to_string());
-                    if line.contains(" comment ") {
+                    // ` comment ` can only be in a line of three words as
+                    // its second (the set's name): most lines skip the
+                    // search.
+                    let more = words.next().is_some();
+                    if (more || name == "comment") && line.contains(" comment ") {
                         let words =
                             shlex::split(line).ok_or_else(|| err(n, line, "unbalanced quotes"))?;
                         if words.get(2).map(String::as_str) != Some(element) {
