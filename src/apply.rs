@@ -145,12 +145,32 @@ pub fn command_line(backend: &dyn Backend, command: &Command) -> String {
 }
 
 /// [`command_line`] with the binary given.
+///
+/// Arguments that need no quoting (every one of a set's members, mostly)
+/// are joined straight into the line; any other goes through
+/// [`crate::rule::display_args`]. A test holds the two to the same text.
 fn join_line(binary: &str, command: &Command) -> String {
-    let args = crate::rule::display_args(&command.args);
-    let mut line = String::with_capacity(binary.len() + 1 + args.len());
+    let plain = !command.args.is_empty()
+        && command.args.iter().all(|a| {
+            !a.is_empty()
+                && a.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!-_.,:/=+@%^".contains(&b))
+        });
+    if !plain {
+        let args = crate::rule::display_args(&command.args);
+        let mut line = String::with_capacity(binary.len() + 1 + args.len());
+        line.push_str(binary);
+        line.push(' ');
+        line.push_str(&args);
+        return line;
+    }
+    let len = command.args.iter().map(|a| a.len() + 1).sum::<usize>();
+    let mut line = String::with_capacity(binary.len() + len);
     line.push_str(binary);
-    line.push(' ');
-    line.push_str(&args);
+    for a in &command.args {
+        line.push(' ');
+        line.push_str(a);
+    }
     line
 }
 
@@ -226,5 +246,41 @@ fn roll_back(
         cause,
         undone,
         rollback_failures: failures,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plain-argument shortcut writes what `display_args` writes, for
+    /// every ASCII character alone, beside others and in a word.
+    #[test]
+    fn join_line_is_display_args() {
+        let mut words: Vec<String> = (0u8..128)
+            .flat_map(|b| {
+                let c = char::from(b);
+                [c.to_string(), format!("a{c}b"), format!("{c}{c}")]
+            })
+            .collect();
+        words.extend(["", "10.0.0.1", "é", "a b", "don't", "--comment"].map(String::from));
+        for w in &words {
+            for args in [
+                Vec::new(),
+                vec![w.clone()],
+                vec!["add".into(), "s".into(), w.clone()],
+            ] {
+                let command = Command {
+                    program: Program::Ipset,
+                    args,
+                    undo: None,
+                    reason: String::new(),
+                    target: String::new(),
+                    wish: None,
+                };
+                let want = format!("ipset {}", crate::rule::display_args(&command.args));
+                assert_eq!(join_line("ipset", &command), want, "{w:?}");
+            }
+        }
     }
 }
