@@ -741,7 +741,7 @@ fn plan_ipset(
     // One pass over each list, each member read as few times as can be:
     // with 100,000 members scattered over the heap, reading them is the
     // cost. `first[i]` is the first member with member `i`'s element.
-    let mut have_at = ElementIndex::with_capacity(have.members.len());
+    let mut have_at = ElementIndex::for_members(&have.members);
     let first: Vec<usize> = (have.members.iter().enumerate())
         .map(|(i, m)| have_at.first(m, i))
         .collect();
@@ -783,13 +783,18 @@ struct ElementIndex<'a> {
 }
 
 impl<'a> ElementIndex<'a> {
-    fn with_capacity(n: usize) -> ElementIndex<'a> {
-        let mut v4 = HashMap::default();
-        v4.reserve(n);
-        ElementIndex {
-            v4,
+    /// Room for `members`, in the map their first one goes to (a set's
+    /// members are mostly of one shape).
+    fn for_members(members: &[String]) -> ElementIndex<'a> {
+        let mut index = ElementIndex {
+            v4: HashMap::default(),
             text: HashMap::default(),
+        };
+        match members.first().map(|m| m.parse::<std::net::Ipv4Addr>()) {
+            Some(Ok(_)) => index.v4.reserve(members.len()),
+            _ => index.text.reserve(members.len()),
         }
+        index
     }
 
     /// Notes `element` at index `i`; returns the index it first appeared at.
@@ -1362,7 +1367,8 @@ mod tests {
             "10.0.0.1\0",
             "",
         ];
-        let mut index = ElementIndex::with_capacity(elements.len());
+        let owned: Vec<String> = elements.iter().map(|e| e.to_string()).collect();
+        let mut index = ElementIndex::for_members(&owned);
         for (i, e) in elements.iter().enumerate() {
             assert_eq!(index.first(e, i), i, "{e:?} taken for an earlier element");
         }
