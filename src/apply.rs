@@ -96,12 +96,19 @@ pub fn apply(
             line: backend.batch_line(&batch),
             commands: range.start + 1..range.end + 1,
         });
+        // A batch is one program's commands: its binary is asked once,
+        // not once per line (100,000 lines for a set filled from nothing).
+        let mut binary: Option<(Program, String)> = None;
         for (k, command) in batch.iter().enumerate() {
+            if binary.as_ref().is_none_or(|(p, _)| *p != command.program) {
+                binary = Some((command.program, backend.binary(command.program)));
+            }
+            let bin = binary.as_ref().map_or("", |(_, b)| b.as_str());
             on(Event::Executing {
                 index: range.start + k + 1,
                 total,
                 command,
-                line: command_line(backend, command),
+                line: join_line(bin, command),
             });
         }
         if let Err(BatchError { applied, cause }) = backend.run_batch(&batch) {
@@ -134,11 +141,37 @@ pub fn apply(
 
 /// A command as the backend runs it, for output and audit logs.
 pub fn command_line(backend: &dyn Backend, command: &Command) -> String {
-    format!(
-        "{} {}",
-        backend.binary(command.program),
-        crate::rule::display_args(&command.args)
-    )
+    join_line(&backend.binary(command.program), command)
+}
+
+/// [`command_line`] with the binary given.
+///
+/// Arguments that need no quoting (every one of a set's members, mostly)
+/// are joined straight into the line; any other goes through
+/// [`crate::rule::display_args`]. A test holds the two to the same text.
+fn join_line(binary: &str, command: &Command) -> String {
+    let plain = !command.args.is_empty()
+        && command.args.iter().all(|a| {
+            !a.is_empty()
+                && a.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!-_.,:/=+@%^".contains(&b))
+        });
+    if !plain {
+        let args = crate::rule::display_args(&command.args);
+        let mut line = String::with_capacity(binary.len() + 1 + args.len());
+        line.push_str(binary);
+        line.push(' ');
+        line.push_str(&args);
+        return line;
+    }
+    let len = command.args.iter().map(|a| a.len() + 1).sum::<usize>();
+    let mut line = String::with_capacity(binary.len() + len);
+    line.push_str(binary);
+    for a in &command.args {
+        line.push(' ');
+        line.push_str(a);
+    }
+    line
 }
 
 fn roll_back(
@@ -213,5 +246,41 @@ fn roll_back(
         cause,
         undone,
         rollback_failures: failures,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plain-argument shortcut writes what `display_args` writes, for
+    /// every ASCII character alone, beside others and in a word.
+    #[test]
+    fn join_line_is_display_args() {
+        let mut words: Vec<String> = (0u8..128)
+            .flat_map(|b| {
+                let c = char::from(b);
+                [c.to_string(), format!("a{c}b"), format!("{c}{c}")]
+            })
+            .collect();
+        words.extend(["", "10.0.0.1", "é", "a b", "don't", "--comment"].map(String::from));
+        for w in &words {
+            for args in [
+                Vec::new(),
+                vec![w.clone()],
+                vec!["add".into(), "s".into(), w.clone()],
+            ] {
+                let command = Command {
+                    program: Program::Ipset,
+                    args,
+                    undo: None,
+                    reason: String::new(),
+                    target: String::new(),
+                    wish: None,
+                };
+                let want = format!("ipset {}", crate::rule::display_args(&command.args));
+                assert_eq!(join_line("ipset", &command), want, "{w:?}");
+            }
+        }
     }
 }

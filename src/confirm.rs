@@ -62,6 +62,9 @@ impl Snapshot {
     /// planned from) holds them.
     pub fn of(plan: &Plan, before: &State) -> Snapshot {
         let mut snap = Snapshot::default();
+        // The set the last command named: a set's members come in runs
+        // (100,000 adds), each looked up once rather than per command.
+        let mut last_set: Option<&str> = None;
         for c in plan.commands.iter().chain(&plan.record) {
             match c.program {
                 Program::Iptables(family) => {
@@ -84,6 +87,12 @@ impl Snapshot {
                         Some("swap" | "rename") => c.args.get(1..3).unwrap_or(&[]),
                         _ => c.args.get(1..2).unwrap_or(&[]),
                     };
+                    if let [name] = names
+                        && last_set == Some(name.as_str())
+                    {
+                        continue;
+                    }
+                    last_set = names.last().map(String::as_str);
                     for name in names {
                         if !snap.sets.contains_key(name) {
                             snap.sets

@@ -402,45 +402,66 @@ pub struct RestoreScript {
 
 impl RestoreScript {
     pub fn new(commands: &[&crate::plan::Command]) -> RestoreScript {
-        let mut out = RestoreScript::default();
-        let line = |out: &mut RestoreScript, args: &[&str], before: usize| {
+        // Sized up front: a 100,000-member fill is some 3 MB of text, which
+        // doubling its way up would copy and fault in several times over.
+        let words: usize = commands.iter().map(|c| c.args.len()).sum();
+        let bytes: usize = commands.iter().flat_map(|c| &c.args).map(String::len).sum();
+        let mut out = RestoreScript {
+            text: String::with_capacity(bytes + words + 128),
+            done_before: Vec::with_capacity(commands.len() + 2),
+            fills: Vec::new(),
+        };
+        // One line: `args`, with the set name (the second word) replaced by
+        // `name` when given.
+        let line = |out: &mut RestoreScript, args: &[&str], name: Option<&str>, before: usize| {
             for (i, a) in args.iter().enumerate() {
                 if i > 0 {
                     out.text.push(' ');
                 }
-                crate::rule::push_restore_word(&mut out.text, a);
+                let a = match (i, name) {
+                    (1, Some(n)) => n,
+                    _ => a,
+                };
+                push_word(&mut out.text, a);
             }
             out.text.push('\n');
             out.done_before.push(before);
         };
+        let mut words: Vec<&str> = Vec::new();
         let mut i = 0;
         while i < commands.len() {
             let args = &commands[i].args;
             let op = args.first().map(String::as_str);
             let name = args.get(1).map(String::as_str).unwrap_or("");
-            let adds = commands[i + 1..]
-                .iter()
-                .take_while(|c| {
-                    c.args.first().map(String::as_str) == Some("add")
-                        && c.args.get(1).map(String::as_str) == Some(name)
-                })
-                .count();
-            if op != Some("create") || adds == 0 || name.starts_with("_pyfw_") {
-                let words: Vec<&str> = args.iter().map(String::as_str).collect();
-                line(&mut out, &words, i);
+            // Only a `create` can start a fill: counting the adds after
+            // every add would make a run of n adds cost n² comparisons.
+            let adds = match op {
+                Some("create") if !name.starts_with("_pyfw_") => commands[i + 1..]
+                    .iter()
+                    .take_while(|c| {
+                        c.args.first().map(String::as_str) == Some("add")
+                            && c.args.get(1).map(String::as_str) == Some(name)
+                    })
+                    .count(),
+                _ => 0,
+            };
+            if adds == 0 {
+                words.clear();
+                words.extend(args.iter().map(String::as_str));
+                line(&mut out, &words, None, i);
                 i += 1;
                 continue;
             }
             let mut tmp = format!("{FILL_PREFIX}{name}");
             tmp.truncate(31);
-            line(&mut out, &["destroy", &tmp], i);
+            line(&mut out, &["destroy", &tmp], None, i);
             let first = out.done_before.len();
             for c in &commands[i..=i + adds] {
-                let mut words: Vec<&str> = c.args.iter().map(String::as_str).collect();
-                words[1] = &tmp;
-                line(&mut out, &words, i);
+                words.clear();
+                words.extend(c.args.iter().map(String::as_str));
+                line(&mut out, &words, Some(&tmp), i);
             }
-            line(&mut out, &["rename", &tmp, name], i);
+            line(&mut out, &["rename", &tmp, name], None, i);
             out.fills.push((tmp.clone(), first..out.done_before.len()));
             i += adds + 1;
         }
@@ -475,6 +496,21 @@ impl RestoreScript {
                 && a.get(1).is_some_and(|n| !n.starts_with("_pyfw_"))
                 && a.get(1) == b.get(1)
         })
+    }
+}
+
+/// [`crate::rule::push_restore_word`], with the common case (a word of
+/// printable ASCII that needs no quotes: a member, a set name) checked a
+/// byte at a time rather than a character at a time.
+fn push_word(out: &mut String, word: &str) {
+    let plain = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\'' | b'\\'));
+    if plain {
+        out.push_str(word);
+    } else {
+        crate::rule::push_restore_word(out, word);
     }
 }
 

@@ -544,20 +544,18 @@ impl Elements {
             return false;
         };
         let key = crate::rule::text_key(element(member).as_bytes());
-        match self.0.get(&key) {
-            None => {
-                self.0.insert(key, k);
-                false
+        // One probe of the map per member, not a lookup then an insert.
+        let first = match self.0.entry(key) {
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(k);
+                return false;
             }
-            Some(&first)
-                if members
-                    .get(first)
-                    .is_some_and(|m| element(m) == element(member)) =>
-            {
-                true
-            }
+            std::collections::hash_map::Entry::Occupied(slot) => *slot.get(),
+        };
+        match members.get(first) {
+            Some(m) if element(m) == element(member) => true,
             // Two elements with one hash: rare enough to settle by a scan.
-            Some(_) => members[..k].iter().any(|m| element(m) == element(member)),
+            _ => members[..k].iter().any(|m| element(m) == element(member)),
         }
     }
 }
