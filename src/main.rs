@@ -300,7 +300,7 @@ fn run(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
         Event::Executing {
             index, total, line, ..
         } => {
-            width = width.max(total.to_string().len());
+            width = width.max(total.checked_ilog10().map_or(1, |d| d as usize + 1));
             let _ = writeln!(out, "Executing command {index:>width$}/{total}: {line}");
             if index == last_of_transaction {
                 let _ = out.flush();
@@ -334,7 +334,7 @@ fn run(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
     for w in pyfw::lint::lint(&wishes, &planned.state, ssh.as_ref()) {
         eprintln!("pyfw: warning: {w}");
     }
-    let snapshot = pyfw::confirm::Snapshot::of(&planned.plan, &planned.state);
+    let snapshot = pyfw::confirm::Snapshot::of(&planned.plan, planned.state);
     if !(planned.plan.is_empty() && planned.plan.record.is_empty()) {
         let applied = pyfw::apply::apply(
             reconciler.backend_mut(),
@@ -399,7 +399,7 @@ fn run(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
     // The process ends next: freeing a 100,000-member set's wishes, state,
     // plan and snapshot one allocation at a time only delays the exit (by
     // 50 ms or more); the kernel takes the memory back at once.
-    std::mem::forget((planned, snapshot, wishes));
+    std::mem::forget((planned.plan, snapshot, wishes));
     Ok(code)
 }
 
@@ -650,11 +650,18 @@ fn big_set_changes(plan: &Plan) -> BTreeMap<String, (usize, usize)> {
         let (Some(op), Some(name)) = (c.args.first(), c.wish.as_ref().or(c.args.get(1))) else {
             continue;
         };
-        match op.as_str() {
-            "add" => counts.entry(name.clone()).or_default().0 += 1,
-            "del" => counts.entry(name.clone()).or_default().1 += 1,
-            _ => {}
-        }
+        let (added, removed) = match op.as_str() {
+            "add" => (1, 0),
+            "del" => (0, 1),
+            _ => continue,
+        };
+        // The name is copied once per set, not per member.
+        let count = match counts.get_mut(name.as_str()) {
+            Some(count) => count,
+            None => counts.entry(name.clone()).or_default(),
+        };
+        count.0 += added;
+        count.1 += removed;
     }
     counts.retain(|_, (a, r)| *a + *r > LIST_MAX);
     counts

@@ -27,7 +27,9 @@ pub const MATCH_KEY: &str = "~match";
 #[derive(Clone, Debug)]
 pub struct Wishes {
     pub path: PathBuf,
-    pub ipsets: Vec<IpsetWish>,
+    /// Shared: a clone (the daemon keeps the last good wishes; a run maps
+    /// the rules to canonical form) must not copy 100,000 members.
+    pub ipsets: std::sync::Arc<[IpsetWish]>,
     pub chains: Vec<ChainWish>,
 }
 
@@ -269,16 +271,17 @@ impl Validator {
     }
 
     fn wishes(&mut self, body: RawWishes) -> Wishes {
-        let mut out = Wishes {
-            path: self.path.clone(),
-            ipsets: Vec::new(),
-            chains: Vec::new(),
-        };
+        let mut ipsets = Vec::new();
         for (name, set) in body.ipsets.into_iter().flat_map(|m| m.0) {
             if let Some(wish) = self.ipset(name, set) {
-                out.ipsets.push(wish);
+                ipsets.push(wish);
             }
         }
+        let mut out = Wishes {
+            path: self.path.clone(),
+            ipsets: ipsets.into(),
+            chains: Vec::new(),
+        };
         for (family, tables) in [(Family::V4, body.iptables), (Family::V6, body.ip6tables)] {
             for (table, chains) in tables.into_iter().flat_map(|m| m.0) {
                 if !TABLES.contains(&table.value.as_str()) {

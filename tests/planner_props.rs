@@ -118,7 +118,7 @@ fn wishes_of(items: &[Item]) -> Wishes {
         .collect();
     Wishes {
         path: PathBuf::from("props.yaml"),
-        ipsets: Vec::new(),
+        ipsets: Vec::new().into(),
         chains: vec![ChainWish {
             family: Family::V4,
             table: "filter".into(),

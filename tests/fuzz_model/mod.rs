@@ -330,7 +330,7 @@ pub fn scenario(data: &[u8]) -> Scenario {
     Scenario {
         wishes: Wishes {
             path: PathBuf::from("fuzz.yaml"),
-            ipsets,
+            ipsets: ipsets.into(),
             chains,
         },
         state,
@@ -769,7 +769,7 @@ pub fn wishes_target(data: &[u8]) {
                     }
                 }
             }
-            for s in &w.ipsets {
+            for s in w.ipsets.iter() {
                 assert!(pyfw::ipset::valid_set_name(&s.name), "{}", s.name);
             }
         }
