@@ -27,8 +27,11 @@
 //! aim for a collision without the key (the hash is fast, not
 //! cryptographic).
 //!
-//! What it costs, and why that is still not 5% of a save: the kernel's copy
-//! is most of the price of any legacy read, and this still pays it. With
+//! What it costs, and why the daemon does not take it every poll: the
+//! kernel's copy is most of the price of any legacy read, and this still
+//! pays it (so a 1 s poll of fingerprints alone cost 0.47× a save per
+//! second; the daemon now takes it only after a release of the xtables
+//! lock or every 30 s, see [`crate::xtlock`]). With
 //! the benchmark's 50,000-rule chain (24 MB of entries) a fingerprint took
 //! 71 ms of CPU, the `IPT_SO_GET_ENTRIES` call alone 65 ms (nearly all
 //! system time: the kernel copies each rule, match and target to user space
@@ -178,7 +181,8 @@ impl TableInfo {
 /// legacy table whose chains a poll reads *before* reading them, keeps the
 /// chains read with that fingerprint, and answers the next poll from them
 /// while the fingerprint is unchanged, re-reading after five minutes
-/// regardless. Taken before the read, a change racing the read shows at the
+/// regardless; while the xtables lock stays quiet, it skips even the
+/// fingerprint for up to [`crate::xtlock::TRUST_QUIET_FOR`]. Taken before the read, a change racing the read shows at the
 /// next poll; taken after, it could be missed. Any error means a real read.
 pub fn legacy_table(family: Family, table: &str) -> io::Result<Option<u64>> {
     if !table_loaded(family, table)? {
