@@ -62,7 +62,7 @@ pub struct Args {
     pub interval: Duration,
 
     /// Serve Prometheus/OpenMetrics metrics at `GET /metrics` on ADDR: a
-    /// loopback address (127.0.0.1:9983, [::1]:9983, localhost:9983) or a
+    /// loopback address (127.0.0.1:9983, `[::1]:9983`, localhost:9983) or a
     /// Unix socket (unix:/run/pyfw/metrics.sock). Off by default, and when
     /// empty; see docs/metrics.md.
     #[arg(long, env = "PYFW_METRICS", value_name = "ADDR")]

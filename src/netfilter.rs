@@ -638,7 +638,7 @@ pub struct Output {
 impl System {
     /// For a reader that polls, the daemon: on legacy, a table's chains are
     /// read again only when its fingerprint changed, and not even
-    /// fingerprinted while `lock` saw no iptables run (see [`LegacyCache`]).
+    /// fingerprinted while `lock` saw no iptables run (see `LegacyCache`).
     /// A one-shot command gains nothing from it, and would pay a
     /// fingerprint per read.
     pub fn remember_legacy_reads(mut self, lock: Option<crate::xtlock::LockWatch>) -> Self {
@@ -1529,7 +1529,7 @@ where
 
 impl Backend for System {
     /// The families' rules and the sets are read side by side (see
-    /// [`parallel`]).
+    /// `parallel`).
     fn read_state(&mut self, scope: Scope) -> Result<State, Error> {
         let this = &*self;
         let scope = &scope;

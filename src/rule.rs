@@ -96,7 +96,7 @@ pub(crate) fn text_key(bytes: &[u8]) -> u64 {
     h
 }
 
-/// A [`Hasher`] over [`text_key`], for maps and sets of many short
+/// A [`Hasher`] over `text_key`, for maps and sets of many short
 /// strings (set members): several times faster than the default.
 #[derive(Default)]
 pub struct TextHasher(u64);

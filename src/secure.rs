@@ -108,7 +108,7 @@ pub fn check_wishes_path(path: &Path, euid: u32) -> Result<(), Vec<String>> {
 }
 
 /// The environment variable that lets a read-only mount count as not
-/// writable, whatever its mode bits (see [`read_only_mount`]).
+/// writable, whatever its mode bits (see `read_only_mount`).
 pub const TRUST_READ_ONLY_MOUNTS_ENV: &str = "PYFW_TRUST_READ_ONLY_MOUNTS";
 
 fn trust_read_only_mounts() -> bool {

@@ -2,7 +2,7 @@
 //!
 //! Loading happens in two stages. First serde reads the YAML into raw
 //! structs that reject unknown keys and keep every value's line. Then
-//! [`validate`] turns them into checked types, collecting every problem with
+//! `validate` turns them into checked types, collecting every problem with
 //! its file, line and wish (`table/chain/NAME`), so an operator can fix a
 //! whole file in one pass. Nothing is read from or written to the kernel
 //! until a file has passed both stages.
