@@ -359,17 +359,50 @@ fn follow_netfilter(
     if !system.is_nft() {
         let path = crate::xtlock::path();
         let (tx, rx) = mpsc::unbounded_channel();
-        return match crate::xtlock::LockWatch::start(&path, move || {
-            tx.send(events::Change::XtablesLock).is_ok()
-        }) {
+        let watched = Arc::new(std::sync::Mutex::new(events::watched(wishes)));
+        let tables = watched.clone();
+        // Every iptables run on the host releases the lock, reads
+        // included: a release wakes a reconcile only when a wished table's
+        // fingerprint moved since the last check. (A fingerprint that
+        // cannot be taken stays `None`, so it never wakes one in a loop.)
+        let mut last: std::collections::HashMap<(Family, String), Option<u64>> =
+            std::collections::HashMap::new();
+        let check = move || {
+            let Ok(now) = tables.lock().map(|w| {
+                w.iter()
+                    .map(|(family, table, _)| (*family, table.clone()))
+                    .collect::<std::collections::BTreeSet<_>>()
+            }) else {
+                return false;
+            };
+            let mut changed = Vec::new();
+            for (family, table) in now {
+                let fp = crate::fingerprint::legacy_table(family, &table)
+                    .ok()
+                    .flatten();
+                if last.insert((family, table.clone()), fp) != Some(fp) {
+                    changed.push(match family {
+                        Family::V4 => table,
+                        Family::V6 => format!("ip6tables:{table}"),
+                    });
+                }
+            }
+            if changed.is_empty() {
+                tracing::debug!("xtables lock released; the wished legacy tables are unchanged");
+                return true;
+            }
+            tx.send(events::Change::XtablesLock { tables: changed })
+                .is_ok()
+        };
+        return match crate::xtlock::LockWatch::start(&path, check) {
             Ok(lock) => {
                 tracing::info!(
                     "iptables-legacy announces no changes; following the xtables lock {} that \
-                     every iptables command takes: a legacy table is checked when it is \
+                     iptables commands take: a wished legacy table is checked when it is \
                      released, and by the poll every {every}",
                     path.display()
                 );
-                (Some(Events::from_channel(rx)), Some(lock))
+                (Some(Events::from_channel_watching(rx, watched)), Some(lock))
             }
             Err(e) => {
                 tracing::warn!(

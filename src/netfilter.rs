@@ -348,6 +348,17 @@ impl LegacyCache {
         }
     }
 
+    /// pyfw ran an iptables tool itself: its release of the xtables lock
+    /// may not be counted yet when the next poll looks, so no table is
+    /// trusted on the lock's word until a fingerprint has been taken again.
+    fn distrust(&self) {
+        if let Ok(mut map) = self.tables.lock() {
+            for entry in map.values_mut() {
+                entry.quiet = None;
+            }
+        }
+    }
+
     fn forget(&self, key: &(u64, Family, String)) {
         if let Ok(mut map) = self.tables.lock() {
             map.remove(key);
@@ -681,6 +692,11 @@ impl System {
             .spawn()
             .map_err(spawn_err)?;
         let _mark = ChildMark::new(child.id());
+        if program.contains("tables")
+            && let Some(cache) = &self.legacy_cache
+        {
+            cache.distrust();
+        }
         // Threads feed and drain the pipes. Where the system gives no
         // thread (a TasksMax limit), the tool is killed and that is the
         // error: never a panic.
@@ -1216,6 +1232,7 @@ impl System {
                         .and(cache)
                         .and_then(|c| c.lock.as_ref())
                         .and_then(|l| l.closes());
+                    let checked_at = std::time::Instant::now();
                     let summary = closes.and_then(|_| {
                         crate::fingerprint::legacy_summary(family, table)
                             .inspect_err(|e| {
@@ -1237,7 +1254,7 @@ impl System {
                         closes.zip(summary).map(|(closes, summary)| Quiet {
                             closes,
                             summary,
-                            since: std::time::Instant::now(),
+                            since: checked_at,
                         })
                     };
                     let fingerprint = match key

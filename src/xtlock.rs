@@ -8,17 +8,20 @@
 //! second doing nothing (issue 5, BENCHMARKS.md "idle-cpu").
 //!
 //! But every program that changes a legacy table through iptables takes
-//! the xtables lock first: `iptables`, `ip6tables`, their `-restore` and
-//! `-save` (since iptables 1.6.2 with or without `-w`; 1.8 always waits),
-//! and so Docker, kube-proxy, fail2ban, firewalld and libvirt. The lock is
-//! an `flock` on one file, `/run/xtables.lock` (or `$XTABLES_LOCKFILE`),
+//! the xtables lock first: `iptables`, `ip6tables` and their `-restore`
+//! (since iptables 1.6.2 with or without `-w`; 1.8 always waits), and so
+//! Docker, kube-proxy, fail2ban, firewalld and libvirt. Reads such as
+//! `iptables -S` and `-L` take it too; `iptables-save` does not. The lock
+//! is an `flock` on one file, `/run/xtables.lock` (or `$XTABLES_LOCKFILE`),
 //! which each of them opens and closes again when done, after its commit.
 //! inotify reports each close of the file, to any process watching it,
 //! whatever network namespace the writer is in. So:
 //!
-//! - a close is a hint that a table may have changed: the daemon runs a
-//!   reconcile, whose fingerprint says whether it did (event-driven repair
-//!   on legacy, as nft's notifications give on nft);
+//! - a close is a hint that a table may have changed: the daemon
+//!   fingerprints the wished tables, at most once per [`CHECK_SPACING`],
+//!   and runs a reconcile only if one of them changed (event-driven repair
+//!   on legacy, as nft's notifications give on nft; a read, or a change to
+//!   a table nothing wishes, costs the fingerprints and nothing more);
 //! - while no close has been seen since a table's fingerprint, a poll
 //!   trusts the table as it was read and skips the fingerprint, checking
 //!   only the table's summary (`IPT_SO_GET_INFO`, microseconds: entry count,
@@ -31,9 +34,12 @@
 //! `/run`). The fingerprint is therefore still taken at least every
 //! [`TRUST_QUIET_FOR`], and the chains read again every five minutes; see
 //! `netfilter::LegacyCache`. Closes by pyfw's own iptables runs are hints
-//! too (inotify does not say who closed), which costs one more fingerprint
-//! after each of pyfw's own reads or writes, never a loop: a fingerprint
-//! does not take the lock.
+//! too (inotify does not say who closed): a change pyfw made wakes one
+//! more reconcile that finds the table as pyfw left it, never a loop (a
+//! fingerprint takes no lock, and an unchanged one wakes nothing). And
+//! since pyfw's own close may not be counted yet when the next poll looks,
+//! running an iptables tool withdraws the quiet trust of every table until
+//! its next fingerprint.
 //!
 //! If the file cannot be watched (no inotify, a read-only `/run` without the
 //! file), the daemon says so once and fingerprints every poll as before.
@@ -42,7 +48,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use inotify::{EventMask, Inotify, WatchMask};
 
@@ -60,6 +66,15 @@ pub fn path() -> PathBuf {
         .map_or_else(|| PathBuf::from("/run/xtables.lock"), PathBuf::from)
 }
 
+/// The least time between two calls of a watch's `on_close`: closes that
+/// arrive sooner are counted at once and answered together by the next
+/// call. Every iptables run on the host releases the lock, reads
+/// included, and a check costs a fingerprint per wished table (70 ms with
+/// a 50,000-rule table), so a busy host (kube-proxy, a monitoring agent
+/// running `iptables -L`) costs at most one check a second. The first
+/// close after a quiet second is answered at once.
+pub const CHECK_SPACING: Duration = Duration::from_secs(1);
+
 /// Counts the closes of the lock file since the watch began. Clones share
 /// the count.
 #[derive(Clone, Debug)]
@@ -70,9 +85,9 @@ pub struct LockWatch {
 
 impl LockWatch {
     /// Watches the lock file at `path`, creating it as iptables does if it
-    /// does not exist yet, and calls `on_close` after each batch of closes
-    /// (a burst of iptables commands is read as one batch or a few) once
-    /// the count has moved. `on_close` returning `false` ends the watch.
+    /// does not exist yet, and calls `on_close` after closes, once the
+    /// count has moved, at most once per [`CHECK_SPACING`]. `on_close`
+    /// returning `false` ends the watch.
     pub fn start(
         path: &Path,
         mut on_close: impl FnMut() -> bool + Send + 'static,
@@ -89,8 +104,16 @@ impl LockWatch {
         std::thread::Builder::new()
             .name("xtables-lock".into())
             .spawn(move || {
+                // Whichever way the thread ends, a panic included, the
+                // count stops being trusted.
+                struct Dead(Arc<AtomicBool>);
+                impl Drop for Dead {
+                    fn drop(&mut self) {
+                        self.0.store(false, Ordering::SeqCst);
+                    }
+                }
+                let _dead = Dead(live);
                 let why = follow(&mut inotify, &path, &closes, &mut on_close);
-                live.store(false, Ordering::SeqCst);
                 if let Some(why) = why {
                     tracing::warn!(
                         "stopped following the xtables lock {} ({why}); legacy tables are \
@@ -136,17 +159,55 @@ fn watch(inotify: &mut Inotify, path: &Path) -> io::Result<()> {
 }
 
 /// Reads events until `on_close` says stop (`None`) or the watch fails
-/// (why).
+/// (why). Each read of events counts as a close at once; `on_close` is
+/// owed after it, and called when [`CHECK_SPACING`] since the last call
+/// has passed, events meanwhile still being read and counted.
 fn follow(
     inotify: &mut Inotify,
     path: &Path,
     closes: &AtomicU64,
     on_close: &mut impl FnMut() -> bool,
 ) -> Option<String> {
+    use std::os::fd::AsRawFd;
     let mut buf = [0u8; 4096];
+    let mut last_call: Option<Instant> = None;
+    let mut owed = false;
     loop {
+        let due = match (owed, last_call) {
+            (false, _) => None,
+            (true, None) => Some(Duration::ZERO),
+            (true, Some(last)) => Some(CHECK_SPACING.saturating_sub(last.elapsed())),
+        };
+        if due == Some(Duration::ZERO) {
+            owed = false;
+            last_call = Some(Instant::now());
+            if !on_close() {
+                return None;
+            }
+            continue;
+        }
+        let timeout = due.map_or(-1, |d| {
+            libc::c_int::try_from(d.as_millis().saturating_add(1)).unwrap_or(libc::c_int::MAX)
+        });
+        let mut fds = libc::pollfd {
+            fd: inotify.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll(2) on one pollfd that lives across the call.
+        let ready = unsafe { libc::poll(&mut fds, 1, timeout) };
+        if ready < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Some(e.to_string());
+        }
+        if ready == 0 {
+            continue;
+        }
         let mut gone = false;
-        match inotify.read_events_blocking(&mut buf) {
+        match inotify.read_events(&mut buf) {
             Ok(events) => {
                 for event in events {
                     // The file was removed or replaced (the watch ends
@@ -161,19 +222,24 @@ fn follow(
                     }
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                ) =>
+            {
+                continue;
+            }
             Err(e) => return Some(e.to_string()),
         }
         closes.fetch_add(1, Ordering::SeqCst);
+        owed = true;
         if gone {
             // iptables creates the file again on its next run; a new
             // watch must follow that file, not the removed one.
             if let Err(e) = watch(inotify, path) {
                 return Some(format!("cannot watch it again after it was removed: {e}"));
             }
-        }
-        if !on_close() {
-            return None;
         }
     }
 }

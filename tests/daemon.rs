@@ -505,6 +505,29 @@ fn legacy_drift_is_repaired_when_the_xtables_lock_is_released() {
     daemon.wait_log("following the xtables lock");
     daemon.wait_log("ready: netfilter matches");
 
+    // A release that changes no wished table (a read takes the lock too)
+    // is checked, and wakes no reconcile. The daemon's own start-up runs
+    // settle first (checks are at least CHECK_SPACING apart).
+    let unchanged = "xtables lock released; the wished legacy tables are unchanged";
+    std::thread::sleep(pyfw::xtlock::CHECK_SPACING * 3);
+    let checks = daemon.log().matches(unchanged).count();
+    let changes = daemon.log().matches("netfilter change:").count();
+    for _ in 0..3 {
+        ns.ok(&["iptables", "-w", "-L", "-n"]);
+    }
+    wait_until(
+        "the reads' release checked",
+        || daemon.log().matches(unchanged).count() > checks,
+        || daemon.log(),
+    );
+    std::thread::sleep(pyfw::xtlock::CHECK_SPACING * 2);
+    assert_eq!(
+        daemon.log().matches("netfilter change:").count(),
+        changes,
+        "a read woke a reconcile:\n{}",
+        daemon.log()
+    );
+
     replay_docker_restart(&ns, "iptables-restore");
     daemon.wait_rules_with(
         &ns,
@@ -515,10 +538,15 @@ fn legacy_drift_is_repaired_when_the_xtables_lock_is_released() {
     daemon.wait_log("repaired (drift)");
     let log = daemon.log();
     assert!(
-        log.contains("netfilter change: an iptables command released the xtables lock"),
+        log.contains(
+            "netfilter change: filter changed (an iptables command released the xtables lock)"
+        ),
         "{log}"
     );
-    assert!(!log.contains("trigger=\"poll\""), "no poll was due:\n{log}");
+    assert!(
+        !log.contains("trigger=\"timer\""),
+        "no poll was due:\n{log}"
+    );
     daemon.assert_alive();
 }
 

@@ -67,9 +67,9 @@ pub enum Change {
     Touched { what: Vec<String>, by: String },
     /// Notifications were lost: anything may have changed.
     Lost,
-    /// A program released the xtables lock: on legacy, a table may have
-    /// changed (see [`crate::xtlock`]).
-    XtablesLock,
+    /// A program released the xtables lock, and these wished legacy
+    /// tables' fingerprints changed (see [`crate::xtlock`]).
+    XtablesLock { tables: Vec<String> },
 }
 
 impl std::fmt::Display for Change {
@@ -77,7 +77,11 @@ impl std::fmt::Display for Change {
         match self {
             Change::Touched { what, by } => write!(f, "{} changed by {by}", what.join(", ")),
             Change::Lost => write!(f, "netfilter change notifications were lost"),
-            Change::XtablesLock => write!(f, "an iptables command released the xtables lock"),
+            Change::XtablesLock { tables } => write!(
+                f,
+                "{} changed (an iptables command released the xtables lock)",
+                tables.join(", ")
+            ),
         }
     }
 }
@@ -103,13 +107,19 @@ impl Events {
         Ok(Events { changes, watched })
     }
 
-    /// Events fed from a channel instead of the nf_tables socket: the
-    /// xtables lock's closes on legacy, or a test's script.
+    /// Events fed from a channel instead of the nf_tables socket: a
+    /// test's script.
     pub fn from_channel(changes: UnboundedReceiver<Change>) -> Events {
-        Events {
-            changes,
-            watched: Arc::default(),
-        }
+        Events::from_channel_watching(changes, Arc::default())
+    }
+
+    /// Events fed from a channel whose sender reads `watched` (kept up to
+    /// date by [`Events::watch`]): the xtables lock's watch on legacy.
+    pub fn from_channel_watching(
+        changes: UnboundedReceiver<Change>,
+        watched: Arc<Mutex<Watched>>,
+    ) -> Events {
+        Events { changes, watched }
     }
 
     /// Watches these chains from now on.
