@@ -368,6 +368,23 @@ fn started(test: &str, wishes: &Path, interval: &str) -> Option<(Ns, Daemon)> {
     Some((ns, daemon))
 }
 
+/// Like [`started`], on a chosen backend (`--backend legacy` or `nft`).
+fn started_on(test: &str, interval: &str, legacy: bool) -> Option<(Ns, Daemon)> {
+    let ns = Ns::with_backend(test, legacy)?;
+    ns.restore(
+        "iptables-restore",
+        &["-w"],
+        &spec("docker-after-reboot.save"),
+    );
+    let backend = if legacy { "legacy" } else { "nft" };
+    let daemon = Start::new(&spec_path("wishes.yaml"), interval)
+        .global(&["--backend", backend])
+        .spawn(&ns);
+    daemon.wait_rules(&ns, &spec("after-apply.save"), "the first reconcile");
+    daemon.wait_log("ready: netfilter matches");
+    Some((ns, daemon))
+}
+
 /// `systemctl restart docker.service`, in one transaction so that the
 /// daemon sees all of it at once: Docker flushes its DOCKER chain and puts
 /// its own FORWARD rules back on top.
@@ -417,18 +434,10 @@ fn firewalls_on_start() {
 
 fn docker_restart_is_repaired(legacy: bool) {
     let test = format!("docker_restart_is_repaired[legacy={legacy}]");
-    let Some(ns) = Ns::with_backend(&test, legacy) else {
+    let Some((ns, mut daemon)) = started_on(&test, FAST, legacy) else {
         return;
     };
     let (save, restore, binary) = ("iptables-save", "iptables-restore", "iptables");
-    ns.restore(restore, &["-w"], &spec("docker-after-reboot.save"));
-    let wishes = spec_path("wishes.yaml");
-    let backend = if legacy { "legacy" } else { "nft" };
-    let mut daemon = Start::new(&wishes, FAST)
-        .global(&["--backend", backend])
-        .spawn(&ns);
-    daemon.wait_rules_with(&ns, save, &spec("after-apply.save"), "the first reconcile");
-    daemon.wait_log("ready: netfilter matches");
 
     replay_docker_restart(&ns, restore);
     daemon.wait_rules_with(&ns, save, &spec("after-apply.save"), "the repair");
@@ -488,22 +497,10 @@ fn docker_restart_is_repaired(legacy: bool) {
 /// lock is released, without waiting for a poll: none comes due here.
 #[test]
 fn legacy_drift_is_repaired_when_the_xtables_lock_is_released() {
-    let test = "legacy_lock_release";
-    let Some(ns) = Ns::with_backend(test, true) else {
+    let Some((ns, mut daemon)) = started_on("legacy_lock_release", NEVER, true) else {
         return;
     };
-    ns.restore(
-        "iptables-restore",
-        &["-w"],
-        &spec("docker-after-reboot.save"),
-    );
-    let wishes = spec_path("wishes.yaml");
-    let mut daemon = Start::new(&wishes, NEVER)
-        .global(&["--backend", "legacy"])
-        .spawn(&ns);
-    daemon.wait_rules_with(&ns, "iptables-save", &spec("after-apply.save"), "the start");
     daemon.wait_log("following the xtables lock");
-    daemon.wait_log("ready: netfilter matches");
 
     // A release that changes no wished table (a read takes the lock too)
     // is checked, and wakes no reconcile. The daemon's own start-up runs
@@ -558,39 +555,21 @@ fn legacy_drift_is_repaired_when_the_xtables_lock_is_released() {
 /// table's fingerprint is taken again ([`pyfw::xtlock::TRUST_QUIET_FOR`]).
 #[test]
 fn legacy_writers_that_bypass_the_lock_are_found_by_the_poll() {
-    let Some(ns) = Ns::with_backend("legacy_lock_bypass", true) else {
+    let Some((ns, mut daemon)) = started_on("legacy_lock_bypass", FAST, true) else {
         return;
     };
-    ns.restore(
-        "iptables-restore",
-        &["-w"],
-        &spec("docker-after-reboot.save"),
-    );
-    let wishes = spec_path("wishes.yaml");
-    let mut daemon = Start::new(&wishes, FAST)
-        .global(&["--backend", "legacy"])
-        .spawn(&ns);
-    daemon.wait_rules_with(&ns, "iptables-save", &spec("after-apply.save"), "the start");
     daemon.wait_log("filter: unchanged since it was read (the xtables lock stayed quiet)");
     let elsewhere = tempfile::tempdir().unwrap();
+    let lock = format!(
+        "XTABLES_LOCKFILE={}",
+        elsewhere.path().join("xtables.lock").display()
+    );
     let bypass = |script: &str| {
-        let lock = elsewhere.path().join("xtables.lock");
-        let env = format!("XTABLES_LOCKFILE={}", lock.display());
-        let mut child = ns
-            .command(&["env", &env, "iptables-restore", "-w", "--noflush"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{out:?}");
+        ns.restore(
+            "env",
+            &[&lock, "iptables-restore", "-w", "--noflush"],
+            script,
+        )
     };
     let rule = "-m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment \
                 allow_established -j ACCEPT";
