@@ -266,7 +266,72 @@ fn xtables_lock_note(program: &str) -> String {
     }
 }
 
+/// What [`LegacyCache::lookup`] found.
+enum Lookup {
+    /// The chains, unchanged since they were read.
+    Hit(state::Table),
+    /// Read them; keep the read with this ticket (`None`: cannot be kept,
+    /// the network namespace being unknown).
+    Miss(Option<Ticket>),
+}
+
+/// What a [`LegacyCache::lookup`] that missed knew, to keep with the read.
+struct Ticket {
+    key: (u64, Family, String),
+    fingerprint: Option<u64>,
+    quiet: Option<Quiet>,
+}
+
 impl LegacyCache {
+    /// The chains `wanted` of a legacy table, from the cache when the
+    /// xtables lock stayed quiet or the fingerprint did not change;
+    /// otherwise what the read that follows must be kept with.
+    fn lookup(&self, family: Family, table: &str, wanted: &BTreeSet<String>) -> Lookup {
+        let Some(ns) = netns_id() else {
+            return Lookup::Miss(None);
+        };
+        let key = (ns, family, table.to_string());
+        // The lock's count first: a close counted after it makes the next
+        // poll look again.
+        let closes = self.lock.as_ref().and_then(|l| l.closes());
+        let checked_at = std::time::Instant::now();
+        let summary = closes.and_then(|_| {
+            crate::fingerprint::legacy_summary(family, table)
+                .inspect_err(|e| tracing::debug!("no summary of {family:?} {table}: {e}"))
+                .ok()
+                .flatten()
+        });
+        let quiet = closes.zip(summary).map(|(closes, summary)| Quiet {
+            closes,
+            summary,
+            since: checked_at,
+        });
+        if let Some(t) = quiet.and_then(|q| self.quiet_hit(&key, &q, wanted)) {
+            return Lookup::Hit(t);
+        }
+        let fingerprint = crate::fingerprint::legacy_table(family, table)
+            .inspect_err(|e| tracing::debug!("no fingerprint of {family:?} {table}: {e}"))
+            .ok()
+            .flatten();
+        if let Some(t) = fingerprint.and_then(|fp| self.hit(&key, fp, wanted, quiet)) {
+            return Lookup::Hit(t);
+        }
+        Lookup::Miss(Some(Ticket {
+            key,
+            fingerprint,
+            quiet,
+        }))
+    }
+
+    /// Keeps what was just read after `ticket`'s lookup missed (`None`:
+    /// the table holds none of the chains); without a fingerprint, nothing.
+    fn remember(&self, ticket: Ticket, chains: BTreeSet<String>, table: Option<state::Table>) {
+        match ticket.fingerprint {
+            Some(fp) => self.store(ticket.key, fp, chains, table, ticket.quiet),
+            None => self.forget(&ticket.key),
+        }
+    }
+
     /// The chains `wanted` of a table, if they were all read when the
     /// table had this fingerprint, and the entry is not due a re-read.
     /// A hit also starts the table's quiet trust again with `quiet`.
@@ -295,21 +360,20 @@ impl LegacyCache {
     }
 
     /// The chains `wanted`, without a fingerprint, if the xtables lock has
-    /// seen no close (`closes` is the count now) and the table's summary is
-    /// `summary` still, since a fingerprint found them unchanged less than
+    /// seen no close and the table's summary is the same (`now` has both
+    /// as they are now) since a fingerprint found them unchanged less than
     /// [`crate::xtlock::TRUST_QUIET_FOR`] ago.
     fn quiet_hit(
         &self,
         key: &(u64, Family, String),
-        closes: u64,
-        summary: &crate::fingerprint::TableInfo,
+        now: &Quiet,
         wanted: &BTreeSet<String>,
     ) -> Option<state::Table> {
         let map = self.tables.lock().ok()?;
         let entry = map.get(key)?;
         let quiet = entry.quiet.as_ref()?;
-        if quiet.closes != closes
-            || quiet.summary != *summary
+        if quiet.closes != now.closes
+            || quiet.summary != now.summary
             || quiet.since.elapsed() >= crate::xtlock::TRUST_QUIET_FOR
             || entry.read_at.elapsed() >= LEGACY_REREAD_AFTER
             || !wanted.is_subset(&entry.chains)
@@ -414,7 +478,7 @@ impl Clone for LegacyCache {
 /// What a table's quiet trust rests on: the xtables lock's close count and
 /// the table's summary, both taken before the fingerprint that found the
 /// chains unchanged, and when.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 struct Quiet {
     closes: u64,
     summary: crate::fingerprint::TableInfo,
@@ -1222,62 +1286,18 @@ impl System {
                 let mut rs = state::Ruleset::default();
                 for (table, wanted) in by_table {
                     let cache = self.legacy_cache.as_ref();
-                    let key = cache
-                        .and_then(|_| netns_id())
-                        .map(|ns| (ns, family, table.clone()));
-                    // The lock's count first: a close counted after it
-                    // makes the next poll look again.
-                    let closes = key
-                        .as_ref()
-                        .and(cache)
-                        .and_then(|c| c.lock.as_ref())
-                        .and_then(|l| l.closes());
-                    let checked_at = std::time::Instant::now();
-                    let summary = closes.and_then(|_| {
-                        crate::fingerprint::legacy_summary(family, table)
-                            .inspect_err(|e| {
-                                tracing::debug!("no summary of {family:?} {table}: {e}")
-                            })
-                            .ok()
-                            .flatten()
-                    });
-                    if let (Some(cache), Some(key), Some(closes), Some(summary)) =
-                        (cache, &key, closes, &summary)
-                        && let Some(t) = cache.quiet_hit(key, closes, summary, &wanted)
-                    {
-                        if !t.chains.is_empty() {
-                            rs.tables.insert(table.clone(), t);
+                    let ticket = match cache.map(|c| c.lookup(family, table, &wanted)) {
+                        Some(Lookup::Hit(t)) => {
+                            // As a read gives it: no table when none of
+                            // the chains exists.
+                            if !t.chains.is_empty() {
+                                rs.tables.insert(table.clone(), t);
+                            }
+                            continue;
                         }
-                        continue;
-                    }
-                    let quiet = || {
-                        closes.zip(summary).map(|(closes, summary)| Quiet {
-                            closes,
-                            summary,
-                            since: checked_at,
-                        })
-                    };
-                    let fingerprint = match key
-                        .as_ref()
-                        .map(|_| crate::fingerprint::legacy_table(family, table))
-                    {
-                        Some(Ok(fp)) => fp,
-                        Some(Err(e)) => {
-                            tracing::debug!("no fingerprint of {family:?} {table}: {e}");
-                            None
-                        }
+                        Some(Lookup::Miss(ticket)) => ticket,
                         None => None,
                     };
-                    if let (Some(cache), Some(key), Some(fp)) = (cache, &key, fingerprint)
-                        && let Some(t) = cache.hit(key, fp, &wanted, quiet())
-                    {
-                        // As a read gives it: no table when none of the
-                        // chains exists.
-                        if !t.chains.is_empty() {
-                            rs.tables.insert(table.clone(), t);
-                        }
-                        continue;
-                    }
                     let read = if wanted.len() <= LEGACY_LIST_MAX {
                         let pairs = wanted.iter().map(|c| (table.clone(), c.clone())).collect();
                         self.list_chains(family, &pairs)?
@@ -1292,12 +1312,8 @@ impl System {
                     if let Some(t) = t.as_mut() {
                         t.chains.retain(|(name, _)| wanted.contains(name));
                     }
-                    match (cache, key, fingerprint) {
-                        (Some(cache), Some(key), Some(fp)) => {
-                            cache.store(key, fp, wanted, t.clone(), quiet())
-                        }
-                        (Some(cache), Some(key), None) => cache.forget(&key),
-                        _ => {}
+                    if let (Some(cache), Some(ticket)) = (cache, ticket) {
+                        cache.remember(ticket, wanted, t.clone());
                     }
                     if let Some(t) = t.filter(|t| !t.chains.is_empty()) {
                         rs.tables.insert(table.clone(), t);
