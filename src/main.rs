@@ -265,9 +265,30 @@ fn run(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
         print!("{}", pyfw::formats::render_state(&state, args.format)?);
         return Ok(ExitCode::SUCCESS);
     }
+    // What pyfw owns is read while the wishes are parsed: in steady state
+    // it is all the plan reads (see `Reconciler::read_owned`). An apply
+    // reads in its turn as the one writer of this network namespace
+    // (taking turns with a running daemon), so it takes that turn first.
+    let apply = *command == Cmd::Apply;
+    let early = std::thread::spawn(move || {
+        let lock = match apply {
+            true => Some(pyfw::lock::wait_for_writer().map_err(|e| e.to_string())?),
+            false => None,
+        };
+        let owning = reconciler.read_owned().map_err(|e| e.to_string())?;
+        Ok::<_, String>((reconciler, lock, owning))
+    });
+    // A bad file is the news, at once: the read still running is dropped
+    // with this process.
     let wishes = wishes::load(&cli.wishes).map_err(|e| e.to_string())?;
+    let (mut reconciler, _lock, owning) = early
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+    let owning = Some(owning);
     if *command != Cmd::Apply {
-        let planned = reconciler.plan(&wishes).map_err(|e| e.to_string())?;
+        let planned = reconciler
+            .plan_after(&wishes, owning)
+            .map_err(|e| e.to_string())?;
         if plan_json(command) {
             let backend = reconciler.backend();
             let doc = PlanDoc::new(
@@ -285,8 +306,6 @@ fn run(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
         });
         return Ok(report(&wishes, &lines, command, planned.comparison, false));
     }
-    // One writer per network namespace: take turns with a running daemon.
-    let _lock = pyfw::lock::wait_for_writer().map_err(|e| e.to_string())?;
     // A plan creating a 100,000-member set prints 100,001 lines: one write
     // each (stdout is line-buffered) cost more than the set's restore. The
     // lines are written in blocks instead, flushed before each transaction
@@ -329,7 +348,9 @@ fn run(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
         }
         Event::Done { .. } => {}
     };
-    let planned = reconciler.plan(&wishes).map_err(|e| e.to_string())?;
+    let planned = reconciler
+        .plan_after(&wishes, owning)
+        .map_err(|e| e.to_string())?;
     let ssh = pyfw::lint::SshConnection::from_env();
     for w in pyfw::lint::lint(&wishes, &planned.state, ssh.as_ref()) {
         eprintln!("pyfw: warning: {w}");

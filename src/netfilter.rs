@@ -79,6 +79,70 @@ impl Scope {
             Family::V6 => &mut self.v6,
         }
     }
+
+    /// Whether this reads nothing.
+    pub fn is_empty(&self) -> bool {
+        self.v4 == Rules::Skip && self.v6 == Rules::Skip && self.sets == Sets::Skip
+    }
+
+    /// What this asks for that `had` did not read. Chains and sets are
+    /// subtracted by name; whole tables, or everything, are asked for
+    /// again unless `had` read exactly that (or everything).
+    pub fn beyond(&self, had: &Scope) -> Scope {
+        let rules = |want: &Rules, had: &Rules| match (want, had) {
+            (Rules::Skip, _) | (_, Rules::All) => Rules::Skip,
+            (want, had) if want == had => Rules::Skip,
+            (Rules::Chains(want), Rules::Chains(had)) => {
+                let rest: BTreeSet<_> = want.difference(had).cloned().collect();
+                if rest.is_empty() {
+                    Rules::Skip
+                } else {
+                    Rules::Chains(rest)
+                }
+            }
+            (want, _) => want.clone(),
+        };
+        let sets = match (&self.sets, &had.sets) {
+            (Sets::Skip, _) | (_, Sets::All) => Sets::Skip,
+            (Sets::Named(want), Sets::Named(had)) => {
+                let rest: BTreeSet<_> = want.difference(had).cloned().collect();
+                if rest.is_empty() {
+                    Sets::Skip
+                } else {
+                    Sets::Named(rest)
+                }
+            }
+            (want, _) => want.clone(),
+        };
+        Scope {
+            v4: rules(&self.v4, &had.v4),
+            v6: rules(&self.v6, &had.v6),
+            sets,
+        }
+    }
+
+    /// What two reads read together, when that is a scope: chains with
+    /// chains, sets with sets (`None` for whole tables beside single
+    /// chains, which no scope says).
+    pub fn union(&self, other: &Scope) -> Option<Scope> {
+        let rules = |a: &Rules, b: &Rules| match (a, b) {
+            (Rules::All, _) | (_, Rules::All) => Some(Rules::All),
+            (Rules::Skip, x) | (x, Rules::Skip) => Some(x.clone()),
+            (Rules::Chains(a), Rules::Chains(b)) => Some(Rules::Chains(a | b)),
+            (Rules::Tables(a), Rules::Tables(b)) => Some(Rules::Tables(a | b)),
+            _ => None,
+        };
+        let sets = match (&self.sets, &other.sets) {
+            (Sets::All, _) | (_, Sets::All) => Sets::All,
+            (Sets::Skip, x) | (x, Sets::Skip) => x.clone(),
+            (Sets::Named(a), Sets::Named(b)) => Sets::Named(a | b),
+        };
+        Some(Scope {
+            v4: rules(&self.v4, &other.v4)?,
+            v6: rules(&self.v6, &other.v6)?,
+            sets,
+        })
+    }
 }
 
 /// A wished rule for the kernel tools to check before anything changes.

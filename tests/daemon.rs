@@ -1025,6 +1025,23 @@ fn apply_gives_up_when_the_writer_lock_stays_held() {
         return;
     }
     let mut holder = hold_writer_lock(&ns);
+    // A bad file is reported at once, not after the wait for the turn
+    // (the turn is taken beside the parse, for the early read).
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("wishes.yaml");
+    std::fs::write(
+        &bad,
+        "pyfw_wishes:\n  iptables:\n    filter:\n      INPUT: {rulez: []}\n",
+    )
+    .unwrap();
+    let out = ns.run(&[PYFW, "--wishes", bad.to_str().unwrap(), "apply"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(bad.to_str().unwrap()) && stderr.contains("rulez"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("gave up"), "{stderr}");
     let wishes = spec_path("wishes.yaml");
     let out = ns.run(&[PYFW, "--wishes", wishes.to_str().unwrap(), "apply"]);
     let _ = holder.kill();
