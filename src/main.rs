@@ -242,6 +242,11 @@ fn main() -> ExitCode {
     }
 }
 
+/// The size of wishes file from which the CLI reads what pyfw owns while it
+/// parses the file: some 5,000 set members, a few milliseconds of parsing,
+/// about what one round of reading processes costs.
+const EARLY_READ_FROM: u64 = 64 << 10;
+
 fn run(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
     if *command == Cmd::Apply && cli.dumps.given() {
         return Err("`apply` changes the kernel; it cannot plan from saved dumps".into());
@@ -265,26 +270,34 @@ fn run(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
         print!("{}", pyfw::formats::render_state(&state, args.format)?);
         return Ok(ExitCode::SUCCESS);
     }
-    // What pyfw owns is read while the wishes are parsed: in steady state
-    // it is all the plan reads (see `Reconciler::read_owned`). An apply
-    // reads in its turn as the one writer of this network namespace
-    // (taking turns with a running daemon), so it takes that turn first.
+    // A big wishes file (a long allow-list) takes longer to parse than a
+    // read takes, so what pyfw owns is read meanwhile: in steady state it
+    // is all the plan reads (see `Reconciler::read_owned`). A small file
+    // parses in less time than that read's extra round of processes
+    // would cost, so the plan reads everything in one round after it.
+    //
+    // An apply reads in its turn as the one writer of this network
+    // namespace (taking turns with a running daemon), so it takes that
+    // turn first, on the same thread as the read.
     let apply = *command == Cmd::Apply;
-    let early = std::thread::spawn(move || {
+    let early = std::fs::metadata(&cli.wishes).is_ok_and(|m| m.len() >= EARLY_READ_FROM);
+    let turn = std::thread::spawn(move || {
         let lock = match apply {
             true => Some(pyfw::lock::wait_for_writer().map_err(|e| e.to_string())?),
             false => None,
         };
-        let owning = reconciler.read_owned().map_err(|e| e.to_string())?;
+        let owning = match early {
+            true => Some(reconciler.read_owned().map_err(|e| e.to_string())?),
+            false => None,
+        };
         Ok::<_, String>((reconciler, lock, owning))
     });
     // A bad file is the news, at once: the read still running is dropped
     // with this process.
     let wishes = wishes::load(&cli.wishes).map_err(|e| e.to_string())?;
-    let (mut reconciler, _lock, owning) = early
+    let (mut reconciler, _lock, owning) = turn
         .join()
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
-    let owning = Some(owning);
     if *command != Cmd::Apply {
         let planned = reconciler
             .plan_after(&wishes, owning)
