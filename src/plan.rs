@@ -249,8 +249,14 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
             // Build the final set under a spare name, so that the name
             // `name` is without a full set only between two commands.
             let fresh = spare_name("_pyfw_new_", name);
+            // The members the replacement was filled with: the wished
+            // ones, or (when the wish leaves membership alone) the set's.
+            let have = state.ipsets.get(name).map_or(&[][..], |h| &h.members);
+            let keep = wish.members.as_deref().unwrap_or(have);
             let mut create = vec!["create", fresh.as_str(), wish.kind.name()];
             create.extend(wish.header.iter().map(String::as_str));
+            let sized = hash_size(wish, keep.len());
+            create.extend(sized.iter().flat_map(|size| ["hashsize", size.as_str()]));
             out.commands.push(ipset_cmd(
                 name,
                 &create,
@@ -258,7 +264,7 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
                 format!("ipset {name}: rebuild as {}", wish.kind.name()),
             ));
             let rebuild = MemberCmds::new(&fresh, &fresh, "rebuild");
-            for m in wish.members.as_deref().unwrap_or(&[]) {
+            for m in keep {
                 out.commands.push(rebuild.add(m));
             }
             out.commands.push(ipset_cmd(
@@ -614,6 +620,20 @@ fn spare_name(prefix: &str, name: &str) -> String {
 
 /// True when every option the wish states is what the set has. Options the
 /// wish leaves out (ipset's defaults and its own choices) never count.
+/// The `hashsize` to create a big hash set with, when the wish names none:
+/// the size the kernel would grow the set to (a power of two, some four
+/// members a bucket), so that filling it does not rehash it again and again
+/// on the way (a tenth of the time of filling 100,000 members). Sets of up
+/// to 4,096 members start at the kernel's own default of 1,024 and get
+/// none.
+fn hash_size(wish: &IpsetWish, members: usize) -> Option<String> {
+    const DEFAULT: usize = 1024;
+    let hash = wish.kind.name().starts_with("hash:");
+    let stated = wish.header.iter().any(|w| w == "hashsize");
+    let size = members.div_ceil(4).next_power_of_two();
+    (hash && !stated && size > DEFAULT).then(|| size.to_string())
+}
+
 fn options_match(wish: &IpsetWish, have: &Ipset) -> bool {
     let mut words = wish.header.iter();
     while let Some(w) = words.next() {
@@ -673,6 +693,14 @@ fn plan_ipset(
     let mut create = vec!["create", name, wish.kind.name()];
     create.extend(wish.header.iter().map(String::as_str));
     let members = wish.members.as_deref().unwrap_or(&[]);
+    let sized = hash_size(
+        wish,
+        have.map_or(members, |h| wish.members.as_deref().unwrap_or(&h.members))
+            .len(),
+    );
+    if let Some(size) = &sized {
+        create.extend(["hashsize", size.as_str()]);
+    }
     let Some(have) = have else {
         out.push(ipset_cmd(
             name,
@@ -1337,6 +1365,105 @@ impl ChainSim {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A wished set `big` of `n` addresses, with `header` lines.
+    fn big_set(kind: &str, header: &str, n: usize) -> Wishes {
+        let members: String = (0..n)
+            .map(|i| format!("      - 10.{}.{}.{}\n", i >> 16, (i >> 8) & 255, i & 255))
+            .collect();
+        let text = format!(
+            "pyfw_wishes:\n  ipsets:\n    big:\n      type: {kind}\n{header}      \
+             members_equal:\n{members}"
+        );
+        crate::wishes::parse(&text, std::path::Path::new("w.yaml")).unwrap()
+    }
+
+    /// The `create` commands of a plan, as text.
+    fn creates(plan: &Plan) -> Vec<String> {
+        (plan.commands.iter())
+            .filter(|c| c.args.first().is_some_and(|a| a == "create"))
+            .map(|c| c.args.join(" "))
+            .collect()
+    }
+
+    #[test]
+    fn big_hash_sets_are_created_at_their_size() {
+        let none = State::default();
+        let plan = |w: &Wishes, s: &State| creates(&super::plan(w, s));
+        assert_eq!(
+            plan(&big_set("hash:ip", "", 5000), &none),
+            ["create big hash:ip hashsize 2048"]
+        );
+        assert_eq!(
+            plan(&big_set("hash:ip", "", 4096), &none),
+            ["create big hash:ip"]
+        );
+        assert_eq!(
+            plan(
+                &big_set("hash:ip", "      header: hashsize 4096\n", 5000),
+                &none
+            ),
+            ["create big hash:ip hashsize 4096"]
+        );
+        assert_eq!(
+            plan(
+                &big_set("bitmap:ip", "      header: range 10.0.0.0/16\n", 5000),
+                &none
+            ),
+            ["create big bitmap:ip range 10.0.0.0/16"]
+        );
+        // A replacement is filled at its size too.
+        let mut have = State::default();
+        have.ipsets.insert(
+            "big".into(),
+            Ipset {
+                kind: "hash:net".into(),
+                options: vec!["family".into(), "inet".into()],
+                members: Vec::new(),
+                comments: Default::default(),
+            },
+        );
+        let got = plan(&big_set("hash:ip", "", 100_000), &have);
+        assert_eq!(got.len(), 2, "{got:?}");
+        for create in got {
+            assert!(create.ends_with(" hash:ip hashsize 32768"), "{create}");
+        }
+    }
+
+    /// A wish that changes a set's type and leaves its membership alone
+    /// keeps the members, in the replacement and in the rebuilt set alike.
+    #[test]
+    fn a_rebuilt_set_keeps_members_the_wish_leaves_alone() {
+        let wishes = crate::wishes::parse(
+            "pyfw_wishes:\n  ipsets:\n    s:\n      type: hash:ip\n",
+            std::path::Path::new("w.yaml"),
+        )
+        .unwrap();
+        let mut have = State::default();
+        have.ipsets.insert(
+            "s".into(),
+            Ipset {
+                kind: "hash:net".into(),
+                options: vec!["family".into(), "inet".into()],
+                members: vec!["10.0.0.1".into(), "10.0.0.2".into()],
+                comments: Default::default(),
+            },
+        );
+        let plan = super::plan(&wishes, &have);
+        let adds: Vec<String> = (plan.commands.iter())
+            .filter(|c| c.args.first().is_some_and(|a| a == "add"))
+            .map(|c| c.args.join(" "))
+            .collect();
+        assert_eq!(
+            adds,
+            [
+                "add _pyfw_temp_s 10.0.0.1",
+                "add _pyfw_temp_s 10.0.0.2",
+                "add _pyfw_new_s 10.0.0.1",
+                "add _pyfw_new_s 10.0.0.2"
+            ]
+        );
+    }
 
     #[test]
     fn lis_keeps_the_longest_run() {
