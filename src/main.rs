@@ -243,7 +243,7 @@ fn main() -> ExitCode {
 }
 
 /// The size of wishes file from which the CLI reads what pyfw owns while it
-/// parses the file: some 5,000 set members, a few milliseconds of parsing,
+/// parses the file: some 3,500 set members, a few milliseconds of parsing,
 /// about what one round of reading processes costs.
 const EARLY_READ_FROM: u64 = 64 << 10;
 
