@@ -280,24 +280,40 @@ fn run(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
     // namespace (taking turns with a running daemon), so it takes that
     // turn first, on the same thread as the read.
     let apply = *command == Cmd::Apply;
+    let turn_of = |apply: bool| match apply {
+        true => pyfw::lock::wait_for_writer()
+            .map(Some)
+            .map_err(|e| e.to_string()),
+        false => Ok(None),
+    };
     let early = std::fs::metadata(&cli.wishes).is_ok_and(|m| m.len() >= EARLY_READ_FROM);
-    let turn = std::thread::spawn(move || {
-        let lock = match apply {
-            true => Some(pyfw::lock::wait_for_writer().map_err(|e| e.to_string())?),
-            false => None,
-        };
-        let owning = match early {
-            true => Some(reconciler.read_owned().map_err(|e| e.to_string())?),
-            false => None,
-        };
-        Ok::<_, String>((reconciler, lock, owning))
-    });
+    let turn = std::thread::Builder::new()
+        .name("pyfw-turn".into())
+        .spawn(move || {
+            let lock = turn_of(apply)?;
+            let owning = match early {
+                true => Some(reconciler.read_owned().map_err(|e| e.to_string())?),
+                false => None,
+            };
+            Ok::<_, String>((reconciler, lock, owning))
+        });
     // A bad file is the news, at once: the read still running is dropped
     // with this process.
     let wishes = wishes::load(&cli.wishes).map_err(|e| e.to_string())?;
-    let (mut reconciler, _lock, owning) = turn
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+    let (mut reconciler, _lock, owning) = match turn {
+        Ok(thread) => thread
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?,
+        // No thread to be had (a TasksMax limit): the same, in turn, with
+        // a backend of its own (the first went with the closure).
+        Err(e) => {
+            tracing::debug!("no thread to read beside the parse ({e}); reading after it");
+            let (backend, _) = System::default()
+                .with_variant(cli.backend)
+                .map_err(|e| e.to_string())?;
+            (Reconciler::new(backend), turn_of(apply)?, None)
+        }
+    };
     if *command != Cmd::Apply {
         let planned = reconciler
             .plan_after(&wishes, owning)
