@@ -766,31 +766,101 @@ fn plan_ipset(
     let Some(wished) = &wish.members else {
         return SetChange::None;
     };
+    let (gone, missing) = member_diff(&have.members, wished);
+    let cmds = MemberCmds::new(name, name, "member missing");
+    for i in gone {
+        out.push(cmds.del(&have.members[i]));
+    }
+    for i in missing {
+        out.push(cmds.add(&wished[i]));
+    }
+    SetChange::None
+}
+
+/// Which of the kernel's members (`have`, elements only) no wished member
+/// names, and which wished members (`wished`, an element and perhaps its
+/// options) the kernel lacks: indices, each list in its own order.
+fn member_diff(have: &[String], wished: &[String]) -> (Vec<usize>, Vec<usize>) {
+    ipv4_member_diff(have, wished).unwrap_or_else(|| index_member_diff(have, wished))
+}
+
+/// [`member_diff`] for members of any kind, by an index of their elements.
+fn index_member_diff(have: &[String], wished: &[String]) -> (Vec<usize>, Vec<usize>) {
     // One pass over each list, each member read as few times as can be:
     // with 100,000 members scattered over the heap, reading them is the
     // cost. `first[i]` is the first member with member `i`'s element.
-    let mut have_at = ElementIndex::for_members(&have.members);
-    let first: Vec<usize> = (have.members.iter().enumerate())
+    let mut have_at = ElementIndex::for_members(have);
+    let first: Vec<usize> = (have.iter().enumerate())
         .map(|(i, m)| have_at.first(m, i))
         .collect();
-    let mut wished_here = vec![false; have.members.len()];
+    let mut wished_here = vec![false; have.len()];
     let mut missing = Vec::new();
-    for m in wished {
+    for (k, m) in wished.iter().enumerate() {
         match have_at.get(element(m)) {
             Some(i) => wished_here[i] = true,
-            None => missing.push(m),
+            None => missing.push(k),
         }
     }
-    let cmds = MemberCmds::new(name, name, "member missing");
-    for (m, &f) in have.members.iter().zip(&first) {
-        if !wished_here[f] {
-            out.push(cmds.del(m));
+    let gone = (first.iter().enumerate())
+        .filter(|(_, f)| !wished_here[**f])
+        .map(|(i, _)| i)
+        .collect();
+    (gone, missing)
+}
+
+/// [`member_diff`] for lists of plain IPv4 addresses only (the commonest
+/// big set), `None` for any other: each list's addresses as 32 bits beside
+/// their index, sorted, then walked side by side. Sorting two arrays of
+/// 100,000 words reads memory in order, where a hash table of 100,000
+/// entries misses the cache on nearly every insert and lookup (twice as
+/// slow for a 1% change of a 100,000-member set). The standard parser
+/// takes plain dotted quads only, so equal addresses are equal texts.
+fn ipv4_member_diff(have: &[String], wished: &[String]) -> Option<(Vec<usize>, Vec<usize>)> {
+    let keys = |list: &[String], whole: bool| -> Option<Vec<u64>> {
+        let mut keys = Vec::with_capacity(list.len());
+        for (i, m) in list.iter().enumerate() {
+            let text = if whole { m.as_str() } else { element(m) };
+            let ip = text.parse::<std::net::Ipv4Addr>().ok()?;
+            keys.push(u64::from(u32::from(ip)) << 32 | i as u64);
+        }
+        keys.sort_unstable();
+        Some(keys)
+    };
+    let (have_keys, wished_keys) = (keys(have, true)?, keys(wished, false)?);
+    let ip = |k: u64| k >> 32;
+    let index = |k: u64| (k & u64::from(u32::MAX)) as usize;
+    let (mut gone, mut missing) = (Vec::new(), Vec::new());
+    let (mut h, mut w) = (0, 0);
+    while h < have_keys.len() || w < wished_keys.len() {
+        match (have_keys.get(h), wished_keys.get(w)) {
+            (Some(&a), Some(&b)) if ip(a) == ip(b) => {
+                // Every member of either list with this address matches.
+                let at = ip(a);
+                while have_keys.get(h).is_some_and(|&k| ip(k) == at) {
+                    h += 1;
+                }
+                while wished_keys.get(w).is_some_and(|&k| ip(k) == at) {
+                    w += 1;
+                }
+            }
+            (Some(&a), Some(&b)) if ip(a) < ip(b) => {
+                gone.push(index(a));
+                h += 1;
+            }
+            (Some(&a), None) => {
+                gone.push(index(a));
+                h += 1;
+            }
+            (_, Some(&b)) => {
+                missing.push(index(b));
+                w += 1;
+            }
+            (None, None) => break,
         }
     }
-    for m in missing {
-        out.push(cmds.add(m));
-    }
-    SetChange::None
+    gone.sort_unstable();
+    missing.sort_unstable();
+    Some((gone, missing))
 }
 
 fn element(member: &str) -> &str {
@@ -1463,6 +1533,40 @@ mod tests {
                 "add _pyfw_new_s 10.0.0.2"
             ]
         );
+    }
+
+    proptest::proptest! {
+        /// The sorted walk over IPv4 addresses and the index agree, with
+        /// members listed twice and wished members with options.
+        #[test]
+        fn the_ipv4_walk_agrees_with_the_index(
+            have in proptest::collection::vec(0u8..40, 0..60),
+            wished in proptest::collection::vec((0u8..40, proptest::bool::ANY), 0..60),
+        ) {
+            let have: Vec<String> = have.iter().map(|i| format!("10.0.{i}.1")).collect();
+            let wished: Vec<String> = (wished.iter())
+                .map(|(i, options)| match options {
+                    true => format!("10.0.{i}.1 timeout 5"),
+                    false => format!("10.0.{i}.1"),
+                })
+                .collect();
+            let walk = ipv4_member_diff(&have, &wished);
+            proptest::prop_assert_eq!(walk, Some(index_member_diff(&have, &wished)));
+        }
+    }
+
+    #[test]
+    fn only_plain_ipv4_lists_take_the_walk() {
+        let list = |l: &[&str]| l.iter().map(|m| m.to_string()).collect::<Vec<_>>();
+        let v4 = list(&["10.0.0.2", "10.0.0.1"]);
+        assert_eq!(
+            ipv4_member_diff(&v4, &list(&["10.0.0.1", "10.0.0.3"])),
+            Some((vec![0], vec![1]))
+        );
+        for other in ["10.0.0.0/24", "::1", "10.0.0.01", "10.0.0.1,tcp:80"] {
+            assert_eq!(ipv4_member_diff(&v4, &list(&[other])), None, "{other}");
+            assert_eq!(ipv4_member_diff(&list(&[other]), &v4), None, "{other}");
+        }
     }
 
     #[test]

@@ -343,7 +343,9 @@ impl Validator {
         let kind = kind?;
         let mut members = None;
         if let Some(list) = raw.members_equal {
-            let mut seen = Elements::with_capacity(list.value.0.len());
+            // Only the pass with lines indexes members as they come.
+            let lines = MEMBER_LINES.get();
+            let mut seen = Elements::with_capacity(if lines { list.value.0.len() } else { 0 });
             let mut out: Vec<String> = Vec::with_capacity(list.value.0.len());
             let list_line = list.referenced.line();
             for m in list.value.0 {
@@ -363,6 +365,9 @@ impl Validator {
                     (kind.expand_into(text, family, &mut out), None)
                 };
                 match expanded {
+                    // Without lines (the first pass), duplicates are looked
+                    // for once the list is whole (see `listed_twice`).
+                    Ok(()) if !lines => {}
                     Ok(()) => {
                         for k in start..out.len() {
                             if seen.insert(&out, k) {
@@ -378,6 +383,11 @@ impl Validator {
                         ok = false;
                     }
                 }
+            }
+            if ok && !lines && listed_twice(&out) {
+                // Only the pass with lines says which member and where.
+                self.error(list_line, label, "a member is listed twice");
+                ok = false;
             }
             members = Some(out);
         }
@@ -561,6 +571,26 @@ impl Elements {
             _ => members[..k].iter().any(|m| element(m) == element(member)),
         }
     }
+}
+
+/// Whether two members have the same element, found by sorting their
+/// elements' hashes: for a 100,000-member list, sorting an array of words
+/// reads memory in order where a hash table misses the cache on nearly
+/// every insert. The first pass over a file (without lines) asks this once
+/// per list; when it says yes, the pass with lines names each member
+/// listed twice by [`Elements`].
+fn listed_twice(members: &[String]) -> bool {
+    let mut keys: Vec<(u64, usize)> = (members.iter().enumerate())
+        .map(|(i, m)| (crate::rule::text_key(element(m).as_bytes()), i))
+        .collect();
+    keys.sort_unstable();
+    // Within each run of equal hashes (nearly always one member), compare
+    // the elements themselves.
+    keys.chunk_by(|a, b| a.0 == b.0).any(|run| {
+        run.iter().enumerate().any(|(i, a)| {
+            (run[i + 1..].iter()).any(|b| element(&members[a.1]) == element(&members[b.1]))
+        })
+    })
 }
 
 /// A member's element: its first word, before any options.
