@@ -176,3 +176,31 @@ fn all_errors_are_reported_at_once() {
         "{e}"
     );
 }
+
+/// A member listed twice is named with its line, in a long list too (the
+/// first pass looks for duplicates by sorting, the second names them), and
+/// however its options differ. Distinct members are accepted.
+#[test]
+fn members_listed_twice_are_named_with_their_line() {
+    let set = |members: &[String]| {
+        let mut text = "pyfw_wishes:\n  ipsets:\n    s:\n      type: hash:ip\n      \
+                        header: timeout 600\n      members_equal:\n"
+            .to_string();
+        for m in members {
+            text.push_str(&format!("      - {m}\n"));
+        }
+        text
+    };
+    let mut members: Vec<String> = (0..10_000u32)
+        .map(|i| format!("10.0.{}.{}", i >> 8, i & 255))
+        .collect();
+    assert!(parse(&set(&members), Path::new("w")).is_ok());
+    members.push("10.0.7.1 timeout 60".into());
+    let e = error(&set(&members));
+    // The header is 6 lines; the member added last is on line 10,007.
+    assert!(
+        e.contains(":10007:") && e.contains("member `10.0.7.1 timeout 60` listed twice"),
+        "{e}"
+    );
+    assert_eq!(e.lines().count(), 1, "{e}");
+}
