@@ -253,10 +253,8 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
             // ones, or (when the wish leaves membership alone) the set's.
             let have = state.ipsets.get(name).map_or(&[][..], |h| &h.members);
             let keep = wish.members.as_deref().unwrap_or(have);
-            let mut create = vec!["create", fresh.as_str(), wish.kind.name()];
-            create.extend(wish.header.iter().map(String::as_str));
             let sized = hash_size(wish, keep.len());
-            create.extend(sized.iter().flat_map(|size| ["hashsize", size.as_str()]));
+            let create = create_args(&fresh, wish, &sized);
             out.commands.push(ipset_cmd(
                 name,
                 &create,
@@ -618,8 +616,6 @@ fn spare_name(prefix: &str, name: &str) -> String {
     tmp
 }
 
-/// True when every option the wish states is what the set has. Options the
-/// wish leaves out (ipset's defaults and its own choices) never count.
 /// The `hashsize` to create a big hash set with, when the wish names none:
 /// the size the kernel would grow the set to (a power of two, some four
 /// members a bucket), so that filling it does not rehash it again and again
@@ -634,6 +630,17 @@ fn hash_size(wish: &IpsetWish, members: usize) -> Option<String> {
     (hash && !stated && size > DEFAULT).then(|| size.to_string())
 }
 
+/// `create NAME TYPE HEADER...`, and the `hashsize` of [`hash_size`] when
+/// there is one.
+fn create_args<'a>(name: &'a str, wish: &'a IpsetWish, size: &'a Option<String>) -> Vec<&'a str> {
+    let mut create = vec!["create", name, wish.kind.name()];
+    create.extend(wish.header.iter().map(String::as_str));
+    create.extend(size.iter().flat_map(|size| ["hashsize", size.as_str()]));
+    create
+}
+
+/// True when every option the wish states is what the set has. Options the
+/// wish leaves out (ipset's defaults and its own choices) never count.
 fn options_match(wish: &IpsetWish, have: &Ipset) -> bool {
     let mut words = wish.header.iter();
     while let Some(w) = words.next() {
@@ -690,17 +697,15 @@ fn plan_ipset(
     last: &mut Vec<Command>,
 ) -> SetChange {
     let name = wish.name.as_str();
-    let mut create = vec!["create", name, wish.kind.name()];
-    create.extend(wish.header.iter().map(String::as_str));
     let members = wish.members.as_deref().unwrap_or(&[]);
-    let sized = hash_size(
-        wish,
-        have.map_or(members, |h| wish.members.as_deref().unwrap_or(&h.members))
-            .len(),
-    );
-    if let Some(size) = &sized {
-        create.extend(["hashsize", size.as_str()]);
-    }
+    // What a created set is filled with: the wished members, or (when the
+    // wish leaves membership alone) the set's own.
+    let fill = wish
+        .members
+        .as_deref()
+        .or(have.map(|h| h.members.as_slice()));
+    let sized = hash_size(wish, fill.map_or(0, <[String]>::len));
+    let create = create_args(name, wish, &sized);
     let Some(have) = have else {
         out.push(ipset_cmd(
             name,
@@ -719,8 +724,7 @@ fn plan_ipset(
         // Build the new set beside the old one, filled, so that rules
         // referencing the set never see it missing or empty.
         let tmp = swap_name(name);
-        let mut tmp_create = create.clone();
-        tmp_create[1] = &tmp;
+        let tmp_create = create_args(&tmp, wish, &sized);
         let why = format!(
             "ipset {name}: is `{} {}`, wished `{} {}`",
             have.kind,
@@ -734,10 +738,7 @@ fn plan_ipset(
             Some(&["destroy", &tmp]),
             why.clone(),
         ));
-        let keep: &[String] = match &wish.members {
-            Some(m) => m,
-            None => &have.members,
-        };
+        let keep = fill.unwrap_or(&have.members);
         out.reserve(keep.len());
         let fill = MemberCmds::new(&tmp, name, "fill the replacement");
         for m in keep {
@@ -1457,6 +1458,19 @@ mod tests {
             .collect()
     }
 
+    /// A kernel holding one `hash:net` set, `name`, with `members`.
+    fn hash_net(name: &str, members: &[&str]) -> State {
+        let mut have = State::default();
+        let set = Ipset {
+            kind: "hash:net".into(),
+            options: vec!["family".into(), "inet".into()],
+            members: members.iter().map(|m| m.to_string()).collect(),
+            comments: Default::default(),
+        };
+        have.ipsets.insert(name.into(), set);
+        have
+    }
+
     #[test]
     fn big_hash_sets_are_created_at_their_size() {
         let none = State::default();
@@ -1484,17 +1498,7 @@ mod tests {
             ["create big bitmap:ip range 10.0.0.0/16"]
         );
         // A replacement is filled at its size too.
-        let mut have = State::default();
-        have.ipsets.insert(
-            "big".into(),
-            Ipset {
-                kind: "hash:net".into(),
-                options: vec!["family".into(), "inet".into()],
-                members: Vec::new(),
-                comments: Default::default(),
-            },
-        );
-        let got = plan(&big_set("hash:ip", "", 100_000), &have);
+        let got = plan(&big_set("hash:ip", "", 100_000), &hash_net("big", &[]));
         assert_eq!(got.len(), 2, "{got:?}");
         for create in got {
             assert!(create.ends_with(" hash:ip hashsize 32768"), "{create}");
@@ -1510,17 +1514,7 @@ mod tests {
             std::path::Path::new("w.yaml"),
         )
         .unwrap();
-        let mut have = State::default();
-        have.ipsets.insert(
-            "s".into(),
-            Ipset {
-                kind: "hash:net".into(),
-                options: vec!["family".into(), "inet".into()],
-                members: vec!["10.0.0.1".into(), "10.0.0.2".into()],
-                comments: Default::default(),
-            },
-        );
-        let plan = super::plan(&wishes, &have);
+        let plan = super::plan(&wishes, &hash_net("s", &["10.0.0.1", "10.0.0.2"]));
         let adds: Vec<String> = (plan.commands.iter())
             .filter(|c| c.args.first().is_some_and(|a| a == "add"))
             .map(|c| c.args.join(" "))
