@@ -93,24 +93,14 @@ impl Scope {
             (Rules::Skip, _) | (_, Rules::All) => Rules::Skip,
             (want, had) if want == had => Rules::Skip,
             (Rules::Chains(want), Rules::Chains(had)) => {
-                let rest: BTreeSet<_> = want.difference(had).cloned().collect();
-                if rest.is_empty() {
-                    Rules::Skip
-                } else {
-                    Rules::Chains(rest)
-                }
+                rest(want, had).map_or(Rules::Skip, Rules::Chains)
             }
             (want, _) => want.clone(),
         };
         let sets = match (&self.sets, &had.sets) {
             (Sets::Skip, _) | (_, Sets::All) => Sets::Skip,
             (Sets::Named(want), Sets::Named(had)) => {
-                let rest: BTreeSet<_> = want.difference(had).cloned().collect();
-                if rest.is_empty() {
-                    Sets::Skip
-                } else {
-                    Sets::Named(rest)
-                }
+                rest(want, had).map_or(Sets::Skip, Sets::Named)
             }
             (want, _) => want.clone(),
         };
@@ -143,6 +133,12 @@ impl Scope {
             sets,
         })
     }
+}
+
+/// The names in `want` that are not in `had`; `None` when there are none.
+fn rest<T: Ord + Clone>(want: &BTreeSet<T>, had: &BTreeSet<T>) -> Option<BTreeSet<T>> {
+    let rest: BTreeSet<T> = want.difference(had).cloned().collect();
+    (!rest.is_empty()).then_some(rest)
 }
 
 /// A wished rule for the kernel tools to check before anything changes.
