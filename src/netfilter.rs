@@ -792,6 +792,21 @@ impl System {
         args: &[String],
         input: Option<&str>,
     ) -> Result<Output, Error> {
+        let (stdout, stderr) = self.exec_into(program, args, input, Vec::new())?;
+        let stdout = String::from_utf8(stdout)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        Ok(Output { stdout, stderr })
+    }
+
+    /// [`System::exec`], with stdout handed to `sink` as it arrives rather
+    /// than kept: the sink and stderr are returned.
+    fn exec_into<S: Sink>(
+        &self,
+        program: &str,
+        args: &[String],
+        input: Option<&str>,
+        sink: S,
+    ) -> Result<(S, String), Error> {
         let command = format!("{program} {}", crate::rule::display_args(args));
         let spawn_err = |source: std::io::Error| Error::Spawn {
             command: command.clone(),
@@ -845,10 +860,10 @@ impl System {
             }
             _ => None,
         };
-        let stdout =
-            drain(child.stdout.take(), self.max_output).map_err(|e| no_thread(&mut child, e))?;
-        let stderr =
-            drain(child.stderr.take(), self.max_output).map_err(|e| no_thread(&mut child, e))?;
+        let stdout = drain(child.stdout.take(), self.max_output, sink)
+            .map_err(|e| no_thread(&mut child, e))?;
+        let stderr = drain(child.stderr.take(), self.max_output, Vec::new())
+            .map_err(|e| no_thread(&mut child, e))?;
         let status = match child.wait_timeout(self.timeout).map_err(spawn_err)? {
             Some(status) => status,
             None => {
@@ -859,7 +874,7 @@ impl System {
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 let stderr = match stderr.is_finished() {
-                    true => stderr.join().map(|(s, _)| s).unwrap_or_default(),
+                    true => stderr.join().map(|(s, _)| lossy(&s)).unwrap_or_default(),
                     false => String::new(),
                 };
                 return Err(Error::Timeout {
@@ -872,8 +887,12 @@ impl System {
         if let Some(w) = writer {
             let _ = w.join();
         }
-        let (stdout, too_large) = stdout.join().unwrap_or_default();
-        let (stderr, _) = stderr.join().unwrap_or_default();
+        let panicked = || Error::Spawn {
+            command: command.clone(),
+            source: std::io::Error::other("the thread reading its output panicked"),
+        };
+        let (stdout, too_large) = stdout.join().map_err(|_| panicked())?;
+        let stderr = stderr.join().map(|(s, _)| lossy(&s)).unwrap_or_default();
         if too_large {
             return Err(Error::TooLarge {
                 command,
@@ -887,7 +906,7 @@ impl System {
                 stderr: stderr.trim().to_string(),
             });
         }
-        Ok(Output { stdout, stderr })
+        Ok((stdout, stderr))
     }
 
     /// `iptables`, `iptables-legacy-save`, `ip6tables-nft-restore`, ...
@@ -1451,8 +1470,12 @@ impl System {
     ) -> Result<Option<std::collections::BTreeMap<String, state::Ipset>>, Error> {
         let mut args = vec!["save".to_string()];
         args.extend(name.map(String::from));
-        let out = match self.exec("ipset", &args, None) {
-            Ok(out) => out,
+        let reading = Lines::new(SaveReading {
+            reader: state::IpsetSaveReader::default(),
+            error: None,
+        });
+        let reading = match self.exec_into("ipset", &args, None, reading) {
+            Ok((reading, _)) => reading.each,
             Err(Error::Failed { stderr, .. })
                 if name.is_some() && stderr.contains("does not exist") =>
             {
@@ -1460,12 +1483,13 @@ impl System {
             }
             Err(e) => return Err(e),
         };
-        state::parse_ipset_save(&out.stdout)
-            .map(Some)
-            .map_err(|source| Error::Parse {
+        match reading.error {
+            None => Ok(Some(reading.reader.finish())),
+            Some(source) => Err(Error::Parse {
                 command: format!("ipset {}", args.join(" ")),
                 source,
-            })
+            }),
+        }
     }
 }
 
@@ -1521,26 +1545,130 @@ fn kill(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// Reads a pipe to its end, keeping at most `limit` bytes; the flag says
-/// whether there was more (the rest is read and dropped, so that the tool
-/// is never blocked writing and its timeout still applies).
-fn drain<R: Read + Send + 'static>(
+/// Where a tool's output goes, as it arrives, on the thread that drains
+/// its pipe.
+trait Sink: Send + 'static {
+    fn feed(&mut self, bytes: &[u8]);
+    /// The output has ended.
+    fn end(&mut self) {}
+}
+
+/// Kept whole.
+impl Sink for Vec<u8> {
+    fn feed(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// What a tool printed, as text (bytes that are not UTF-8 replaced).
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Reads a tool's output a line at a time; see [`Lines`].
+trait OnLine: Send + 'static {
+    fn line(&mut self, line: &str);
+}
+
+/// Hands each whole line to `T` as soon as it has arrived, split as
+/// `str::lines` splits text, bytes that are not UTF-8 replaced. Reading a
+/// 100,000-member `ipset save` this way overlaps with the tool's own
+/// listing, which keeps the whole read and parse to the listing's time.
+struct Lines<T> {
+    partial: Vec<u8>,
+    each: T,
+}
+
+impl<T> Lines<T> {
+    fn new(each: T) -> Self {
+        Lines {
+            partial: Vec::new(),
+            each,
+        }
+    }
+}
+
+impl<T: OnLine> Lines<T> {
+    fn emit(each: &mut T, line: &[u8]) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        each.line(&String::from_utf8_lossy(line));
+    }
+}
+
+impl<T: OnLine> Sink for Lines<T> {
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while let Some(at) = bytes.iter().position(|&b| b == b'\n') {
+            let (line, rest) = (&bytes[..at], &bytes[at + 1..]);
+            if self.partial.is_empty() {
+                Self::emit(&mut self.each, line);
+            } else {
+                self.partial.extend_from_slice(line);
+                Self::emit(&mut self.each, &self.partial);
+                self.partial.clear();
+            }
+            bytes = rest;
+        }
+        self.partial.extend_from_slice(bytes);
+    }
+
+    /// The last line, when it has no line break (nor is `\r` taken off).
+    fn end(&mut self) {
+        if !self.partial.is_empty() {
+            self.each.line(&String::from_utf8_lossy(&self.partial));
+            self.partial.clear();
+        }
+    }
+}
+
+/// Drains a pipe into `sink`, feeding it at most `limit` bytes; the flag
+/// says whether there was more (the rest is read and dropped, so that the
+/// tool is never blocked writing and its timeout still applies).
+fn drain<R: Read + Send + 'static, S: Sink>(
     pipe: Option<R>,
     limit: usize,
-) -> std::io::Result<JoinHandle<(String, bool)>> {
+    mut sink: S,
+) -> std::io::Result<JoinHandle<(S, bool)>> {
     std::thread::Builder::new()
         .name("pyfw-drain".into())
         .spawn(move || {
-            let mut buf = Vec::new();
             let mut over = false;
-            if let Some(p) = pipe {
-                let mut p = p.take(limit as u64);
-                let _ = p.read_to_end(&mut buf);
-                let mut rest = p.into_inner();
-                over = std::io::copy(&mut rest, &mut std::io::sink()).is_ok_and(|n| n > 0);
+            if let Some(mut p) = pipe {
+                let mut buf = vec![0; 64 << 10];
+                let mut left = limit;
+                loop {
+                    match p.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            let keep = n.min(left);
+                            sink.feed(&buf[..keep]);
+                            left -= keep;
+                            over |= keep < n;
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(_) => break,
+                    }
+                }
             }
-            (String::from_utf8_lossy(&buf).into_owned(), over)
+            sink.end();
+            (sink, over)
         })
+}
+
+/// `ipset save` read as it is printed; the first line that does not read
+/// is the error, and the lines after it are not read.
+struct SaveReading {
+    reader: state::IpsetSaveReader,
+    error: Option<state::ParseError>,
+}
+
+impl OnLine for SaveReading {
+    fn line(&mut self, line: &str) {
+        if self.error.is_none()
+            && let Err(e) = self.reader.line(line)
+        {
+            self.error = Some(e);
+        }
+    }
 }
 
 /// What [`Backend::read_state`] reads side by side.
@@ -1769,6 +1897,60 @@ impl Backend for System {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
+    struct Collect(Vec<String>);
+    impl super::OnLine for Collect {
+        fn line(&mut self, line: &str) {
+            self.0.push(line.to_string());
+        }
+    }
+
+    proptest! {
+        /// However the pipe cuts the output, the lines are `str::lines`'s.
+        #[test]
+        fn lines_arrive_whole_wherever_the_reads_cut(
+            text in "([a\\r\\nä€]{0,6}\\n){0,8}[ab\\ré]{0,3}",
+            cuts in proptest::collection::vec(0usize..64, 0..6),
+        ) {
+            use super::Sink;
+            let mut lines = super::Lines::new(Collect(Vec::new()));
+            let bytes = text.as_bytes();
+            let mut at = 0;
+            for cut in cuts {
+                let to = (at + cut).min(bytes.len());
+                lines.feed(&bytes[at..to]);
+                at = to;
+            }
+            lines.feed(&bytes[at..]);
+            lines.end();
+            let want: Vec<&str> = text.lines().collect();
+            prop_assert_eq!(lines.each.0, want);
+        }
+    }
+
+    #[test]
+    fn a_big_save_is_read_as_it_arrives_and_its_first_bad_line_is_the_error() {
+        use super::Sink;
+        let mut text = String::from("create s hash:ip family inet\n");
+        text.extend((0..3000).map(|i| format!("add s 10.0.{}.{}\n", i / 256, i % 256)));
+        let mut reading = super::Lines::new(super::SaveReading {
+            reader: crate::state::IpsetSaveReader::default(),
+            error: None,
+        });
+        text.as_bytes().chunks(4096).for_each(|c| reading.feed(c));
+        reading.feed(b"add nope 10.0.0.1\nadd s 10.9.9.9\nnot a line");
+        reading.end();
+        let error = reading.each.error.expect("the set nope is unknown");
+        assert_eq!(
+            (error.line, error.text.as_str()),
+            (3002, "add nope 10.0.0.1")
+        );
+        let sets = reading.each.reader.finish();
+        assert_eq!(sets["s"].members.len(), 3000);
+        assert_eq!(sets["s"].members[2999], "10.0.11.183");
+    }
+
     #[test]
     fn keep_chains_drops_other_chains_but_not_what_is_not_a_save() {
         let save = "# Generated by iptables-save\n*filter\n:INPUT ACCEPT [0:0]\n\

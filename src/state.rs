@@ -345,25 +345,60 @@ fn parse_ipset_save_with(
     text: &str,
     shortcut: bool,
 ) -> Result<BTreeMap<String, Ipset>, ParseError> {
-    let mut sets: BTreeMap<String, Ipset> = BTreeMap::new();
-    for (idx, raw) in text.lines().enumerate() {
-        let n = idx + 1;
+    let mut reader = IpsetSaveReader {
+        shortcut,
+        ..IpsetSaveReader::default()
+    };
+    for raw in text.lines() {
+        reader.line(raw)?;
+    }
+    Ok(reader.finish())
+}
+
+/// Reads `ipset save` output a line at a time, as the tool prints it: a
+/// 100,000-member set is then read while `ipset` is still listing it,
+/// rather than after.
+pub struct IpsetSaveReader {
+    sets: BTreeMap<String, Ipset>,
+    /// The number of the last line read.
+    n: usize,
+    shortcut: bool,
+}
+
+impl Default for IpsetSaveReader {
+    fn default() -> Self {
+        IpsetSaveReader {
+            sets: BTreeMap::new(),
+            n: 0,
+            shortcut: true,
+        }
+    }
+}
+
+impl IpsetSaveReader {
+    /// Reads the next line, without its line break (as `str::lines` gives
+    /// it).
+    pub fn line(&mut self, raw: &str) -> Result<(), ParseError> {
+        self.n += 1;
+        let (n, sets) = (self.n, &mut self.sets);
         // Nearly every line of a big set: `add`, the name and the element,
         // one space apart, nothing to trim, no fourth word (so no comment:
         // see below). Read as the general case below reads it.
-        if shortcut
+        if self.shortcut
             && let Some((name, element)) = plain_add(raw)
             && name != "comment"
         {
-            match sets.get_mut(name) {
-                Some(set) => set.members.push(element.to_string()),
-                None => return Err(err(n, raw, format!("member for unknown set {name}"))),
-            }
-            continue;
+            return match sets.get_mut(name) {
+                Some(set) => {
+                    set.members.push(element.to_string());
+                    Ok(())
+                }
+                None => Err(err(n, raw, format!("member for unknown set {name}"))),
+            };
         }
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
-            continue;
+            return Ok(());
         }
         let mut words = line.split_whitespace();
         match (words.next(), words.next(), words.next()) {
@@ -414,8 +449,13 @@ fn parse_ipset_save_with(
                 ));
             }
         }
+        Ok(())
     }
-    Ok(sets)
+
+    /// The sets read.
+    pub fn finish(self) -> BTreeMap<String, Ipset> {
+        self.sets
+    }
 }
 
 /// `add NAME ELEMENT` with single spaces and words of printable ASCII
