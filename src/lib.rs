@@ -4,8 +4,9 @@
 //!
 //! The crate is a functional core with an imperative shell:
 //! - pure: [`wishes`] (the file), [`state`] (what the kernel holds, and its
-//!   parsers), [`rule`] and [`ipset`] (their pieces), and [`plan`] (the
-//!   commands that turn one into the other);
+//!   parsers), [`rule`] and [`ipset`] (their pieces), [`plan`] (the
+//!   commands that turn one into the other) and [`predict`] (what they
+//!   leave behind);
 //! - shell: [`netfilter`] (the only place that starts processes) and
 //!   [`apply`] (running a plan all or nothing).
 
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod netfilter;
 pub mod ownership;
 pub mod plan;
+pub mod predict;
 pub mod reconcile;
 pub mod rule;
 pub mod secure;

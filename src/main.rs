@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use pyfw::apply::Event;
 use pyfw::canon::{self, Comparison};
 use pyfw::formats::{PlanDoc, PlanFormat, StateFormat};
-use pyfw::netfilter::{Backend, Scope, SetSummary, Sets, System, Variant};
+use pyfw::netfilter::{Backend, Rules, Scope, SetSummary, Sets, System, Variant};
 use pyfw::plan::Plan;
 use pyfw::reconcile::Reconciler;
 use pyfw::state::{self, State};
@@ -279,18 +279,23 @@ fn run(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
     // An apply reads in its turn as the one writer of this network
     // namespace (taking turns with a running daemon), so it takes that
     // turn first, on the same thread as the read.
+    //
+    // On legacy, an apply then holds the xtables lock until its commit, so
+    // that what it read is what it changes and the changes it shows follow
+    // from the plan: reading a chain back copies the whole table again.
     let apply = *command == Cmd::Apply;
-    let turn_of = |apply: bool| match apply {
-        true => pyfw::lock::wait_for_writer()
-            .map(Some)
-            .map_err(|e| e.to_string()),
-        false => Ok(None),
+    let turn_of = |apply: bool, backend: &mut System| match apply {
+        true => {
+            let turn = pyfw::lock::wait_for_writer().map_err(|e| e.to_string())?;
+            Ok::<_, String>((Some(turn), hold_xtables(backend)))
+        }
+        false => Ok((None, None)),
     };
     let early = std::fs::metadata(&cli.wishes).is_ok_and(|m| m.len() >= EARLY_READ_FROM);
     let turn = std::thread::Builder::new()
         .name("pyfw-turn".into())
         .spawn(move || {
-            let lock = turn_of(apply)?;
+            let lock = turn_of(apply, reconciler.backend_mut())?;
             let owning = match early {
                 true => Some(reconciler.read_owned().map_err(|e| e.to_string())?),
                 false => None,
@@ -300,7 +305,7 @@ fn run(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
     // A bad file is the news, at once: the read still running is dropped
     // with this process.
     let wishes = wishes::load(&cli.wishes).map_err(|e| e.to_string())?;
-    let (mut reconciler, _lock, owning) = match turn {
+    let (mut reconciler, (_turn, xtables), owning) = match turn {
         Ok(thread) => thread
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?,
@@ -308,10 +313,11 @@ fn run(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
         // a backend of its own (the first went with the closure).
         Err(e) => {
             tracing::debug!("no thread to read beside the parse ({e}); reading after it");
-            let (backend, _) = System::default()
+            let (mut backend, _) = System::default()
                 .with_variant(cli.backend)
                 .map_err(|e| e.to_string())?;
-            (Reconciler::new(backend), turn_of(apply)?, None)
+            let lock = turn_of(apply, &mut backend)?;
+            (Reconciler::new(backend), lock, None)
         }
     };
     if *command != Cmd::Apply {
@@ -410,6 +416,14 @@ fn run(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
     // what the plan touched is read and compared (the snapshot's chains and
     // sets, as they were): reading and diffing whole tables again cost a
     // second on a host with a 50,000-rule foreign chain.
+    //
+    // Under the xtables lock (legacy), the chains are worked out instead:
+    // nothing else wrote them since they were read.
+    let predicted = xtables.as_ref().and_then(|_| {
+        pyfw::predict::chains_after(&snapshot, &planned.plan)
+            .inspect_err(|e| tracing::debug!("{e}; reading the chains back"))
+            .ok()
+    });
     let big = big_set_changes(&planned.plan);
     let mut scope = snapshot.scope();
     if let Sets::Named(names) = &mut scope.sets {
@@ -418,16 +432,26 @@ fn run(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
             scope.sets = Sets::Skip;
         }
     }
+    if predicted.is_some() {
+        scope.v4 = Rules::Skip;
+        scope.v6 = Rules::Skip;
+    }
     let after = reconciler
         .backend_mut()
         .read_state(scope)
-        .and_then(|after| {
+        .and_then(|mut after| {
+            if let Some(chains) = predicted {
+                (after.v4, after.v6) = (chains.v4, chains.v6);
+            }
             let mut terse = std::collections::BTreeMap::new();
             for name in big.keys() {
                 terse.insert(name.clone(), reconciler.backend().ipset_terse(name)?);
             }
             Ok((after, terse))
         });
+    // Others may write again; pyfw's own runs (a revert) wait their turn.
+    drop(xtables);
+    reconciler.backend_mut().use_lockfile(None);
     match after {
         Ok((after, terse)) => print_changes(&mut out, &snapshot, &after, &big, &terse),
         Err(e) => {
@@ -452,6 +476,29 @@ fn run(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
     std::mem::forget((planned.plan, snapshot, wishes));
     Ok(code)
 }
+
+/// Takes the xtables lock for an apply on legacy (see `run`) and points
+/// the backend's own iptables runs elsewhere meanwhile; `None` on nft, or
+/// when the lock stays held by another program (the apply then goes on as
+/// iptables-restore would, waiting its turn, and reads its result back).
+fn hold_xtables(backend: &mut System) -> Option<pyfw::xtlock::Held> {
+    if backend.is_nft() {
+        return None;
+    }
+    match pyfw::xtlock::hold(XTABLES_WAIT) {
+        Ok(held) => {
+            backend.use_lockfile(Some(held.own_runs_path()));
+            Some(held)
+        }
+        Err(e) => {
+            tracing::debug!("not holding the xtables lock ({e}); the changes will be read back");
+            None
+        }
+    }
+}
+
+/// How long an apply on legacy waits to hold the xtables lock itself.
+const XTABLES_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// `apply --confirm`: waits for the answer (the writer lock still held),
 /// and puts the snapshot back without one. Writes never panic here: the

@@ -504,6 +504,9 @@ pub struct System {
     /// Legacy chains last read, kept with their table's fingerprint; only
     /// for a long-running reader (see [`System::remember_legacy_reads`]).
     legacy_cache: Option<LegacyCache>,
+    /// `XTABLES_LOCKFILE` for pyfw's iptables runs while pyfw holds the
+    /// host's xtables lock itself (see [`crate::xtlock::Held`]).
+    own_lockfile: Option<std::path::PathBuf>,
 }
 
 /// On legacy, any read copies the whole table out of the kernel: with a
@@ -598,6 +601,7 @@ impl Default for System {
             v6: "ip6tables".into(),
             nft: true,
             legacy_cache: None,
+            own_lockfile: None,
         }
     }
 }
@@ -784,6 +788,13 @@ impl System {
         self
     }
 
+    /// While pyfw holds the xtables lock, its own iptables runs take this
+    /// lock file instead (`None` again once it lets go), or they would
+    /// wait for pyfw.
+    pub fn use_lockfile(&mut self, path: Option<&std::path::Path>) {
+        self.own_lockfile = path.map(std::path::Path::to_path_buf);
+    }
+
     /// Runs `program args` with optional input and returns what it printed,
     /// or an error when it fails, hangs or cannot start.
     pub fn exec(
@@ -818,7 +829,15 @@ impl System {
                 _ => source,
             },
         };
-        let mut child = std::process::Command::new(program)
+        let mut child = std::process::Command::new(program);
+        if let Some(lockfile) = self
+            .own_lockfile
+            .as_ref()
+            .filter(|_| program.contains("tables"))
+        {
+            child.env("XTABLES_LOCKFILE", lockfile);
+        }
+        let mut child = child
             .args(args)
             .env("LC_ALL", "C")
             .stdin(if input.is_some() {

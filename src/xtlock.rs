@@ -66,6 +66,71 @@ pub fn path() -> PathBuf {
         .map_or_else(|| PathBuf::from("/run/xtables.lock"), PathBuf::from)
 }
 
+/// The xtables lock, held by pyfw itself; released when dropped (or when
+/// the process ends). While pyfw holds it, no program that honours the
+/// lock writes a legacy table, and pyfw's own iptables runs take a lock
+/// file of their own ([`Held::own_runs_path`], given them as
+/// `XTABLES_LOCKFILE`) so that they do not wait for it.
+///
+/// `apply` on legacy holds it from its first read to its commit: what it
+/// read is then what it changed, and the result follows from the plan
+/// (see `predict`) instead of another copy of the whole table.
+#[derive(Debug)]
+pub struct Held {
+    _file: std::fs::File,
+    own_runs: PathBuf,
+}
+
+impl Held {
+    /// The lock file pyfw's own iptables runs use while this is held.
+    pub fn own_runs_path(&self) -> &Path {
+        &self.own_runs
+    }
+}
+
+/// Takes the xtables lock as iptables does (an exclusive `flock` on
+/// [`path`], created if missing), waiting up to `wait` for its holder.
+pub fn hold(wait: Duration) -> io::Result<Held> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = path();
+    // Opened as iptables opens it (read-only, created 0600), so that a
+    // watcher counts its close like any iptables run's.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CREAT)
+        .mode(0o600)
+        .open(&path)?;
+    let deadline = Instant::now() + wait;
+    loop {
+        // SAFETY: flock on a descriptor this function owns; no memory is
+        // passed.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EWOULDBLOCK) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Some(libc::EINTR) => {}
+            Some(libc::EWOULDBLOCK) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{} stayed held for {wait:?}", path.display()),
+                ));
+            }
+            _ => return Err(e),
+        }
+    }
+    let mut own_runs = path.into_os_string();
+    own_runs.push(".pyfw");
+    Ok(Held {
+        _file: file,
+        own_runs: own_runs.into(),
+    })
+}
+
 /// After each call of a watch's `on_close`, no call for this many times as
 /// long as the call took: closes that arrive meanwhile are counted at once
 /// and answered together by the next call. Every iptables run on the host

@@ -722,6 +722,21 @@ pub fn check(s: &Scenario) -> Result<(), String> {
     for c in &p.record {
         step(&mut model, c).map_err(|e| format!("record: {e}\nplan:\n{}", shown()))?;
     }
+    // What `apply` shows on legacy is worked out from the plan rather than
+    // read back: it must be what the commands left.
+    let snapshot = pyfw::confirm::Snapshot::of(&p, s.state.clone());
+    let predicted = pyfw::predict::chains_after(&snapshot, &p)
+        .map_err(|e| format!("prediction: {e}\nplan:\n{}", shown()))?;
+    for (f, t, ch) in snapshot.chains.keys() {
+        let left = model.ruleset(*f).chain(t, ch).map(|c| c.into_owned());
+        let worked_out = predicted.ruleset(*f).chain(t, ch).map(|c| c.into_owned());
+        if left != worked_out {
+            return Err(format!(
+                "{t}/{ch} worked out as {worked_out:?}, the commands left {left:?}\nplan:\n{}",
+                shown()
+            ));
+        }
+    }
     let again = plan(&s.wishes, &model);
     if !again.is_empty() {
         return Err(format!(
