@@ -803,7 +803,10 @@ impl System {
         args: &[String],
         input: Option<&str>,
     ) -> Result<Output, Error> {
-        let (stdout, stderr) = self.exec_into(program, args, input, Vec::new())?;
+        let (mut stdout, stderr) = self.exec_into(program, args, input, Vec::new())?;
+        // The buffer grew by doubling: a 15 MB save could hold 30 MB while
+        // it is parsed. Shrinking a buffer that size moves pages, not bytes.
+        stdout.shrink_to_fit();
         let stdout = String::from_utf8(stdout)
             .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
         Ok(Output { stdout, stderr })
