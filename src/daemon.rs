@@ -367,7 +367,7 @@ fn follow_netfilter(
         // cannot be taken stays `None`, so it never wakes one in a loop.)
         let mut last: std::collections::HashMap<(Family, String), Option<u64>> =
             std::collections::HashMap::new();
-        let check = move || {
+        let check = move |release: &crate::xtlock::Release| {
             let Ok(now) = tables.lock().map(|w| {
                 w.iter()
                     .map(|(family, table, _)| (*family, table.clone()))
@@ -377,9 +377,20 @@ fn follow_netfilter(
             };
             let mut changed = Vec::new();
             for (family, table) in now {
-                let fp = crate::fingerprint::legacy_table(family, &table)
-                    .ok()
-                    .flatten();
+                // A reconcile's read since these releases (the one after
+                // pyfw's own apply, say) already copied the table.
+                let fp = match release.fingerprinted_since(family, &table) {
+                    Some(fp) => {
+                        tracing::debug!(
+                            "xtables lock released; {family:?} {table} was fingerprinted by a \
+                             read since"
+                        );
+                        Some(fp)
+                    }
+                    None => crate::fingerprint::legacy_table(family, &table)
+                        .ok()
+                        .flatten(),
+                };
                 if last.insert((family, table.clone()), fp) != Some(fp) {
                     changed.push(match family {
                         Family::V4 => table,

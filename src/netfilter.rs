@@ -373,6 +373,10 @@ impl LegacyCache {
             .inspect_err(|e| tracing::debug!("no fingerprint of {family:?} {table}: {e}"))
             .ok()
             .flatten();
+        // The lock's next check may use it (see `xtlock::Release`).
+        if let (Some(lock), Some(closes), Some(fp)) = (&self.lock, closes, fingerprint) {
+            lock.fingerprinted(family, table, closes, fp);
+        }
         if let Some(t) = fingerprint.and_then(|fp| self.hit(&key, fp, wanted, quiet)) {
             return Lookup::Hit(t);
         }
