@@ -375,7 +375,7 @@ impl LegacyCache {
             .flatten();
         // The lock's next check may use it (see `xtlock::Release`).
         if let (Some(lock), Some(closes), Some(fp)) = (&self.lock, closes, fingerprint) {
-            lock.fingerprinted(family, table, closes, fp);
+            lock.fingerprinted(ns, family, table, closes, fp);
         }
         if let Some(t) = fingerprint.and_then(|fp| self.hit(&key, fp, wanted, quiet)) {
             return Lookup::Hit(t);
@@ -583,7 +583,7 @@ impl CachedTable {
 const LEGACY_REREAD_AFTER: Duration = Duration::from_secs(300);
 
 /// The calling thread's network namespace, as its inode number.
-fn netns_id() -> Option<u64> {
+pub(crate) fn netns_id() -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/thread-self/ns/net")
         .ok()

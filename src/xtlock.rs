@@ -154,11 +154,14 @@ pub struct LockWatch {
     fresh: Arc<Fresh>,
 }
 
-/// The latest fingerprint a read took of each legacy table, with the count
-/// of closes read just before it: it holds every change whose close had
-/// been counted by then.
+/// The latest fingerprint a read took of each legacy table (by network
+/// namespace, family and name), with the count of closes read just before
+/// it: it holds every change whose close had been counted by then.
 #[derive(Debug, Default)]
-struct Fresh(std::sync::Mutex<HashMap<(Family, String), (u64, u64)>>);
+struct Fresh(std::sync::Mutex<HashMap<TableKey, (u64, u64)>>);
+
+/// A table: its network namespace's inode, its family and its name.
+type TableKey = (u64, Family, String);
 
 /// What a call of a watch's `on_close` answers: the closes counted so far.
 pub struct Release<'a> {
@@ -173,8 +176,11 @@ impl Release<'_> {
     /// table again. After pyfw's own apply, the reconcile that follows has
     /// usually taken one (with a 50,000-rule table, 70 ms saved per apply).
     pub fn fingerprinted_since(&self, family: Family, table: &str) -> Option<u64> {
+        // The table of this thread's network namespace, as the check's own
+        // fingerprint would be.
+        let ns = crate::netfilter::netns_id()?;
         let map = self.fresh.0.lock().ok()?;
-        let &(closes, fp) = map.get(&(family, table.to_string()))?;
+        let &(closes, fp) = map.get(&(ns, family, table.to_string()))?;
         (closes >= self.closes).then_some(fp)
     }
 }
@@ -238,12 +244,20 @@ impl LockWatch {
         self.live.load(Ordering::SeqCst).then_some(n)
     }
 
-    /// Notes a fingerprint a read took of a table, after reading
-    /// [`LockWatch::closes`] as `closes` (see [`Release`]).
-    pub fn fingerprinted(&self, family: Family, table: &str, closes: u64, fingerprint: u64) {
+    /// Notes a fingerprint a read took of a table in network namespace
+    /// `ns`, after reading [`LockWatch::closes`] as `closes` (see
+    /// [`Release`]).
+    pub fn fingerprinted(
+        &self,
+        ns: u64,
+        family: Family,
+        table: &str,
+        closes: u64,
+        fingerprint: u64,
+    ) {
         if let Ok(mut map) = self.fresh.0.lock() {
             let entry = map
-                .entry((family, table.to_string()))
+                .entry((ns, family, table.to_string()))
                 .or_insert((0, fingerprint));
             if closes >= entry.0 {
                 *entry = (closes, fingerprint);
@@ -424,8 +438,9 @@ mod tests {
         };
         // A read took a fingerprint with the count as it is: the next
         // release was counted after it, so its check cannot use it.
+        let ns = crate::netfilter::netns_id().expect("a network namespace");
         let before = watch.closes().expect("live");
-        watch.fingerprinted(Family::V4, "filter", before, 7);
+        watch.fingerprinted(ns, Family::V4, "filter", before, 7);
         release();
         let (closes, used) = check();
         assert!(closes > before);
@@ -434,8 +449,10 @@ mod tests {
         // A fingerprint taken after the release was counted: used, for
         // that table only; an older one never replaces it.
         let now = watch.closes().expect("live");
-        watch.fingerprinted(Family::V4, "filter", now, 8);
-        watch.fingerprinted(Family::V4, "filter", before, 9);
+        watch.fingerprinted(ns, Family::V4, "filter", now, 8);
+        watch.fingerprinted(ns, Family::V4, "filter", before, 9);
+        // Another namespace's table is another table.
+        watch.fingerprinted(ns + 1, Family::V4, "filter", now + 5, 10);
         let r = Release {
             closes: now,
             fresh: &watch.fresh,
