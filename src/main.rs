@@ -418,8 +418,13 @@ fn run(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
     // second on a host with a 50,000-rule foreign chain.
     //
     // Under the xtables lock (legacy), the chains are worked out instead:
-    // nothing else wrote them since they were read.
-    let predicted = xtables.as_ref().and_then(|_| {
+    // nothing else wrote them since they were read. That needs every rule
+    // the plan adds in the form iptables prints, which a form learned from
+    // iptables is; a rule not learned before the apply (it names a set or
+    // chain the plan creates, and no private namespace was to be had)
+    // carries pyfw's own normal form, so such a plan is read back.
+    let exact = planned.deferred.is_empty() && planned.comparison == Comparison::Kernel;
+    let predicted = xtables.as_ref().filter(|_| exact).and_then(|_| {
         pyfw::predict::chains_after(&snapshot, &planned.plan)
             .inspect_err(|e| tracing::debug!("{e}; reading the chains back"))
             .ok()

@@ -9,8 +9,10 @@
 //! to its commit, so no other writer can come between (see
 //! `main::run`), and the chains' new contents follow from the commands
 //! alone: this module runs them on the snapshot, as the kernel ran them.
-//! A command it cannot follow is an error, and the caller reads back after
-//! all.
+//! That is exact when every rule the plan adds is in the form iptables
+//! prints, which the caller checks (forms learned from iptables, nothing
+//! deferred); otherwise, or when a command cannot be followed here (an
+//! error), the caller reads back after all.
 
 use crate::confirm::Snapshot;
 use crate::plan::{Plan, Program};
