@@ -55,7 +55,7 @@ pub(super) fn lift(text: &str, min_run: usize) -> Option<Lifted> {
     }
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
     let entries: Vec<Option<(usize, &str)>> = lines.iter().map(|l| entry(l)).collect();
-    let mut out = String::new();
+    let mut out = String::with_capacity(text.len());
     let mut runs = Vec::new();
     let (mut hidden_nodes, mut hidden_bytes) = (0, 0);
     let mut i = 0;
@@ -72,10 +72,6 @@ pub(super) fn lift(text: &str, min_run: usize) -> Option<Lifted> {
             lines[i..end].iter().for_each(|l| out.push_str(l));
             i = end;
             continue;
-        }
-        if out.is_empty() {
-            out.reserve(text.len());
-            lines[..i].iter().for_each(|l| out.push_str(l));
         }
         let values: Vec<String> = entries[i..end]
             .iter()
