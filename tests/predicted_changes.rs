@@ -1,9 +1,11 @@
 //! On legacy, `apply` works out the "State changes" it prints from its
 //! plan (`pyfw::predict`), holding the xtables lock from its first read to
 //! its commit; on nft it reads the touched chains back. The same story in
-//! two namespaces, one per backend, must print the same changes and leave
-//! the same rules: inserts, moves by the temp-rule trick after a Docker
-//! restart, withdrawn rules, a policy change, a new chain and its removal.
+//! three namespaces (nft; legacy; legacy without CAP_SYS_ADMIN, where rule
+//! forms are learned in a scratch chain) must print the same changes and
+//! leave the same rules: inserts, moves by the temp-rule trick after a
+//! Docker restart, withdrawn rules, a policy change, a new chain beside a
+//! new set, and the chain's removal.
 //!
 //! Needs root; see `tests/common/mod.rs` for how a test skips (or, with
 //! `PYFW_REQUIRE_NETNS=1`, fails) where namespaces are unavailable.
