@@ -340,17 +340,18 @@ pub fn revert(backend: &mut dyn Backend, snap: &Snapshot, say: &mut dyn FnMut(St
             ));
             let mut s = State::default();
             for (family, table, chain) in snap.chains.keys() {
-                let rs = match family {
-                    Family::V4 => &mut s.v4,
-                    Family::V6 => &mut s.v6,
-                };
-                rs.tables.entry(table.clone()).or_default().chains.push((
-                    chain.clone(),
-                    Chain {
-                        policy: None,
-                        rules: Vec::new(),
-                    },
-                ));
+                s.ruleset_mut(*family)
+                    .tables
+                    .entry(table.clone())
+                    .or_default()
+                    .chains
+                    .push((
+                        chain.clone(),
+                        Chain {
+                            policy: None,
+                            rules: Vec::new(),
+                        },
+                    ));
             }
             s
         }

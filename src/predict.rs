@@ -17,7 +17,7 @@
 use crate::confirm::Snapshot;
 use crate::plan::{Plan, Program};
 use crate::rule::Rule;
-use crate::state::{Chain, Family, State, Table, builtin_chains};
+use crate::state::{Chain, State, Table, builtin_chains};
 
 /// The touched chains after `plan`, in a `State` that holds only them (no
 /// sets), or why they cannot be worked out.
@@ -104,11 +104,7 @@ pub fn chains_after(before: &Snapshot, plan: &Plan) -> Result<State, String> {
     let mut state = State::default();
     for ((family, table, name), chain) in chains {
         let Some(chain) = chain else { continue };
-        let rules = match family {
-            Family::V4 => &mut state.v4,
-            Family::V6 => &mut state.v6,
-        };
-        let table: &mut Table = rules.tables.entry(table).or_default();
+        let table: &mut Table = state.ruleset_mut(family).tables.entry(table).or_default();
         table.chains.push((name, chain));
     }
     Ok(state)

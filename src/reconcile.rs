@@ -78,10 +78,7 @@ pub struct Owning {
 /// replace what was there.
 fn merge(mut state: State, extra: State, more: &Scope) -> State {
     for (family, mut got) in [(Family::V4, extra.v4), (Family::V6, extra.v6)] {
-        let have = match family {
-            Family::V4 => &mut state.v4,
-            Family::V6 => &mut state.v6,
-        };
+        let have = state.ruleset_mut(family);
         match more.rules(family) {
             Rules::Skip => {}
             Rules::All => *have = got,

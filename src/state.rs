@@ -114,6 +114,13 @@ impl State {
             Family::V6 => &self.v6,
         }
     }
+
+    pub fn ruleset_mut(&mut self, family: Family) -> &mut Ruleset {
+        match family {
+            Family::V4 => &mut self.v4,
+            Family::V6 => &mut self.v6,
+        }
+    }
 }
 
 /// A line of saved state that could not be read.

@@ -27,7 +27,7 @@ use pyfw::ipset::SetType;
 use pyfw::ownership::{Owned, RECORD_SET};
 use pyfw::plan::{Command, Program, plan};
 use pyfw::rule::Rule;
-use pyfw::state::{Chain, Family, Ipset, Ruleset, State, Table, builtin_chains};
+use pyfw::state::{Chain, Family, Ipset, State, Table, builtin_chains};
 use pyfw::wishes::{ChainWish, IpsetWish, MatchRule, NamedRule, RuleItem, Wishes};
 
 /// Reads bytes as small choices; past the end, every choice is 0.
@@ -337,20 +337,13 @@ pub fn scenario(data: &[u8]) -> Scenario {
     }
 }
 
-fn ruleset_mut(state: &mut State, f: Family) -> &mut Ruleset {
-    match f {
-        Family::V4 => &mut state.v4,
-        Family::V6 => &mut state.v6,
-    }
-}
-
 fn chain_mut<'a>(
     state: &'a mut State,
     f: Family,
     table: &str,
     chain: &str,
 ) -> Option<&'a mut Chain> {
-    let rs = ruleset_mut(state, f);
+    let rs = state.ruleset_mut(f);
     if !rs.tables.contains_key(table) && builtin_chains(table).contains(&chain) {
         let mut t = Table::default();
         for c in builtin_chains(table) {
@@ -412,7 +405,8 @@ fn step(state: &mut State, c: &Command) -> Result<(), String> {
                     if exists(state) {
                         return Err(format!("chain exists: {c}"));
                     }
-                    ruleset_mut(state, f)
+                    state
+                        .ruleset_mut(f)
                         .tables
                         .entry(table.into())
                         .or_default()
@@ -426,7 +420,8 @@ fn step(state: &mut State, c: &Command) -> Result<(), String> {
                         ));
                 }
                 "-X" => {
-                    let t = ruleset_mut(state, f)
+                    let t = state
+                        .ruleset_mut(f)
                         .tables
                         .get_mut(table)
                         .ok_or("no table")?;
