@@ -255,12 +255,11 @@ impl LockWatch {
         closes: u64,
         fingerprint: u64,
     ) {
+        // A read that began before another's (fewer closes) never replaces it.
         if let Ok(mut map) = self.fresh.0.lock() {
-            let entry = map
-                .entry((ns, family, table.to_string()))
-                .or_insert((0, fingerprint));
-            if closes >= entry.0 {
-                *entry = (closes, fingerprint);
+            let key = (ns, family, table.to_string());
+            if map.get(&key).is_none_or(|&(seen, _)| closes >= seen) {
+                map.insert(key, (closes, fingerprint));
             }
         }
     }
