@@ -393,7 +393,7 @@ fn replay_docker_restart(ns: &Ns, restore: &str) {
     let forward = rs.tables["filter"].chain("FORWARD").unwrap();
     let mut script = String::from("*filter\n-F DOCKER\n");
     for (i, rule) in forward.rules.iter().enumerate() {
-        let args = pyfw::rule::display_args(rule.args());
+        let args = pyfw::state::rule::display_args(rule.args());
         script.push_str(&format!("-D FORWARD {args}\n-I FORWARD {} {args}\n", i + 1));
     }
     script.push_str("COMMIT\n");
@@ -552,7 +552,7 @@ fn legacy_drift_is_repaired_when_the_xtables_lock_is_released() {
 /// iptables in a container with its own `/run`, in life) is still found:
 /// adding or removing a rule changes the table's summary, which every poll
 /// checks; a reorder of the same size, at the latest when the quiet
-/// table's fingerprint is taken again ([`pyfw::xtlock::TRUST_QUIET_FOR`]).
+/// table's fingerprint is taken again ([`pyfw::kernel::xtlock::TRUST_QUIET_FOR`]).
 #[test]
 fn legacy_writers_that_bypass_the_lock_are_found_by_the_poll() {
     let Some((ns, mut daemon)) = started_on("legacy_lock_bypass", FAST, true) else {
@@ -599,12 +599,12 @@ fn legacy_writers_that_bypass_the_lock_are_found_by_the_poll() {
     bypass(&format!(
         "*filter\n-D FORWARD {rule}\n-A FORWARD {rule}\nCOMMIT\n"
     ));
-    let deadline = Instant::now() + pyfw::xtlock::TRUST_QUIET_FOR + WAIT;
+    let deadline = Instant::now() + pyfw::kernel::xtlock::TRUST_QUIET_FOR + WAIT;
     while repairs() == before {
         assert!(
             Instant::now() < deadline,
             "the same-size reorder was not repaired within {:?}:\n{}",
-            pyfw::xtlock::TRUST_QUIET_FOR + WAIT,
+            pyfw::kernel::xtlock::TRUST_QUIET_FOR + WAIT,
             daemon.log()
         );
         std::thread::sleep(Duration::from_millis(100));

@@ -3,7 +3,7 @@
 //! through counting rules) and what must (a reorder of equal size, a policy,
 //! a rule added or removed), and that it never makes a table appear.
 //!
-//! `pyfw::fingerprint` works in the calling thread's namespace, so each call
+//! `pyfw::kernel::fingerprint` works in the calling thread's namespace, so each call
 //! runs on a thread that first joins the test's namespace with setns(2).
 //!
 //! What a fingerprint costs is measured, not tested: `cargo bench --bench
@@ -16,7 +16,7 @@ mod common;
 use std::net::UdpSocket;
 
 use common::{Backend, Netns};
-use pyfw::fingerprint::legacy_table;
+use pyfw::kernel::fingerprint::legacy_table;
 use pyfw::state::Family;
 
 /// The fingerprint of a legacy table in `ns`, which must not fail.

@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::{Backend, Netns, PYFW};
-use pyfw::metrics::{CONTENT_TYPE, Listen, Metrics, ReconcileResult, serve};
+use pyfw::daemon::metrics::{CONTENT_TYPE, Listen, Metrics, ReconcileResult, serve};
 use pyfw::plan::{Plan, plan};
 use pyfw::state::{State, parse_ipset_save, parse_iptables_save};
 use pyfw::wishes::{self, Wishes};

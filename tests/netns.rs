@@ -56,10 +56,10 @@ fn spec_story(backend: Backend) {
     let sets = pyfw::state::parse_ipset_save(&ns.ipset_save()).unwrap();
     assert_eq!(
         sets.keys().collect::<Vec<_>>(),
-        ["allowed_hosts", pyfw::ownership::RECORD_SET],
+        ["allowed_hosts", pyfw::state::ownership::RECORD_SET],
         "ipsets after the first apply: the wished one, and pyfw's ownership record"
     );
-    let record = pyfw::ownership::read(&pyfw::state::State {
+    let record = pyfw::state::ownership::read(&pyfw::state::State {
         ipsets: sets.clone(),
         ..Default::default()
     });
@@ -635,7 +635,7 @@ fn rule_forms_are_the_same_without_a_private_namespace(backend: Backend) {
         assert!(again.stdout.contains("Nothing to do"), "{argv:?}\n{again}");
         let save = ns.iptables_save();
         assert!(
-            !save.contains(pyfw::netfilter::SCRATCH_PREFIX),
+            !save.contains(pyfw::kernel::learn::SCRATCH_PREFIX),
             "a scratch chain was left behind\n{save}"
         );
         assert!(save.contains("--match-set allowed_hosts src"), "{save}");

@@ -11,7 +11,7 @@
 
 use std::path::Path;
 
-use pyfw::netfilter::transactions;
+use pyfw::kernel::transactions;
 use pyfw::plan::{Command, Plan, Program, plan};
 use pyfw::state::{State, parse_ipset_save, parse_iptables_save};
 use pyfw::wishes::Wishes;
@@ -27,7 +27,7 @@ fn spec(name: &str) -> String {
 
 fn wishes(text: &str) -> Wishes {
     let w = pyfw::wishes::parse(text, Path::new("w.yaml")).unwrap();
-    w.map_rules(|c, r| pyfw::canon::normalize(&r.rule, c.family))
+    w.map_rules(|c, r| pyfw::state::canon::normalize(&r.rule, c.family))
 }
 
 fn state(save: &str, sets: &str) -> State {
@@ -179,7 +179,7 @@ fn a_withdrawn_chain_stays_while_a_new_wished_rule_jumps_to_it() {
         "*filter\n:INPUT ACCEPT [0:0]\n:f2b-sshd - [0:0]\nCOMMIT\n",
         &format!(
             "create pyfw-owned hash:ip family inet6 comment\nadd pyfw-owned {} comment \"chain v4 filter f2b-sshd\"\n",
-            pyfw::ownership::Owned::Chain {
+            pyfw::state::ownership::Owned::Chain {
                 family: pyfw::state::Family::V4,
                 table: "filter".into(),
                 chain: "f2b-sshd".into()

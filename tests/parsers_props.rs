@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use proptest::prelude::*;
-use pyfw::rule::Rule;
+use pyfw::state::rule::Rule;
 use pyfw::state::{parse_ipset_save, parse_iptables_save, render_ruleset};
 
 /// Lines that look like `iptables-save` output, with damage mixed in.

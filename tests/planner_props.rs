@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use proptest::prelude::*;
 use pyfw::plan::{Command, plan};
-use pyfw::rule::Rule;
+use pyfw::state::rule::Rule;
 use pyfw::state::{Chain, Family, Ruleset, State, Table};
 use pyfw::wishes::{ChainWish, MatchRule, NamedRule, RuleItem, Wishes};
 use regex::Regex;

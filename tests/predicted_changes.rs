@@ -1,5 +1,5 @@
 //! On legacy, `apply` works out the "State changes" it prints from its
-//! plan (`pyfw::predict`), holding the xtables lock from its first read to
+//! plan (`pyfw::plan::predict`), holding the xtables lock from its first read to
 //! its commit; on nft it reads the touched chains back. The same story in
 //! three namespaces (nft; legacy; legacy without CAP_SYS_ADMIN, where rule
 //! forms are learned in a scratch chain) must print the same changes and

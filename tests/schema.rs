@@ -363,7 +363,7 @@ fn schema_lists_match_the_code() {
             .collect()
     };
     let types = strings(&defs["ipset"]["properties"]["type"]["enum"]);
-    assert_eq!(types, pyfw::ipset::KNOWN_TYPES);
+    assert_eq!(types, pyfw::state::set_type::KNOWN_TYPES);
     let tables: Vec<&String> = defs["tables"]["properties"]
         .as_object()
         .unwrap()

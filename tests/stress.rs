@@ -60,7 +60,7 @@ fn a_busy_second_writer_loses_nothing_and_state_converges(backend: Backend) {
         .unwrap()
         .rules
         .iter()
-        .map(|r| pyfw::rule::display_args(r.args()))
+        .map(|r| pyfw::state::rule::display_args(r.args()))
         .collect();
 
     // The other writer, with the real tools, straight into the namespace.

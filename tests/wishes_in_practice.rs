@@ -208,7 +208,7 @@ fn strings(items: &[&str]) -> BTreeSet<String> {
 /// The keys of pyfw's ownership record in the namespace.
 fn record(ns: &Netns) -> Vec<String> {
     let sets = pyfw::state::parse_ipset_save(&ns.ipset_save()).expect("parse ipset save");
-    pyfw::ownership::read(&pyfw::state::State {
+    pyfw::state::ownership::read(&pyfw::state::State {
         ipsets: sets,
         ..Default::default()
     })
@@ -233,7 +233,7 @@ fn delete_by_hand(ns: &Netns, tool: &str, table: &str, line: &str) {
 fn assert_no_scratch_chain(ns: &Netns, what: &str) {
     for save in [ns.iptables_save(), ip6tables_save(ns)] {
         assert!(
-            !save.contains(pyfw::netfilter::SCRATCH_PREFIX),
+            !save.contains(pyfw::kernel::learn::SCRATCH_PREFIX),
             "{what}: a scratch chain was left behind\n{save}"
         );
     }
@@ -1537,7 +1537,7 @@ fn assert_probe_after(ns: &Netns, wishes: &Path, kind: &str, out: &Out) {
     );
     let sets = ns.ipset_save();
     assert!(
-        !sets.contains(pyfw::rule::TEMP_PREFIX),
+        !sets.contains(pyfw::state::rule::TEMP_PREFIX),
         "no temporary set is left\n{sets}"
     );
     let input = chain_lines(&ns.iptables_save(), "filter", "INPUT");

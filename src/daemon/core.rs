@@ -20,10 +20,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::apply::Event;
-use crate::metrics::{Metrics, ReconcileResult};
-use crate::netfilter::{self, Backend};
+use crate::daemon::metrics::{Metrics, ReconcileResult};
+use crate::kernel::{self, Backend};
 use crate::plan::{Command, Plan};
+use crate::reconcile::apply::Event;
 use crate::reconcile::{self, Reconciler};
 use crate::wishes::{self, LoadError, RuleItem, WishError, Wishes};
 
@@ -66,7 +66,7 @@ pub struct Loaded {
 /// Reads and validates the wishes file, keeping its bytes for comparing
 /// with later reads.
 pub fn load(path: &Path) -> Result<Loaded, LoadError> {
-    let text = crate::secure::read_wishes(path)
+    let text = crate::wishes::secure::read_wishes(path)
         .map_err(|e| file_error(path, format!("cannot read: {e}")))?;
     let wishes = parse(path, &text)?;
     Ok(Loaded { wishes, text })
@@ -333,7 +333,7 @@ impl<R: Reconcile> Core<R> {
     fn refresh(&mut self, force: bool) -> bool {
         let path = self.path.clone();
         let shown = path.display();
-        let text = match crate::secure::read_wishes(&path) {
+        let text = match crate::wishes::secure::read_wishes(&path) {
             Ok(t) => t,
             Err(e) => {
                 let bad = Bad::Unreadable(e.to_string());
@@ -442,16 +442,20 @@ impl<R: Reconcile> Core<R> {
     ) -> Result<RunResult, Rejected> {
         let _lock = match &self.writer_lock {
             None => None,
-            Some(name) => match crate::lock::wait(name, crate::lock::WRITER_WAIT, &mut |busy| {
-                tracing::info!("{busy}; waiting for it to finish");
-            }) {
+            Some(name) => match crate::kernel::lock::wait(
+                name,
+                crate::kernel::lock::WRITER_WAIT,
+                &mut |busy| {
+                    tracing::info!("{busy}; waiting for it to finish");
+                },
+            ) {
                 Ok(lock) => Some(lock),
                 Err(e) => return Ok(RunResult::Failed(e.to_string())),
             },
         };
         // `pyfw apply --confirm` reverted this very content: applying it
-        // again would undo the revert (see `crate::confirm`).
-        if crate::confirm::daemon_holds_back(&self.active.text) {
+        // again would undo the revert (see `crate::reconcile::confirm`).
+        if crate::reconcile::confirm::daemon_holds_back(&self.active.text) {
             return Ok(RunResult::Held);
         }
         let plan = match self.rec.plan(&self.active.wishes) {
@@ -577,9 +581,9 @@ impl<R: Reconcile> Core<R> {
             Err(e) => {
                 let cause = cause_of(&e);
                 let (result, exit_status) = match cause {
-                    Some(netfilter::Error::Failed { status, .. }) => ("failed", exit_code(status)),
-                    Some(netfilter::Error::Timeout { .. }) => ("timeout", None),
-                    Some(netfilter::Error::Spawn { .. }) => ("not started", None),
+                    Some(kernel::Error::Failed { status, .. }) => ("failed", exit_code(status)),
+                    Some(kernel::Error::Timeout { .. }) => ("timeout", None),
+                    Some(kernel::Error::Spawn { .. }) => ("not started", None),
                     _ => ("failed", None),
                 };
                 let why = cause.map_or_else(|| e.to_string(), ToString::to_string);
@@ -626,7 +630,7 @@ struct Rejected {
 /// The rule iptables refused, if that is why a reconcile failed.
 fn rejection(e: &reconcile::Error) -> Option<Rejected> {
     cause_of(e).and_then(|c| match c {
-        netfilter::Error::Rejected { label, message } => Some(Rejected {
+        kernel::Error::Rejected { label, message } => Some(Rejected {
             label: label.clone(),
             message: message.clone(),
         }),
@@ -635,13 +639,13 @@ fn rejection(e: &reconcile::Error) -> Option<Rejected> {
 }
 
 /// The I/O error at the bottom of a reconcile error.
-fn cause_of(e: &reconcile::Error) -> Option<&netfilter::Error> {
+fn cause_of(e: &reconcile::Error) -> Option<&kernel::Error> {
     if let reconcile::Error::Apply(a) = e {
         return Some(&a.cause);
     }
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
-        if let Some(n) = s.downcast_ref::<netfilter::Error>() {
+        if let Some(n) = s.downcast_ref::<kernel::Error>() {
             return Some(n);
         }
         source = s.source();
@@ -703,8 +707,8 @@ pub(crate) mod fake {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::apply::ApplyError;
     use crate::plan::Program;
+    use crate::reconcile::apply::ApplyError;
     use crate::state::Family;
 
     #[derive(Default)]
@@ -780,7 +784,7 @@ pub(crate) mod fake {
             w.plans += 1;
             if w.fail_reads > 0 {
                 w.fail_reads -= 1;
-                return Err(reconcile::Error::Read(netfilter::Error::Failed {
+                return Err(reconcile::Error::Read(kernel::Error::Failed {
                     command: "iptables-save".into(),
                     status: "exit status: 4".into(),
                     stderr: "resource temporarily unavailable".into(),
@@ -801,7 +805,7 @@ pub(crate) mod fake {
             let plan = drift(&w, wishes);
             if names(wishes).iter().any(|n| n == "bad") {
                 return Err(reconcile::Error::Apply(ApplyError {
-                    cause: netfilter::Error::Rejected {
+                    cause: kernel::Error::Rejected {
                         label: "filter/INPUT/bad".into(),
                         message: "iptables v1.8.9 (nf_tables): Bad ctstate \"BOGUS\"".into(),
                     },

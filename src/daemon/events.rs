@@ -15,7 +15,7 @@
 //!   own chains, other tables) is ignored.
 //! - **pyfw's own changes are absorbed.** The generation message names the
 //!   process that committed the transaction; a transaction committed by a
-//!   process pyfw started ([`crate::netfilter::started_here`]) is pyfw's own
+//!   process pyfw started ([`crate::kernel::started_here`]) is pyfw's own
 //!   and triggers nothing. The check is exact: another program's change made
 //!   while a reconcile runs still triggers the next one. Where pids cannot
 //!   be compared (pyfw in a pid namespace of its own: the kernel reports
@@ -34,7 +34,7 @@
 //! filter, too old a kernel), the daemon logs it once and relies on the
 //! poll, which also stays on as the safety net with events. Legacy
 //! iptables announces nothing; there the closes of the xtables lock, which
-//! every iptables command takes, are the hint ([`crate::xtlock`]), and a
+//! every iptables command takes, are the hint ([`crate::kernel::xtlock`]), and a
 //! table's fingerprint says whether it really changed. ipset announces
 //! nothing either, so a set's drift waits for the poll.
 
@@ -68,7 +68,7 @@ pub enum Change {
     /// Notifications were lost: anything may have changed.
     Lost,
     /// A program released the xtables lock, and these wished legacy
-    /// tables' fingerprints changed (see [`crate::xtlock`]).
+    /// tables' fingerprints changed (see [`crate::kernel::xtlock`]).
     XtablesLock { tables: Vec<String> },
 }
 
@@ -269,7 +269,7 @@ fn listen(socket: OwnedFd, watched: Arc<Mutex<Watched>>, tx: UnboundedSender<Cha
             return;
         };
         for note in notes.drain(..) {
-            if let Some(change) = filter.note(note, &watched, crate::netfilter::started_here)
+            if let Some(change) = filter.note(note, &watched, crate::kernel::started_here)
                 && tx.send(change).is_err()
             {
                 return;
@@ -605,11 +605,11 @@ mod tests {
 
     #[test]
     fn the_registry_knows_pyfws_children() {
-        let system = crate::netfilter::System::default();
+        let system = crate::kernel::System::default();
         // `sh` is a child like any tool pyfw runs.
         let out = system.exec("sh", &["-c".to_string(), "echo $$".to_string()], None);
         let pid: u32 = out.unwrap().stdout.trim().parse().unwrap();
-        assert!(crate::netfilter::started_here(pid));
-        assert!(!crate::netfilter::started_here(std::process::id()));
+        assert!(crate::kernel::started_here(pid));
+        assert!(!crate::kernel::started_here(std::process::id()));
     }
 }

@@ -23,10 +23,10 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use pyfw::ipset::SetType;
-use pyfw::ownership::{Owned, RECORD_SET};
 use pyfw::plan::{Command, Program, plan};
-use pyfw::rule::Rule;
+use pyfw::state::ownership::{Owned, RECORD_SET};
+use pyfw::state::rule::Rule;
+use pyfw::state::set_type::SetType;
 use pyfw::state::{Chain, Family, Ipset, State, Table, builtin_chains};
 use pyfw::wishes::{ChainWish, IpsetWish, MatchRule, NamedRule, RuleItem, Wishes};
 
@@ -152,7 +152,7 @@ pub fn scenario(data: &[u8]) -> Scenario {
             ipsets.push(IpsetWish {
                 name: name.to_string(),
                 kind: SetType::parse(kind).unwrap(),
-                family: pyfw::ipset::SetFamily::Inet,
+                family: pyfw::state::set_type::SetFamily::Inet,
                 header: match kind {
                     "bitmap:port" => vec!["range".into(), "0-65535".into()],
                     _ => Vec::new(),
@@ -595,7 +595,7 @@ fn all_rules(state: &State) -> Vec<(Family, String, String, Rule)> {
 fn base_sets(r: &Rule) -> Rule {
     let mut out = r.clone();
     for s in r.sets() {
-        if let Some(base) = s.strip_prefix(pyfw::rule::TEMP_PREFIX) {
+        if let Some(base) = s.strip_prefix(pyfw::state::rule::TEMP_PREFIX) {
             out = out.with_set_renamed(s, base);
         }
     }
@@ -630,7 +630,7 @@ pub fn check(s: &Scenario) -> Result<(), String> {
     };
     // Wished rules that exist, and foreign rules (not wished by name, not
     // pyfw's own withdrawn ones, not temporary copies), as before.
-    let owned = pyfw::ownership::read(&s.state);
+    let owned = pyfw::state::ownership::read(&s.state);
     let mut guarded = Vec::new();
     let mut foreign = Vec::new();
     for (f, t, c, r) in all_rules(&s.state) {
@@ -719,8 +719,8 @@ pub fn check(s: &Scenario) -> Result<(), String> {
     }
     // What `apply` shows on legacy is worked out from the plan rather than
     // read back: it must be what the commands left.
-    let snapshot = pyfw::confirm::Snapshot::of(&p, s.state.clone());
-    let predicted = pyfw::predict::chains_after(&snapshot, &p)
+    let snapshot = pyfw::plan::revert::Snapshot::of(&p, s.state.clone());
+    let predicted = pyfw::plan::predict::chains_after(&snapshot, &p)
         .map_err(|e| format!("prediction: {e}\nplan:\n{}", shown()))?;
     for (f, t, ch) in snapshot.chains.keys() {
         let left = model.ruleset(*f).chain(t, ch).map(|c| c.into_owned());
@@ -780,7 +780,7 @@ pub fn wishes_target(data: &[u8]) {
                 }
             }
             for s in w.ipsets.iter() {
-                assert!(pyfw::ipset::valid_set_name(&s.name), "{}", s.name);
+                assert!(pyfw::state::set_type::valid_set_name(&s.name), "{}", s.name);
             }
         }
         Err(e) => {
@@ -834,7 +834,7 @@ pub fn rule_split_target(data: &[u8]) {
         }
         let _ = r.with_comment("x");
         let _ = r.temp_copy(None).temp_base();
-        let _ = pyfw::rule::restore_line(r.args());
+        let _ = pyfw::state::rule::restore_line(r.args());
     }
 }
 

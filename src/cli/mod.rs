@@ -1,0 +1,157 @@
+//! The one-shot commands: `plan`, `apply`, `check`, `state`, `confirm`,
+//! and the packaging helpers. `main.rs` parses the arguments and calls
+//! [`main`].
+
+use std::process::ExitCode;
+
+use crate::cli::apply::hold_xtables;
+use crate::cli::args::{Cli, Cmd, PlanArgs};
+use crate::kernel::{Backend, Scope, System};
+use crate::reconcile::Reconciler;
+use crate::wishes;
+
+pub mod apply;
+pub mod args;
+pub mod assets;
+pub mod formats;
+pub mod offline;
+pub mod plan;
+pub mod print;
+
+/// Runs the command `cli` names; the process's exit status.
+pub fn main(cli: Cli) -> ExitCode {
+    crate::wishes::secure::allow_insecure_wishes(cli.allow_insecure_wishes);
+    if cli.confirm.is_some() && !(cli.apply || cli.command == Some(Cmd::Apply)) {
+        eprintln!("pyfw: error: --confirm is only for `apply`");
+        return ExitCode::from(1);
+    }
+    if let Some(Cmd::Confirm) = &cli.command {
+        return match crate::reconcile::confirm::send_confirm() {
+            Ok(reply) => {
+                println!("{reply}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pyfw: error: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    if let Some(Cmd::Daemon(args)) = &cli.command {
+        // The daemon sets up its own logging (the journal under systemd).
+        return crate::daemon::main(&cli.wishes, cli.backend, args);
+    }
+    if let Some(code) = cli.command.as_ref().and_then(assets::assets) {
+        return code;
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PYFW_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .without_time()
+        .init();
+    let command = match (cli.apply, cli.command.clone()) {
+        (true, Some(other)) if other != Cmd::Apply => {
+            eprintln!("pyfw: error: --apply cannot be combined with the `{other:?}` command");
+            return ExitCode::from(1);
+        }
+        (true, _) => Cmd::Apply,
+        (false, command) => command.unwrap_or(Cmd::Plan(PlanArgs::default())),
+    };
+    match run(&cli, &command) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("pyfw: error: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The size of wishes file from which the CLI reads what pyfw owns while it
+/// parses the file: some 3,500 set members, a few milliseconds of parsing,
+/// about what one round of reading processes costs.
+const EARLY_READ_FROM: u64 = 64 << 10;
+
+fn run(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
+    if *command == Cmd::Apply && cli.dumps.given() {
+        return Err("`apply` changes the kernel; it cannot plan from saved dumps".into());
+    }
+    if cli.dumps.given() {
+        return offline::offline(cli, command);
+    }
+    crate::kernel::privilege::require_net_admin()?;
+    let (backend, warnings) = System::default()
+        .with_variant(cli.backend)
+        .map_err(|e| e.to_string())?;
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    let mut reconciler = Reconciler::new(backend);
+    if let Cmd::State(args) = command {
+        let state = reconciler
+            .backend_mut()
+            .read_state(Scope::all())
+            .map_err(|e| e.to_string())?;
+        print!(
+            "{}",
+            crate::cli::formats::render_state(&state, args.format)?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    // A big wishes file (a long allow-list) takes longer to parse than a
+    // read takes, so what pyfw owns is read meanwhile: in steady state it
+    // is all the plan reads (see `Reconciler::read_owned`). A small file
+    // parses in less time than that read's extra round of processes
+    // would cost, so the plan reads everything in one round after it.
+    //
+    // An apply reads in its turn as the one writer of this network
+    // namespace (taking turns with a running daemon), so it takes that
+    // turn first, on the same thread as the read.
+    //
+    // On legacy, an apply then holds the xtables lock until its commit, so
+    // that what it read is what it changes and the changes it shows follow
+    // from the plan: reading a chain back copies the whole table again.
+    let apply = *command == Cmd::Apply;
+    let turn_of = |apply: bool, backend: &mut System| match apply {
+        true => {
+            let turn = crate::kernel::lock::wait_for_writer().map_err(|e| e.to_string())?;
+            Ok::<_, String>((Some(turn), hold_xtables(backend)))
+        }
+        false => Ok((None, None)),
+    };
+    let early = std::fs::metadata(&cli.wishes).is_ok_and(|m| m.len() >= EARLY_READ_FROM);
+    let turn = std::thread::Builder::new()
+        .name("pyfw-turn".into())
+        .spawn(move || {
+            let lock = turn_of(apply, reconciler.backend_mut())?;
+            let owning = match early {
+                true => Some(reconciler.read_owned().map_err(|e| e.to_string())?),
+                false => None,
+            };
+            Ok::<_, String>((reconciler, lock, owning))
+        });
+    // A bad file is the news, at once: the read still running is dropped
+    // with this process.
+    let wishes = wishes::load(&cli.wishes).map_err(|e| e.to_string())?;
+    let (mut reconciler, (_turn, xtables), owning) = match turn {
+        Ok(thread) => thread
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?,
+        // No thread to be had (a TasksMax limit): the same, in turn, with
+        // a backend of its own (the first went with the closure).
+        Err(e) => {
+            tracing::debug!("no thread to read beside the parse ({e}); reading after it");
+            let (mut backend, _) = System::default()
+                .with_variant(cli.backend)
+                .map_err(|e| e.to_string())?;
+            let lock = turn_of(apply, &mut backend)?;
+            (Reconciler::new(backend), lock, None)
+        }
+    };
+    if *command != Cmd::Apply {
+        return plan::show(&mut reconciler, &wishes, owning, command);
+    }
+    apply::apply(cli, &mut reconciler, wishes, owning, xtables)
+}

@@ -1,0 +1,99 @@
+//! `plan` and `check`: what would run, and whether anything would.
+
+use std::process::ExitCode;
+
+use crate::cli::args::{Cmd, PlanArgs};
+use crate::cli::formats::{PlanDoc, PlanFormat};
+use crate::kernel::{Backend, System};
+use crate::plan::Plan;
+use crate::reconcile::{Owning, Reconciler};
+use crate::state::canon::Comparison;
+use crate::wishes::Wishes;
+
+/// Plans against the kernel and prints the plan (`plan`) or the verdict
+/// (`check`).
+pub fn show(
+    reconciler: &mut Reconciler<System>,
+    wishes: &Wishes,
+    owning: Option<Owning>,
+    command: &Cmd,
+) -> Result<ExitCode, String> {
+    let planned = reconciler
+        .plan_after(wishes, owning)
+        .map_err(|e| e.to_string())?;
+    if plan_json(command) {
+        let backend = reconciler.backend();
+        let doc = PlanDoc::new(
+            &wishes.path,
+            planned.comparison,
+            false,
+            &planned.plan,
+            |c| backend.binary(c.program),
+        );
+        print!("{}", doc.to_json()?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let lines = plan_lines(&planned.plan, |c| {
+        crate::reconcile::apply::command_line(reconciler.backend(), c)
+    });
+    Ok(report(wishes, &lines, command, planned.comparison, false))
+}
+
+/// True for `plan --format json`, which prints the plan document.
+pub fn plan_json(command: &Cmd) -> bool {
+    matches!(
+        command,
+        Cmd::Plan(PlanArgs {
+            format: PlanFormat::Json
+        })
+    )
+}
+
+/// A plan as printed: each command's reason (when it changes) as a `#`
+/// line, then the command as the backend would run it.
+pub fn plan_lines(plan: &Plan, show: impl Fn(&crate::plan::Command) -> String) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut last_reason = "";
+    for c in &plan.commands {
+        if c.reason != last_reason {
+            out.push(format!("# {}", c.reason));
+            last_reason = &c.reason;
+        }
+        out.push(show(c));
+    }
+    out
+}
+
+/// Prints a plan for `plan` or `check` and picks the exit status.
+pub fn report(
+    wishes: &Wishes,
+    lines: &[String],
+    command: &Cmd,
+    comparison: Comparison,
+    offline: bool,
+) -> ExitCode {
+    let count = lines.iter().filter(|l| !l.starts_with('#')).count();
+    if *command == Cmd::Check && count == 0 {
+        println!("# in sync: netfilter matches {}", wishes.path.display());
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "# pyfw plan for {}: {count} command(s)",
+        wishes.path.display()
+    );
+    if offline {
+        println!("# planned from saved dumps; a dump not given is read as empty");
+    }
+    println!("# {}", comparison.describe());
+    if count == 0 {
+        println!("# nothing to do: netfilter matches the wishes");
+    }
+    for l in lines {
+        println!("{l}");
+    }
+    if *command == Cmd::Check {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,41 @@
+//! The I/O edge: the only code that starts processes or touches netfilter.
+//!
+//! Everything pyfw does to the kernel goes through [`Backend`], so tests can
+//! script a fake one and the planner never sees a process. The real backend,
+//! [`System`], runs `iptables`, `ip6tables` and `ipset` with an argument
+//! vector (never a shell), with `LC_ALL=C` so that messages are stable, with
+//! a timeout so a wedged tool cannot hang the daemon, and with stdout and
+//! stderr kept apart.
+//!
+//! - [`backend`]: the trait, its errors, and how a plan's commands group
+//!   into transactions;
+//! - [`scope`]: what to read;
+//! - [`process`]: spawning a tool (timeouts, pipes, caps);
+//! - [`restore_script`]: the text of `iptables-restore` and `ipset restore`
+//!   batches (pure);
+//! - [`system`], [`read`], [`learn`], [`variant`]: the real tools;
+//! - [`legacy_cache`], [`fingerprint`], [`xtlock`]: what keeps legacy polls
+//!   cheap;
+//! - [`netns`], [`lock`], [`privilege`]: the namespace, pyfw's own locks,
+//!   and whether this process may act.
+
+pub mod backend;
+pub mod fingerprint;
+pub mod learn;
+pub mod legacy_cache;
+pub mod lock;
+pub mod netns;
+pub mod privilege;
+pub mod process;
+pub mod read;
+pub mod restore_script;
+pub mod scope;
+pub mod system;
+pub mod variant;
+pub mod xtlock;
+
+pub use backend::{Backend, BatchError, Error, RuleCheck, SetSummary, transactions};
+pub use process::{COMMAND_TIMEOUT_ENV, MAX_OUTPUT_ENV, Output, REMEMBER_CHILDREN, started_here};
+pub use scope::{Rules, Scope, Sets};
+pub use system::System;
+pub use variant::Variant;

@@ -1,0 +1,215 @@
+//! [`System`]: the real kernel tools behind the [`Backend`] trait.
+//!
+//! Its reads live in `read.rs`, the learning of rule forms in `learn.rs`,
+//! the choice of iptables variant in `variant.rs`; this file holds the
+//! struct and the trait's implementation.
+
+use crate::kernel::backend::{Backend, BatchError, Error, RuleCheck};
+use crate::kernel::legacy_cache::LegacyCache;
+use crate::kernel::process::{Output, Runner, Sink};
+use crate::kernel::restore_script::{batch_input, batch_program};
+use crate::kernel::scope::Scope;
+use crate::plan::{Command, Program};
+use crate::state::rule::Rule;
+use crate::state::{Family, State};
+
+/// The real kernel tools, found on `PATH`.
+#[derive(Clone, Debug)]
+pub struct System {
+    /// Limits and environment of every tool run.
+    pub runner: Runner,
+    /// Binary prefix per family: `iptables`, `iptables-legacy`, ...
+    pub(crate) v4: String,
+    pub(crate) v6: String,
+    /// Whether the variant is nft, where reading one chain is cheap.
+    pub(crate) nft: bool,
+    /// Legacy chains last read, kept with their table's fingerprint; only
+    /// for a long-running reader (see [`System::remember_legacy_reads`]).
+    pub(crate) legacy_cache: Option<LegacyCache>,
+}
+
+impl Default for System {
+    fn default() -> Self {
+        System {
+            runner: Runner::default(),
+            v4: "iptables".into(),
+            v6: "ip6tables".into(),
+            nft: true,
+            legacy_cache: None,
+        }
+    }
+}
+
+impl System {
+    /// For a reader that polls, the daemon: on legacy, a table's chains are
+    /// read again only when its fingerprint changed, and not even
+    /// fingerprinted while `lock` saw no iptables run (see `LegacyCache`).
+    /// A one-shot command gains nothing from it, and would pay a
+    /// fingerprint per read.
+    pub fn remember_legacy_reads(mut self, lock: Option<crate::kernel::xtlock::LockWatch>) -> Self {
+        self.legacy_cache = Some(LegacyCache {
+            tables: Default::default(),
+            lock,
+        });
+        self
+    }
+
+    /// While pyfw holds the xtables lock, its own iptables runs take this
+    /// lock file instead (`None` again once it lets go), or they would
+    /// wait for pyfw.
+    pub fn use_lockfile(&mut self, path: Option<&std::path::Path>) {
+        self.runner.lockfile = path.map(std::path::Path::to_path_buf);
+    }
+
+    /// Runs `program args` with optional input and returns what it printed,
+    /// or an error when it fails, hangs or cannot start.
+    pub fn exec(
+        &self,
+        program: &str,
+        args: &[String],
+        input: Option<&str>,
+    ) -> Result<Output, Error> {
+        self.ran(program);
+        self.runner.exec(program, args, input)
+    }
+
+    /// [`System::exec`], with stdout handed to `sink` as it arrives.
+    pub(crate) fn exec_into<S: Sink>(
+        &self,
+        program: &str,
+        args: &[String],
+        input: Option<&str>,
+        sink: S,
+    ) -> Result<(S, String), Error> {
+        self.ran(program);
+        self.runner.exec_into(program, args, input, sink)
+    }
+
+    /// pyfw is about to run an iptables tool itself: its release of the
+    /// xtables lock must not be taken for a quiet table's.
+    fn ran(&self, program: &str) {
+        if program.contains("tables")
+            && let Some(cache) = &self.legacy_cache
+        {
+            cache.distrust();
+        }
+    }
+
+    /// `iptables`, `iptables-legacy-save`, `ip6tables-nft-restore`, ...
+    /// Whether this drives iptables-nft, whose changes the kernel announces
+    /// (see `daemon::events`); legacy iptables changes are silent.
+    pub fn is_nft(&self) -> bool {
+        self.nft
+    }
+
+    pub(crate) fn tool(&self, family: Family, suffix: &str) -> String {
+        match family {
+            Family::V4 => format!("{}{suffix}", self.v4),
+            Family::V6 => format!("{}{suffix}", self.v6),
+        }
+    }
+}
+
+impl Backend for System {
+    /// The families' rules and the sets are read side by side (see
+    /// `parallel`).
+    fn read_state(&mut self, scope: Scope) -> Result<State, Error> {
+        self.read_scope(&scope)
+    }
+
+    fn check_rules(&mut self, checks: &[RuleCheck]) -> Result<(), Error> {
+        self.check(checks)
+    }
+
+    /// In a private network namespace when pyfw may make one (empty tables:
+    /// on legacy every commit and read costs the size of the table, and a
+    /// 50,000-rule table made this step three quarters of a second), else
+    /// in a scratch chain of the real tables.
+    fn canonicalize(&mut self, rules: &[RuleCheck], host: &State) -> Result<Vec<Rule>, Error> {
+        if rules.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self.canonicalize_private(rules, host) {
+            Ok(learned) => return Ok(learned),
+            // Any failure, a refused rule included, is settled by the real
+            // tables: they give the authoritative verdict.
+            Err(e) => tracing::debug!(
+                "cannot learn rule forms in a private network namespace ({e}); using a \
+                 scratch chain"
+            ),
+        }
+        self.canonicalize_scratch(rules)
+    }
+
+    fn drop_chain(&mut self, family: Family, table: &str, chain: &str) -> Result<(), Error> {
+        self.drop_scratch(family, table, chain)
+    }
+
+    fn run(&mut self, command: &Command) -> Result<(), Error> {
+        self.exec(&self.binary(command.program), &command.args, None)
+            .map(|_| ())
+    }
+
+    fn run_batch(&mut self, commands: &[&Command]) -> Result<(), BatchError> {
+        let Some(first) = commands.first() else {
+            return Ok(());
+        };
+        if commands.len() == 1 {
+            return self
+                .run(first)
+                .map_err(|cause| BatchError { applied: 0, cause });
+        }
+        let (program, args, text) = batch_input(|f| self.tool(f, "-restore"), commands);
+        let Err(cause) = self.exec(&program, &args, Some(&text)) else {
+            return Ok(());
+        };
+        let applied = match (&first.program, &cause) {
+            // One transaction: nothing took effect.
+            (Program::Iptables(_), _) => 0,
+            // ipset restore stops at the failing line; a set it was
+            // filling under a temporary name never got its own name.
+            (Program::Ipset, _) => {
+                let line = match &cause {
+                    Error::Failed { stderr, .. } => stderr
+                        .split("Error in line ")
+                        .nth(1)
+                        .and_then(|r| r.split(':').next())
+                        .and_then(|n| n.trim().parse::<usize>().ok()),
+                    _ => None,
+                };
+                let script = crate::kernel::restore_script::RestoreScript::new(commands);
+                for tmp in script.leftovers(line) {
+                    let _ = self.exec("ipset", &["-exist", "destroy", tmp].map(String::from), None);
+                }
+                line.map_or(0, |l| script.applied_before(l))
+            }
+        };
+        Err(BatchError { applied, cause })
+    }
+
+    fn batch_line(&self, commands: &[&Command]) -> String {
+        match commands {
+            [] => String::new(),
+            [one] => format!("{} (a single command)", self.binary(one.program)),
+            _ => {
+                let (program, args) = batch_program(|f| self.tool(f, "-restore"), commands);
+                let fills = commands[0].program == Program::Ipset
+                    && crate::kernel::restore_script::RestoreScript::fills(commands);
+                let note = match fills {
+                    false => "",
+                    true => " (a new set is filled under a temporary name, then renamed)",
+                };
+                format!("{program} {}{note}", args.join(" "))
+            }
+        }
+    }
+
+    /// The variant's binary: `iptables`, or `iptables-legacy` where plain
+    /// `iptables` is the other variant.
+    fn binary(&self, program: Program) -> String {
+        match program {
+            Program::Iptables(f) => self.tool(f, ""),
+            Program::Ipset => "ipset".to_string(),
+        }
+    }
+}

@@ -1,0 +1,532 @@
+//! One chain's plan: the desired order, the rules that stay (a longest
+//! increasing subsequence), and the moves that never leave a gap.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use fnv::FnvHashMap;
+
+use crate::plan::command::{Command, Program, ipt_args};
+use crate::state::Family;
+use crate::state::ownership;
+use crate::state::rule::Rule;
+use crate::wishes::{ChainWish, RuleItem};
+
+/// Set elements, hashed a word at a time: a 100,000-member set is hashed
+/// twice per plan.
+pub(crate) type TextSet<'a> = HashSet<&'a str, crate::state::rule::TextHash>;
+
+/// The withdrawn rules of one chain, as pyfw's record names them (name and
+/// text hash), in sets: a chain of 50,000 rules is checked against a
+/// record of thousands without a scan per rule.
+struct Withdrawn<'a> {
+    pub(crate) names: TextSet<'a>,
+    pub(crate) pairs: HashSet<(&'a str, &'a str), crate::state::rule::TextHash>,
+}
+
+impl<'a> Withdrawn<'a> {
+    pub(crate) fn new(gone: &'a [(String, String)]) -> Withdrawn<'a> {
+        Withdrawn {
+            names: gone.iter().map(|(n, _)| n.as_str()).collect(),
+            pairs: gone.iter().map(|(n, h)| (n.as_str(), h.as_str())).collect(),
+        }
+    }
+
+    /// True for a rule pyfw put there and the wishes (named `wished`) no
+    /// longer hold.
+    pub(crate) fn holds(&self, rule: &Rule, wished: &TextSet) -> bool {
+        if self.names.is_empty() {
+            return false;
+        }
+        let Some(name) = rule.comment() else {
+            return false;
+        };
+        // Most rules carry no withdrawn name: settle those without hashing.
+        if !self.names.contains(name) || wished.contains(name) {
+            return false;
+        }
+        let hash = ownership::text_hash(rule);
+        self.pairs.contains(&(name, hash.as_str()))
+    }
+}
+
+/// One slot of the simulated chain.
+#[derive(Clone, Debug)]
+pub(crate) struct Slot {
+    pub(crate) id: usize,
+    /// `rule.key()`, here so that scanning slots for a text reads no rule.
+    pub(crate) key: u64,
+    pub(crate) rule: Rule,
+}
+
+impl Slot {
+    pub(crate) fn new(id: usize, rule: Rule) -> Slot {
+        Slot {
+            id,
+            key: rule.key(),
+            rule,
+        }
+    }
+}
+
+/// What the final chain should hold at one position.
+struct Target<'a> {
+    /// Borrowed: a long chain's rules are not cloned to be planned.
+    pub(crate) rule: &'a Rule,
+    /// The current rule that already is this element, by slot id.
+    pub(crate) source: Option<usize>,
+    /// The wished name, for wished rules.
+    pub(crate) name: Option<&'a str>,
+    /// An existing rule with this wish's name but other text, replaced here.
+    pub(crate) replaces: Option<usize>,
+}
+
+/// Plans the rule commands for one chain.
+pub(crate) fn plan_chain(
+    wish: &ChainWish,
+    current: &[Rule],
+    withdrawn: &[(String, String)],
+) -> (Vec<Command>, Vec<Rule>) {
+    let label = wish.label();
+    let mut sim = ChainSim::new(wish.family, &wish.table, &wish.chain, current);
+    // From here on the chain holds no temporary copies; where there were
+    // some, number it afresh (else it is numbered as read already).
+    let current: Cow<[Rule]> = if sim.recover_temps() {
+        for (id, slot) in sim.slots.iter_mut().enumerate() {
+            slot.id = id;
+        }
+        Cow::Owned(sim.slots.iter().map(|s| s.rule.clone()).collect())
+    } else {
+        Cow::Borrowed(current)
+    };
+    sim.next_id = current.len();
+    let wished_names: TextSet = wish.rule_names().collect();
+    let gone = Withdrawn::new(withdrawn);
+    let mut by_name: HashMap<&str, Vec<usize>, crate::state::rule::TextHash> = HashMap::default();
+    let mut foreign: Vec<usize> = Vec::new();
+    for (i, r) in current.iter().enumerate() {
+        match r.comment() {
+            Some(c) if wished_names.contains(c) => by_name.entry(c).or_default().push(i),
+            _ if gone.holds(r, &wished_names) => {}
+            _ => foreign.push(i),
+        }
+    }
+
+    // The desired order.
+    let mut taken = vec![false; current.len()];
+    let mut targets: Vec<Target> = Vec::with_capacity(current.len() + wished_names.len());
+    // One buffer for the text each `~match` reads, so matching a long
+    // chain allocates nothing per rule.
+    let mut shown = String::new();
+    for item in wish.rules.iter().flatten() {
+        match item {
+            RuleItem::Named(named) => {
+                let found = by_name
+                    .get(named.name.as_str())
+                    .map(Vec::as_slice)
+                    .unwrap_or(&[]);
+                let exact = found.iter().copied().find(|&i| current[i] == named.rule);
+                let (source, replaces) = match exact {
+                    Some(i) => (Some(i), None),
+                    None => (None, found.first().copied()),
+                };
+                targets.push(Target {
+                    rule: &named.rule,
+                    source,
+                    name: Some(named.name.as_str()),
+                    replaces,
+                });
+            }
+            RuleItem::Match(m) => {
+                for &i in &foreign {
+                    if taken[i] {
+                        continue;
+                    }
+                    shown.clear();
+                    current[i].display_into(&mut shown);
+                    if m.regex.is_match(&shown) {
+                        taken[i] = true;
+                        targets.push(Target {
+                            rule: &current[i],
+                            source: Some(i),
+                            name: None,
+                            replaces: None,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    for &i in &foreign {
+        if !taken[i] {
+            targets.push(Target {
+                rule: &current[i],
+                source: Some(i),
+                name: None,
+                replaces: None,
+            });
+        }
+    }
+
+    let stable = longest_increasing(&targets.iter().map(|t| t.source).collect::<Vec<_>>());
+    // Flags by slot id: every id that is not below `current.len()` is a
+    // rule this plan inserts, which is in none of these.
+    let mut in_target = vec![false; current.len()];
+    let mut replaced = vec![false; current.len()];
+    for t in &targets {
+        if let Some(src) = t.source {
+            in_target[src] = true;
+        }
+        if let Some(old) = t.replaces {
+            replaced[old] = true;
+        }
+    }
+    let flag = |flags: &[bool], id: usize| flags.get(id).copied().unwrap_or(false);
+    let mut placed: Vec<usize> = Vec::with_capacity(targets.len());
+    // Slots that will still move or go: they may sit anywhere meanwhile.
+    let mut pending: Vec<bool> = in_target.iter().map(|t| !t).collect();
+    for (p, t) in targets.iter().enumerate() {
+        if let Some(src) = t.source.filter(|_| !stable[p]) {
+            pending[src] = true;
+        }
+    }
+
+    for (p, t) in targets.iter().enumerate() {
+        if let Some(src) = t.source.filter(|_| stable[p]) {
+            // Already in order: no lookup, so a long chain costs O(n).
+            placed.push(src);
+            continue;
+        }
+        let pred = placed.last().copied();
+        let at = pred.map_or(0, |id| sim.pos(id) + 1);
+        let what = t
+            .name
+            .map_or_else(|| "a rule matched by ~match".to_string(), String::from);
+        match t.source {
+            Some(src) => {
+                pending[src] = false;
+                let now = sim.pos(src);
+                let in_place = now >= at && sim.slots.range(at..now).all(|s| flag(&pending, s.id));
+                if !in_place {
+                    let reason = format!(
+                        "{label}: {what} is at position {}, wished {}",
+                        now + 1,
+                        at + 1
+                    );
+                    sim.move_rule(src, at, t.name, &reason);
+                }
+                placed.push(src);
+            }
+            None => {
+                let reason = match t.replaces {
+                    Some(old) => format!(
+                        "{label}: {what} differs: is `{}`, wished `{}`",
+                        sim.rule(old),
+                        t.rule
+                    ),
+                    None => format!("{label}: {what} missing"),
+                };
+                let id = sim.insert(at, t.rule.clone(), t.name, &reason);
+                if let Some(old) = t.replaces {
+                    sim.delete(
+                        old,
+                        t.name,
+                        &format!("{label}: {what}: remove the old text"),
+                    );
+                    pending[old] = false;
+                }
+                placed.push(id);
+            }
+        }
+    }
+    // What is left over: duplicates of wished rules, and withdrawn ones.
+    let leftovers: Vec<usize> = sim
+        .slots
+        .iter()
+        .map(|s| s.id)
+        .filter(|&id| id < current.len() && !in_target[id] && !replaced[id])
+        .collect();
+    for id in leftovers {
+        let rule = sim.rule(id).clone();
+        let name = rule.comment().unwrap_or("");
+        let reason = if gone.holds(&rule, &wished_names) {
+            format!("{label}: {name} was withdrawn from the wishes; pyfw put it there")
+        } else {
+            format!("{label}: duplicate of wished rule {name}")
+        };
+        sim.delete(id, rule.comment(), &reason);
+    }
+    let result = sim.slots.into_iter().map(|s| s.rule).collect();
+    (sim.out, result)
+}
+
+/// For each element, whether it belongs to one longest subsequence whose
+/// sources increase (the rules that can stay where they are).
+fn longest_increasing(sources: &[Option<usize>]) -> Vec<bool> {
+    // Patience sorting: tails[k] is the index of the smallest tail of an
+    // increasing run of length k + 1.
+    let mut tails: Vec<usize> = Vec::new();
+    let mut prev: Vec<Option<usize>> = vec![None; sources.len()];
+    for (i, s) in sources.iter().enumerate() {
+        let Some(s) = *s else { continue };
+        // Chains are mostly in order already: extending the longest run
+        // needs no search.
+        let extends = tails
+            .last()
+            .is_none_or(|&t| sources[t].is_some_and(|v| v < s));
+        let k = if extends {
+            tails.len()
+        } else {
+            tails.partition_point(|&t| sources[t].is_some_and(|v| v < s))
+        };
+        prev[i] = k.checked_sub(1).map(|k| tails[k]);
+        if k == tails.len() {
+            tails.push(i);
+        } else {
+            tails[k] = i;
+        }
+    }
+    let mut stable = vec![false; sources.len()];
+    let mut cur = tails.last().copied();
+    while let Some(i) = cur {
+        stable[i] = true;
+        cur = prev[i];
+    }
+    stable
+}
+
+/// A chain being edited, command by command, so that every position the
+/// plan names is the position the kernel will see at that step.
+pub(crate) struct ChainSim {
+    /// A deque: the plan inserts near the top and takes from anywhere, so
+    /// each edit shifts only the shorter side of a long chain.
+    pub(crate) slots: VecDeque<Slot>,
+    /// How many copies of each rule text the chain holds, so that telling
+    /// whether deleting by text hits the intended copy needs no scan in
+    /// the usual case of one copy. Counted only once an edit lands deeper
+    /// than [`ChainSim::SHALLOW`]: most plans edit near the top, where
+    /// looking above is cheaper than counting a 50,000-rule chain.
+    /// Keyed by [`Rule::key`]: two texts sharing a key count together,
+    /// which only ever sends a question to the scan.
+    pub(crate) copies: Option<FnvHashMap<u64, usize>>,
+    pub(crate) next_id: usize,
+    pub(crate) family: Family,
+    pub(crate) table: String,
+    pub(crate) chain: String,
+    pub(crate) label: String,
+    pub(crate) out: Vec<Command>,
+}
+
+impl ChainSim {
+    /// How deep an edit may land before the copies are counted.
+    const SHALLOW: usize = 256;
+
+    pub(crate) fn new(family: Family, table: &str, chain: &str, rules: &[Rule]) -> ChainSim {
+        ChainSim {
+            copies: None,
+            slots: rules
+                .iter()
+                .enumerate()
+                .map(|(id, rule)| Slot::new(id, rule.clone()))
+                .collect(),
+            next_id: rules.len(),
+            family,
+            table: table.to_string(),
+            chain: chain.to_string(),
+            label: crate::wishes::chain_label(family, table, chain),
+            out: Vec::new(),
+        }
+    }
+
+    /// Where slot `id` is, searching from both ends at once: the plan's
+    /// slots of interest sit near the top (placed rules) or anywhere
+    /// (rules to move), so this costs the distance to the nearer end.
+    pub(crate) fn pos(&self, id: usize) -> usize {
+        let n = self.slots.len();
+        for k in 0..n.div_ceil(2) {
+            if self.slots[k].id == id {
+                return k;
+            }
+            if self.slots[n - 1 - k].id == id {
+                return n - 1 - k;
+            }
+        }
+        n
+    }
+
+    /// True when the first rule with this slot's text is this slot.
+    pub(crate) fn first_of_its_text(&mut self, at: usize) -> bool {
+        if at >= Self::SHALLOW && self.copies.is_none() {
+            let mut copies: FnvHashMap<u64, usize> = FnvHashMap::default();
+            copies.reserve(self.slots.len());
+            for s in &self.slots {
+                *copies.entry(s.key).or_default() += 1;
+            }
+            self.copies = Some(copies);
+        }
+        let Slot { key, rule, .. } = &self.slots[at];
+        let single = self
+            .copies
+            .as_ref()
+            .is_some_and(|c| c.get(key).copied().unwrap_or(0) <= 1);
+        single
+            || !self
+                .slots
+                .range(..at)
+                .any(|s| s.key == *key && s.rule == *rule)
+    }
+
+    /// Counts one more (`true`) or one fewer copy of `rule`, once counted.
+    pub(crate) fn count(&mut self, rule: &Rule, more: bool) {
+        let Some(copies) = self.copies.as_mut() else {
+            return;
+        };
+        if more {
+            *copies.entry(rule.key()).or_default() += 1;
+        } else if let Some(n) = copies.get_mut(&rule.key()) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    pub(crate) fn rule(&self, id: usize) -> &Rule {
+        &self.slots[self.pos(id)].rule
+    }
+
+    pub(crate) fn args(&self, op: &str, extra: Option<usize>, rule: Option<&Rule>) -> Vec<String> {
+        let mut a = ipt_args(&self.table, [op, self.chain.as_str()]);
+        if let Some(n) = extra {
+            a.push(n.to_string());
+        }
+        if let Some(r) = rule {
+            a.extend(r.args().iter().cloned());
+        }
+        a
+    }
+
+    pub(crate) fn emit(
+        &mut self,
+        args: Vec<String>,
+        undo: Vec<String>,
+        wish: Option<&str>,
+        reason: &str,
+    ) {
+        self.out.push(Command {
+            program: Program::Iptables(self.family),
+            args,
+            undo: Some(undo),
+            reason: reason.to_string(),
+            target: self.label.clone(),
+            wish: wish.map(String::from),
+        });
+    }
+
+    /// Inserts `rule` at 0-based `at`; returns the new slot's id.
+    pub(crate) fn insert(
+        &mut self,
+        at: usize,
+        rule: Rule,
+        wish: Option<&str>,
+        reason: &str,
+    ) -> usize {
+        let args = self.args("-I", Some(at + 1), Some(&rule));
+        // Undoing deletes by text unless an identical rule sits above.
+        let id = self.next_id;
+        self.next_id += 1;
+        self.count(&rule, true);
+        self.slots.insert(at, Slot::new(id, rule));
+        let undo = if self.first_of_its_text(at) {
+            self.args("-D", None, Some(&self.slots[at].rule))
+        } else {
+            self.args("-D", Some(at + 1), None)
+        };
+        self.emit(args, undo, wish, reason);
+        id
+    }
+
+    /// Deletes a slot: by rule text when that text first matches this very
+    /// slot (robust against other writers), else by its number.
+    pub(crate) fn delete(&mut self, id: usize, wish: Option<&str>, reason: &str) {
+        let at = self.pos(id);
+        let rule = self.slots[at].rule.clone();
+        let args = if self.first_of_its_text(at) {
+            self.args("-D", None, Some(&rule))
+        } else {
+            self.args("-D", Some(at + 1), None)
+        };
+        let undo = self.args("-I", Some(at + 1), Some(&rule));
+        self.emit(args, undo, wish, reason);
+        self.slots.remove(at);
+        self.count(&rule, false);
+    }
+
+    /// Moves slot `id` to 0-based position `at` (counted before the move)
+    /// without the rule ever being absent.
+    pub(crate) fn move_rule(&mut self, id: usize, at: usize, wish: Option<&str>, reason: &str) {
+        let from = self.pos(id);
+        let rule = self.slots[from].rule.clone();
+        if at > from {
+            // Moving down: the new copy lands after the old one, so deleting
+            // by text removes the old one.
+            let new_id = self.insert(at, rule, wish, reason);
+            self.delete(id, wish, reason);
+            self.rename(new_id, id);
+            return;
+        }
+        let temp = rule.temp_copy(wish);
+        let temp_id = self.insert(at, temp, wish, reason);
+        self.delete(id, wish, reason);
+        let temp_at = self.pos(temp_id);
+        let new_id = self.insert(temp_at, rule, wish, reason);
+        self.delete(temp_id, wish, reason);
+        self.rename(new_id, id);
+    }
+
+    /// Removes temporary copies left by an interrupted move. Where the copy
+    /// is all that is left of a rule, the rule is put back in its place
+    /// first, so that nothing is ever missing.
+    /// True when there were any.
+    pub(crate) fn recover_temps(&mut self) -> bool {
+        let temps: Vec<usize> = self
+            .slots
+            .iter()
+            .filter(|s| s.rule.is_temp())
+            .map(|s| s.id)
+            .collect();
+        let any = !temps.is_empty();
+        for id in temps {
+            let Some(base) = self.rule(id).temp_base() else {
+                continue;
+            };
+            let wish = base.comment().map(String::from);
+            if !self.slots.iter().any(|s| s.rule == base) {
+                let at = self.pos(id);
+                let reason = format!("{}: restore a rule from an interrupted move", self.label);
+                self.insert(at, base, wish.as_deref(), &reason);
+            }
+            let reason = format!(
+                "{}: leftover temporary rule from an interrupted move",
+                self.label
+            );
+            self.delete(id, wish.as_deref(), &reason);
+        }
+        any
+    }
+
+    pub(crate) fn rename(&mut self, from: usize, to: usize) {
+        if let Some(s) = self.slots.iter_mut().find(|s| s.id == from) {
+            s.id = to;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    pub(crate) fn lis_keeps_the_longest_run() {
+        let s = longest_increasing(&[Some(5), Some(0), Some(1), None, Some(2), Some(3)]);
+        assert_eq!(s, vec![false, true, true, false, true, true]);
+        assert_eq!(longest_increasing(&[]), Vec::<bool>::new());
+    }
+}

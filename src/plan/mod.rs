@@ -1,0 +1,439 @@
+//! The planner: a pure function from wishes and state to ordered commands.
+//!
+//! The desired order of a wished chain is: the wished rules in order, with
+//! each `~match` group where it stands, then every other rule in its current
+//! order. The planner keeps the rules that are already in the right relative
+//! order (a longest increasing subsequence) and moves only the rest, so a
+//! Docker restart that pushes one rule down costs one move, not a rewrite.
+//!
+//! Commands are chosen so that a wished rule that exists is never missing,
+//! even for an instant: a rule moved up is first copied as
+//! `_pyfw_temp_NAME` at its new place (the spec's temp-rule trick), and a
+//! replaced rule is inserted before its old text is deleted. Every command
+//! carries its inverse so that the shell can roll back a plan that fails
+//! half-way.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use crate::plan::chain::plan_chain;
+use crate::plan::command::{ipset_cmd, ipt_args};
+use crate::plan::record::record_changes;
+use crate::plan::sets::{
+    MemberCmds, SetChange, create_args, element, hash_size, plan_ipset, retarget, spare_name,
+};
+use crate::state::ownership::{self, Owned};
+use crate::state::rule::Rule;
+use crate::state::{Family, State, builtin_chains};
+use crate::wishes::{ChainWish, IpsetWish, RuleItem, Wishes};
+
+pub mod chain;
+pub mod command;
+pub mod lint;
+pub mod predict;
+pub mod record;
+pub mod revert;
+pub mod sets;
+
+pub use command::{Command, Plan, Program};
+
+/// Plans the commands that make `state` match `wishes`.
+pub fn plan(wishes: &Wishes, state: &State) -> Plan {
+    let mut out = Plan::default();
+    let mut last = Vec::new();
+    let record = ownership::read(state);
+    let mut keep: BTreeSet<Owned> = BTreeSet::new();
+    let mut retargets = Vec::new();
+    // A list:set names other sets: those come first.
+    let mut sets: Vec<&IpsetWish> = wishes.ipsets.iter().collect();
+    sets.sort_by_key(|s| s.kind.name() == "list:set");
+    for set in sets {
+        if let SetChange::Retarget { tmp } = plan_ipset(
+            set,
+            state.ipsets.get(&set.name),
+            &mut out.commands,
+            &mut last,
+        ) {
+            retargets.push((set, tmp));
+        }
+        keep.insert(Owned::Set {
+            name: set.name.clone(),
+        });
+    }
+
+    // Every chain the plan touches: the wished ones, and those holding a
+    // withdrawn rule pyfw owns. User chains come first so that a chain is
+    // filled before a jump to it lands; then names in order, so plans read
+    // the same every time.
+    let mut chains: Vec<ChainWish> = wishes.chains.clone();
+    let mut withdrawn: HashMap<(Family, String, String), Vec<(String, String)>> = HashMap::new();
+    // Looked up once per record entry: sets, so that a record of thousands
+    // of rules costs no scan of the wishes per entry.
+    let wished_chains: HashSet<(Family, &str, &str)> = wishes
+        .chains
+        .iter()
+        .map(|c| (c.family, c.table.as_str(), c.chain.as_str()))
+        .collect();
+    let with_rules: HashSet<(Family, &str, &str)> = wishes
+        .chains
+        .iter()
+        .filter(|c| c.rules.is_some())
+        .map(|c| (c.family, c.table.as_str(), c.chain.as_str()))
+        .collect();
+    let wished_rules: HashSet<(Family, &str, &str, &str)> = wishes
+        .chains
+        .iter()
+        .filter(|c| c.rules.is_some())
+        .flat_map(|c| {
+            c.rule_names()
+                .map(|n| (c.family, c.table.as_str(), c.chain.as_str(), n))
+        })
+        .collect();
+    let mut added: HashSet<(Family, String, String)> = HashSet::new();
+    for entry in &record {
+        let Owned::Rule {
+            family,
+            table,
+            chain,
+            name,
+            hash,
+        } = entry
+        else {
+            continue;
+        };
+        let key = (*family, table.as_str(), chain.as_str());
+        let wished = with_rules.contains(&key);
+        if wished && wished_rules.contains(&(*family, table, chain, name)) {
+            continue;
+        }
+        withdrawn
+            .entry((*family, table.clone(), chain.clone()))
+            .or_default()
+            .push((name.clone(), hash.clone()));
+        if !wished
+            && !wished_chains.contains(&key)
+            && added.insert((*family, table.clone(), chain.clone()))
+        {
+            // Not wished: only its withdrawn rules go; nothing else moves.
+            chains.push(ChainWish {
+                family: *family,
+                table: table.clone(),
+                chain: chain.clone(),
+                policy: None,
+                rules: Some(Vec::new()),
+                line: 0,
+            });
+        }
+    }
+    chains.sort_by_key(|c| {
+        let builtin = builtin_chains(&c.table).contains(&c.chain.as_str());
+        (c.family, c.table.clone(), builtin, c.chain.clone())
+    });
+    let is_wished =
+        |c: &ChainWish| wished_chains.contains(&(c.family, c.table.as_str(), c.chain.as_str()));
+
+    for wish in &chains {
+        let exists = state
+            .ruleset(wish.family)
+            .chain(&wish.table, &wish.chain)
+            .is_some();
+        let owned = Owned::Chain {
+            family: wish.family,
+            table: wish.table.clone(),
+            chain: wish.chain.clone(),
+        };
+        if !exists && is_wished(wish) {
+            out.commands.push(Command {
+                program: Program::Iptables(wish.family),
+                args: ipt_args(&wish.table, ["-N", wish.chain.as_str()]),
+                undo: Some(ipt_args(&wish.table, ["-X", wish.chain.as_str()])),
+                reason: format!("{}: chain missing", wish.label()),
+                target: wish.label(),
+                wish: None,
+            });
+            keep.insert(owned);
+        } else if record.contains(&owned) && is_wished(wish) {
+            keep.insert(owned);
+        }
+    }
+    // Each planned chain as the plan leaves it (every chain whose withdrawn
+    // rules go is planned, so the chains not here lose no rule).
+    let mut planned: HashMap<(Family, String, String), Vec<Rule>> = HashMap::new();
+    for wish in &chains {
+        for item in wish.rules.iter().flatten() {
+            if let RuleItem::Named(r) = item {
+                keep.insert(Owned::rule(
+                    wish.family,
+                    &wish.table,
+                    &wish.chain,
+                    &r.name,
+                    &r.rule,
+                ));
+            }
+        }
+        let chain = state.ruleset(wish.family).chain(&wish.table, &wish.chain);
+        let current: &[Rule] = chain.as_deref().map_or(&[], |c| &c.rules);
+        let gone = withdrawn
+            .get(&(wish.family, wish.table.clone(), wish.chain.clone()))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        if wish.rules.is_some() {
+            let (commands, result) = plan_chain(wish, current, gone);
+            out.commands.extend(commands);
+            planned.insert(
+                (wish.family, wish.table.clone(), wish.chain.clone()),
+                result,
+            );
+        }
+    }
+    if !retargets.is_empty() {
+        // Every chain as the plan leaves it so far.
+        let mut chains_now: BTreeMap<(Family, String, String), Vec<Rule>> = BTreeMap::new();
+        for family in [Family::V4, Family::V6] {
+            for (table, t) in &state.ruleset(family).tables {
+                for (chain, c) in &t.chains {
+                    chains_now.insert((family, table.clone(), chain.clone()), c.rules.clone());
+                }
+            }
+        }
+        chains_now.extend(planned.clone());
+        for (wish, tmp) in &retargets {
+            let name = wish.name.as_str();
+            // The kernel will neither swap sets of unlike types nor rename a
+            // set in use: move every rule to the filled replacement, rebuild
+            // the set under its own name, and move the rules back.
+            out.commands.extend(retarget(&mut chains_now, name, tmp));
+            // Build the final set under a spare name, so that the name
+            // `name` is without a full set only between two commands.
+            let fresh = spare_name("_pyfw_new_", name);
+            // The members the replacement was filled with: the wished
+            // ones, or (when the wish leaves membership alone) the set's.
+            let have = state.ipsets.get(name).map_or(&[][..], |h| &h.members);
+            let keep = wish.members.as_deref().unwrap_or(have);
+            let sized = hash_size(wish, keep.len());
+            let create = create_args(&fresh, wish, &sized);
+            out.commands.push(ipset_cmd(
+                name,
+                &create,
+                Some(&["destroy", &fresh]),
+                format!("ipset {name}: rebuild as {}", wish.kind.name()),
+            ));
+            let rebuild = MemberCmds::new(&fresh, &fresh, "rebuild");
+            for m in keep {
+                out.commands.push(rebuild.add(m));
+            }
+            out.commands.push(ipset_cmd(
+                name,
+                &["destroy", name],
+                None,
+                format!("ipset {name}: drop the old set; every rule uses the replacement"),
+            ));
+            out.commands.push(ipset_cmd(
+                name,
+                &["rename", &fresh, name],
+                Some(&["rename", name, &fresh]),
+                format!("ipset {name}: the rebuilt set takes the name"),
+            ));
+            out.commands.extend(retarget(&mut chains_now, tmp, name));
+            out.commands.push(ipset_cmd(
+                name,
+                &["destroy", tmp],
+                None,
+                format!("ipset {name}: drop the replacement"),
+            ));
+        }
+    }
+
+    // Chains pyfw created and no longer wishes, once empty and unreferenced.
+    let mut jumps = None;
+    for entry in &record {
+        let Owned::Chain {
+            family,
+            table,
+            chain,
+        } = entry
+        else {
+            continue;
+        };
+        if keep.contains(entry) {
+            continue;
+        }
+        let ruleset = state.ruleset(*family);
+        let Some(current) = ruleset.tables.get(table).and_then(|t| t.chain(chain)) else {
+            continue; // Gone already: forget it.
+        };
+        // What the plan leaves in it: a planned chain's final rules (its
+        // leftover temporary copies gone too), else the rules as read.
+        let left = match planned.get(&(*family, table.clone(), chain.clone())) {
+            Some(rules) => rules.len(),
+            None => current.rules.len(),
+        };
+        // Referenced as the plan leaves things: a planned chain by its
+        // final rules (a wished rule may jump here), any other as read.
+        let jumps = jumps.get_or_insert_with(|| jump_targets(state, &planned));
+        let referenced = jumps.contains(&(*family, table.as_str(), chain.as_str()));
+        if left > 0 || referenced {
+            keep.insert(entry.clone());
+            continue;
+        }
+        let label = crate::wishes::chain_label(*family, table, chain);
+        out.commands.push(Command {
+            program: Program::Iptables(*family),
+            args: ipt_args(table, ["-X", chain.as_str()]),
+            undo: Some(ipt_args(table, ["-N", chain.as_str()])),
+            reason: format!("{label}: withdrawn from the wishes; pyfw created it, and it is empty and unreferenced"),
+            target: label,
+            wish: None,
+        });
+    }
+
+    // Policies last, so that a DROP policy never lands before its allow rules.
+    for wish in &chains {
+        let Some(policy) = &wish.policy else { continue };
+        let current = state
+            .ruleset(wish.family)
+            .chain(&wish.table, &wish.chain)
+            .and_then(|c| c.policy.clone())
+            .unwrap_or_else(|| "ACCEPT".to_string());
+        if &current != policy {
+            out.commands.push(Command {
+                program: Program::Iptables(wish.family),
+                args: ipt_args(&wish.table, ["-P", &wish.chain, policy]),
+                undo: Some(ipt_args(&wish.table, ["-P", &wish.chain, &current])),
+                reason: format!("{}: policy is {current}, wished {policy}", wish.label()),
+                target: wish.label(),
+                wish: None,
+            });
+        }
+    }
+
+    // Sets pyfw managed and no longer wishes, once no rule names them.
+    let mut used_sets = None;
+    for entry in &record {
+        let Owned::Set { name } = entry else { continue };
+        if keep.contains(entry) || !state.ipsets.contains_key(name) {
+            continue;
+        }
+        let used = used_sets
+            .get_or_insert_with(|| sets_in_use(wishes, state, &planned))
+            .contains(name.as_str());
+        if used {
+            keep.insert(entry.clone());
+            continue;
+        }
+        last.push(ipset_cmd(
+            name,
+            &["destroy", name],
+            None,
+            format!("ipset {name}: withdrawn from the wishes, and no rule uses it"),
+        ));
+    }
+    out.commands.append(&mut last);
+    group_tables(&mut out.commands);
+    out.record = record_changes(&record, &keep, state);
+    out
+}
+
+/// Every chain some rule of another chain jumps or goes to, by family and
+/// table, with the rules as the plan leaves them: a planned chain's final
+/// rules, any other chain's as read. Gathered once for all the chains pyfw
+/// may drop, so that asking costs no pass over every rule per chain.
+fn jump_targets<'a>(
+    state: &'a State,
+    planned: &'a HashMap<(Family, String, String), Vec<Rule>>,
+) -> HashSet<(Family, &'a str, &'a str)> {
+    let mut out = HashSet::new();
+    for family in [Family::V4, Family::V6] {
+        for (table, t) in &state.ruleset(family).tables {
+            for (name, c) in &t.chains {
+                if planned.contains_key(&(family, table.clone(), name.clone())) {
+                    continue;
+                }
+                for target in c.rules.iter().filter_map(Rule::target) {
+                    if target != name {
+                        out.insert((family, table.as_str(), target));
+                    }
+                }
+            }
+        }
+    }
+    for ((family, table, name), rules) in planned {
+        for target in rules.iter().filter_map(Rule::target) {
+            if target != name {
+                out.insert((*family, table.as_str(), target));
+            }
+        }
+    }
+    out
+}
+
+/// Every set a rule or a list:set names, as the plan leaves things: rules
+/// of the planned chains as planned, every other chain's as read; a
+/// wished list:set's members as wished, any other's as read. Gathered once
+/// for all the sets pyfw may drop.
+fn sets_in_use<'a>(
+    wishes: &'a Wishes,
+    state: &'a State,
+    planned: &'a HashMap<(Family, String, String), Vec<Rule>>,
+) -> HashSet<&'a str> {
+    let mut used = HashSet::new();
+    for family in [Family::V4, Family::V6] {
+        for (table, t) in &state.ruleset(family).tables {
+            for (chain, c) in &t.chains {
+                let key = (family, table.clone(), chain.clone());
+                let rules = planned.get(&key).unwrap_or(&c.rules);
+                used.extend(rules.iter().flat_map(Rule::sets));
+            }
+        }
+    }
+    for (key, rules) in planned {
+        let read = state
+            .ruleset(key.0)
+            .tables
+            .get(&key.1)
+            .and_then(|t| t.chain(&key.2));
+        if read.is_none() {
+            used.extend(rules.iter().flat_map(Rule::sets));
+        }
+    }
+    for (list, set) in &state.ipsets {
+        if set.kind != "list:set" {
+            continue;
+        }
+        let wished = wishes.ipsets.iter().find(|w| w.name == *list);
+        let members = wished
+            .and_then(|w| w.members.as_ref())
+            .unwrap_or(&set.members);
+        used.extend(members.iter().map(|m| element(m)));
+    }
+    used
+}
+
+/// Within each run of iptables commands, brings each table's commands
+/// together (keeping their order), so each table's changes can go to the
+/// kernel as one transaction. Tables are independent, so this reorders
+/// nothing that matters.
+fn group_tables(commands: &mut [Command]) {
+    let table = |c: &Command| match c.program {
+        Program::Iptables(f) => Some((f, c.args.get(2).cloned().unwrap_or_default())),
+        Program::Ipset => None,
+    };
+    let mut start = 0;
+    while start < commands.len() {
+        if table(&commands[start]).is_none() {
+            start += 1;
+            continue;
+        }
+        let end = (start..commands.len())
+            .find(|&i| table(&commands[i]).is_none())
+            .unwrap_or(commands.len());
+        let mut order: Vec<(Family, String)> = Vec::new();
+        for c in &commands[start..end] {
+            if let Some(t) = table(c).filter(|t| !order.contains(t)) {
+                order.push(t);
+            }
+        }
+        commands[start..end]
+            .sort_by_key(|c| table(c).and_then(|t| order.iter().position(|o| *o == t)));
+        start = end;
+    }
+}

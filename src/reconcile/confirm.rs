@@ -1,0 +1,369 @@
+//! Confirm or revert: `pyfw apply --confirm 30s`.
+//!
+//! Like `iptables-apply` and `ferm --interactive`, an apply with `--confirm`
+//! puts the wishes in force, then waits for the operator to prove they can
+//! still reach the host: a line typed on the terminal (`yes`), or `pyfw
+//! confirm` from a second session. Without it, when the time is up (or on
+//! Ctrl-C, SIGTERM, or an answer other than yes), pyfw puts back exactly
+//! what was there before in every chain, policy and ipset the plan touched,
+//! and says so.
+//!
+//! - [`Snapshot`] is what the plan touched, as it was: taken from the state
+//!   the plan was made from, under the writer lock.
+//! - [`revert_steps`] (pure) turns a snapshot and the state now into
+//!   transactions: sets refilled or recreated first (swapped in whole, so a
+//!   rule never sees a set half full), then every touched chain of a table
+//!   rewritten in one `iptables-restore --noflush` transaction (flush, the
+//!   old rules, the old policy: no instant without a rule), then the sets
+//!   and chains the plan created are removed, once no rule uses them.
+//! - The wait listens on the abstract socket `@pyfw-confirm` of the network
+//!   namespace (like `src/lock.rs`), answering only root or the user who
+//!   runs the apply. SIGHUP (the SSH session dropped) is ignored: the wait
+//!   goes on and the revert still comes.
+//!
+//! With a daemon: the apply holds the writer lock (`@pyfw-lock`) from the
+//! read until the answer or the end of the revert, so the daemon neither
+//! undoes the change under test nor fights the revert; it waits, retries
+//! with backoff and reconciles when the lock is free. A revert leaves a mark
+//! (`/run/pyfw/reverted-COOKIE`, by network namespace) naming the reverted
+//! wishes' content, so that the daemon does not apply that same content
+//! again; it enforces again once the file changes, or after a plain or
+//! confirmed `pyfw apply` clears the mark.
+
+use std::hash::Hasher;
+use std::io::{self, BufRead, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::kernel::Backend;
+use crate::plan::Command;
+use crate::plan::revert::{Snapshot, revert_steps};
+use crate::state::{Chain, State};
+
+/// The abstract socket an apply waiting for confirmation listens on.
+pub const SOCKET: &str = "pyfw-confirm";
+
+/// How a revert went.
+#[derive(Debug, Default)]
+pub struct Reverted {
+    pub transactions: usize,
+    pub failures: Vec<String>,
+}
+
+/// Reads what the snapshot names and puts it back. Never stops at the
+/// first failure: what can be put back is.
+pub fn revert(backend: &mut dyn Backend, snap: &Snapshot, say: &mut dyn FnMut(String)) -> Reverted {
+    let mut result = Reverted::default();
+    let now = match backend.read_state(snap.scope()) {
+        Ok(s) => s,
+        Err(e) => {
+            // Without a fresh read, assume every touched thing exists: the
+            // flush-and-refill transactions still put the old rules back.
+            say(format!(
+                "cannot read the state to revert ({e}); reverting blind"
+            ));
+            let mut s = State::default();
+            for (family, table, chain) in snap.chains.keys() {
+                s.ruleset_mut(*family)
+                    .tables
+                    .entry(table.clone())
+                    .or_default()
+                    .chains
+                    .push((
+                        chain.clone(),
+                        Chain {
+                            policy: None,
+                            rules: Vec::new(),
+                        },
+                    ));
+            }
+            s
+        }
+    };
+    for step in revert_steps(snap, &now) {
+        let refs: Vec<&Command> = step.iter().collect();
+        for c in &step {
+            say(format!(
+                "Reverting: {}",
+                crate::reconcile::apply::command_line(backend, c)
+            ));
+        }
+        match backend.run_batch(&refs) {
+            Ok(()) => result.transactions += 1,
+            Err(e) => {
+                let msg = format!("{} ({})", e.cause, backend.batch_line(&refs));
+                say(format!("revert step failed: {msg}"));
+                result.failures.push(msg);
+            }
+        }
+    }
+    result
+}
+
+/// The operator's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Confirmed; how (`on the terminal`, `by pyfw confirm (pid N)`).
+    Confirmed(String),
+    /// Not confirmed; why (`no confirmation within 30s`, `answered "n"`,
+    /// `SIGINT`).
+    Refused(String),
+}
+
+/// Waits up to `timeout` for a confirmation on `@pyfw-confirm` or, when
+/// `terminal` is set, a line on stdin.
+pub fn wait(timeout: Duration, terminal: bool, say: &mut dyn FnMut(String)) -> io::Result<Answer> {
+    let addr = SocketAddr::from_abstract_name(SOCKET.as_bytes())?;
+    let listener = UnixListener::bind_addr(&addr).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot listen on @{SOCKET} for `pyfw confirm`: {e}"),
+        )
+    })?;
+    listener.set_nonblocking(true)?;
+    // SIGHUP: the terminal went away (the very lock-out this guards
+    // against); keep waiting. SIGINT, SIGTERM: revert now.
+    let stop = Arc::new(AtomicBool::new(false));
+    let hup = Arc::new(AtomicBool::new(false));
+    let mut ids = Vec::new();
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        ids.push(signal_hook::flag::register(sig, stop.clone())?);
+    }
+    ids.push(signal_hook::flag::register(
+        signal_hook::consts::SIGHUP,
+        hup.clone(),
+    )?);
+    let result = wait_loop(&listener, timeout, terminal, &stop, &hup, say);
+    for id in ids {
+        signal_hook::low_level::unregister(id);
+    }
+    result
+}
+
+fn wait_loop(
+    listener: &UnixListener,
+    timeout: Duration,
+    mut terminal: bool,
+    stop: &AtomicBool,
+    hup: &AtomicBool,
+    say: &mut dyn FnMut(String),
+) -> io::Result<Answer> {
+    let deadline = Instant::now() + timeout;
+    let stdin = io::stdin();
+    let mut told_hup = false;
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return Ok(Answer::Refused("interrupted (SIGINT or SIGTERM)".into()));
+        }
+        if hup.load(Ordering::SeqCst) && !told_hup {
+            told_hup = true;
+            terminal = false;
+            say("the terminal hung up; still waiting for `pyfw confirm`".into());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(Answer::Refused(format!(
+                "no confirmation within {}",
+                humantime::format_duration(timeout)
+            )));
+        }
+        let mut fds = vec![libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        if terminal {
+            fds.push(libc::pollfd {
+                fd: stdin.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        let ms = left.as_millis().clamp(1, 250) as libc::c_int;
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs that
+        // lives for the whole call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if fds[0].revents != 0
+            && let Some(answer) = answer_client(listener)
+        {
+            return Ok(answer);
+        }
+        if terminal && fds.get(1).is_some_and(|f| f.revents != 0) {
+            let mut line = String::new();
+            match stdin.lock().read_line(&mut line) {
+                // End of input: nobody can type here; wait for `pyfw confirm`.
+                Ok(0) | Err(_) => terminal = false,
+                Ok(_) => {
+                    let word = line.trim().to_ascii_lowercase();
+                    if matches!(word.as_str(), "y" | "yes" | "confirm") {
+                        return Ok(Answer::Confirmed("on the terminal".into()));
+                    }
+                    return Ok(Answer::Refused(format!("answered {:?}", line.trim())));
+                }
+            }
+        }
+    }
+}
+
+/// Whether an answer can be read from stdin without harm: a pipe, or the
+/// terminal when pyfw is in its foreground (reading it from the background
+/// would stop pyfw with SIGTTIN, and then nothing would revert).
+pub fn stdin_readable() -> bool {
+    let stdin = io::stdin();
+    if !std::io::IsTerminal::is_terminal(&stdin) {
+        return true;
+    }
+    // SAFETY: plain syscalls on fd 0 and this process; no memory is passed.
+    unsafe { libc::tcgetpgrp(stdin.as_raw_fd()) == libc::getpgrp() }
+}
+
+/// Accepts one `pyfw confirm`; returns the answer if it confirmed.
+fn answer_client(listener: &UnixListener) -> Option<Answer> {
+    let (mut stream, _) = listener.accept().ok()?;
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
+    let (pid, uid) = crate::kernel::lock::peer(&stream)?;
+    let mut buf = [0u8; 64];
+    let n = stream.read(&mut buf).ok()?;
+    if !buf[..n].starts_with(b"confirm") {
+        let _ = stream.write_all(b"refused: unknown request\n");
+        return None;
+    }
+    let me = crate::wishes::secure::euid();
+    if uid != 0 && uid != me {
+        let _ = stream.write_all(
+            format!("refused: only root (or uid {me}) may confirm; you are uid {uid}\n").as_bytes(),
+        );
+        return None;
+    }
+    let _ = stream.write_all(
+        format!(
+            "confirmed: pyfw apply (pid {}) keeps the change\n",
+            std::process::id()
+        )
+        .as_bytes(),
+    );
+    Some(Answer::Confirmed(format!(
+        "by `pyfw confirm` (pid {pid}, uid {uid})"
+    )))
+}
+
+/// `pyfw confirm`: confirms the apply waiting in this network namespace.
+/// Returns its reply, or why there is nothing to confirm.
+pub fn send_confirm() -> Result<String, String> {
+    let addr = SocketAddr::from_abstract_name(SOCKET.as_bytes()).map_err(|e| e.to_string())?;
+    let mut stream = UnixStream::connect_addr(&addr).map_err(|e| match e.kind() {
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound => {
+            "nothing to confirm: no `pyfw apply --confirm` is waiting in this network namespace"
+                .to_string()
+        }
+        _ => format!("cannot reach @{SOCKET}: {e}"),
+    })?;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    stream
+        .write_all(b"confirm\n")
+        .map_err(|e| format!("cannot send the confirmation: {e}"))?;
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply);
+    let reply = reply.trim().to_string();
+    if reply.starts_with("confirmed") {
+        Ok(reply)
+    } else if reply.is_empty() {
+        Err("the waiting apply did not answer (it may have just timed out)".into())
+    } else {
+        Err(reply)
+    }
+}
+
+// ---- the mark a revert leaves for the daemon -------------------------------
+
+/// Where reverts are marked: `/run/pyfw` (or `$PYFW_RUN_DIR`).
+fn run_dir() -> PathBuf {
+    std::env::var_os("PYFW_RUN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/pyfw"))
+}
+
+/// The file marking a revert in this network namespace.
+pub fn mark_path() -> Option<PathBuf> {
+    crate::kernel::netns::netns_cookie().map(|c| run_dir().join(format!("reverted-{c}")))
+}
+
+/// A fingerprint of a wishes file's content.
+pub fn content_hash(text: &[u8]) -> String {
+    let mut h = fnv::FnvHasher::default();
+    h.write(text);
+    format!("{:016x}", h.finish())
+}
+
+/// Marks `text` as reverted in this network namespace; returns the mark.
+pub fn mark_reverted(text: &[u8], wishes: &std::path::Path, why: &str) -> io::Result<PathBuf> {
+    let path = mark_path().ok_or_else(|| io::Error::other("cannot tell the network namespace"))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let body = format!(
+        "{}\n{}: reverted by `pyfw apply --confirm` (pid {}): {why}\n",
+        content_hash(text),
+        wishes.display(),
+        std::process::id()
+    );
+    std::fs::write(&path, body)?;
+    Ok(path)
+}
+
+/// Clears the mark (a plain or confirmed apply went through).
+pub fn clear_mark() {
+    if let Some(p) = mark_path() {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// The mark's words when `text` is the content it names.
+pub fn reverted(text: &[u8]) -> Option<String> {
+    let body = std::fs::read_to_string(mark_path()?).ok()?;
+    let mut lines = body.lines();
+    (lines.next()? == content_hash(text)).then(|| lines.next().unwrap_or("").to_string())
+}
+
+/// For the daemon: true when `text` was reverted and must not be applied;
+/// says so once per mark.
+pub fn daemon_holds_back(text: &[u8]) -> bool {
+    static TOLD: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+    let Some(why) = reverted(text) else {
+        return false;
+    };
+    let mut told = TOLD.lock().unwrap_or_else(|e| e.into_inner());
+    if told.as_deref() != Some(why.as_str()) {
+        tracing::warn!(
+            "not enforcing these wishes: {why}; pyfw enforces again when the file changes or \
+             after `pyfw apply`"
+        );
+        *told = Some(why);
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_hashes_differ_by_content() {
+        assert_ne!(content_hash(b"a"), content_hash(b"b"));
+        assert_eq!(content_hash(b"a"), content_hash(b"a"));
+    }
+}

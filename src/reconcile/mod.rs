@@ -1,0 +1,500 @@
+//! One reconcile: read the kernel, plan against the wishes, apply.
+//!
+//! This is the contract the one-shot `apply` and the daemon share, in the
+//! manner of kube-rs's controller runtime: a reconcile is idempotent, reads
+//! fresh state every time and never assumes what the last run left behind,
+//! so any trigger (a file change, a signal, a timer, observed drift) can
+//! call it, and calling it twice is the same as calling it once.
+//!
+//! Before planning, each wished rule is put in the form iptables prints it,
+//! learned from iptables itself and cached by wish text, so that a rule
+//! written `-p tcp --dport 22` is not seen as drift from the
+//! `-p tcp -m tcp --dport 22` the kernel reports.
+
+use std::collections::{BTreeSet, HashMap};
+
+pub mod apply;
+mod canonicalize;
+pub mod confirm;
+pub mod scope;
+
+pub use scope::scope_for;
+
+use crate::kernel::scope::merge;
+use crate::kernel::{self, Backend, RuleCheck, Rules, Scope, Sets};
+use crate::plan::{self, Plan};
+use crate::reconcile::apply::{ApplyError, Event};
+use crate::state::canon::Comparison;
+use crate::state::ownership::{self, Owned, RECORD_SET};
+use crate::state::rule::Rule;
+use crate::state::{Family, State};
+use crate::wishes::Wishes;
+
+/// Why a reconcile did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading netfilter state: {0}")]
+    Read(#[source] kernel::Error),
+    #[error("{path}: {source}")]
+    Rejected {
+        path: String,
+        #[source]
+        source: kernel::Error,
+    },
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+}
+
+/// What a plan-only reconcile saw.
+#[derive(Debug)]
+pub struct Planned {
+    pub state: State,
+    pub plan: Plan,
+    pub comparison: Comparison,
+    /// Wished rules iptables could not check yet because they name a set or
+    /// chain the plan creates; they are checked once those exist.
+    pub deferred: Vec<RuleCheck>,
+    /// What was read, to read the same again after an apply.
+    pub scope: Scope,
+}
+
+/// What an applying reconcile did.
+#[derive(Debug)]
+pub struct Applied {
+    /// The state read before the plan ran.
+    pub before: State,
+    pub plan: Plan,
+    /// How many commands ran (0 when in sync).
+    pub ran: usize,
+    /// What was read.
+    pub scope: Scope,
+}
+
+type CanonKey = (Family, String, Vec<String>);
+
+/// What pyfw owned when its turn began, read before the wishes were
+/// known (see [`Reconciler::read_owned`]).
+#[derive(Debug)]
+pub struct Owning {
+    /// What was read.
+    scope: Scope,
+    state: State,
+}
+
+/// Runs reconciles against one backend, remembering canonical rule forms.
+pub struct Reconciler<B: Backend> {
+    backend: B,
+    canonical: HashMap<CanonKey, Rule>,
+}
+
+impl<B: Backend> Reconciler<B> {
+    pub fn new(backend: B) -> Self {
+        Reconciler {
+            backend,
+            canonical: HashMap::new(),
+        }
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
+    /// Reads pyfw's record, then the sets it names and the chains holding
+    /// the rules and chains it names: what a plan reads whatever the wishes
+    /// say, since pyfw must withdraw what it owns and no longer wishes.
+    ///
+    /// The CLI calls this on a second thread while it parses the wishes
+    /// file. When pyfw owns what it wishes (every run after the first),
+    /// that is all a plan reads, so the two costs overlap: a
+    /// 100,000-member set is read from the kernel while its 100,000 wished
+    /// members are parsed, which used to take turns.
+    pub fn read_owned(&mut self) -> Result<Owning, Error> {
+        let mut scope = Scope::none();
+        scope.sets = Sets::Named(BTreeSet::from([RECORD_SET.to_string()]));
+        let record = self
+            .backend
+            .read_state(scope.clone())
+            .map_err(Error::Read)?;
+        let mut owned = Scope::none();
+        let mut sets = BTreeSet::new();
+        for entry in ownership::read(&record) {
+            match entry {
+                Owned::Rule {
+                    family,
+                    table,
+                    chain,
+                    ..
+                }
+                | Owned::Chain {
+                    family,
+                    table,
+                    chain,
+                } => match owned.rules_mut(family) {
+                    Rules::Chains(chains) => {
+                        chains.insert((table, chain));
+                    }
+                    other => *other = Rules::Chains(BTreeSet::from([(table, chain)])),
+                },
+                Owned::Set { name } => {
+                    sets.insert(name);
+                }
+            }
+        }
+        if !sets.is_empty() {
+            owned.sets = Sets::Named(sets);
+        }
+        let state = if owned.is_empty() {
+            record
+        } else {
+            let more = self
+                .backend
+                .read_state(owned.clone())
+                .map_err(Error::Read)?;
+            merge(record, more, &owned)
+        };
+        let scope = scope.union(&owned).unwrap_or(scope);
+        Ok(Owning { scope, state })
+    }
+
+    /// Reads what the wishes touch and plans, changing nothing but a
+    /// short-lived scratch chain used to learn canonical rule forms.
+    pub fn plan(&mut self, wishes: &Wishes) -> Result<Planned, Error> {
+        self.plan_after(wishes, None)
+    }
+
+    /// [`Reconciler::plan`], given what [`Reconciler::read_owned`] read
+    /// (from the same writer's turn): only what it lacks is read.
+    pub fn plan_after(
+        &mut self,
+        wishes: &Wishes,
+        owning: Option<Owning>,
+    ) -> Result<Planned, Error> {
+        // Sets first: pyfw's record in them says which rules matter. The
+        // wished chains are read in any case: they are read beside the sets
+        // (see `Backend::read_state`), and only a record naming other
+        // chains, or a set that may go, takes a second read.
+        let mut first = scope_for(wishes, &State::default());
+        first.sets = Sets::Named(
+            wishes
+                .ipsets
+                .iter()
+                .map(|s| s.name.clone())
+                .chain([RECORD_SET.to_string()])
+                .collect(),
+        );
+        let (read, had) = match owning.and_then(|o| Some((first.union(&o.scope)?, o))) {
+            Some((had, owning)) => {
+                let more = first.beyond(&owning.scope);
+                let read = if more.is_empty() {
+                    owning.state
+                } else {
+                    let extra = self.backend.read_state(more.clone()).map_err(Error::Read)?;
+                    merge(owning.state, extra, &more)
+                };
+                (read, had)
+            }
+            None => {
+                let read = self
+                    .backend
+                    .read_state(first.clone())
+                    .map_err(Error::Read)?;
+                (read, first.clone())
+            }
+        };
+        let mut scope = scope_for(wishes, &read);
+        let state = self.read_more(read, &had, &scope)?;
+        if scope.sets == Sets::Skip {
+            // What was read, sets included, to read the same again.
+            scope.sets = had.sets;
+        }
+        self.drop_dead_scratch_chains(&state);
+        let (canonical, deferred) = self.canonicalize(wishes, &state)?;
+        let plan = plan::plan(&canonical, &state);
+        Ok(Planned {
+            state,
+            plan,
+            comparison: Comparison::Kernel,
+            deferred,
+            scope,
+        })
+    }
+
+    /// `read` (what `had` says was read) completed to `scope`: only what
+    /// the first read lacks is read again (the chains pyfw's record adds to
+    /// the wished ones; whole tables or every set where something may go).
+    fn read_more(&mut self, read: State, had: &Scope, scope: &Scope) -> Result<State, Error> {
+        let mut more = scope.beyond(had);
+        // The sets were read already unless every set must be.
+        more.sets = scope.sets.clone();
+        if more.is_empty() {
+            return Ok(read);
+        }
+        let extra = self.backend.read_state(more.clone()).map_err(Error::Read)?;
+        Ok(merge(read, extra, &more))
+    }
+
+    /// Reads, plans and applies; all or nothing.
+    pub fn apply(&mut self, wishes: &Wishes, on: &mut dyn FnMut(Event)) -> Result<Applied, Error> {
+        let Planned {
+            state,
+            plan,
+            deferred,
+            scope,
+            ..
+        } = self.plan(wishes)?;
+        if plan.is_empty() && plan.record.is_empty() {
+            return Ok(Applied {
+                before: state,
+                plan,
+                ran: 0,
+                scope,
+            });
+        }
+        let ran = apply::apply(&mut self.backend, &plan, &deferred, on)?;
+        Ok(Applied {
+            before: state,
+            plan,
+            ran,
+            scope,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::state::{Ipset, Ruleset, Table};
+
+    /// A kernel in memory that answers each read with the part of its state
+    /// the scope names, as the real tools would, and notes every scope.
+    struct Kernel {
+        state: State,
+        reads: Vec<Scope>,
+    }
+
+    fn view(rules: &Ruleset, scope: &Rules) -> Ruleset {
+        match scope {
+            Rules::Skip => Ruleset::default(),
+            Rules::All => rules.clone(),
+            Rules::Tables(tables) => Ruleset {
+                tables: (rules.tables.iter())
+                    .filter(|(name, _)| tables.contains(*name))
+                    .map(|(n, t)| (n.clone(), t.clone()))
+                    .collect(),
+            },
+            Rules::Chains(chains) => {
+                let mut out = Ruleset::default();
+                for (table, chain) in chains {
+                    if let Some(c) = rules.tables.get(table).and_then(|t| t.chain(chain)) {
+                        let t: &mut Table = out.tables.entry(table.clone()).or_default();
+                        t.chains.push((chain.clone(), c.clone()));
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    impl Backend for Kernel {
+        fn read_state(&mut self, scope: Scope) -> Result<State, kernel::Error> {
+            let ipsets = match &scope.sets {
+                Sets::Skip => Default::default(),
+                Sets::All => self.state.ipsets.clone(),
+                Sets::Named(names) => (self.state.ipsets.iter())
+                    .filter(|(n, _)| names.contains(*n))
+                    .map(|(n, s)| (n.clone(), s.clone()))
+                    .collect(),
+            };
+            let state = State {
+                v4: view(&self.state.v4, &scope.v4),
+                v6: view(&self.state.v6, &scope.v6),
+                ipsets,
+            };
+            self.reads.push(scope);
+            Ok(state)
+        }
+        fn check_rules(&mut self, _: &[RuleCheck]) -> Result<(), kernel::Error> {
+            Ok(())
+        }
+        fn canonicalize(
+            &mut self,
+            rules: &[RuleCheck],
+            _: &State,
+        ) -> Result<Vec<Rule>, kernel::Error> {
+            Ok(rules.iter().map(|c| c.rule.clone()).collect())
+        }
+        fn drop_chain(&mut self, _: Family, _: &str, _: &str) -> Result<(), kernel::Error> {
+            Ok(())
+        }
+        fn run(&mut self, _: &crate::plan::Command) -> Result<(), kernel::Error> {
+            Ok(())
+        }
+    }
+
+    fn wishes() -> Wishes {
+        let text = include_str!("../../tests/data/spec/wishes.yaml");
+        crate::wishes::parse(text, Path::new("wishes.yaml")).unwrap()
+    }
+
+    /// The spec's host after pyfw's apply, with a record naming `owned`.
+    fn host(owned: &[Owned]) -> State {
+        let mut state = State {
+            v4: crate::state::parse_iptables_save(include_str!(
+                "../../tests/data/spec/after-apply.save"
+            ))
+            .unwrap(),
+            ipsets: crate::state::parse_ipset_save(include_str!(
+                "../../tests/data/spec/ipset.save"
+            ))
+            .unwrap(),
+            ..State::default()
+        };
+        let record = Ipset {
+            kind: "hash:ip".into(),
+            options: vec!["family".into(), "inet6".into(), "comment".into()],
+            members: owned.iter().map(Owned::element).collect(),
+            comments: owned.iter().map(|o| (o.element(), o.key())).collect(),
+        };
+        state.ipsets.insert(RECORD_SET.into(), record);
+        state
+    }
+
+    fn rule(chain: &str, name: &str) -> Owned {
+        Owned::Rule {
+            family: Family::V4,
+            table: "filter".into(),
+            chain: chain.into(),
+            name: name.into(),
+            hash: "0123456789abcdef".into(),
+        }
+    }
+
+    fn set(name: &str) -> Owned {
+        Owned::Set { name: name.into() }
+    }
+
+    /// Plans `wishes` on `state` both ways, asserts they agree, and returns
+    /// the reads of the way that read what pyfw owns first.
+    fn both_ways(wishes: &Wishes, state: State) -> Vec<Scope> {
+        let mut plain = Reconciler::new(Kernel {
+            state: state.clone(),
+            reads: Vec::new(),
+        });
+        let want = plain.plan(wishes).unwrap();
+        let mut early = Reconciler::new(Kernel {
+            state,
+            reads: Vec::new(),
+        });
+        let owning = early.read_owned().unwrap();
+        let got = early.plan_after(wishes, Some(owning)).unwrap();
+        // Chains read in other turns are listed in another order.
+        let sorted = |mut state: State| {
+            for rules in [&mut state.v4, &mut state.v6] {
+                for table in rules.tables.values_mut() {
+                    table.chains.sort_by(|a, b| a.0.cmp(&b.0));
+                }
+            }
+            state
+        };
+        assert_eq!(sorted(got.state), sorted(want.state));
+        assert_eq!(got.plan, want.plan);
+        early.backend.reads.clone()
+    }
+
+    fn chains(list: &[&str]) -> Rules {
+        Rules::Chains(
+            list.iter()
+                .map(|c| ("filter".to_string(), c.to_string()))
+                .collect(),
+        )
+    }
+
+    fn names(list: &[&str]) -> Sets {
+        Sets::Named(list.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn when_pyfw_owns_what_it_wishes_the_early_read_is_all_it_reads() {
+        let owned = [
+            set("allowed_hosts"),
+            rule("INPUT", "allow_ssh"),
+            rule("FORWARD", "allow_established"),
+            rule("DOCKER", "allowed_hosts_only"),
+        ];
+        let reads = both_ways(&wishes(), host(&owned));
+        let mut owned_scope = Scope::none();
+        owned_scope.v4 = chains(&["INPUT", "FORWARD", "DOCKER"]);
+        owned_scope.sets = names(&["allowed_hosts"]);
+        let mut record = Scope::none();
+        record.sets = names(&[RECORD_SET]);
+        assert_eq!(reads, [record, owned_scope]);
+    }
+
+    #[test]
+    fn what_the_wishes_add_is_read_after_the_early_read() {
+        // The first run: nothing owned yet, so the wished chains and set
+        // are read after the record.
+        let reads = both_ways(&wishes(), host(&[]));
+        assert_eq!(reads.len(), 2, "{reads:?}");
+        assert_eq!(reads[1].v4, chains(&["INPUT", "FORWARD", "DOCKER"]));
+        assert_eq!(reads[1].sets, names(&["allowed_hosts"]));
+        // One chain owned: only the others are read.
+        let reads = both_ways(&wishes(), host(&[rule("INPUT", "allow_ssh")]));
+        assert_eq!(reads.len(), 3, "{reads:?}");
+        assert_eq!(reads[1].v4, chains(&["INPUT"]));
+        assert_eq!(reads[2].v4, chains(&["FORWARD", "DOCKER"]));
+        assert_eq!(reads[2].sets, names(&["allowed_hosts"]));
+    }
+
+    #[test]
+    fn owned_but_unwished_still_reads_what_its_withdrawal_needs() {
+        // A rule in a chain no longer wished: its chain is read early.
+        let reads = both_ways(&wishes(), host(&[rule("OUTPUT", "old")]));
+        assert_eq!(reads[1].v4, chains(&["OUTPUT"]));
+        // A set no longer wished: everything is read, as without the
+        // early read.
+        let reads = both_ways(&wishes(), host(&[set("gone"), set("allowed_hosts")]));
+        assert_eq!(reads.last().map(|s| s.sets.clone()), Some(Sets::All));
+        // A chain pyfw made and no longer wishes: its whole table.
+        let made = Owned::Chain {
+            family: Family::V4,
+            table: "filter".into(),
+            chain: "DOCKER-ISOLATION".into(),
+        };
+        let reads = both_ways(&wishes(), host(&[made]));
+        let tables = Rules::Tables(BTreeSet::from(["filter".to_string()]));
+        assert_eq!(reads.last().map(|s| s.v4.clone()), Some(tables));
+    }
+
+    #[test]
+    fn scopes_subtract_and_join_by_name() {
+        let mut a = Scope::none();
+        a.v4 = chains(&["INPUT", "FORWARD"]);
+        a.sets = names(&["x", "y"]);
+        let mut b = Scope::none();
+        b.v4 = chains(&["INPUT"]);
+        b.v6 = Rules::All;
+        b.sets = names(&["y"]);
+        let beyond = a.beyond(&b);
+        assert_eq!(beyond.v4, chains(&["FORWARD"]));
+        assert_eq!(beyond.v6, Rules::Skip);
+        assert_eq!(beyond.sets, names(&["x"]));
+        assert!(a.beyond(&a).is_empty());
+        let union = a.union(&b).unwrap();
+        assert_eq!(union.v4, chains(&["INPUT", "FORWARD"]));
+        assert_eq!(union.v6, Rules::All);
+        assert_eq!(union.sets, names(&["x", "y"]));
+        // Whole tables beside single chains are no scope.
+        let mut t = Scope::none();
+        t.v4 = Rules::Tables(BTreeSet::from(["nat".to_string()]));
+        assert_eq!(a.union(&t), None);
+        // What is not known by name is asked for again.
+        assert_eq!(t.beyond(&a).v4, t.v4);
+    }
+}

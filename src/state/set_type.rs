@@ -1,0 +1,496 @@
+//! ipset types and their members.
+//!
+//! A wished member is checked against its set's kind before anything runs,
+//! and written the way `ipset save` prints it, so that an unchanged set never
+//! looks different from the wish (`10.0.0.1/32` is printed as `10.0.0.1`).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// One part of a set's element, as named in the type (`hash:ip,port`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    Ip,
+    Net,
+    Port,
+    Mac,
+    Mark,
+    Iface,
+    Set,
+}
+
+/// Every type `ipset` supports, as `METHOD:PARTS`.
+pub const KNOWN_TYPES: &[&str] = &[
+    "bitmap:ip",
+    "bitmap:ip,mac",
+    "bitmap:port",
+    "hash:ip",
+    "hash:mac",
+    "hash:ip,mac",
+    "hash:net",
+    "hash:net,net",
+    "hash:ip,port",
+    "hash:net,port",
+    "hash:ip,port,ip",
+    "hash:ip,port,net",
+    "hash:ip,mark",
+    "hash:net,port,net",
+    "hash:net,iface",
+    "list:set",
+];
+
+/// The address family a set holds (`family inet6` in its header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetFamily {
+    Inet,
+    Inet6,
+}
+
+/// A validated set type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetType {
+    name: String,
+    parts: Vec<Part>,
+}
+
+impl SetType {
+    /// Accepts only the types in [`KNOWN_TYPES`].
+    pub fn parse(name: &str) -> Option<SetType> {
+        if !KNOWN_TYPES.contains(&name) {
+            return None;
+        }
+        let (method, parts) = name.split_once(':')?;
+        let parts = parts
+            .split(',')
+            .map(|p| match (method, p) {
+                ("list", "set") => Some(Part::Set),
+                (_, "ip") => Some(Part::Ip),
+                (_, "net") => Some(Part::Net),
+                (_, "port") => Some(Part::Port),
+                (_, "mac") => Some(Part::Mac),
+                (_, "mark") => Some(Part::Mark),
+                (_, "iface") => Some(Part::Iface),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(SetType {
+            name: name.to_string(),
+            parts,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the kernel lets `ipset swap` exchange a set of this type with
+    /// one of `other` (same family assumed): it compares the types'
+    /// features, in which a network counts as an address that can take
+    /// `nomatch`.
+    pub fn swappable_with(&self, other: &str) -> bool {
+        let Some(other) = SetType::parse(other) else {
+            return false;
+        };
+        let features = |t: &SetType| {
+            let parts: Vec<Part> = t
+                .parts
+                .iter()
+                .map(|p| if *p == Part::Net { Part::Ip } else { *p })
+                .collect();
+            (parts, t.parts.contains(&Part::Net))
+        };
+        features(self) == features(&other)
+    }
+
+    fn is_bitmap(&self) -> bool {
+        self.name.starts_with("bitmap:")
+    }
+
+    /// Checks one member and returns the elements `ipset save` will print
+    /// for it: in a set of single addresses (`hash:ip`, `bitmap:ip`) a
+    /// network or a range is stored, and printed, address by address.
+    pub fn expand_member(&self, member: &str, family: SetFamily) -> Result<Vec<String>, String> {
+        if self.is_plain_address(member, family) {
+            return Ok(vec![member.to_string()]);
+        }
+        self.expand_member_slow(member, family)
+    }
+
+    /// [`SetType::expand_member`] taking the member by value and appending
+    /// to `out`, handing the member back as is when it already is as
+    /// `ipset save` prints it: a 100,000-member set of plain IPv4
+    /// addresses then costs no allocation per member here.
+    pub fn expand_into(
+        &self,
+        member: String,
+        family: SetFamily,
+        out: &mut Vec<String>,
+    ) -> Result<(), String> {
+        if self.is_plain_address(&member, family) {
+            out.push(member);
+            return Ok(());
+        }
+        out.extend(self.expand_member_slow(&member, family)?);
+        Ok(())
+    }
+
+    /// True for a lone IPv4 address in a set of single addresses: the
+    /// commonest member, already in the form `ipset save` prints (Rust's
+    /// parser takes only plain dotted quads, no leading zeros, so the text
+    /// is its own canonical form).
+    fn is_plain_address(&self, member: &str, family: SetFamily) -> bool {
+        family == SetFamily::Inet && self.parts == [Part::Ip] && member.parse::<Ipv4Addr>().is_ok()
+    }
+
+    fn expand_member_slow(&self, member: &str, family: SetFamily) -> Result<Vec<String>, String> {
+        let one = self.normalize_member(member, family)?;
+        if self.parts != [Part::Ip] {
+            return Ok(vec![one]);
+        }
+        let (element, options) = match one.split_once(' ') {
+            Some((e, o)) => (e.to_string(), format!(" {o}")),
+            None => (one.clone(), String::new()),
+        };
+        let range = if let Some((a, p)) = element.split_once('/') {
+            let (Ok(ip), Ok(prefix)) = (a.parse::<IpAddr>(), p.parse::<u32>()) else {
+                return Ok(vec![one]);
+            };
+            let bits = if ip.is_ipv4() { 32 } else { 128 };
+            let size = 1u128.checked_shl(bits - prefix).unwrap_or(u128::MAX);
+            let base = ip_bits(ip) & !(size.wrapping_sub(1));
+            (base, base.saturating_add(size - 1), ip.is_ipv4())
+        } else if let Some((lo, hi)) = element.split_once('-') {
+            let (Ok(lo), Ok(hi)) = (lo.parse::<IpAddr>(), hi.parse::<IpAddr>()) else {
+                return Ok(vec![one]);
+            };
+            (ip_bits(lo), ip_bits(hi), lo.is_ipv4())
+        } else {
+            return Ok(vec![one]);
+        };
+        let (lo, hi, v4) = range;
+        if hi - lo >= MAX_EXPANSION {
+            return Err(format!(
+                "`{element}` stands for {} addresses; a {} set stores each one, so use \
+                 hash:net for networks this large",
+                hi - lo + 1,
+                self.name
+            ));
+        }
+        Ok((lo..=hi)
+            .map(|n| {
+                let ip = if v4 {
+                    IpAddr::V4(Ipv4Addr::from(n as u32))
+                } else {
+                    IpAddr::V6(Ipv6Addr::from(n))
+                };
+                format!("{ip}{options}")
+            })
+            .collect())
+    }
+
+    /// Checks one member and returns it as written in `ipset` syntax, with
+    /// each part normalised. Options after the element (`timeout 60`,
+    /// `nomatch`) are kept as written.
+    fn normalize_member(&self, member: &str, family: SetFamily) -> Result<String, String> {
+        let mut words = member.split_whitespace();
+        let element = words.next().ok_or("empty member")?;
+        let parts: Vec<&str> = element.split(',').collect();
+        if parts.len() != self.parts.len() {
+            return Err(format!(
+                "`{element}` has {} part(s) but {} members have {}",
+                parts.len(),
+                self.name,
+                self.parts.len()
+            ));
+        }
+        let mut out = Vec::with_capacity(parts.len());
+        for (kind, text) in self.parts.iter().zip(parts) {
+            let norm = match kind {
+                Part::Ip => ip_or_range(text, family, false),
+                Part::Net => ip_or_range(text, family, true),
+                Part::Port => port(text, !self.is_bitmap()),
+                Part::Mac => mac(text),
+                Part::Mark => mark(text),
+                Part::Iface => iface(text),
+                Part::Set => set_name(text),
+            }
+            .map_err(|why| format!("`{text}` in `{element}`: {why}"))?;
+            out.push(norm);
+        }
+        let mut normalized = out.join(",");
+        for w in words {
+            normalized.push(' ');
+            normalized.push_str(w);
+        }
+        Ok(normalized)
+    }
+}
+
+/// The most addresses one member of an address set may stand for.
+const MAX_EXPANSION: u128 = 65_536;
+
+fn ip_bits(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+fn addr(text: &str, family: SetFamily) -> Result<IpAddr, String> {
+    let ip: IpAddr = text.parse().map_err(|_| "not an IP address".to_string())?;
+    match (ip, family) {
+        (IpAddr::V4(_), SetFamily::Inet) | (IpAddr::V6(_), SetFamily::Inet6) => Ok(ip),
+        (IpAddr::V4(_), SetFamily::Inet6) => Err("an IPv4 address in a `family inet6` set".into()),
+        (IpAddr::V6(_), SetFamily::Inet) => {
+            Err("an IPv6 address in an IPv4 set (add `header: family inet6`)".into())
+        }
+    }
+}
+
+/// An address, `ADDR/PREFIX` or `ADDR-ADDR`. A host prefix is dropped, and a
+/// network is reduced to its first address, as the kernel stores it.
+fn ip_or_range(text: &str, family: SetFamily, is_net: bool) -> Result<String, String> {
+    if let Some((lo, hi)) = text.split_once('-') {
+        let (lo, hi) = (addr(lo, family)?, addr(hi, family)?);
+        if lo > hi {
+            return Err("range runs backwards".into());
+        }
+        return Ok(format!("{lo}-{hi}"));
+    }
+    let Some((a, p)) = text.split_once('/') else {
+        return Ok(addr(text, family)?.to_string());
+    };
+    let ip = addr(a, family)?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let prefix: u32 = p
+        .parse()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| format!("prefix must be 1..{max}"))?;
+    if prefix == max {
+        return Ok(ip.to_string());
+    }
+    let base = match ip {
+        IpAddr::V4(v4) => IpAddr::V4(Ipv4Addr::from(u32::from(v4) & (u32::MAX << (32 - prefix)))),
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(
+            u128::from(v6) & (u128::MAX << (128 - prefix)),
+        )),
+    };
+    // hash:ip stores each address of a CIDR separately; ipset save then
+    // prints them one by one. Keep the wish as written for those.
+    if is_net {
+        Ok(format!("{base}/{prefix}"))
+    } else {
+        Ok(format!("{ip}/{prefix}"))
+    }
+}
+
+fn port_number(text: &str) -> Result<u16, String> {
+    text.parse::<u16>()
+        .map_err(|_| format!("`{text}` is not a port number (0-65535)"))
+}
+
+/// `[PROTO:]PORT[-PORT]`. In hash types the protocol defaults to tcp and
+/// `ipset save` always prints it.
+fn port(text: &str, with_proto: bool) -> Result<String, String> {
+    let (proto, ports) = match text.split_once(':') {
+        Some((proto, ports)) if with_proto => (proto, ports),
+        Some(_) => return Err("bitmap:port members take no protocol".into()),
+        None => ("tcp", text),
+    };
+    let valid_proto = matches!(
+        proto,
+        "tcp" | "udp" | "sctp" | "udplite" | "icmp" | "icmpv6" | "tcpudp"
+    ) || proto.parse::<u8>().is_ok();
+    if !valid_proto {
+        return Err(format!("unknown protocol `{proto}`"));
+    }
+    let range = if proto.starts_with("icmp") {
+        // ICMP members name a type/code or a type name; ipset checks them.
+        ports.to_string()
+    } else if let Some((lo, hi)) = ports.split_once('-') {
+        let (lo, hi) = (port_number(lo)?, port_number(hi)?);
+        if lo > hi {
+            return Err("port range runs backwards".into());
+        }
+        format!("{lo}-{hi}")
+    } else {
+        port_number(ports)?.to_string()
+    };
+    Ok(if with_proto {
+        format!("{proto}:{range}")
+    } else {
+        range
+    })
+}
+
+fn mac(text: &str) -> Result<String, String> {
+    let octets: Vec<&str> = text.split(':').collect();
+    let ok = octets.len() == 6
+        && octets
+            .iter()
+            .all(|o| o.len() == 2 && o.chars().all(|c| c.is_ascii_hexdigit()));
+    if ok {
+        Ok(text.to_ascii_uppercase())
+    } else {
+        Err("not a MAC address (xx:xx:xx:xx:xx:xx)".into())
+    }
+}
+
+fn mark(text: &str) -> Result<String, String> {
+    let value = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse::<u32>(),
+    };
+    value
+        .map(|v| format!("0x{v:08x}"))
+        .map_err(|_| "not a 32-bit mark".into())
+}
+
+/// Interface names follow the kernel's IFNAMSIZ (15 characters, no `/` or
+/// blanks); `physdev:` marks a bridge port.
+fn iface(text: &str) -> Result<String, String> {
+    let name = text.strip_prefix("physdev:").unwrap_or(text);
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && name
+            .chars()
+            .all(|c| c.is_ascii_graphic() && c != '/' && c != ',');
+    if ok {
+        Ok(text.to_string())
+    } else {
+        Err("not an interface name (1-15 characters, no `/`)".into())
+    }
+}
+
+/// Set names are at most 31 characters (IPSET_MAXNAMELEN - 1) without blanks.
+pub fn valid_set_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 31 && name.chars().all(|c| c.is_ascii_graphic() && c != ',')
+}
+
+fn set_name(text: &str) -> Result<String, String> {
+    if valid_set_name(text) {
+        Ok(text.to_string())
+    } else {
+        Err("not a set name".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(t: &str, m: &str) -> Result<String, String> {
+        SetType::parse(t)
+            .unwrap()
+            .expand_member(m, SetFamily::Inet)
+            .map(|v| v.join(" | "))
+    }
+
+    #[test]
+    fn knows_every_type() {
+        for t in KNOWN_TYPES {
+            assert!(SetType::parse(t).is_some(), "{t}");
+        }
+        assert!(SetType::parse("hash:ipx").is_none());
+        assert!(SetType::parse("list:ip").is_none());
+    }
+
+    #[test]
+    fn swappable_follows_the_kernels_features() {
+        let t = |n: &str| SetType::parse(n).unwrap();
+        assert!(t("hash:ip").swappable_with("bitmap:ip"));
+        assert!(t("hash:ip").swappable_with("hash:ip"));
+        assert!(!t("hash:ip").swappable_with("hash:net"));
+        assert!(t("hash:net,port,net").swappable_with("hash:ip,port,net"));
+        assert!(!t("hash:ip,port").swappable_with("hash:net,port"));
+        assert!(!t("hash:ip").swappable_with("nonsense"));
+    }
+
+    #[test]
+    fn normalizes_like_ipset_save() {
+        assert_eq!(
+            norm("hash:ip", "192.168.122.193/32").unwrap(),
+            "192.168.122.193"
+        );
+        assert_eq!(norm("hash:net", "10.1.2.3/24").unwrap(), "10.1.2.0/24");
+        assert_eq!(
+            norm("hash:ip,port", "10.0.0.1,80").unwrap(),
+            "10.0.0.1,tcp:80"
+        );
+        assert_eq!(
+            norm("hash:ip,port", "10.0.0.1,udp:53").unwrap(),
+            "10.0.0.1,udp:53"
+        );
+        assert_eq!(norm("bitmap:port", "22").unwrap(), "22");
+        assert_eq!(
+            norm("hash:mac", "aa:bb:cc:dd:ee:ff").unwrap(),
+            "AA:BB:CC:DD:EE:FF"
+        );
+        assert_eq!(
+            norm("hash:net,iface", "10.0.0.0/8,eth0").unwrap(),
+            "10.0.0.0/8,eth0"
+        );
+        assert_eq!(
+            norm("hash:ip", "10.0.0.1 timeout 5").unwrap(),
+            "10.0.0.1 timeout 5"
+        );
+        let v6 = SetType::parse("hash:ip").unwrap();
+        assert_eq!(
+            v6.expand_member("2001:db8:0::1", SetFamily::Inet6).unwrap(),
+            ["2001:db8::1"]
+        );
+    }
+
+    #[test]
+    fn plain_addresses_skip_nothing_but_work() {
+        let t = SetType::parse("hash:ip").unwrap();
+        for m in [
+            "0.0.0.0",
+            "10.0.0.1",
+            "255.255.255.255",
+            "010.0.0.1",
+            "10.0.0.256",
+            "1.2.3",
+            "2001:db8::1",
+            " 10.0.0.1",
+        ] {
+            for family in [SetFamily::Inet, SetFamily::Inet6] {
+                let slow = t.expand_member_slow(m, family);
+                assert_eq!(t.expand_member(m, family), slow, "{m}");
+                let mut out = vec!["before".to_string()];
+                let into = t.expand_into(m.to_string(), family, &mut out);
+                assert_eq!(into.map(|()| out[1..].to_vec()), slow, "{m}");
+            }
+        }
+    }
+
+    #[test]
+    fn address_sets_store_networks_address_by_address() {
+        assert_eq!(
+            norm("hash:ip", "10.0.0.4/30").unwrap(),
+            "10.0.0.4 | 10.0.0.5 | 10.0.0.6 | 10.0.0.7"
+        );
+        assert_eq!(
+            norm("hash:ip", "10.0.0.1-10.0.0.2").unwrap(),
+            "10.0.0.1 | 10.0.0.2"
+        );
+        assert!(
+            norm("hash:ip", "10.0.0.0/8")
+                .unwrap_err()
+                .contains("hash:net")
+        );
+        assert_eq!(norm("hash:net", "10.0.0.4/30").unwrap(), "10.0.0.4/30");
+    }
+
+    #[test]
+    fn rejects_members_of_the_wrong_kind() {
+        assert!(norm("hash:ip", "example.com").is_err());
+        assert!(norm("hash:ip", "2001:db8::1").is_err());
+        assert!(norm("hash:ip,port", "10.0.0.1").is_err());
+        assert!(norm("hash:ip,port", "10.0.0.1,99999").is_err());
+        assert!(norm("bitmap:port", "tcp:22").is_err());
+        assert!(norm("hash:net", "10.0.0.0/33").is_err());
+        assert!(norm("hash:mac", "aa:bb").is_err());
+        assert!(norm("list:set", "a b c").is_ok()); // options after the element
+    }
+}

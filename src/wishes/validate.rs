@@ -1,0 +1,439 @@
+//! The second stage of loading: raw YAML structs become checked wishes,
+//! every problem collected with its file, line and wish.
+
+use std::path::PathBuf;
+
+use regex::Regex;
+use serde_saphyr::Spanned;
+
+use crate::state::rule::{Rule, TEMP_PREFIX};
+use crate::state::set_type::{SetFamily, SetType, valid_set_name};
+use crate::state::{Family, TABLES, builtin_chains};
+use crate::wishes::raw::MEMBER_LINES;
+use crate::wishes::raw::*;
+use crate::wishes::*;
+
+pub(crate) struct Validator {
+    pub(crate) path: PathBuf,
+    pub(crate) errors: Vec<WishError>,
+}
+
+impl Validator {
+    pub(crate) fn error(&mut self, line: u64, wish: Option<&str>, message: &str) {
+        self.errors.push(WishError {
+            path: self.path.clone(),
+            line,
+            wish: wish.map(String::from),
+            message: message.to_string(),
+        });
+    }
+
+    pub(crate) fn wishes(&mut self, body: RawWishes) -> Wishes {
+        let mut ipsets = Vec::new();
+        for (name, set) in body.ipsets.into_iter().flat_map(|m| m.0) {
+            if let Some(wish) = self.ipset(name, set) {
+                ipsets.push(wish);
+            }
+        }
+        let mut out = Wishes {
+            path: self.path.clone(),
+            ipsets: ipsets.into(),
+            chains: Vec::new(),
+        };
+        for (family, tables) in [(Family::V4, body.iptables), (Family::V6, body.ip6tables)] {
+            for (table, chains) in tables.into_iter().flat_map(|m| m.0) {
+                if !TABLES.contains(&table.value.as_str()) {
+                    let msg = format!(
+                        "unknown table `{}` (expected one of {})",
+                        table.value,
+                        TABLES.join(", ")
+                    );
+                    self.error(table.referenced.line(), None, &msg);
+                    continue;
+                }
+                for (chain, wish) in chains.0 {
+                    if let Some(c) = self.chain(family, &table.value, chain, wish) {
+                        out.chains.push(c);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    pub(crate) fn ipset(
+        &mut self,
+        name: Spanned<String>,
+        raw: Spanned<RawIpset>,
+    ) -> Option<IpsetWish> {
+        let line = name.referenced.line();
+        let label = format!("ipset {}", name.value);
+        let label = Some(label.as_str());
+        let mut ok = true;
+        if !valid_set_name(&name.value) {
+            self.error(
+                line,
+                label,
+                "bad set name (1-31 characters, no blanks or commas)",
+            );
+            ok = false;
+        }
+        let raw = raw.value;
+        let kind = SetType::parse(&raw.kind.value);
+        if kind.is_none() {
+            let msg = format!(
+                "unknown ipset type `{}` (known: {})",
+                raw.kind.value,
+                crate::state::set_type::KNOWN_TYPES.join(", ")
+            );
+            self.error(raw.kind.referenced.line(), label, &msg);
+        }
+        let header: Vec<String> = raw
+            .header
+            .as_ref()
+            .map(|h| h.value.split_whitespace().map(String::from).collect())
+            .unwrap_or_default();
+        let family = match header_family(&header) {
+            Ok(f) => f,
+            Err(msg) => {
+                let hl = raw.header.as_ref().map_or(line, |h| h.referenced.line());
+                self.error(hl, label, &msg);
+                ok = false;
+                SetFamily::Inet
+            }
+        };
+        let kind = kind?;
+        let mut members = None;
+        if let Some(list) = raw.members_equal {
+            // Only the pass with lines indexes members as they come.
+            let lines = MEMBER_LINES.get();
+            let mut seen = Elements::with_capacity(if lines { list.value.0.len() } else { 0 });
+            let mut out: Vec<String> = Vec::with_capacity(list.value.0.len());
+            let list_line = list.referenced.line();
+            for m in list.value.0 {
+                let mline = m.line.unwrap_or(list_line);
+                let Some(text) = m.text else {
+                    self.error(mline, label, "a member must be a single value");
+                    ok = false;
+                    continue;
+                };
+                // The text is needed again only for a message, and only
+                // messages from the pass with lines are shown.
+                let start = out.len();
+                let (expanded, text) = if m.line.is_some() {
+                    let expanded = kind.expand_member(&text, family);
+                    (expanded.map(|e| out.extend(e)), Some(text))
+                } else {
+                    (kind.expand_into(text, family, &mut out), None)
+                };
+                match expanded {
+                    // Without lines (the first pass), duplicates are looked
+                    // for once the list is whole (see `listed_twice`).
+                    Ok(()) if !lines => {}
+                    Ok(()) => {
+                        for k in start..out.len() {
+                            if seen.insert(&out, k) {
+                                let text = text.as_deref().unwrap_or(out[k].as_str());
+                                self.error(mline, label, &format!("member `{text}` listed twice"));
+                                ok = false;
+                            }
+                        }
+                    }
+                    Err(why) => {
+                        let msg = format!("bad member for {}: {why}", kind.name());
+                        self.error(mline, label, &msg);
+                        ok = false;
+                    }
+                }
+            }
+            if ok && !lines && listed_twice(&out) {
+                // Only the pass with lines says which member and where.
+                self.error(list_line, label, "a member is listed twice");
+                ok = false;
+            }
+            members = Some(out);
+        }
+        ok.then_some(IpsetWish {
+            name: name.value,
+            kind,
+            family,
+            header,
+            members,
+            line,
+        })
+    }
+
+    pub(crate) fn chain(
+        &mut self,
+        family: Family,
+        table: &str,
+        chain: Spanned<String>,
+        raw: Spanned<Option<RawChain>>,
+    ) -> Option<ChainWish> {
+        let line = chain.referenced.line();
+        let label = chain_label(family, table, &chain.value);
+        let mut ok = true;
+        if let Err(why) = check_chain_name(&chain.value) {
+            self.error(line, Some(&label), &why);
+            ok = false;
+        }
+        let raw = raw.value.unwrap_or_default();
+        let builtin = builtin_chains(table).contains(&chain.value.as_str());
+        let policy = raw.default_action.map(|p| {
+            if !builtin {
+                let msg = format!(
+                    "`default_action` is only for built-in chains ({}); {} is a user chain",
+                    builtin_chains(table).join(", "),
+                    chain.value
+                );
+                self.error(p.referenced.line(), Some(&label), &msg);
+                ok = false;
+            } else if p.value != "ACCEPT" && p.value != "DROP" {
+                let msg = format!("`default_action` must be ACCEPT or DROP, not `{}`", p.value);
+                self.error(p.referenced.line(), Some(&label), &msg);
+                ok = false;
+            }
+            p.value
+        });
+        let rules = raw.rules.map(|r| self.rules(&label, r)).and_then(|r| {
+            ok &= r.is_some();
+            r
+        });
+        ok.then(|| ChainWish {
+            family,
+            table: table.to_string(),
+            chain: chain.value,
+            policy,
+            rules,
+            line,
+        })
+    }
+
+    pub(crate) fn rules(&mut self, label: &str, raw: Spanned<Node>) -> Option<Vec<RuleItem>> {
+        let Node::Seq(items) = raw.value else {
+            let msg = "`rules` must be a list of one-key maps (`- NAME: RULE`)";
+            self.error(raw.referenced.line(), Some(label), msg);
+            return None;
+        };
+        let mut out = Vec::new();
+        let mut ok = true;
+        let mut names = std::collections::HashMap::new();
+        for item in items {
+            let line = item.referenced.line();
+            let entries = match item.value {
+                Node::Map(entries) if entries.len() == 1 => entries,
+                _ => {
+                    let msg =
+                        "each rule must be a one-key map: `- NAME: RULE TEXT` or `- ~match: REGEX`";
+                    self.error(line, Some(label), msg);
+                    ok = false;
+                    continue;
+                }
+            };
+            let Some((key, value)) = entries.into_iter().next() else {
+                continue;
+            };
+            let name = key.value;
+            let line = key.referenced.line();
+            let wish = format!("{label}/{name}");
+            let Some(text) = value.value.scalar() else {
+                self.error(line, Some(&wish), "the value must be text");
+                ok = false;
+                continue;
+            };
+            if name == MATCH_KEY {
+                match Regex::new(&text) {
+                    Ok(regex) => out.push(RuleItem::Match(MatchRule { regex, line })),
+                    Err(e) => {
+                        self.error(line, Some(&wish), &format!("bad regex: {e}"));
+                        ok = false;
+                    }
+                }
+                continue;
+            }
+            if let Err(why) = check_rule_name(&name) {
+                self.error(line, Some(&wish), &why);
+                ok = false;
+                continue;
+            }
+            if let Some(first) = names.insert(name.clone(), line) {
+                let msg = format!("duplicate rule name (first defined on line {first})");
+                self.error(line, Some(&wish), &msg);
+                ok = false;
+                continue;
+            }
+            let rule = match Rule::parse(&text) {
+                Ok(rule) => rule,
+                Err(e) => {
+                    self.error(line, Some(&wish), &format!("bad rule text: {e}"));
+                    ok = false;
+                    continue;
+                }
+            };
+            if let Some(bad) = rule
+                .tokens()
+                .find_map(|a| a.chars().find(|c| c.is_control()))
+            {
+                let msg = format!(
+                    "bad rule text: an argument holds the control character {bad:?}; no iptables \
+                     argument can"
+                );
+                self.error(line, Some(&wish), &msg);
+                ok = false;
+                continue;
+            }
+            if let Some(comment) = rule.comment()
+                && comment != name
+            {
+                let msg = format!(
+                    "the rule's comment `{comment}` differs from its name; pyfw finds its \
+                         rules by `--comment NAME`"
+                );
+                self.error(line, Some(&wish), &msg);
+                ok = false;
+                continue;
+            }
+            let rule = rule.with_comment(&name);
+            out.push(RuleItem::Named(NamedRule { name, rule, line }));
+        }
+        ok.then_some(out)
+    }
+}
+
+/// The elements of a set's members seen so far, by hash, each pointing at
+/// its first member in the list being built: finding a member listed twice
+/// copies no member.
+struct Elements(pub(crate) fnv::FnvHashMap<u64, usize>);
+
+impl Elements {
+    pub(crate) fn with_capacity(n: usize) -> Elements {
+        let mut map = fnv::FnvHashMap::default();
+        map.reserve(n);
+        Elements(map)
+    }
+
+    /// Notes the element of `members[k]`; true when an earlier member has
+    /// the same element.
+    pub(crate) fn insert(&mut self, members: &[String], k: usize) -> bool {
+        let Some(member) = members.get(k) else {
+            return false;
+        };
+        let key = crate::state::rule::text_key(element(member).as_bytes());
+        // One probe of the map per member, not a lookup then an insert.
+        let first = match self.0.entry(key) {
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(k);
+                return false;
+            }
+            std::collections::hash_map::Entry::Occupied(slot) => *slot.get(),
+        };
+        match members.get(first) {
+            Some(m) if element(m) == element(member) => true,
+            // Two elements with one hash: rare enough to settle by a scan.
+            _ => members[..k].iter().any(|m| element(m) == element(member)),
+        }
+    }
+}
+
+/// Whether two members have the same element, found by sorting their
+/// elements' hashes: for a 100,000-member list, sorting an array of words
+/// reads memory in order where a hash table misses the cache on nearly
+/// every insert. The first pass over a file (without lines) asks this once
+/// per list; when it says yes, the pass with lines names each member
+/// listed twice by [`Elements`].
+fn listed_twice(members: &[String]) -> bool {
+    let mut keys: Vec<(u64, usize)> = (members.iter().enumerate())
+        .map(|(i, m)| (crate::state::rule::text_key(element(m).as_bytes()), i))
+        .collect();
+    keys.sort_unstable();
+    // Within each run of equal hashes (nearly always one member), compare
+    // the elements themselves.
+    keys.chunk_by(|a, b| a.0 == b.0).any(|run| {
+        run.iter().enumerate().any(|(i, a)| {
+            (run[i + 1..].iter()).any(|b| element(&members[a.1]) == element(&members[b.1]))
+        })
+    })
+}
+
+/// A member's element: its first word, before any options.
+fn element(member: &str) -> &str {
+    member.split(' ').next().unwrap_or("")
+}
+
+fn header_family(header: &[String]) -> Result<SetFamily, String> {
+    // Options that take a value, and flags that do not (ipset(8)).
+    const VALUED: &[&str] = &[
+        "family",
+        "hashsize",
+        "maxelem",
+        "netmask",
+        "timeout",
+        "range",
+        "markmask",
+        "size",
+        "bucketsize",
+        "initval",
+    ];
+    const FLAGS: &[&str] = &["counters", "comment", "skbinfo", "forceadd"];
+    let mut family = SetFamily::Inet;
+    let mut words = header.iter();
+    while let Some(w) = words.next() {
+        if FLAGS.contains(&w.as_str()) {
+            continue;
+        }
+        if !VALUED.contains(&w.as_str()) {
+            return Err(format!("unknown create option `{w}` in `header`"));
+        }
+        let Some(value) = words.next() else {
+            return Err(format!("create option `{w}` needs a value"));
+        };
+        if w == "family" {
+            family = match value.as_str() {
+                "inet" => SetFamily::Inet,
+                "inet6" => SetFamily::Inet6,
+                other => return Err(format!("family must be inet or inet6, not `{other}`")),
+            };
+        }
+    }
+    Ok(family)
+}
+
+/// Chain names follow netfilter's limits: up to 28 characters without blanks,
+/// not starting with `-` or `!`, and not a verdict.
+pub fn check_chain_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 28
+        && name.chars().all(|c| c.is_ascii_graphic())
+        && !name.starts_with(['-', '!'])
+        && !["ACCEPT", "DROP", "QUEUE", "RETURN"].contains(&name);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "bad chain name `{name}` (1-28 printable characters, no blanks, not starting with \
+             `-` or `!`, not a verdict)"
+        ))
+    }
+}
+
+/// Rule names are 1-64 characters of `[A-Za-z0-9_.:-]`, and `_pyfw_temp_`
+/// is reserved for pyfw's own temporary rules.
+pub fn check_rule_name(name: &str) -> Result<(), String> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c));
+    if !ok {
+        return Err(format!(
+            "bad rule name `{name}` (1-64 characters of A-Z a-z 0-9 _ . : -)"
+        ));
+    }
+    if name.starts_with(TEMP_PREFIX) {
+        return Err(format!(
+            "rule names starting with `{TEMP_PREFIX}` are reserved for pyfw"
+        ));
+    }
+    Ok(())
+}
+
+// ---- raw serde stage -------------------------------------------------------
