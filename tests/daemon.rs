@@ -466,12 +466,14 @@ fn docker_restart_is_repaired(legacy: bool) {
     }
     daemon.wait_polls(2);
     if legacy {
-        // Polls of an unchanged table skip the read: its fingerprint says
-        // nothing changed (taken after the daemon's own iptables runs,
-        // which release the xtables lock too); then, while the lock stays
-        // quiet, polls skip even the fingerprint.
-        daemon.wait_log("filter: unchanged since it was read (fingerprint)");
+        // While the xtables lock stays quiet, polls of an unchanged table
+        // skip even its fingerprint; once another program runs iptables (a
+        // read that changes nothing, releasing the lock), the next poll
+        // takes the fingerprint, which says nothing changed, and skips the
+        // read.
         daemon.wait_log("filter: unchanged since it was read (the xtables lock stayed quiet)");
+        ns.ok(&["iptables", "-w", "-S", "INPUT"]);
+        daemon.wait_log("filter: unchanged since it was read (fingerprint)");
         // A change of order alone, same size, is still seen:
         // allow_established moved to the end of FORWARD in one transaction.
         let repairs = || daemon.log().matches("repaired (drift)").count();

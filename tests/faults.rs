@@ -26,6 +26,9 @@ on_both_backends!(
     a_failure_at_any_step_leaves_nothing_half_applied,
     a_hanging_tool_times_out_and_changes_nothing,
     output_that_cannot_be_parsed_is_an_error,
+    a_set_change_cut_half_way_is_put_back,
+    an_interrupt_mid_apply_is_held_then_rolled_back,
+    a_kill_9_between_commit_and_record_leaves_nothing_unrecorded,
 );
 
 /// The tools the fakes stand in for.
@@ -61,13 +64,35 @@ case "$*" in --version|-V) PATH=${PATH#*:}; exec "$tool" "$@" ;; esac
 n=$(( $(cat "$ctl/$tool.count" 2>/dev/null || echo 0) + 1 ))
 echo "$n" > "$ctl/$tool.count"
 mode=$(cat "$ctl/$tool.mode" 2>/dev/null || echo pass)
-case "$mode" in
-fail) echo "fake $tool: injected failure (call $n)" >&2; exit 4 ;;
-fail-at-*) if [ "$n" -eq "${mode#fail-at-}" ]; then
-        echo "fake $tool: injected failure at call $n" >&2; exit 4; fi ;;
+# MODE, MODE-at-K or MODE-once: the fault at every call, at call K only,
+# or once (then the tool passes again).
+action=$mode; once=
+case "$mode" in *-once) action=${mode%-once}; once=1 ;; esac
+case "$mode" in *-at-*) action=${mode%-at-*}
+    [ "$n" -eq "${mode##*-at-}" ] || action=pass ;; esac
+# A fault that cuts input short is for calls that read input (restores).
+case "$action" in die-half|half-hang)
+    case "$tool $1" in *restore*) ;; *) action=pass ;; esac ;; esac
+[ -n "$once" ] && [ "$action" != pass ] && echo pass > "$ctl/$tool.mode"
+real() { PATH=${PATH#*:} "$tool" "$@"; }
+case "$action" in
+fail) echo "fake $tool: injected failure at call $n" >&2; exit 4 ;;
 hang) exec sleep 600 ;;
 garbage) case "$tool $*" in
     *-save*|*" -S"*|"ipset save"*) echo "this is not what $tool prints"; exit 0 ;; esac ;;
+# Dies half-way through its input: the first half reaches the real tool,
+# which applies what it can of it, and no line number says where it stopped.
+die-half) input=$(cat); lines=$(printf '%s\n' "$input" | wc -l)
+    printf '%s\n' "$input" | head -n $((lines / 2)) | real "$@" >/dev/null 2>&1
+    echo "fake $tool: died half-way (call $n)" >&2; exit 137 ;;
+# The same, then hangs until the timeout kills it.
+half-hang) input=$(cat); lines=$(printf '%s\n' "$input" | wc -l)
+    printf '%s\n' "$input" | head -n $((lines / 2)) | real "$@" >/dev/null 2>&1
+    exec sleep 600 ;;
+# Takes its time, then does the real work.
+slow) sleep 3 ;;
+# Does the real work, then kill -9 of the pyfw that ran it.
+kill-parent) real "$@"; status=$?; kill -9 "$PPID"; exit $status ;;
 esac
 PATH=${PATH#*:}
 exec "$tool" "$@"
@@ -100,8 +125,9 @@ impl Fakes {
         self.dir.path().join("bin")
     }
 
-    /// Sets `tool`'s behaviour (`pass`, `fail`, `fail-at-K`, `hang`,
-    /// `garbage`) and resets its count.
+    /// Sets `tool`'s behaviour (`pass`, `fail`, `hang`, `garbage`,
+    /// `die-half`, `half-hang`, `slow`, `kill-parent`; each also as
+    /// `MODE-at-K`, for call K only, or `MODE-once`) and resets its count.
     fn set(&self, tool: &str, mode: &str) {
         std::fs::write(self.ctl.join(format!("{tool}.mode")), mode).unwrap();
         let _ = std::fs::remove_file(self.ctl.join(format!("{tool}.count")));
@@ -228,8 +254,9 @@ fn arg(p: &Path) -> &str {
 
 /// Fails the k-th call of each tool, for every k an apply makes: each time
 /// the apply exits 1 naming the injected failure, and the state is exactly
-/// the state before; or, for a failure of the ownership record's update
-/// (which changes no rule), the apply succeeds, says so, and every rule is
+/// the state before (the ownership record included: it is written ahead
+/// of the change); or, when the record's trim after the last commit fails,
+/// the apply exits 1 saying that every change committed, and every rule is
 /// in place.
 fn a_failure_at_any_step_leaves_nothing_half_applied(backend: Backend) {
     let Some(ns) = Netns::new("fail_at_k", backend) else {
@@ -268,12 +295,32 @@ fn a_failure_at_any_step_leaves_nothing_half_applied(backend: Backend) {
             let out = fakes.run(&ns, &apply, &[]);
             let what = format!("{tool} failing at call {k} of {n}");
             let now = exact_state(&ns);
-            if out.code() == Some(1) {
+            if out.code() == Some(1) && out.stderr.contains("every change committed") {
+                // The record's trim after the last commit failed: every
+                // rule is in place, the record still names the old too
+                // (the next run trims it), and the apply says so.
+                failed_runs += 1;
+                assert!(
+                    out.stderr.contains("ownership record after the change")
+                        && out.stderr.contains("netfilter matches the wishes"),
+                    "{what}: must say the change committed\n{out}"
+                );
+                assert_text_eq(
+                    now.split("--- ipset ---").next().unwrap(),
+                    &rules_after,
+                    &format!("{what}: every rule in place\n{out}"),
+                );
+            } else if out.code() == Some(1) {
                 failed_runs += 1;
                 assert!(
                     out.stderr
                         .contains(&format!("injected failure at call {k}")),
                     "{what}: the error must name the cause\n{out}"
+                );
+                assert!(
+                    out.stderr.contains("nothing was changed")
+                        || out.stderr.contains("netfilter is as it was (read back)"),
+                    "{what}: the error must say netfilter is as it was\n{out}"
                 );
                 assert_text_eq(
                     &now,
@@ -281,21 +328,9 @@ fn a_failure_at_any_step_leaves_nothing_half_applied(backend: Backend) {
                     &format!("{what}: nothing half-applied\n{out}"),
                 );
             } else {
-                // A failure pyfw may survive: probing the variant, or
-                // updating the ownership record, which changes no rule.
+                // A failure pyfw may survive: probing the variant.
                 out.expect_ok(&what);
-                assert_text_eq(
-                    now.split("--- ipset ---").next().unwrap(),
-                    &rules_after,
-                    &format!("{what}: every rule in place\n{out}"),
-                );
-                if now != after {
-                    assert!(
-                        out.stderr.contains("could not update the ownership record"),
-                        "{what}: sets differ from a clean run's, so the record failed; it \
-                         must say so\n{out}"
-                    );
-                }
+                assert_text_eq(&now, &after, &format!("{what}: all applied\n{out}"));
             }
         }
     }
@@ -596,6 +631,169 @@ fn the_daemon_survives_faults_and_converges() {
         "{}",
         daemon.output()
     );
+}
+
+/// How many times a clean apply of `wishes` calls `tool`; the state is
+/// reset before and after.
+fn clean_calls(ns: &Netns, fakes: &Fakes, wishes: &Path, tool: &str) -> usize {
+    reset(ns);
+    fakes.set_all("pass");
+    fakes
+        .run(ns, &[PYFW, "--wishes", arg(wishes), "apply"], &[])
+        .expect_ok("a clean apply through the fakes");
+    let calls = fakes.calls(tool);
+    reset(ns);
+    calls
+}
+
+/// Wishes of one set of 2,000 members, `10.N.x.y`.
+fn big_set_wishes(dir: &Path, n: u8) -> PathBuf {
+    let path = dir.join(format!("set-{n}.yaml"));
+    let members: String = (0..2000)
+        .map(|i| format!("      - 10.{n}.{}.{}\n", i / 250, i % 250 + 1))
+        .collect();
+    let text = format!(
+        "pyfw_wishes:\n  ipsets:\n    big:\n      type: hash:ip\n      members_equal:\n{members}"
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A member change of a set with `ipset restore` cut half-way: it dies
+/// (every old member deleted, a part of the new ones added, and no line
+/// number to say where it stopped), or hangs there until the timeout
+/// kills it. Either way the set is put back exactly as it was, and the
+/// error says so because the set was read back, not assumed.
+fn a_set_change_cut_half_way_is_put_back(backend: Backend) {
+    let Some(ns) = Netns::new("set_cut", backend) else {
+        return;
+    };
+    let fakes = Fakes::new();
+    let dir = tempfile::tempdir().unwrap();
+    reset(&ns);
+    ns.run_pyfw(&big_set_wishes(dir.path(), 1), &["apply"])
+        .expect_ok("the first set");
+    let before = exact_state(&ns);
+    let change = big_set_wishes(dir.path(), 2);
+    let apply = [PYFW, "--wishes", arg(&change), "apply"];
+    for (mode, env, cause) in [
+        ("die-half-once", vec![], "died half-way"),
+        (
+            "half-hang-once",
+            vec![("PYFW_COMMAND_TIMEOUT", "2s")],
+            "did not finish within 2s",
+        ),
+    ] {
+        fakes.set_all("pass");
+        fakes.set("ipset", mode);
+        let out = fakes.run(&ns, &apply, &env);
+        assert_eq!(out.code(), Some(1), "{mode}\n{out}");
+        assert!(out.stderr.contains(cause), "{mode}: names the cause\n{out}");
+        assert!(
+            out.stderr.contains("netfilter is as it was (read back)"),
+            "{mode}: says the set was put back\n{out}"
+        );
+        assert_text_eq(&exact_state(&ns), &before, &format!("{mode}\n{out}"));
+    }
+    fakes.set_all("pass");
+    fakes
+        .run(&ns, &apply, &[])
+        .expect_ok("the change, once ipset works");
+}
+
+/// SIGINT to pyfw's process group (Ctrl-C on its terminal), SIGTERM, or
+/// SIGHUP (the SSH session dropped) while a transaction runs: the tool is
+/// not killed with pyfw (its own process group), pyfw waits for it, does
+/// not start the next transaction, puts back what ran, says so, and exits
+/// with 128 + the signal's number.
+fn an_interrupt_mid_apply_is_held_then_rolled_back(backend: Backend) {
+    let Some(ns) = Netns::new("interrupt", backend) else {
+        return;
+    };
+    let fakes = Fakes::new();
+    let dir = tempfile::tempdir().unwrap();
+    let wishes = wishes(dir.path());
+    // The IPv4 filter transaction is the last `iptables-restore` call (the
+    // ip6tables one, and the record's trim, come after it).
+    let k = clean_calls(&ns, &fakes, &wishes, "iptables-restore");
+    let before = exact_state(&ns);
+    for (signo, name) in [
+        (libc::SIGINT, "SIGINT"),
+        (libc::SIGTERM, "SIGTERM"),
+        (libc::SIGHUP, "SIGHUP"),
+    ] {
+        reset(&ns);
+        fakes.set_all("pass");
+        fakes.set("iptables-restore", &format!("slow-at-{k}"));
+        let mut cmd = fakes.command(&ns, &[PYFW, "--wishes", arg(&wishes), "apply"], &[]);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = Arc::new(Mutex::new(String::new()));
+        common::collect(child.stdout.take().unwrap(), &out);
+        common::collect(child.stderr.take().unwrap(), &out);
+        let start = Instant::now();
+        while fakes.calls("iptables-restore") < k {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{name}: no transaction"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let pgid = i32::try_from(child.id()).unwrap();
+        // SAFETY: kill(2) of a process group this test made.
+        assert_eq!(unsafe { libc::kill(-pgid, signo) }, 0);
+        let status = child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let said = out.lock().unwrap().clone();
+        assert_eq!(status.code(), Some(128 + signo), "{name}: {status}\n{said}");
+        assert!(
+            said.contains(&format!("interrupted by {name}"))
+                && said.contains("netfilter is as it was (read back)"),
+            "{name}: says what happened\n{said}"
+        );
+        assert_text_eq(&exact_state(&ns), &before, &format!("{name}\n{said}"));
+    }
+}
+
+/// `kill -9` of pyfw right after its transaction committed: what it added
+/// is in pyfw's record already (written ahead), so that withdrawing the
+/// wish later removes it; nothing is left in place forever.
+fn a_kill_9_between_commit_and_record_leaves_nothing_unrecorded(backend: Backend) {
+    let Some(ns) = Netns::new("kill9", backend) else {
+        return;
+    };
+    let fakes = Fakes::new();
+    let dir = tempfile::tempdir().unwrap();
+    let with_extra = dir.path().join("extra.yaml");
+    std::fs::write(
+        &with_extra,
+        spec("wishes.yaml").replace(
+            "        - allow_ssh:",
+            "        - extra: -p tcp --dport 2222 -j ACCEPT\n        - allow_ssh:",
+        ),
+    )
+    .unwrap();
+    let k = clean_calls(&ns, &fakes, &with_extra, "iptables-restore");
+    fakes.set_all("pass");
+    fakes.set("iptables-restore", &format!("kill-parent-at-{k}"));
+    let out = fakes.run(&ns, &[PYFW, "--wishes", arg(&with_extra), "apply"], &[]);
+    assert_eq!(out.code(), None, "killed by the fake\n{out}");
+    assert!(
+        ns.iptables_save().contains("--comment extra"),
+        "the transaction committed before the kill\n{out}"
+    );
+    let without = spec_path("wishes.yaml");
+    ns.run_pyfw(&without, &["apply"])
+        .expect_ok("withdraw `extra`");
+    let rules = ns.iptables_save();
+    assert!(!rules.contains("--comment extra"), "withdrawn\n{rules}");
+    ns.run_pyfw(&without, &["check"]).expect_ok("in sync");
 }
 
 /// A background pyfw with its output collected.

@@ -80,7 +80,7 @@ fn rule_problems_name_the_wish() {
     insta::assert_snapshot!(error(&wrap_rules("        - bad name: -j ACCEPT\n")),
         @"/etc/pyfw/wishes.yaml:6: filter/INPUT/bad name: bad rule name `bad name` (1-64 characters of A-Z a-z 0-9 _ . : -)");
     insta::assert_snapshot!(error(&wrap_rules("        - _pyfw_temp_x: -j ACCEPT\n")),
-        @"/etc/pyfw/wishes.yaml:6: filter/INPUT/_pyfw_temp_x: rule names starting with `_pyfw_temp_` are reserved for pyfw");
+        @"/etc/pyfw/wishes.yaml:6: filter/INPUT/_pyfw_temp_x: rule names starting with `_pyfw_` are reserved for pyfw's own temporary rules, chains and sets; pick another name");
     insta::assert_snapshot!(error(&wrap_rules(
         "        - ssh: -p tcp -m comment --comment other -j ACCEPT\n"
     )), @"/etc/pyfw/wishes.yaml:6: filter/INPUT/ssh: the rule's comment `other` differs from its name; pyfw finds its rules by `--comment NAME`");
@@ -203,4 +203,29 @@ fn members_listed_twice_are_named_with_their_line() {
         "{e}"
     );
     assert_eq!(e.lines().count(), 1, "{e}");
+}
+
+/// pyfw's own names cannot be wished: its ownership record (a wished set
+/// `pyfw-owned` would replace it, and pyfw would forget what it owns), and
+/// anything starting with `_pyfw_` (the temporary copies of moved rules,
+/// the sets a new set is filled in before its rename, which creating a set
+/// `x` would otherwise destroy as `_pyfw_fill_x`, and scratch chains).
+#[test]
+fn names_pyfw_uses_for_itself_are_refused() {
+    insta::assert_snapshot!(
+        error("pyfw_wishes:\n  ipsets:\n    pyfw-owned:\n      type: hash:ip\n"),
+        @"/etc/pyfw/wishes.yaml:3: ipset pyfw-owned: the set name `pyfw-owned` is pyfw's own: it holds the record of what pyfw owns; pick another name"
+    );
+    insta::assert_snapshot!(
+        error("pyfw_wishes:\n  ipsets:\n    _pyfw_fill_x:\n      type: hash:ip\n"),
+        @"/etc/pyfw/wishes.yaml:3: ipset _pyfw_fill_x: set names starting with `_pyfw_` are reserved for pyfw's own temporary rules, chains and sets; pick another name"
+    );
+    insta::assert_snapshot!(
+        error("pyfw_wishes:\n  iptables:\n    filter:\n      _pyfw_canon_1: {}\n"),
+        @"/etc/pyfw/wishes.yaml:4: filter/_pyfw_canon_1: chain names starting with `_pyfw_` are reserved for pyfw's own temporary rules, chains and sets; pick another name"
+    );
+    insta::assert_snapshot!(
+        error(&wrap_rules("        - _pyfw_temp_x: -j ACCEPT\n")),
+        @"/etc/pyfw/wishes.yaml:6: filter/INPUT/_pyfw_temp_x: rule names starting with `_pyfw_` are reserved for pyfw's own temporary rules, chains and sets; pick another name"
+    );
 }

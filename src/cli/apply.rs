@@ -8,13 +8,17 @@ use crate::cli::args::Cli;
 use crate::cli::print::{big_set_changes, print_changes};
 use crate::kernel::xtlock::Held;
 use crate::kernel::{Backend, Rules, Sets, System};
-use crate::reconcile::apply::Event;
-use crate::reconcile::{Owning, Reconciler};
+use crate::reconcile::apply::{Cause, Event, Interrupt, signal_name};
+use crate::reconcile::{Applied, Owning, Reconciler};
 use crate::state::canon::Comparison;
 use crate::wishes::Wishes;
 
 /// Plans, lints, applies and reports; `xtables` is the xtables lock when
 /// this apply holds it (legacy).
+///
+/// SIGINT, SIGTERM and SIGHUP are held from just before the first write
+/// until the apply has committed or rolled back; then pyfw says which and
+/// exits with 128 + the signal's number.
 pub fn apply(
     cli: &Cli,
     reconciler: &mut Reconciler<System>,
@@ -22,96 +26,149 @@ pub fn apply(
     owning: Option<Owning>,
     xtables: Option<Held>,
 ) -> Result<ExitCode, String> {
-    // A plan creating a 100,000-member set prints 100,001 lines: one write
-    // each (stdout is line-buffered) cost more than the set's restore. The
-    // lines are written in blocks instead, flushed before each transaction
-    // runs (so that what runs, or hangs, is on the screen) and before any
-    // rollback step. Write errors (a closed pipe) must not stop an apply
-    // half-way, so they are ignored here, as for the confirm prompt.
-    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout());
-    let mut width = 2;
-    let mut last_of_transaction = 0;
-    let mut on = |e: Event| match e {
-        Event::Executing {
-            index, total, line, ..
-        } => {
-            width = width.max(total.checked_ilog10().map_or(1, |d| d as usize + 1));
-            let _ = writeln!(out, "Executing command {index:>width$}/{total}: {line}");
-            if index == last_of_transaction {
-                let _ = out.flush();
-            }
-        }
-        Event::Transaction {
-            index,
-            total,
-            line,
-            commands,
-        } => {
-            let span = match commands.len() {
-                1 => format!("command {}", commands.start),
-                _ => format!("commands {}-{}", commands.start, commands.end - 1),
-            };
-            last_of_transaction = commands.end - 1;
-            let _ = writeln!(out, "# transaction {index}/{total} ({span}): {line}");
-        }
-        Event::RollingBack { command } => {
-            let _ = writeln!(out, "Rolling back: {command}");
-            let _ = out.flush();
-        }
-        Event::Recording { line } => tracing::debug!("recording ownership: {line}"),
-        Event::RecordFailed { line, error } => {
-            tracing::warn!("could not update the ownership record ({line}): {error}")
-        }
-        Event::Done { .. } => {}
+    let mut out = Printer::new();
+    let planned = match reconciler.plan_after(&wishes, owning) {
+        Ok(planned) => planned,
+        Err(e) => return failed(e),
     };
-    let planned = reconciler
-        .plan_after(&wishes, owning)
-        .map_err(|e| e.to_string())?;
     let ssh = crate::plan::lint::SshConnection::from_env();
     for w in crate::plan::lint::lint(&wishes, &planned.state, ssh.as_ref()) {
         eprintln!("pyfw: warning: {w}");
     }
-    let snapshot = crate::plan::revert::Snapshot::of(&planned.plan, planned.state);
-    if !(planned.plan.is_empty() && planned.plan.record.is_empty()) {
-        let applied = crate::reconcile::apply::apply(
-            reconciler.backend_mut(),
-            &planned.plan,
-            &planned.deferred,
-            &mut on,
-        );
-        // Before the error, if any, goes to stderr.
-        let _ = out.flush();
-        applied.map_err(|e| crate::reconcile::Error::Apply(e).to_string())?;
-    }
-    if planned.plan.is_empty() {
-        let _ = writeln!(
-            out,
+    let signals = HeldSignals::hold(reconciler.interrupt())
+        .map_err(|e| format!("cannot hold signals during the apply: {e}"))?;
+    let applied = reconciler.apply(planned, &mut |e| out.event(e));
+    out.flush();
+    let interrupted = signals.release();
+    let applied = match applied {
+        Ok(applied) => applied,
+        Err(e) => return failed(e),
+    };
+    if applied.plan.is_empty() && interrupted.is_none() {
+        out.line(&format!(
             "Nothing to do: netfilter already matches {}",
             wishes.path.display()
-        );
-        let _ = out.flush();
+        ));
         crate::reconcile::confirm::clear_mark();
         return Ok(ExitCode::SUCCESS);
     }
-    // Everything is applied: failing to read it back is not a failure. Only
-    // what the plan touched is read and compared (the snapshot's chains and
-    // sets, as they were): reading and diffing whole tables again cost a
-    // second on a host with a 50,000-rule foreign chain.
-    //
-    // Under the xtables lock (legacy), the chains are worked out instead:
-    // nothing else wrote them since they were read. That needs every rule
-    // the plan adds in the form iptables prints, which a form learned from
-    // iptables is; a rule not learned before the apply (it names a set or
-    // chain the plan creates, and no private namespace was to be had)
-    // carries pyfw's own normal form, so such a plan is read back.
-    let exact = planned.deferred.is_empty() && planned.comparison == Comparison::Kernel;
+    if let (Some(signo), None) = (interrupted, cli.confirm) {
+        eprintln!(
+            "pyfw: interrupted by {} after the apply committed: netfilter matches {}",
+            signal_name(signo),
+            wishes.path.display()
+        );
+        return Ok(signal_exit(signo));
+    }
+    show_changes(reconciler, &applied, xtables, &mut out);
+    let code = match cli.confirm {
+        None => {
+            crate::reconcile::confirm::clear_mark();
+            ExitCode::SUCCESS
+        }
+        Some(timeout) => {
+            let refused = interrupted.map(|s| format!("interrupted by {}", signal_name(s)));
+            confirm_or_revert(
+                reconciler.backend_mut(),
+                &applied.snapshot,
+                &wishes,
+                timeout,
+                refused,
+            )
+        }
+    };
+    // The process ends next: freeing a 100,000-member set's wishes, state,
+    // plan and snapshot one allocation at a time only delays the exit (by
+    // 50 ms or more); the kernel takes the memory back at once.
+    std::mem::forget((applied, wishes));
+    Ok(code)
+}
+
+/// The exit status for a failed apply: 128 + the signal's number when a
+/// signal stopped it, else the error for `pyfw: error:`, saying what
+/// netfilter holds.
+fn failed(e: crate::reconcile::Error) -> Result<ExitCode, String> {
+    if let crate::reconcile::Error::Apply(a) = &e
+        && let Cause::Interrupted(signo) = a.cause
+    {
+        eprintln!("pyfw: {e}");
+        return Ok(signal_exit(signo));
+    }
+    match e {
+        // Before the first write: nothing can have changed.
+        crate::reconcile::Error::Read(_) | crate::reconcile::Error::Rejected { .. } => {
+            Err(format!("{e}; nothing was changed"))
+        }
+        crate::reconcile::Error::Apply(_) => Err(e.to_string()),
+    }
+}
+
+/// The conventional status of a process stopped by signal `signo`.
+fn signal_exit(signo: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(128 + signo).unwrap_or(1))
+}
+
+/// SIGINT, SIGTERM and SIGHUP, caught into an [`Interrupt`] instead of
+/// ending the process, for as long as this is held.
+struct HeldSignals {
+    ids: Vec<signal_hook::SigId>,
+    interrupt: Interrupt,
+}
+
+impl HeldSignals {
+    fn hold(interrupt: Interrupt) -> std::io::Result<HeldSignals> {
+        let mut held = HeldSignals {
+            ids: Vec::new(),
+            interrupt,
+        };
+        for signo in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            let value = usize::try_from(signo).unwrap_or(1);
+            let id = signal_hook::flag::register_usize(signo, held.interrupt.cell(), value)?;
+            held.ids.push(id);
+        }
+        Ok(held)
+    }
+
+    /// Lets the signals go back to their default; the one that came, if any.
+    fn release(self) -> Option<i32> {
+        self.interrupt.signal()
+    }
+}
+
+impl Drop for HeldSignals {
+    fn drop(&mut self) {
+        for id in self.ids.drain(..) {
+            signal_hook::low_level::unregister(id);
+        }
+    }
+}
+
+/// Prints "State changes": the chains and sets the plan touched, as they
+/// are now beside the snapshot. Everything is applied: failing to read it
+/// back is not a failure. Only what the plan touched is read and compared:
+/// reading and diffing whole tables again cost a second on a host with a
+/// 50,000-rule foreign chain.
+///
+/// Under the xtables lock (legacy), the chains are worked out instead:
+/// nothing else wrote them since they were read. That needs every rule the
+/// plan adds in the form iptables prints, which a form learned from
+/// iptables is; a rule not learned before the apply (it names a set or
+/// chain the plan creates, and no private namespace was to be had) carries
+/// pyfw's own normal form, so such a plan is read back.
+fn show_changes(
+    reconciler: &mut Reconciler<System>,
+    applied: &Applied,
+    xtables: Option<Held>,
+    out: &mut Printer,
+) {
+    let exact = applied.deferred.is_empty() && applied.comparison == Comparison::Kernel;
     let predicted = xtables.as_ref().filter(|_| exact).and_then(|_| {
-        crate::plan::predict::chains_after(&snapshot, &planned.plan)
+        crate::plan::predict::chains_after(&applied.snapshot, &applied.plan)
             .inspect_err(|e| tracing::debug!("{e}; reading the chains back"))
             .ok()
     });
-    let big = big_set_changes(&planned.plan);
-    let mut scope = snapshot.scope();
+    let big = big_set_changes(&applied.plan);
+    let mut scope = applied.snapshot.scope();
     if let Sets::Named(names) = &mut scope.sets {
         names.retain(|n| !big.contains_key(n));
         if names.is_empty() {
@@ -139,28 +196,77 @@ pub fn apply(
     drop(xtables);
     reconciler.backend_mut().use_lockfile(None);
     match after {
-        Ok((after, terse)) => print_changes(&mut out, &snapshot, &after, &big, &terse),
+        Ok((after, terse)) => print_changes(&mut out.out, &applied.snapshot, &after, &big, &terse),
         Err(e) => {
-            let _ = out.flush();
+            out.flush();
             eprintln!(
                 "pyfw: warning: applied, but cannot read netfilter back to show the changes: {e}"
             )
         }
     }
-    let _ = out.flush();
-    drop(out);
-    let code = match cli.confirm {
-        None => {
-            crate::reconcile::confirm::clear_mark();
-            ExitCode::SUCCESS
+    out.flush();
+}
+
+/// The apply's progress on stdout.
+///
+/// A plan creating a 100,000-member set prints 100,001 lines: one write
+/// each (stdout is line-buffered) cost more than the set's restore. The
+/// lines are written in blocks instead, flushed when a transaction starts
+/// (so that what runs, or hangs, is on the screen) and before any rollback
+/// step. Write errors (a closed pipe) must not stop an apply half-way, so
+/// they are ignored here, as for the confirm prompt.
+struct Printer {
+    out: std::io::BufWriter<std::io::Stdout>,
+    width: usize,
+}
+
+impl Printer {
+    fn new() -> Printer {
+        Printer {
+            out: std::io::BufWriter::with_capacity(1 << 16, std::io::stdout()),
+            width: 2,
         }
-        Some(timeout) => confirm_or_revert(reconciler.backend_mut(), &snapshot, &wishes, timeout),
-    };
-    // The process ends next: freeing a 100,000-member set's wishes, state,
-    // plan and snapshot one allocation at a time only delays the exit (by
-    // 50 ms or more); the kernel takes the memory back at once.
-    std::mem::forget((planned.plan, snapshot, wishes));
-    Ok(code)
+    }
+
+    fn line(&mut self, text: &str) {
+        let _ = writeln!(self.out, "{text}");
+        self.flush();
+    }
+
+    fn flush(&mut self) {
+        let _ = self.out.flush();
+    }
+
+    fn event(&mut self, e: Event) {
+        match e {
+            Event::Executing {
+                index, total, line, ..
+            } => {
+                let digits = total.checked_ilog10().map_or(1, |d| d as usize + 1);
+                self.width = self.width.max(digits);
+                let width = self.width;
+                let _ = writeln!(
+                    self.out,
+                    "Executing command {index:>width$}/{total}: {line}"
+                );
+            }
+            Event::Transaction {
+                index,
+                total,
+                line,
+                commands,
+            } => {
+                let span = match commands.len() {
+                    1 => format!("command {}", commands.start),
+                    _ => format!("commands {}-{}", commands.start, commands.end - 1),
+                };
+                self.line(&format!("# transaction {index}/{total} ({span}): {line}"));
+            }
+            Event::RollingBack { command } => self.line(&format!("Rolling back: {command}")),
+            Event::Recording { line } => tracing::debug!("recording ownership: {line}"),
+            Event::Done { .. } => {}
+        }
+    }
 }
 
 /// Takes the xtables lock for an apply on legacy (see `run`) and points
@@ -194,6 +300,7 @@ fn confirm_or_revert(
     snapshot: &crate::plan::revert::Snapshot,
     wishes: &Wishes,
     timeout: std::time::Duration,
+    refused: Option<String>,
 ) -> ExitCode {
     let mut say = |line: String| {
         let mut out = std::io::stdout().lock();
@@ -201,6 +308,28 @@ fn confirm_or_revert(
         let _ = out.flush();
     };
     let terminal = crate::reconcile::confirm::stdin_readable();
+    let answer = match refused {
+        Some(why) => Ok(crate::reconcile::confirm::Answer::Refused(why)),
+        None => ask(timeout, terminal, &mut say),
+    };
+    let why = match answer {
+        Ok(crate::reconcile::confirm::Answer::Confirmed(how)) => {
+            say(format!("Confirmed {how}; keeping the change."));
+            crate::reconcile::confirm::clear_mark();
+            return ExitCode::SUCCESS;
+        }
+        Ok(crate::reconcile::confirm::Answer::Refused(why)) => why,
+        Err(e) => format!("cannot wait for a confirmation ({e})"),
+    };
+    revert_unconfirmed(backend, snapshot, wishes, &why, &mut say)
+}
+
+/// Asks for the confirmation and waits up to `timeout` for it.
+fn ask(
+    timeout: std::time::Duration,
+    terminal: bool,
+    say: &mut dyn FnMut(String),
+) -> std::io::Result<crate::reconcile::confirm::Answer> {
     say(format!(
         "Applied. Keep this change? Confirm within {}: {}run `pyfw confirm` from another \
          session. Otherwise the previous state comes back.",
@@ -211,22 +340,25 @@ fn confirm_or_revert(
             ""
         }
     ));
-    let answer = crate::reconcile::confirm::wait(timeout, terminal, &mut say);
-    let why = match answer {
-        Ok(crate::reconcile::confirm::Answer::Confirmed(how)) => {
-            say(format!("Confirmed {how}; keeping the change."));
-            crate::reconcile::confirm::clear_mark();
-            return ExitCode::SUCCESS;
-        }
-        Ok(crate::reconcile::confirm::Answer::Refused(why)) => why,
-        Err(e) => format!("cannot wait for a confirmation ({e})"),
-    };
+    crate::reconcile::confirm::wait(timeout, terminal, say)
+}
+
+/// Puts the snapshot back after `why`, marks the content as reverted for a
+/// daemon, and says how it went: exit 3 when every touched chain, policy
+/// and set reads back as it was, 1 otherwise.
+fn revert_unconfirmed(
+    backend: &mut dyn Backend,
+    snapshot: &crate::plan::revert::Snapshot,
+    wishes: &Wishes,
+    why: &str,
+    say: &mut dyn FnMut(String),
+) -> ExitCode {
     say(format!(
         "Not confirmed: {why}. Reverting to the previous state."
     ));
-    let done = crate::reconcile::confirm::revert(backend, snapshot, &mut say);
+    let done = crate::reconcile::rollback::revert(backend, snapshot, say);
     if let Ok(text) = crate::wishes::secure::read_wishes(&wishes.path) {
-        match crate::reconcile::confirm::mark_reverted(&text, &wishes.path, &why) {
+        match crate::reconcile::confirm::mark_reverted(&text, &wishes.path, why) {
             Ok(mark) => say(format!(
                 "Marked {} as reverted ({}): a pyfw daemon will not apply this content again \
                  until the file changes or `pyfw apply` runs.",
@@ -238,19 +370,21 @@ fn confirm_or_revert(
             )),
         }
     }
-    if done.failures.is_empty() {
+    if done.complete() {
         say(format!(
             "Reverted: every chain, policy and ipset the apply touched is as it was ({} \
-             transaction(s)).",
+             transaction(s); read back).",
             done.transactions
         ));
-        ExitCode::from(3)
-    } else {
-        let _ = writeln!(
-            std::io::stderr(),
-            "pyfw: error: the revert failed in part: {}",
-            done.failures.join("; ")
-        );
-        ExitCode::from(1)
+        return ExitCode::from(3);
     }
+    let why = match done.failures.is_empty() {
+        true => "the state read back after it differs from before".to_string(),
+        false => done.failures.join("; "),
+    };
+    let _ = writeln!(
+        std::io::stderr(),
+        "pyfw: error: the revert failed in part, so netfilter may hold part of the change: {why}"
+    );
+    ExitCode::from(1)
 }

@@ -24,7 +24,8 @@ use crate::daemon::metrics::{Metrics, ReconcileResult};
 use crate::kernel::{self, Backend};
 use crate::plan::{Command, Plan};
 use crate::reconcile::apply::Event;
-use crate::reconcile::{self, Reconciler};
+use crate::reconcile::apply::Interrupt;
+use crate::reconcile::{self, Planned, Reconciler};
 use crate::wishes::{self, LoadError, RuleItem, WishError, Wishes};
 
 use super::timing::{Fix, Trigger, Triggers};
@@ -32,27 +33,34 @@ use super::timing::{Fix, Trigger, Triggers};
 /// What the daemon needs of a reconciler; [`Reconciler`] is the real one.
 pub trait Reconcile: Send + 'static {
     /// Reads netfilter and plans, changing nothing.
-    fn plan(&mut self, wishes: &Wishes) -> Result<Plan, reconcile::Error>;
-    /// Reads, plans and applies, all or nothing; returns how many commands
-    /// ran.
+    fn plan(&mut self, wishes: &Wishes) -> Result<Planned, reconcile::Error>;
+    /// Applies that plan, all or nothing (reading nothing more unless it
+    /// fails); returns how many commands ran.
     fn apply(
         &mut self,
-        wishes: &Wishes,
+        planned: Planned,
         on: &mut dyn FnMut(Event),
     ) -> Result<usize, reconcile::Error>;
+    /// What stops an apply in flight at its next transaction, putting back
+    /// what ran.
+    fn interrupt(&self) -> Interrupt;
 }
 
 impl<B: Backend + Send + 'static> Reconcile for Reconciler<B> {
-    fn plan(&mut self, wishes: &Wishes) -> Result<Plan, reconcile::Error> {
-        Reconciler::plan(self, wishes).map(|p| p.plan)
+    fn plan(&mut self, wishes: &Wishes) -> Result<Planned, reconcile::Error> {
+        Reconciler::plan(self, wishes)
     }
 
     fn apply(
         &mut self,
-        wishes: &Wishes,
+        planned: Planned,
         on: &mut dyn FnMut(Event),
     ) -> Result<usize, reconcile::Error> {
-        Reconciler::apply(self, wishes, on).map(|a| a.ran)
+        Reconciler::apply(self, planned, on).map(|a| a.ran)
+    }
+
+    fn interrupt(&self) -> Interrupt {
+        Reconciler::interrupt(self)
     }
 }
 
@@ -458,23 +466,23 @@ impl<R: Reconcile> Core<R> {
         if crate::reconcile::confirm::daemon_holds_back(&self.active.text) {
             return Ok(RunResult::Held);
         }
-        let plan = match self.rec.plan(&self.active.wishes) {
-            Ok(plan) => plan,
+        let planned = match self.rec.plan(&self.active.wishes) {
+            Ok(planned) => planned,
             Err(e) => return self.failure(e),
         };
+        let plan = &planned.plan;
         if let Some(m) = &self.metrics {
-            m.observe_plan(&self.active.wishes, &plan);
+            m.observe_plan(&self.active.wishes, plan);
         }
         if plan.is_empty() {
-            self.proven = true;
-            return Ok(RunResult::InSync);
+            return self.in_sync(planned);
         }
-        let fixes = fixes(&plan);
+        let fixes = fixes(plan);
         let urgent = named.is_some();
         if !urgent && fixes.iter().any(|f| held.contains(&f.key)) {
             tracing::debug!(
                 "drift held back during a fight: {}",
-                reasons(&plan).join("; ")
+                reasons(plan).join("; ")
             );
             return Ok(RunResult::Held);
         }
@@ -551,19 +559,11 @@ impl<R: Reconcile> Core<R> {
             Event::Recording { line } => {
                 tracing::debug!(trigger, command = %line, "recording ownership: {line}");
             }
-            Event::RecordFailed { line, error } => {
-                tracing::warn!(
-                    trigger,
-                    command = %line,
-                    result = "failed",
-                    "recording ownership failed (the next run tries again): {line}: {error}"
-                );
-            }
             // Progress events added later are logged, if only for debugging.
             #[allow(unreachable_patterns)]
             other => tracing::debug!(trigger, "{other:?}"),
         };
-        let result = self.rec.apply(&self.active.wishes, &mut on);
+        let result = self.rec.apply(planned, &mut on);
         if let Some(m) = metrics {
             m.observe_apply(started.elapsed());
         }
@@ -612,6 +612,24 @@ impl<R: Reconcile> Core<R> {
         }
     }
 
+    /// Netfilter matches the wishes. Changes to pyfw's record alone (what a
+    /// run that died between its commit and its record left) are made
+    /// quietly: they change no rule.
+    fn in_sync(&mut self, planned: Planned) -> Result<RunResult, Rejected> {
+        if !planned.plan.record.is_empty() {
+            let mut on = |e: Event| {
+                if let Event::Recording { line } = e {
+                    tracing::debug!(command = %line, "recording ownership: {line}");
+                }
+            };
+            if let Err(e) = self.rec.apply(planned, &mut on) {
+                return self.failure(e);
+            }
+        }
+        self.proven = true;
+        Ok(RunResult::InSync)
+    }
+
     fn failure(&self, e: reconcile::Error) -> Result<RunResult, Rejected> {
         match rejection(&e) {
             Some(r) if !self.proven => Err(r),
@@ -641,7 +659,7 @@ fn rejection(e: &reconcile::Error) -> Option<Rejected> {
 /// The I/O error at the bottom of a reconcile error.
 fn cause_of(e: &reconcile::Error) -> Option<&kernel::Error> {
     if let reconcile::Error::Apply(a) = e {
-        return Some(&a.cause);
+        return a.kernel_error();
     }
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
@@ -708,7 +726,7 @@ pub(crate) mod fake {
 
     use super::*;
     use crate::plan::Program;
-    use crate::reconcile::apply::ApplyError;
+    use crate::reconcile::apply::{ApplyError, Cause, Left};
     use crate::state::Family;
 
     #[derive(Default)]
@@ -775,7 +793,7 @@ pub(crate) mod fake {
     }
 
     impl Reconcile for Fake {
-        fn plan(&mut self, wishes: &Wishes) -> Result<Plan, reconcile::Error> {
+        fn plan(&mut self, wishes: &Wishes) -> Result<Planned, reconcile::Error> {
             let gate = self.world().gate.take();
             if let Some(g) = gate {
                 let _ = g.recv();
@@ -793,24 +811,35 @@ pub(crate) mod fake {
             if w.fighting {
                 w.kernel.retain(|n| n != "allow_ssh");
             }
-            Ok(drift(&w, wishes))
+            let plan = drift(&w, wishes);
+            Ok(Planned {
+                state: Default::default(),
+                plan,
+                comparison: crate::state::canon::Comparison::Kernel,
+                deferred: Vec::new(),
+                scope: crate::kernel::Scope::none(),
+            })
         }
 
         fn apply(
             &mut self,
-            wishes: &Wishes,
+            planned: Planned,
             on: &mut dyn FnMut(Event),
         ) -> Result<usize, reconcile::Error> {
             let mut w = self.world();
-            let plan = drift(&w, wishes);
-            if names(wishes).iter().any(|n| n == "bad") {
+            let plan = planned.plan;
+            let added: Vec<String> = plan
+                .commands
+                .iter()
+                .filter_map(|c| c.wish.clone())
+                .collect();
+            if added.iter().any(|n| n == "bad") {
                 return Err(reconcile::Error::Apply(ApplyError {
-                    cause: kernel::Error::Rejected {
+                    cause: Cause::Kernel(kernel::Error::Rejected {
                         label: "filter/INPUT/bad".into(),
                         message: "iptables v1.8.9 (nf_tables): Bad ctstate \"BOGUS\"".into(),
-                    },
-                    undone: 0,
-                    rollback_failures: Vec::new(),
+                    }),
+                    left: Left::Unchanged,
                 }));
             }
             let total = plan.commands.len();
@@ -823,9 +852,13 @@ pub(crate) mod fake {
                 });
                 on(Event::Done { command });
             }
-            w.kernel = names(wishes);
+            w.kernel.extend(added);
             w.applies += 1;
             Ok(total)
+        }
+
+        fn interrupt(&self) -> Interrupt {
+            Interrupt::new()
         }
     }
 

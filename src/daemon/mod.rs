@@ -36,6 +36,7 @@ use self::metrics::{Listen, Metrics};
 use crate::kernel::{Backend, System, Variant};
 use crate::plan::Program;
 use crate::reconcile::Reconciler;
+use crate::reconcile::apply::Interrupt;
 use crate::state::Family;
 
 use self::core::{Core, Job, Outcome, Reconcile, RunResult};
@@ -108,6 +109,15 @@ pub enum Signal {
 }
 
 impl Signal {
+    /// The signal's number, for an [`Interrupt`].
+    fn number(self) -> i32 {
+        match self {
+            Signal::Hup => libc::SIGHUP,
+            Signal::Term => libc::SIGTERM,
+            Signal::Int => libc::SIGINT,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Signal::Hup => "SIGHUP",
@@ -163,8 +173,6 @@ pub struct Config {
     pub fights: FightPolicy,
     /// systemd's watchdog period (`WATCHDOG_USEC`), if enabled.
     pub watchdog: Option<Duration>,
-    /// How long a stop waits for a run in flight.
-    pub stop_grace: Duration,
 }
 
 impl Config {
@@ -181,7 +189,6 @@ impl Config {
             ),
             fights: FightPolicy::for_interval(interval),
             watchdog: None,
-            stop_grace: Duration::from_millis(1500),
         }
     }
 }
@@ -509,6 +516,7 @@ pub async fn run<R: Reconcile, N: Notifier>(
     notifier: N,
 ) -> ExitCode {
     let path = core.path().display().to_string();
+    let interrupt = core.reconciler().interrupt();
     let mut schedule = Schedule::new(Instant::now(), config.interval, config.backoff.clone());
     let mut debounce = Debounce::new(config.debounce, config.debounce_max);
     let mut changes = Debounce::new(config.event_quiet, config.event_max);
@@ -686,18 +694,34 @@ pub async fn run<R: Reconcile, N: Notifier>(
         stop.name()
     );
     notifier.notify(&[NotifyState::Stopping]);
-    if let Some(r) = running
-        && tokio::time::timeout(config.stop_grace, r.handle)
-            .await
-            .is_err()
-    {
-        tracing::warn!(
-            "a reconcile was still running after {}; exiting without it (the next start \
-             completes its work)",
-            humantime::format_duration(config.stop_grace)
-        );
+    if let Some(r) = running {
+        finish_in_flight(r, &interrupt, stop).await;
     }
     ExitCode::SUCCESS
+}
+
+/// A stop with a run in flight: the run is asked to stop before its next
+/// change (an apply puts back what it changed), and the stop waits for it,
+/// so that the daemon never exits half-way through a change. Each kernel
+/// tool has its own timeout, so this wait ends.
+async fn finish_in_flight<R: Reconcile>(r: Running<R>, interrupt: &Interrupt, stop: Signal) {
+    interrupt.raise(stop.number());
+    tracing::info!(
+        "waiting for the reconcile in flight: it stops before its next change and puts back \
+         what it changed, or commits what it has begun"
+    );
+    match r.handle.await {
+        Ok((_, outcome)) => match outcome.result {
+            RunResult::Repaired { ran, .. } => {
+                tracing::info!("the reconcile in flight committed ({ran} command(s))")
+            }
+            RunResult::Failed(message) => {
+                tracing::info!("the reconcile in flight stopped: {message}")
+            }
+            _ => tracing::info!("the reconcile in flight changed nothing"),
+        },
+        Err(e) => tracing::error!("the reconcile thread died while stopping: {e}"),
+    }
 }
 
 /// SIGHUP: a run that re-reads the wishes; systemd hears RELOADING=1 (with

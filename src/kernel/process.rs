@@ -143,7 +143,13 @@ impl Runner {
         {
             child.env("XTABLES_LOCKFILE", lockfile);
         }
+        // A process group of its own: a Ctrl-C on pyfw's terminal (sent to
+        // the terminal's foreground group) must not kill a tool half-way
+        // through its transaction; pyfw itself decides what an interrupt
+        // does (see `reconcile::apply::Interrupt`).
+        use std::os::unix::process::CommandExt as _;
         let mut child = child
+            .process_group(0)
             .args(args)
             .env("LC_ALL", "C")
             .stdin(if input.is_some() {

@@ -262,7 +262,7 @@ pub(crate) fn plan_chain(
 
 /// For each element, whether it belongs to one longest subsequence whose
 /// sources increase (the rules that can stay where they are).
-fn longest_increasing(sources: &[Option<usize>]) -> Vec<bool> {
+pub(crate) fn longest_increasing(sources: &[Option<usize>]) -> Vec<bool> {
     // Patience sorting: tails[k] is the index of the smallest tail of an
     // increasing run of length k + 1.
     let mut tails: Vec<usize> = Vec::new();

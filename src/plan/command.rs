@@ -39,6 +39,38 @@ pub struct Command {
     pub wish: Option<String>,
 }
 
+impl Command {
+    /// The command line as `binary` runs it, for output and audit logs.
+    ///
+    /// Arguments that need no quoting (every one of a set's members, mostly)
+    /// are joined straight into the line; any other goes through
+    /// [`crate::state::rule::display_args`]. A test holds the two to the same text.
+    pub fn line(&self, binary: &str) -> String {
+        let plain = !self.args.is_empty()
+            && self.args.iter().all(|a| {
+                !a.is_empty()
+                    && a.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!-_.,:/=+@%^".contains(&b))
+            });
+        if !plain {
+            let args = crate::state::rule::display_args(&self.args);
+            let mut line = String::with_capacity(binary.len() + 1 + args.len());
+            line.push_str(binary);
+            line.push(' ');
+            line.push_str(&args);
+            return line;
+        }
+        let len = self.args.iter().map(|a| a.len() + 1).sum::<usize>();
+        let mut line = String::with_capacity(binary.len() + len);
+        line.push_str(binary);
+        for a in &self.args {
+            line.push(' ');
+            line.push_str(a);
+        }
+        line
+    }
+}
+
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", self.program.name(), display_args(&self.args))
@@ -82,5 +114,41 @@ pub(crate) fn ipset_cmd(
         reason,
         target: format!("ipset {set}"),
         wish: Some(set.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plain-argument shortcut writes what `display_args` writes, for
+    /// every ASCII character alone, beside others and in a word.
+    #[test]
+    fn join_line_is_display_args() {
+        let mut words: Vec<String> = (0u8..128)
+            .flat_map(|b| {
+                let c = char::from(b);
+                [c.to_string(), format!("a{c}b"), format!("{c}{c}")]
+            })
+            .collect();
+        words.extend(["", "10.0.0.1", "é", "a b", "don't", "--comment"].map(String::from));
+        for w in &words {
+            for args in [
+                Vec::new(),
+                vec![w.clone()],
+                vec!["add".into(), "s".into(), w.clone()],
+            ] {
+                let command = Command {
+                    program: Program::Ipset,
+                    args,
+                    undo: None,
+                    reason: String::new(),
+                    target: String::new(),
+                    wish: None,
+                };
+                let want = format!("ipset {}", display_args(&command.args));
+                assert_eq!(command.line("ipset"), want, "{w:?}");
+            }
+        }
     }
 }

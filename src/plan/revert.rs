@@ -1,12 +1,13 @@
 //! Putting back what a plan touched: the snapshot of the chains and sets
 //! it changes, as they were, and the transactions that restore them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::Hasher;
 
 use crate::kernel::scope::{Rules, Scope, Sets};
 use crate::plan::{Command, Plan, Program};
-use crate::state::{Chain, Family, Ipset, State, builtin_chains};
+use crate::state::rule::Rule;
+use crate::state::{Chain, Family, Ipset, State};
 
 /// What a plan touched, as it was before it ran.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -130,10 +131,19 @@ fn set_family(set: &Ipset) -> Option<&str> {
         .map(|w| w[1].as_str())
 }
 
-/// The transactions that put back `snap`, given the state `now`. Each inner
-/// list is one transaction (one family and table, or a run of set
-/// commands), to be run in order; a failing one does not stop the others.
-pub fn revert_steps(snap: &Snapshot, now: &State) -> Vec<Vec<Command>> {
+/// The transactions that put back `snap`, given the state `now` (`None`
+/// when it could not be read: then every touched chain is flushed and
+/// refilled, blind). Each inner list is one transaction (one family and
+/// table, or a run of set commands), to be run in order; a failing one does
+/// not stop the others. Nothing to do, when `now` already is `snap`: no
+/// transaction at all.
+///
+/// With `now` known, the edits are the fewest that restore the snapshot:
+/// rules in both, in order, stay where they are (so other programs' rules
+/// keep their counters and nft handles), a set keeps the members it had.
+pub fn revert_steps(snap: &Snapshot, now: Option<&State>) -> Vec<Vec<Command>> {
+    let blind = State::default();
+    let known = now.unwrap_or(&blind);
     let mut steps: Vec<Vec<Command>> = Vec::new();
     // Sets whose type changed: the kernel neither swaps nor renames them
     // while rules use them, so the rules use a scratch copy meanwhile.
@@ -141,7 +151,7 @@ pub fn revert_steps(snap: &Snapshot, now: &State) -> Vec<Vec<Command>> {
     let mut sets_first = Vec::new();
     let mut sets_last = Vec::new();
     for (name, before) in &snap.sets {
-        let current = now.ipsets.get(name);
+        let current = known.ipsets.get(name);
         match (before, current) {
             (None, None) => {}
             (None, Some(_)) => sets_last.push(ipset(
@@ -151,6 +161,7 @@ pub fn revert_steps(snap: &Snapshot, now: &State) -> Vec<Vec<Command>> {
             )),
             (Some(b), None) => sets_first.extend(create_filled(name, b, "the apply removed it")),
             (Some(b), Some(c)) if b == c => {}
+            (Some(b), Some(c)) if same_header(b, c) => sets_first.extend(member_edits(name, b, c)),
             (Some(b), Some(c)) => {
                 let tmp = scratch_set(name);
                 let why = "put back its type, options and members";
@@ -171,7 +182,11 @@ pub fn revert_steps(snap: &Snapshot, now: &State) -> Vec<Vec<Command>> {
     if !sets_first.is_empty() {
         steps.push(sets_first);
     }
-    steps.extend(chain_steps(snap, now, &retyped));
+    let chains = |now: Option<&State>, renamed: &BTreeMap<String, String>| match now {
+        Some(now) => chain_steps(snap, now, renamed),
+        None => blind_chain_steps(snap, renamed),
+    };
+    steps.extend(chains(now, &retyped));
     if !retyped.is_empty() {
         let mut rebuild = Vec::new();
         for name in retyped.keys() {
@@ -183,7 +198,10 @@ pub fn revert_steps(snap: &Snapshot, now: &State) -> Vec<Vec<Command>> {
             rebuild.extend(create_filled(name, b, why));
         }
         steps.push(rebuild);
-        steps.extend(chain_steps(snap, now, &BTreeMap::new()));
+        // The chains are the snapshot's now, with the scratch copies in
+        // them: name the rebuilt sets again.
+        let between = snapshot_state(snap, &retyped);
+        steps.extend(chains(now.map(|_| &between), &BTreeMap::new()));
         let drop: Vec<Command> = retyped
             .iter()
             .map(|(name, tmp)| ipset(vec!["destroy".into(), tmp.clone()], name, "scratch copy"))
@@ -196,77 +214,236 @@ pub fn revert_steps(snap: &Snapshot, now: &State) -> Vec<Vec<Command>> {
     steps
 }
 
-/// One transaction per family and table: every touched chain flushed and
-/// refilled as it was, its policy put back, and chains the apply created
-/// removed, all at once.
+/// True when two sets differ at most in their members.
+fn same_header(a: &Ipset, b: &Ipset) -> bool {
+    a.kind == b.kind && a.options == b.options
+}
+
+/// The member changes that turn set `now` back into `was` (same type and
+/// options): members it lacks, or whose comment changed, are added
+/// (`ipset restore -exist` replaces a member's comment), extra ones go.
+fn member_edits(name: &str, was: &Ipset, now: &Ipset) -> Vec<Command> {
+    let why = "put back its members";
+    let had: HashMap<&str, Option<&String>> = was
+        .members
+        .iter()
+        .map(|m| (m.as_str(), was.comments.get(m)))
+        .collect();
+    let has: HashMap<&str, Option<&String>> = now
+        .members
+        .iter()
+        .map(|m| (m.as_str(), now.comments.get(m)))
+        .collect();
+    let mut out: Vec<Command> = now
+        .members
+        .iter()
+        .filter(|m| !had.contains_key(m.as_str()))
+        .map(|m| ipset(vec!["del".into(), name.to_string(), m.clone()], name, why))
+        .collect();
+    for m in &was.members {
+        let comment = had.get(m.as_str()).copied().flatten();
+        if has.get(m.as_str()) == Some(&comment) {
+            continue;
+        }
+        let mut add = vec!["add".to_string(), name.to_string(), m.clone()];
+        if let Some(c) = comment {
+            add.extend(["comment".to_string(), c.clone()]);
+        }
+        out.push(ipset(add, name, why));
+    }
+    out
+}
+
+/// The snapshot's chains as state, with the sets `renamed` renamed in
+/// their rules (what the first pass of a retyped revert leaves).
+fn snapshot_state(snap: &Snapshot, renamed: &BTreeMap<String, String>) -> State {
+    let mut state = State::default();
+    for ((family, table, chain), before) in &snap.chains {
+        let Some(c) = before else { continue };
+        let rules = c.rules.iter().map(|r| renamed_rule(r, renamed)).collect();
+        state
+            .ruleset_mut(*family)
+            .tables
+            .entry(table.clone())
+            .or_default()
+            .chains
+            .push((
+                chain.clone(),
+                Chain {
+                    policy: c.policy.clone(),
+                    rules,
+                },
+            ));
+    }
+    state
+}
+
+fn renamed_rule(rule: &Rule, renamed: &BTreeMap<String, String>) -> Rule {
+    let mut rule = rule.clone();
+    for (from, to) in renamed {
+        rule = rule.with_set_renamed(from, to);
+    }
+    rule
+}
+
+/// Builds the commands of one family and table.
+struct TableCmds<'a> {
+    family: Family,
+    table: &'a str,
+}
+
+impl TableCmds<'_> {
+    fn cmd(&self, rest: Vec<String>, chain: &str) -> Command {
+        let mut args = vec!["-w".to_string(), "-t".to_string(), self.table.to_string()];
+        args.extend(rest);
+        let label = crate::wishes::chain_label(self.family, self.table, chain);
+        Command {
+            program: Program::Iptables(self.family),
+            args,
+            undo: None,
+            reason: format!("revert {label}"),
+            target: label,
+            wish: None,
+        }
+    }
+}
+
+type TableChains<'a> = BTreeMap<(Family, &'a str), Vec<(&'a String, &'a Option<Chain>)>>;
+
+fn by_table(snap: &Snapshot) -> TableChains<'_> {
+    let mut out: TableChains = BTreeMap::new();
+    for ((family, table, chain), before) in &snap.chains {
+        out.entry((*family, table.as_str()))
+            .or_default()
+            .push((chain, before));
+    }
+    out
+}
+
+/// One transaction per family and table, with the fewest edits: each
+/// touched chain's rules brought back to the snapshot (see [`chain_edits`]),
+/// its policy put back; chains the apply created emptied and removed after
+/// every other edit (so that no rule still jumps to them), all at once.
 fn chain_steps(
     snap: &Snapshot,
     now: &State,
     renamed: &BTreeMap<String, String>,
 ) -> Vec<Vec<Command>> {
-    type Chains<'a> = Vec<(&'a String, &'a Option<Chain>)>;
-    let mut by_table: BTreeMap<(Family, String), Chains> = BTreeMap::new();
-    for ((family, table, chain), before) in &snap.chains {
-        by_table
-            .entry((*family, table.clone()))
-            .or_default()
-            .push((chain, before));
+    let mut out = Vec::new();
+    for ((family, table), chains) in by_table(snap) {
+        let t = TableCmds { family, table };
+        let mut create = Vec::new();
+        let mut edits = Vec::new();
+        let mut policies = Vec::new();
+        let mut delete = Vec::new();
+        for (chain, before) in chains {
+            let current = now.ruleset(family).chain(table, chain);
+            match (before, current) {
+                (None, Some(_)) => {
+                    delete.push(t.cmd(vec!["-F".into(), chain.clone()], chain));
+                    delete.push(t.cmd(vec!["-X".into(), chain.clone()], chain));
+                }
+                (None, None) => {}
+                (Some(c), current) => {
+                    let want: Vec<Rule> =
+                        c.rules.iter().map(|r| renamed_rule(r, renamed)).collect();
+                    let have: &[Rule] = current.as_deref().map_or(&[], |c| &c.rules);
+                    if current.is_none() {
+                        create.push(t.cmd(vec!["-N".into(), chain.clone()], chain));
+                    }
+                    for args in chain_edits(chain, have, &want) {
+                        edits.push(t.cmd(args, chain));
+                    }
+                    let policy_now = current.as_ref().and_then(|c| c.policy.clone());
+                    if let Some(p) = c
+                        .policy
+                        .as_ref()
+                        .filter(|p| Some(*p) != policy_now.as_ref())
+                    {
+                        policies.push(t.cmd(vec!["-P".into(), chain.clone(), p.clone()], chain));
+                    }
+                }
+            }
+        }
+        let all: Vec<Command> = [create, edits, policies, delete].concat();
+        if !all.is_empty() {
+            out.push(all);
+        }
+    }
+    out
+}
+
+/// The `-D CHAIN N` and `-I CHAIN N RULE` that turn `have` into `want`
+/// inside one transaction, keeping the longest run of rules that are in
+/// both in the same order: deletes first, from the bottom up (so numbers
+/// do not shift), then inserts from the top down, each at its final place.
+/// No rule is both inserted and deleted (iptables-nft refuses an insert in
+/// front of a rule the same transaction inserts and deletes).
+pub fn chain_edits(chain: &str, have: &[Rule], want: &[Rule]) -> Vec<Vec<String>> {
+    // Each wanted rule's source: the next unused rule of `have` with its
+    // text, in order (twins pair up in order).
+    // `Rule` caches its argv in a cell that takes no part in its hash or
+    // equality: the key cannot change while in the map.
+    #[allow(clippy::mutable_key_type)]
+    let mut by_text: HashMap<&Rule, VecDeque<usize>> = HashMap::new();
+    for (i, r) in have.iter().enumerate() {
+        by_text.entry(r).or_default().push_back(i);
+    }
+    let sources: Vec<Option<usize>> = want
+        .iter()
+        .map(|r| by_text.get_mut(r).and_then(VecDeque::pop_front))
+        .collect();
+    let stable = crate::plan::chain::longest_increasing(&sources);
+    let mut kept = vec![false; have.len()];
+    for (s, keep) in sources.iter().zip(&stable) {
+        if let (Some(i), true) = (s, keep) {
+            kept[*i] = true;
+        }
     }
     let mut out = Vec::new();
-    for ((family, table), chains) in by_table {
-        let exists_now = |chain: &str| {
-            now.ruleset(family)
-                .tables
-                .get(&table)
-                .and_then(|t| t.chain(chain))
-                .is_some()
-                || builtin_chains(&table).contains(&chain)
-        };
-        let cmd = |rest: Vec<String>, chain: &str| {
-            let mut args = vec!["-w".to_string(), "-t".to_string(), table.clone()];
-            args.extend(rest);
-            Command {
-                program: Program::Iptables(family),
-                args,
-                undo: None,
-                reason: format!(
-                    "revert {}",
-                    crate::wishes::chain_label(family, &table, chain)
-                ),
-                target: crate::wishes::chain_label(family, &table, chain),
-                wish: None,
-            }
-        };
-        let mut create = Vec::new();
+    for i in (0..have.len()).rev().filter(|&i| !kept[i]) {
+        out.push(vec![
+            "-D".to_string(),
+            chain.to_string(),
+            (i + 1).to_string(),
+        ]);
+    }
+    for (j, rule) in want.iter().enumerate().filter(|(j, _)| !stable[*j]) {
+        let mut args = vec!["-I".to_string(), chain.to_string(), (j + 1).to_string()];
+        args.extend(rule.args().iter().cloned());
+        out.push(args);
+    }
+    out
+}
+
+/// One transaction per family and table, when the state now is unknown:
+/// every touched chain flushed and refilled as it was, its policy put
+/// back, and chains the apply created removed, all at once.
+fn blind_chain_steps(snap: &Snapshot, renamed: &BTreeMap<String, String>) -> Vec<Vec<Command>> {
+    let mut out = Vec::new();
+    for ((family, table), chains) in by_table(snap) {
+        let t = TableCmds { family, table };
+        let create: Vec<Command> = Vec::new();
         let mut flush = Vec::new();
         let mut fill = Vec::new();
         let mut policies = Vec::new();
         let mut delete = Vec::new();
         for (chain, before) in chains {
-            let exists = exists_now(chain);
+            // Unknown: every touched chain is taken to exist.
             match before {
-                None if exists => {
-                    flush.push(cmd(vec!["-F".into(), chain.clone()], chain));
-                    delete.push(cmd(vec!["-X".into(), chain.clone()], chain));
+                None => {
+                    flush.push(t.cmd(vec!["-F".into(), chain.clone()], chain));
+                    delete.push(t.cmd(vec!["-X".into(), chain.clone()], chain));
                 }
-                None => {}
                 Some(c) => {
-                    if exists {
-                        flush.push(cmd(vec!["-F".into(), chain.clone()], chain));
-                    } else {
-                        create.push(cmd(vec!["-N".into(), chain.clone()], chain));
-                    }
+                    flush.push(t.cmd(vec!["-F".into(), chain.clone()], chain));
                     for rule in &c.rules {
-                        let mut rule = rule.clone();
-                        for (from, to) in renamed {
-                            rule = rule.with_set_renamed(from, to);
-                        }
                         let mut a = vec!["-A".to_string(), chain.clone()];
-                        a.extend(rule.args().iter().cloned());
-                        fill.push(cmd(a, chain));
+                        a.extend(renamed_rule(rule, renamed).args().iter().cloned());
+                        fill.push(t.cmd(a, chain));
                     }
                     if let Some(p) = &c.policy {
-                        policies.push(cmd(vec!["-P".into(), chain.clone(), p.clone()], chain));
+                        policies.push(t.cmd(vec!["-P".into(), chain.clone(), p.clone()], chain));
                     }
                 }
             }
@@ -365,22 +542,17 @@ mod tests {
                  create pyfw-owned hash:ip family inet6 comment\n"
             ),
         );
-        let tmp = scratch_set("keep");
+        // The fewest edits: the one member and the one rule the apply
+        // added go, the policy comes back, and what it created goes; the
+        // f2b jump stays where it is (its counters and handle with it).
         assert_eq!(
-            lines(&revert_steps(&snap, &after)),
+            lines(&revert_steps(&snap, Some(&after))),
             vec![
+                vec!["ipset del keep 10.0.0.3".to_string()],
                 vec![
-                    format!("ipset create {tmp} hash:ip family inet hashsize 1024 maxelem 65536"),
-                    format!("ipset add {tmp} 10.0.0.1"),
-                    format!("ipset add {tmp} 10.0.0.2"),
-                    format!("ipset swap {tmp} keep"),
-                    format!("ipset destroy {tmp}"),
-                ],
-                vec![
-                    "iptables -w -t filter -F INPUT".to_string(),
-                    "iptables -w -t filter -F mine".into(),
-                    "iptables -w -t filter -A INPUT -s 10.0.0.1/32 -j f2b".into(),
+                    "iptables -w -t filter -D INPUT 1".to_string(),
                     "iptables -w -t filter -P INPUT ACCEPT".into(),
+                    "iptables -w -t filter -F mine".into(),
                     "iptables -w -t filter -X mine".into(),
                 ],
                 vec![
@@ -389,10 +561,39 @@ mod tests {
                 ],
             ]
         );
-        // Reverting the state as it was is nothing to do but rewriting the
-        // touched chains as they are.
-        let steps = revert_steps(&snap, &before);
-        assert_eq!(steps.len(), 1, "{:?}", lines(&steps));
+        // The state as it was: nothing to do at all.
+        let steps = revert_steps(&snap, Some(&before));
+        assert!(steps.is_empty(), "{:?}", lines(&steps));
+        // Unknown: every touched chain is rewritten, blind.
+        let blind = lines(&revert_steps(&snap, None));
+        assert!(
+            blind
+                .iter()
+                .flatten()
+                .any(|l| l == "iptables -w -t filter -F INPUT"),
+            "{blind:?}"
+        );
+    }
+
+    #[test]
+    fn chain_edits_keep_every_rule_in_both_and_do_the_rest_in_one_pass() {
+        let r = |t: &str| Rule::parse(t).unwrap();
+        let have = [r("-j A"), r("-j X"), r("-j B"), r("-j C"), r("-j A")];
+        let want = [r("-j A"), r("-j B"), r("-j Y"), r("-j C"), r("-j A")];
+        let edits: Vec<String> = chain_edits("F", &have, &want)
+            .iter()
+            .map(|a| a.join(" "))
+            .collect();
+        assert_eq!(edits, ["-D F 2", "-I F 3 -j Y"]);
+        // Twins pair up in order; a reversed chain keeps one and moves the
+        // rest, never deleting and inserting the same rule.
+        let have = [r("-j A"), r("-j B"), r("-j C")];
+        let want = [r("-j C"), r("-j B"), r("-j A")];
+        let edits: Vec<String> = chain_edits("F", &have, &want)
+            .iter()
+            .map(|a| a.join(" "))
+            .collect();
+        assert_eq!(edits, ["-D F 3", "-D F 2", "-I F 1 -j C", "-I F 2 -j B"]);
     }
 
     #[test]
@@ -416,7 +617,7 @@ mod tests {
             "create s hash:net family inet\nadd s 10.0.0.0/24\n",
         );
         let tmp = scratch_set("s");
-        let got = lines(&revert_steps(&snap, &now));
+        let got = lines(&revert_steps(&snap, Some(&now)));
         let flat: Vec<&str> = got.iter().flatten().map(String::as_str).collect();
         let at = |needle: &str| {
             flat.iter()
@@ -424,11 +625,11 @@ mod tests {
                 .unwrap_or_else(|| panic!("{needle} not in {flat:#?}"))
         };
         let via_tmp =
-            format!("iptables -w -t filter -A INPUT -m set --match-set {tmp} src -j DROP");
+            format!("iptables -w -t filter -I INPUT 1 -m set --match-set {tmp} src -j DROP");
         assert!(at(&format!("ipset create {tmp} hash:ip family inet")) < at(&via_tmp));
         assert!(at(&via_tmp) < at("ipset destroy s"));
         assert!(at("ipset destroy s") < at("ipset create s hash:ip family inet"));
-        let back = "iptables -w -t filter -A INPUT -m set --match-set s src -j DROP";
+        let back = "iptables -w -t filter -I INPUT 1 -m set --match-set s src -j DROP";
         assert!(at("ipset add s 10.0.0.1") < at(back));
         assert!(at(back) < at(&format!("ipset destroy {tmp}")));
     }

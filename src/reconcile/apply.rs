@@ -1,14 +1,30 @@
 //! Carrying out a plan: all of it, or none of it.
 //!
-//! Before the first iptables command runs, every wished rule is checked by
-//! the kernel tools (`iptables-restore --test`), so a rule iptables rejects
-//! stops the apply with the wish's name before any rule changes. If a
-//! command fails part-way anyway (another program raced us, the kernel said
-//! no), the commands already run are undone in reverse, so the firewall is
-//! left as it was.
+//! In order:
+//! 1. pyfw's ownership record gains what the plan adds (write-ahead: until
+//!    the last commit it names the old and the new), so that a crash at
+//!    any point leaves nothing pyfw put in place unrecorded;
+//! 2. the wished rules that could not be learned before are checked by the
+//!    kernel tools (`iptables-restore --test`) once the sets they name
+//!    exist, before any rule changes;
+//! 3. each transaction runs: one `iptables-restore --noflush` per family
+//!    and table, one `ipset restore` per run of set commands;
+//! 4. the record loses what the plan withdrew.
+//!
+//! Any failure, timeout or interrupt before the last commit is answered by
+//! putting back the snapshot (see [`crate::reconcile::rollback`]): the
+//! touched chains and sets are read again and restored with the fewest
+//! edits, one transaction per table, then read back. The error says which
+//! of "nothing was changed", "rolled back" or "could not roll back" is
+//! true, and only what was verified is claimed.
 
-use crate::kernel::{Backend, BatchError, Error, RuleCheck, transactions};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::kernel::{self, Backend, RuleCheck, transactions};
+use crate::plan::revert::Snapshot;
 use crate::plan::{Command, Plan, Program};
+use crate::reconcile::rollback::{self, Reverted};
 
 /// Progress reported while applying, for the CLI's output and the daemon's
 /// audit log.
@@ -23,7 +39,7 @@ pub enum Event<'a> {
         line: String,
         commands: std::ops::Range<usize>,
     },
-    /// About to run command `index` (1-based) of `total`.
+    /// Command `index` (1-based) of `total` ran: its transaction committed.
     Executing {
         index: usize,
         total: usize,
@@ -31,63 +47,226 @@ pub enum Event<'a> {
         /// The command line as it runs, with the backend's binary.
         line: String,
     },
-    /// A command ran.
+    /// A command ran (after its `Executing`).
     Done { command: &'a Command },
-    /// Undoing a command after a failure.
+    /// Putting back the snapshot after a failure: one command of it.
     RollingBack { command: String },
-    /// Updating pyfw's ownership record after the plan ran.
+    /// Updating pyfw's ownership record.
     Recording { line: String },
-    /// A record update failed; the next reconcile tries again.
-    RecordFailed { line: String, error: String },
+}
+
+/// A request to stop an apply, from a signal: the apply stops before its
+/// next transaction and puts back what ran. Shared by clones.
+#[derive(Clone, Debug, Default)]
+pub struct Interrupt(Arc<AtomicUsize>);
+
+impl Interrupt {
+    pub fn new() -> Interrupt {
+        Interrupt::default()
+    }
+
+    /// The signal number that asked to stop, if any.
+    pub fn signal(&self) -> Option<i32> {
+        match self.0.load(Ordering::SeqCst) {
+            0 => None,
+            n => i32::try_from(n).ok(),
+        }
+    }
+
+    /// Asks to stop, for signal `signo`.
+    pub fn raise(&self, signo: i32) {
+        self.0
+            .store(usize::try_from(signo).unwrap_or(1), Ordering::SeqCst);
+    }
+
+    /// The cell a signal handler sets (`signal_hook::flag::register_usize`).
+    pub fn cell(&self) -> Arc<AtomicUsize> {
+        self.0.clone()
+    }
+}
+
+/// The name of a signal number, for messages.
+pub fn signal_name(signo: i32) -> String {
+    match signo {
+        libc::SIGHUP => "SIGHUP".into(),
+        libc::SIGINT => "SIGINT".into(),
+        libc::SIGTERM => "SIGTERM".into(),
+        other => format!("signal {other}"),
+    }
+}
+
+/// Why an apply stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Cause {
+    #[error("{0}")]
+    Kernel(kernel::Error),
+    #[error("interrupted by {}", signal_name(*.0))]
+    Interrupted(i32),
+    #[error("cannot write pyfw's ownership record ahead of the change: {0}")]
+    RecordAhead(kernel::Error),
+    #[error("cannot trim pyfw's ownership record after the change: {0}")]
+    RecordAfter(kernel::Error),
+}
+
+/// What a failed apply left in netfilter.
+#[derive(Debug)]
+pub enum Left {
+    /// Nothing had changed (read back, or nothing had run).
+    Unchanged,
+    /// What ran was put back, and read back as it was.
+    RolledBack { transactions: usize },
+    /// Putting it back failed, or could not be verified: netfilter may
+    /// hold part of the change.
+    Unknown { failures: Vec<String> },
+    /// Every change committed: netfilter matches the wishes.
+    Applied,
+}
+
+impl std::fmt::Display for Left {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Left::Unchanged => write!(f, "nothing was changed"),
+            Left::RolledBack { transactions } => write!(
+                f,
+                "rolled back in {transactions} transaction(s): netfilter is as it was (read back)"
+            ),
+            Left::Unknown { failures } if failures.is_empty() => write!(
+                f,
+                "rolled back, but the read-back differs: netfilter may hold part of the change"
+            ),
+            Left::Unknown { failures } => write!(
+                f,
+                "rolling back failed, so netfilter may hold part of the change: {}",
+                failures.join("; ")
+            ),
+            Left::Applied => write!(
+                f,
+                "every change committed and netfilter matches the wishes; the next run retries"
+            ),
+        }
+    }
 }
 
 /// A failed apply, after rollback.
 #[derive(Debug, thiserror::Error)]
-#[error("{cause}{}", rollback_summary(.undone, .rollback_failures))]
+#[error("{cause}; {left}")]
 pub struct ApplyError {
-    pub cause: Error,
-    /// How many commands had run and were undone.
-    pub undone: usize,
-    /// Undo commands that failed in turn: the firewall may differ from
-    /// before in these places.
-    pub rollback_failures: Vec<String>,
+    pub cause: Cause,
+    pub left: Left,
 }
 
-fn rollback_summary(undone: &usize, failures: &[String]) -> String {
-    if *undone == 0 && failures.is_empty() {
-        return "; nothing was changed".to_string();
+impl ApplyError {
+    /// The kernel tools' error that stopped the apply, if one did.
+    pub fn kernel_error(&self) -> Option<&kernel::Error> {
+        match &self.cause {
+            Cause::Kernel(e) | Cause::RecordAhead(e) | Cause::RecordAfter(e) => Some(e),
+            Cause::Interrupted(_) => None,
+        }
     }
-    if failures.is_empty() {
-        return format!("; rolled back the {undone} command(s) already run");
-    }
-    format!(
-        "; rolling back the {undone} command(s) already run failed for: {}",
-        failures.join("; ")
-    )
 }
 
-/// Runs `plan`, checking `checks` first; on failure undoes what ran.
-/// Commands run in transactions (see [`transactions`]): one
-/// `iptables-restore --noflush` per table, one `ipset restore` per run of
-/// set commands. Returns how many commands ran.
+/// Runs `plan`, checking `checks` first; on failure or interrupt puts
+/// `snapshot` (the touched chains and sets as the plan found them) back.
+/// Returns how many commands ran.
 pub fn apply(
     backend: &mut dyn Backend,
     plan: &Plan,
+    snapshot: &Snapshot,
     checks: &[RuleCheck],
+    interrupt: &Interrupt,
     on: &mut dyn FnMut(Event),
 ) -> Result<usize, ApplyError> {
+    let (ahead, after): (Vec<&Command>, Vec<&Command>) = plan
+        .record
+        .iter()
+        .partition(|c| c.args.first().is_none_or(|op| op != "del"));
+    if let Some(signo) = interrupt.signal() {
+        return Err(ApplyError {
+            cause: Cause::Interrupted(signo),
+            left: Left::Unchanged,
+        });
+    }
+    let mut undo = Undo {
+        snapshot,
+        wrote: false,
+    };
+    if let Err(e) = record(backend, &ahead, on) {
+        return Err(undo.fail(backend, Cause::RecordAhead(e), on));
+    }
+    undo.wrote = !ahead.is_empty();
+    run_transactions(backend, plan, checks, interrupt, &mut undo, on)?;
+    record(backend, &after, on).map_err(|e| ApplyError {
+        cause: Cause::RecordAfter(e),
+        left: Left::Applied,
+    })?;
+    Ok(plan.commands.len())
+}
+
+/// What to put back on failure, and whether anything may have changed.
+struct Undo<'s> {
+    snapshot: &'s Snapshot,
+    /// A write was made (or may have been, half-way): a failure now reads
+    /// back and restores the snapshot.
+    wrote: bool,
+}
+
+impl Undo<'_> {
+    /// The error for `cause`, after putting the snapshot back.
+    fn fail(
+        &self,
+        backend: &mut dyn Backend,
+        cause: Cause,
+        on: &mut dyn FnMut(Event),
+    ) -> ApplyError {
+        let done = rollback::revert(backend, self.snapshot, &mut |line| {
+            let command = line
+                .strip_prefix("Reverting: ")
+                .unwrap_or(&line)
+                .to_string();
+            on(Event::RollingBack { command })
+        });
+        ApplyError {
+            cause,
+            left: left_after(&done),
+        }
+    }
+}
+
+/// What a revert left, as a failed apply reports it.
+fn left_after(done: &Reverted) -> Left {
+    match (done.complete(), done.transactions) {
+        (true, 0) => Left::Unchanged,
+        (true, transactions) => Left::RolledBack { transactions },
+        (false, _) => Left::Unknown {
+            failures: done.failures.clone(),
+        },
+    }
+}
+
+/// Runs the plan's transactions in order; on the first failure or an
+/// interrupt between two, puts the snapshot back.
+fn run_transactions(
+    backend: &mut dyn Backend,
+    plan: &Plan,
+    checks: &[RuleCheck],
+    interrupt: &Interrupt,
+    undo: &mut Undo,
+    on: &mut dyn FnMut(Event),
+) -> Result<(), ApplyError> {
     let total = plan.commands.len();
     let groups = transactions(&plan.commands);
-    let mut done: Vec<&Command> = Vec::new();
     let mut checked = false;
     for (t, range) in groups.iter().enumerate() {
+        if let Some(signo) = interrupt.signal() {
+            return Err(undo.fail(backend, Cause::Interrupted(signo), on));
+        }
         let batch: Vec<&Command> = plan.commands[range.clone()].iter().collect();
         // ipsets come first in a plan and may be what the rules reference,
         // so the check runs once they exist and before any rule changes.
         if !checked && matches!(batch[0].program, Program::Iptables(_)) {
             checked = true;
             if let Err(cause) = backend.check_rules(checks) {
-                return Err(roll_back(backend, &done, cause, on));
+                return Err(undo.fail(backend, Cause::Kernel(cause), on));
             }
         }
         on(Event::Transaction {
@@ -96,191 +275,60 @@ pub fn apply(
             line: backend.batch_line(&batch),
             commands: range.start + 1..range.end + 1,
         });
-        // A batch is one program's commands: its binary is asked once,
-        // not once per line (100,000 lines for a set filled from nothing).
-        let mut binary: Option<(Program, String)> = None;
-        for (k, command) in batch.iter().enumerate() {
-            if binary.as_ref().is_none_or(|(p, _)| *p != command.program) {
-                binary = Some((command.program, backend.binary(command.program)));
-            }
-            let bin = binary.as_ref().map_or("", |(_, b)| b.as_str());
-            on(Event::Executing {
-                index: range.start + k + 1,
-                total,
-                command,
-                line: join_line(bin, command),
-            });
+        undo.wrote = true;
+        if let Err(e) = backend.run_batch(&batch) {
+            return Err(undo.fail(backend, Cause::Kernel(e.cause), on));
         }
-        if let Err(BatchError { applied, cause }) = backend.run_batch(&batch) {
-            done.extend(&batch[..applied.min(batch.len())]);
-            return Err(roll_back(backend, &done, cause, on));
-        }
-        for command in batch {
-            on(Event::Done { command });
-            done.push(command);
-        }
+        report_ran(backend, &batch, range.start, total, on);
     }
-    // The record changes no rule: a failure here is not worth undoing the
-    // plan for, and the next reconcile writes what is missing.
-    if !plan.record.is_empty() {
-        let record: Vec<&Command> = plan.record.iter().collect();
-        for command in &record {
-            on(Event::Recording {
-                line: command_line(backend, command),
-            });
+    Ok(())
+}
+
+/// `Executing` and `Done` for each command of a committed batch that
+/// starts at plan index `first`.
+fn report_ran(
+    backend: &dyn Backend,
+    batch: &[&Command],
+    first: usize,
+    total: usize,
+    on: &mut dyn FnMut(Event),
+) {
+    // A batch is one program's commands: its binary is asked once, not
+    // once per line (100,000 lines for a set filled from nothing).
+    let mut binary: Option<(Program, String)> = None;
+    for (k, command) in batch.iter().enumerate() {
+        if binary.as_ref().is_none_or(|(p, _)| *p != command.program) {
+            binary = Some((command.program, backend.binary(command.program)));
         }
-        if let Err(e) = backend.run_batch(&record) {
-            on(Event::RecordFailed {
-                line: backend.batch_line(&record),
-                error: e.cause.to_string(),
-            });
-        }
+        let bin = binary.as_ref().map_or("", |(_, b)| b.as_str());
+        on(Event::Executing {
+            index: first + k + 1,
+            total,
+            command,
+            line: command.line(bin),
+        });
+        on(Event::Done { command });
     }
-    Ok(total)
+}
+
+/// Runs record commands as one batch (nothing when there are none).
+fn record(
+    backend: &mut dyn Backend,
+    commands: &[&Command],
+    on: &mut dyn FnMut(Event),
+) -> Result<(), kernel::Error> {
+    if commands.is_empty() {
+        return Ok(());
+    }
+    for command in commands {
+        on(Event::Recording {
+            line: command_line(backend, command),
+        });
+    }
+    backend.run_batch(commands).map_err(|e| e.cause)
 }
 
 /// A command as the backend runs it, for output and audit logs.
 pub fn command_line(backend: &dyn Backend, command: &Command) -> String {
-    join_line(&backend.binary(command.program), command)
-}
-
-/// [`command_line`] with the binary given.
-///
-/// Arguments that need no quoting (every one of a set's members, mostly)
-/// are joined straight into the line; any other goes through
-/// [`crate::state::rule::display_args`]. A test holds the two to the same text.
-fn join_line(binary: &str, command: &Command) -> String {
-    let plain = !command.args.is_empty()
-        && command.args.iter().all(|a| {
-            !a.is_empty()
-                && a.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"!-_.,:/=+@%^".contains(&b))
-        });
-    if !plain {
-        let args = crate::state::rule::display_args(&command.args);
-        let mut line = String::with_capacity(binary.len() + 1 + args.len());
-        line.push_str(binary);
-        line.push(' ');
-        line.push_str(&args);
-        return line;
-    }
-    let len = command.args.iter().map(|a| a.len() + 1).sum::<usize>();
-    let mut line = String::with_capacity(binary.len() + len);
-    line.push_str(binary);
-    for a in &command.args {
-        line.push(' ');
-        line.push_str(a);
-    }
-    line
-}
-
-fn roll_back(
-    backend: &mut dyn Backend,
-    done: &[&Command],
-    cause: Error,
-    on: &mut dyn FnMut(Event),
-) -> ApplyError {
-    let mut failures = Vec::new();
-    let mut undone = 0;
-    // A set this plan created goes with the undo of its creation: its
-    // members need no undoing one by one (100,000 of them would take
-    // minutes). Other member changes are undone in one `ipset restore`.
-    let created: std::collections::HashSet<&str> = done
-        .iter()
-        .filter(|c| c.program == Program::Ipset && c.args.first().is_some_and(|a| a == "create"))
-        .filter_map(|c| c.args.get(1).map(String::as_str))
-        .collect();
-    let member_op = |c: &Command| {
-        c.program == Program::Ipset && c.args.first().is_some_and(|a| a == "add" || a == "del")
-    };
-    let mut members: Vec<Command> = Vec::new();
-    fn flush(backend: &mut dyn Backend, members: &mut Vec<Command>, failures: &mut Vec<String>) {
-        let batch: Vec<&Command> = members.iter().collect();
-        if !batch.is_empty()
-            && let Err(e) = backend.run_batch(&batch)
-        {
-            failures.push(e.cause.to_string());
-        }
-        members.clear();
-    }
-    for command in done.iter().rev() {
-        // Past a step that cannot be undone, undoing earlier steps could
-        // only make things worse (rules would lose the set they moved to).
-        // Stop there: the next reconcile plans from what is.
-        let Some(undo) = &command.undo else {
-            failures.push(format!(
-                "`{command}` cannot be undone, so the {} command(s) before it stay",
-                done.len() - undone - 1
-            ));
-            break;
-        };
-        undone += 1;
-        if member_op(command)
-            && command
-                .args
-                .get(1)
-                .is_some_and(|set| created.contains(set.as_str()))
-        {
-            continue;
-        }
-        let reverse = Command {
-            args: undo.clone(),
-            undo: None,
-            reason: format!("roll back `{command}`"),
-            ..(*command).clone()
-        };
-        on(Event::RollingBack {
-            command: command_line(backend, &reverse),
-        });
-        if member_op(&reverse) {
-            members.push(reverse);
-            continue;
-        }
-        flush(backend, &mut members, &mut failures);
-        if let Err(e) = backend.run(&reverse) {
-            failures.push(e.to_string());
-        }
-    }
-    flush(backend, &mut members, &mut failures);
-    ApplyError {
-        cause,
-        undone,
-        rollback_failures: failures,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The plain-argument shortcut writes what `display_args` writes, for
-    /// every ASCII character alone, beside others and in a word.
-    #[test]
-    fn join_line_is_display_args() {
-        let mut words: Vec<String> = (0u8..128)
-            .flat_map(|b| {
-                let c = char::from(b);
-                [c.to_string(), format!("a{c}b"), format!("{c}{c}")]
-            })
-            .collect();
-        words.extend(["", "10.0.0.1", "é", "a b", "don't", "--comment"].map(String::from));
-        for w in &words {
-            for args in [
-                Vec::new(),
-                vec![w.clone()],
-                vec!["add".into(), "s".into(), w.clone()],
-            ] {
-                let command = Command {
-                    program: Program::Ipset,
-                    args,
-                    undo: None,
-                    reason: String::new(),
-                    target: String::new(),
-                    wish: None,
-                };
-                let want = format!("ipset {}", crate::state::rule::display_args(&command.args));
-                assert_eq!(join_line("ipset", &command), want, "{w:?}");
-            }
-        }
-    }
+    command.line(&backend.binary(command.program))
 }

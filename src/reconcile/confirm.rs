@@ -40,70 +40,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::kernel::Backend;
-use crate::plan::Command;
-use crate::plan::revert::{Snapshot, revert_steps};
-use crate::state::{Chain, State};
-
 /// The abstract socket an apply waiting for confirmation listens on.
 pub const SOCKET: &str = "pyfw-confirm";
-
-/// How a revert went.
-#[derive(Debug, Default)]
-pub struct Reverted {
-    pub transactions: usize,
-    pub failures: Vec<String>,
-}
-
-/// Reads what the snapshot names and puts it back. Never stops at the
-/// first failure: what can be put back is.
-pub fn revert(backend: &mut dyn Backend, snap: &Snapshot, say: &mut dyn FnMut(String)) -> Reverted {
-    let mut result = Reverted::default();
-    let now = match backend.read_state(snap.scope()) {
-        Ok(s) => s,
-        Err(e) => {
-            // Without a fresh read, assume every touched thing exists: the
-            // flush-and-refill transactions still put the old rules back.
-            say(format!(
-                "cannot read the state to revert ({e}); reverting blind"
-            ));
-            let mut s = State::default();
-            for (family, table, chain) in snap.chains.keys() {
-                s.ruleset_mut(*family)
-                    .tables
-                    .entry(table.clone())
-                    .or_default()
-                    .chains
-                    .push((
-                        chain.clone(),
-                        Chain {
-                            policy: None,
-                            rules: Vec::new(),
-                        },
-                    ));
-            }
-            s
-        }
-    };
-    for step in revert_steps(snap, &now) {
-        let refs: Vec<&Command> = step.iter().collect();
-        for c in &step {
-            say(format!(
-                "Reverting: {}",
-                crate::reconcile::apply::command_line(backend, c)
-            ));
-        }
-        match backend.run_batch(&refs) {
-            Ok(()) => result.transactions += 1,
-            Err(e) => {
-                let msg = format!("{} ({})", e.cause, backend.batch_line(&refs));
-                say(format!("revert step failed: {msg}"));
-                result.failures.push(msg);
-            }
-        }
-    }
-    result
-}
 
 /// The operator's answer.
 #[derive(Clone, Debug, PartialEq, Eq)]

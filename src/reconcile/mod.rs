@@ -16,14 +16,16 @@ use std::collections::{BTreeSet, HashMap};
 pub mod apply;
 mod canonicalize;
 pub mod confirm;
+pub mod rollback;
 pub mod scope;
 
 pub use scope::scope_for;
 
 use crate::kernel::scope::merge;
 use crate::kernel::{self, Backend, RuleCheck, Rules, Scope, Sets};
+use crate::plan::revert::Snapshot;
 use crate::plan::{self, Plan};
-use crate::reconcile::apply::{ApplyError, Event};
+use crate::reconcile::apply::{ApplyError, Event, Interrupt};
 use crate::state::canon::Comparison;
 use crate::state::ownership::{self, Owned, RECORD_SET};
 use crate::state::rule::Rule;
@@ -61,13 +63,14 @@ pub struct Planned {
 /// What an applying reconcile did.
 #[derive(Debug)]
 pub struct Applied {
-    /// The state read before the plan ran.
-    pub before: State,
     pub plan: Plan,
+    /// The chains and sets the plan touched, as they were before.
+    pub snapshot: Snapshot,
+    /// Wished rules that were checked only once the plan's sets existed.
+    pub deferred: Vec<RuleCheck>,
+    pub comparison: Comparison,
     /// How many commands ran (0 when in sync).
     pub ran: usize,
-    /// What was read.
-    pub scope: Scope,
 }
 
 type CanonKey = (Family, String, Vec<String>);
@@ -85,6 +88,7 @@ pub struct Owning {
 pub struct Reconciler<B: Backend> {
     backend: B,
     canonical: HashMap<CanonKey, Rule>,
+    interrupt: Interrupt,
 }
 
 impl<B: Backend> Reconciler<B> {
@@ -92,6 +96,7 @@ impl<B: Backend> Reconciler<B> {
         Reconciler {
             backend,
             canonical: HashMap::new(),
+            interrupt: Interrupt::new(),
         }
     }
 
@@ -237,30 +242,43 @@ impl<B: Backend> Reconciler<B> {
         Ok(merge(read, extra, &more))
     }
 
-    /// Reads, plans and applies; all or nothing.
-    pub fn apply(&mut self, wishes: &Wishes, on: &mut dyn FnMut(Event)) -> Result<Applied, Error> {
+    /// Applies what [`Reconciler::plan`] found, all or nothing: on a
+    /// failure or an interrupt (see [`Reconciler::interrupt`]), the touched
+    /// chains and sets are put back as they were. Reads nothing more
+    /// unless something fails.
+    pub fn apply(&mut self, planned: Planned, on: &mut dyn FnMut(Event)) -> Result<Applied, Error> {
         let Planned {
             state,
             plan,
             deferred,
-            scope,
+            comparison,
             ..
-        } = self.plan(wishes)?;
-        if plan.is_empty() && plan.record.is_empty() {
-            return Ok(Applied {
-                before: state,
-                plan,
-                ran: 0,
-                scope,
-            });
-        }
-        let ran = apply::apply(&mut self.backend, &plan, &deferred, on)?;
+        } = planned;
+        let snapshot = Snapshot::of(&plan, state);
+        let ran = match plan.is_empty() && plan.record.is_empty() {
+            true => 0,
+            false => apply::apply(
+                &mut self.backend,
+                &plan,
+                &snapshot,
+                &deferred,
+                &self.interrupt,
+                on,
+            )?,
+        };
         Ok(Applied {
-            before: state,
             plan,
+            snapshot,
+            deferred,
+            comparison,
             ran,
-            scope,
         })
+    }
+
+    /// What stops an apply of this reconciler at its next transaction (a
+    /// signal handler raises it); shared by clones.
+    pub fn interrupt(&self) -> Interrupt {
+        self.interrupt.clone()
     }
 }
 

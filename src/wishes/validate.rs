@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use regex::Regex;
 use serde_saphyr::Spanned;
 
-use crate::state::rule::{Rule, TEMP_PREFIX};
+use crate::state::ownership::RECORD_SET;
+use crate::state::rule::Rule;
 use crate::state::set_type::{SetFamily, SetType, valid_set_name};
 use crate::state::{Family, TABLES, builtin_chains};
 use crate::wishes::raw::MEMBER_LINES;
@@ -76,6 +77,10 @@ impl Validator {
                 label,
                 "bad set name (1-31 characters, no blanks or commas)",
             );
+            ok = false;
+        }
+        if let Err(why) = check_reserved("set", &name.value) {
+            self.error(line, label, &why);
             ok = false;
         }
         let raw = raw.value;
@@ -174,6 +179,10 @@ impl Validator {
         let label = chain_label(family, table, &chain.value);
         let mut ok = true;
         if let Err(why) = check_chain_name(&chain.value) {
+            self.error(line, Some(&label), &why);
+            ok = false;
+        }
+        if let Err(why) = check_reserved("chain", &chain.value) {
             self.error(line, Some(&label), &why);
             ok = false;
         }
@@ -428,12 +437,31 @@ pub fn check_rule_name(name: &str) -> Result<(), String> {
             "bad rule name `{name}` (1-64 characters of A-Z a-z 0-9 _ . : -)"
         ));
     }
-    if name.starts_with(TEMP_PREFIX) {
+    check_reserved("rule", name)
+}
+
+/// Names pyfw uses for itself: its ownership record (the set
+/// [`RECORD_SET`]) and everything starting with [`RESERVED_PREFIX`]
+/// (temporary copies of moved rules, sets filled before a rename or swap,
+/// scratch chains). A wish of that name would be overwritten, destroyed or
+/// taken for pyfw's own.
+pub fn check_reserved(kind: &str, name: &str) -> Result<(), String> {
+    if kind == "set" && name == RECORD_SET {
         return Err(format!(
-            "rule names starting with `{TEMP_PREFIX}` are reserved for pyfw"
+            "the set name `{RECORD_SET}` is pyfw's own: it holds the record of what pyfw owns; \
+             pick another name"
+        ));
+    }
+    if name.starts_with(RESERVED_PREFIX) {
+        return Err(format!(
+            "{kind} names starting with `{RESERVED_PREFIX}` are reserved for pyfw's own \
+             temporary rules, chains and sets; pick another name"
         ));
     }
     Ok(())
 }
+
+/// The prefix of every name pyfw makes for itself.
+pub const RESERVED_PREFIX: &str = "_pyfw_";
 
 // ---- raw serde stage -------------------------------------------------------
