@@ -29,6 +29,7 @@ on_both_backends!(
     a_set_change_cut_half_way_is_put_back,
     an_interrupt_mid_apply_is_held_then_rolled_back,
     a_kill_9_between_commit_and_record_leaves_nothing_unrecorded,
+    a_refused_command_is_named_with_its_wish_and_line,
 );
 
 /// The tools the fakes stand in for.
@@ -91,6 +92,10 @@ half-hang) input=$(cat); lines=$(printf '%s\n' "$input" | wc -l)
     exec sleep 600 ;;
 # Takes its time, then does the real work.
 slow) sleep 3 ;;
+# Refuses input line N as iptables-restore (nf_tables) does.
+refuse-line-*) cat >/dev/null; line=${action#refuse-line-}
+    echo "$tool v1.8.9 (nf_tables): line $line: RULE_INSERT failed (Invalid argument): rule in chain INPUT" >&2
+    echo "Error occurred at line: $line" >&2; exit 1 ;;
 # Does the real work, then kill -9 of the pyfw that ran it.
 kill-parent) real "$@"; status=$?; kill -9 "$PPID"; exit $status ;;
 esac
@@ -794,6 +799,56 @@ fn a_kill_9_between_commit_and_record_leaves_nothing_unrecorded(backend: Backend
     let rules = ns.iptables_save();
     assert!(!rules.contains("--comment extra"), "withdrawn\n{rules}");
     ns.run_pyfw(&without, &["check"]).expect_ok("in sync");
+}
+
+/// A transaction the kernel refuses at one command: the error names that
+/// command, its wish with the wishes file's line, and the tool's words
+/// without restore-input line numbers; `Executing command` is printed only
+/// for what ran (the set, put back since); the state is as before.
+fn a_refused_command_is_named_with_its_wish_and_line(backend: Backend) {
+    let Some(ns) = Netns::new("refused", backend) else {
+        return;
+    };
+    let fakes = Fakes::new();
+    let dir = tempfile::tempdir().unwrap();
+    let wishes = wishes(dir.path());
+    let k = clean_calls(&ns, &fakes, &wishes, "iptables-restore");
+    let before = exact_state(&ns);
+    // Input line 5 of the IPv4 filter transaction: `*filter`, then DOCKER's,
+    // FORWARD's and INPUT's first insert, then allow_ssh's.
+    fakes.set_all("pass");
+    fakes.set("iptables-restore", &format!("refuse-line-5-at-{k}"));
+    let out = fakes.run(&ns, &[PYFW, "--wishes", arg(&wishes), "apply"], &[]);
+    assert_eq!(out.code(), Some(1), "{out}");
+    let text = std::fs::read_to_string(&wishes).unwrap();
+    let line = 1 + text
+        .lines()
+        .position(|l| l.contains("- allow_ssh:"))
+        .unwrap();
+    let want = format!(
+        "pyfw: error: {}:{line}: filter/INPUT/allow_ssh: command ",
+        wishes.display()
+    );
+    assert!(
+        out.stderr.lines().any(|l| l.starts_with(&want)),
+        "want `{want}...`\n{out}"
+    );
+    assert!(
+        out.stderr
+            .contains(" failed: `iptables -w -t filter -I INPUT 2 -p tcp -m tcp --dport 22")
+            && out.stderr.contains("RULE_INSERT failed (Invalid argument)")
+            && out.stderr.contains("netfilter is as it was (read back)"),
+        "{out}"
+    );
+    assert!(
+        !out.stderr.contains("line 5") && !out.stderr.contains("Error occurred"),
+        "no restore-input line numbers\n{out}"
+    );
+    assert!(
+        !out.stdout.contains("Executing command") || !out.stdout.contains("-I INPUT"),
+        "only what ran is printed as executing\n{out}"
+    );
+    assert_text_eq(&exact_state(&ns), &before, &format!("refused\n{out}"));
 }
 
 /// A background pyfw with its output collected.

@@ -29,7 +29,7 @@ pub fn apply(
     let mut out = Printer::new();
     let planned = match reconciler.plan_after(&wishes, owning) {
         Ok(planned) => planned,
-        Err(e) => return failed(e),
+        Err(e) => return failed(e, &wishes),
     };
     let ssh = crate::plan::lint::SshConnection::from_env();
     for w in crate::plan::lint::lint(&wishes, &planned.state, ssh.as_ref()) {
@@ -42,7 +42,7 @@ pub fn apply(
     let interrupted = signals.release();
     let applied = match applied {
         Ok(applied) => applied,
-        Err(e) => return failed(e),
+        Err(e) => return failed(e, &wishes),
     };
     if applied.plan.is_empty() && interrupted.is_none() {
         out.line(&format!(
@@ -87,7 +87,7 @@ pub fn apply(
 /// The exit status for a failed apply: 128 + the signal's number when a
 /// signal stopped it, else the error for `pyfw: error:`, saying what
 /// netfilter holds.
-fn failed(e: crate::reconcile::Error) -> Result<ExitCode, String> {
+fn failed(e: crate::reconcile::Error, wishes: &Wishes) -> Result<ExitCode, String> {
     if let crate::reconcile::Error::Apply(a) = &e
         && let Cause::Interrupted(signo) = a.cause
     {
@@ -99,7 +99,18 @@ fn failed(e: crate::reconcile::Error) -> Result<ExitCode, String> {
         crate::reconcile::Error::Read(_) | crate::reconcile::Error::Rejected { .. } => {
             Err(format!("{e}; nothing was changed"))
         }
-        crate::reconcile::Error::Apply(_) => Err(e.to_string()),
+        // A command the kernel refused is the wish's: its file and line.
+        crate::reconcile::Error::Apply(ref a) => match a.refused() {
+            Some(refused) => {
+                let at = wishes.locate(&refused.label());
+                let rest = e.to_string();
+                let rest = rest
+                    .strip_prefix(&format!("{}: ", refused.label()))
+                    .unwrap_or(&rest);
+                Err(format!("{at}: {rest}"))
+            }
+            None => Err(e.to_string()),
+        },
     }
 }
 

@@ -81,7 +81,10 @@ pub trait Backend {
     /// them one by one.
     fn run_batch(&mut self, commands: &[&Command]) -> Result<(), BatchError> {
         for (applied, c) in commands.iter().enumerate() {
-            self.run(c).map_err(|cause| BatchError { applied, cause })?;
+            self.run(c).map_err(|cause| BatchError {
+                failed_at: Some(applied),
+                cause,
+            })?;
         }
         Ok(())
     }
@@ -107,11 +110,11 @@ pub struct SetSummary {
     pub members: usize,
 }
 
-/// A batch that failed: `applied` of its commands took effect first (0 for
-/// an atomic iptables transaction).
+/// A batch that failed, and which of its commands (an index into the
+/// batch) the tool named as the one it refused, when it said.
 #[derive(Debug)]
 pub struct BatchError {
-    pub applied: usize,
+    pub failed_at: Option<usize>,
     pub cause: Error,
 }
 

@@ -32,6 +32,7 @@ pub mod restore_script;
 pub mod scope;
 pub mod system;
 pub mod variant;
+pub mod words;
 pub mod xtlock;
 
 pub use backend::{Backend, BatchError, Error, RuleCheck, SetSummary, transactions};

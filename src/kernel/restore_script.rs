@@ -17,6 +17,24 @@ pub(crate) fn restore_error_line(stderr: &str) -> Option<usize> {
     })
 }
 
+/// The input line an `ipset restore` failure names (`Error in line N: ...`).
+pub(crate) fn ipset_error_line(stderr: &str) -> Option<usize> {
+    stderr
+        .split("Error in line ")
+        .nth(1)
+        .and_then(|r| r.split(':').next())
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// The command of an `iptables-restore` batch that input line `line`
+/// (1-based) of `text` came from: the first whose restore line it is.
+pub(crate) fn command_at_line(text: &str, line: usize, commands: &[&Command]) -> Option<usize> {
+    let wanted = text.lines().nth(line.checked_sub(1)?)?;
+    commands
+        .iter()
+        .position(|c| crate::state::rule::restore_line(c.args.get(3..).unwrap_or(&[])) == wanted)
+}
+
 /// The program and arguments that run `commands` as one batch.
 pub(crate) fn batch_program(
     restore: impl Fn(Family) -> String,
@@ -224,6 +242,12 @@ impl RestoreScript {
             .and_then(|l| self.done_before.get(l))
             .copied()
             .unwrap_or(0)
+    }
+
+    /// The command input line `line` (1-based, as ipset reports it) came
+    /// from (a fill's lines all come from its `create`).
+    pub fn command_at(&self, line: usize) -> Option<usize> {
+        self.done_before.get(line.checked_sub(1)?).copied()
     }
 
     /// Temporary sets a restore that stopped at `line` (1-based; `None`:

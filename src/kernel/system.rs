@@ -7,7 +7,9 @@
 use crate::kernel::backend::{Backend, BatchError, Error, RuleCheck};
 use crate::kernel::legacy_cache::LegacyCache;
 use crate::kernel::process::{Output, Runner, Sink};
-use crate::kernel::restore_script::{batch_input, batch_program};
+use crate::kernel::restore_script::{
+    batch_input, batch_program, command_at_line, ipset_error_line, restore_error_line,
+};
 use crate::kernel::scope::Scope;
 use crate::plan::{Command, Program};
 use crate::state::rule::Rule;
@@ -155,36 +157,35 @@ impl Backend for System {
             return Ok(());
         };
         if commands.len() == 1 {
-            return self
-                .run(first)
-                .map_err(|cause| BatchError { applied: 0, cause });
+            return self.run(first).map_err(|cause| BatchError {
+                failed_at: Some(0),
+                cause,
+            });
         }
         let (program, args, text) = batch_input(|f| self.tool(f, "-restore"), commands);
         let Err(cause) = self.exec(&program, &args, Some(&text)) else {
             return Ok(());
         };
-        let applied = match (&first.program, &cause) {
-            // One transaction: nothing took effect.
-            (Program::Iptables(_), _) => 0,
+        let stderr = match &cause {
+            Error::Failed { stderr, .. } => stderr.as_str(),
+            _ => "",
+        };
+        let failed_at = match first.program {
+            Program::Iptables(_) => {
+                restore_error_line(stderr).and_then(|n| command_at_line(&text, n, commands))
+            }
             // ipset restore stops at the failing line; a set it was
             // filling under a temporary name never got its own name.
-            (Program::Ipset, _) => {
-                let line = match &cause {
-                    Error::Failed { stderr, .. } => stderr
-                        .split("Error in line ")
-                        .nth(1)
-                        .and_then(|r| r.split(':').next())
-                        .and_then(|n| n.trim().parse::<usize>().ok()),
-                    _ => None,
-                };
+            Program::Ipset => {
+                let line = ipset_error_line(stderr);
                 let script = crate::kernel::restore_script::RestoreScript::new(commands);
                 for tmp in script.leftovers(line) {
                     let _ = self.exec("ipset", &["-exist", "destroy", tmp].map(String::from), None);
                 }
-                line.map_or(0, |l| script.applied_before(l))
+                line.and_then(|l| script.command_at(l))
             }
         };
-        Err(BatchError { applied, cause })
+        Err(BatchError { failed_at, cause })
     }
 
     fn batch_line(&self, commands: &[&Command]) -> String {

@@ -95,11 +95,47 @@ pub fn signal_name(signo: i32) -> String {
     }
 }
 
+/// The planned command a kernel tool refused, as the plan numbers it.
+#[derive(Clone, Debug)]
+pub struct Refused {
+    /// 1-based, of `total`.
+    pub index: usize,
+    pub total: usize,
+    /// The command line, as printed for `Executing command`.
+    pub line: String,
+    /// The chain (`filter/INPUT`) or set (`ipset NAME`) it changes.
+    pub target: String,
+    /// The wished rule or set it serves, if any.
+    pub wish: Option<String>,
+}
+
+impl Refused {
+    /// The wish as the wishes file names it: `filter/INPUT/allow_ssh`,
+    /// `ipset allowed_hosts`, or the chain for a policy.
+    pub fn label(&self) -> String {
+        match &self.wish {
+            Some(name) if !self.target.starts_with("ipset ") => format!("{}/{name}", self.target),
+            _ => self.target.clone(),
+        }
+    }
+}
+
 /// Why an apply stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum Cause {
     #[error("{0}")]
     Kernel(kernel::Error),
+    /// A transaction failed at one command: the tool said which.
+    #[error(
+        "{}: command {}/{} failed: `{}`: {}",
+        .refused.label(), .refused.index, .refused.total, .refused.line,
+        kernel::words::tool_said(.error)
+    )]
+    Refused {
+        /// Boxed: errors travel in `Result`s, which stay small this way.
+        refused: Box<Refused>,
+        error: kernel::Error,
+    },
     #[error("interrupted by {}", signal_name(*.0))]
     Interrupted(i32),
     #[error("cannot write pyfw's ownership record ahead of the change: {0}")]
@@ -156,10 +192,19 @@ pub struct ApplyError {
 }
 
 impl ApplyError {
+    /// The command a tool refused, when it said which.
+    pub fn refused(&self) -> Option<&Refused> {
+        match &self.cause {
+            Cause::Refused { refused, .. } => Some(refused),
+            _ => None,
+        }
+    }
+
     /// The kernel tools' error that stopped the apply, if one did.
     pub fn kernel_error(&self) -> Option<&kernel::Error> {
         match &self.cause {
             Cause::Kernel(e) | Cause::RecordAhead(e) | Cause::RecordAfter(e) => Some(e),
+            Cause::Refused { error, .. } => Some(error),
             Cause::Interrupted(_) => None,
         }
     }
@@ -277,7 +322,20 @@ fn run_transactions(
         });
         undo.wrote = true;
         if let Err(e) = backend.run_batch(&batch) {
-            return Err(undo.fail(backend, Cause::Kernel(e.cause), on));
+            let cause = match e.failed_at.and_then(|k| batch.get(k).map(|c| (k, c))) {
+                Some((k, command)) => Cause::Refused {
+                    refused: Box::new(Refused {
+                        index: range.start + k + 1,
+                        total,
+                        line: command_line(backend, command),
+                        target: command.target.clone(),
+                        wish: command.wish.clone(),
+                    }),
+                    error: e.cause,
+                },
+                None => Cause::Kernel(e.cause),
+            };
+            return Err(undo.fail(backend, cause, on));
         }
         report_ran(backend, &batch, range.start, total, on);
     }

@@ -57,6 +57,35 @@ impl Wishes {
         }
         out
     }
+
+    /// The line of the wish a message names by its label:
+    /// `table/chain/NAME` (or `ip6tables:table/chain/NAME`) for a rule,
+    /// `table/chain` for a chain, `ipset NAME` for a set.
+    pub fn line_of(&self, label: &str) -> Option<u64> {
+        if let Some(name) = label.strip_prefix("ipset ") {
+            return self.ipsets.iter().find(|s| s.name == name).map(|s| s.line);
+        }
+        self.chains.iter().find_map(|chain| {
+            let chain_label = chain.label();
+            if chain_label == label {
+                return Some(chain.line);
+            }
+            let name = label.strip_prefix(&chain_label)?.strip_prefix('/')?;
+            chain.rules.iter().flatten().find_map(|item| match item {
+                RuleItem::Named(r) if r.name == name => Some(r.line),
+                _ => None,
+            })
+        })
+    }
+
+    /// `FILE:LINE: LABEL` for a message about the wish `label`, or
+    /// `FILE: LABEL` when no wish of that label is in the file.
+    pub fn locate(&self, label: &str) -> String {
+        match self.line_of(label) {
+            Some(line) => format!("{}:{line}: {label}", self.path.display()),
+            None => format!("{}: {label}", self.path.display()),
+        }
+    }
 }
 
 /// An ipset with exact membership.
