@@ -1374,6 +1374,13 @@ fn the_unit_files_pass_systemd_checks() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(fake_root.path().join("run/xtables.lock").is_file());
+        let run_dir = std::fs::symlink_metadata(fake_root.path().join("run/pyfw")).unwrap();
+        assert!(run_dir.is_dir());
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&run_dir.permissions()) & 0o7777,
+            0o700,
+            "/run/pyfw holds pyfw's locks: root's alone"
+        );
     }
 }
 
