@@ -931,18 +931,36 @@ fn one_daemon_per_network_namespace() {
     first.assert_alive();
 }
 
-/// Holds `@pyfw-lock` in `ns` with socat until killed.
+/// Whether the writer lock of `ns` is free (taking it for an instant).
+fn writer_lock_free(ns: &Ns) -> bool {
+    ns.inner
+        .within(|| pyfw::kernel::lock::try_lock(pyfw::kernel::lock::WRITER).is_ok())
+}
+
+/// Holds the writer lock of `ns` until killed: a shell that opens the lock
+/// file (in /run/pyfw: the tests set no PYFW_RUN_DIR), flock(1)s it and
+/// becomes `sleep`, one process keeping the lock until it dies.
 fn hold_writer_lock(ns: &Ns) -> Child {
+    assert!(writer_lock_free(ns), "the writer lock is free at first");
+    let path = ns
+        .inner
+        .within(|| pyfw::kernel::lock::path(pyfw::kernel::lock::WRITER))
+        .expect("the writer lock's path");
     let child = ns
-        // `fork`: a probe (pyfw asking who holds the lock) must not end it.
-        .command(&["socat", "ABSTRACT-LISTEN:pyfw-lock,fork", "EXEC:true"])
+        .command(&[
+            "sh",
+            "-c",
+            r#"exec 9>>"$1" && flock --exclusive 9 && exec sleep 3600"#,
+            "sh",
+            path.to_str().unwrap(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("socat");
+        .expect("sh");
     wait_until(
-        "socat to hold @pyfw-lock",
-        || ns.ok(&["ss", "-xlH"]).contains("@pyfw-lock"),
+        "a process to hold the writer lock",
+        || !writer_lock_free(ns),
         String::new,
     );
     child
@@ -962,8 +980,8 @@ fn apply_takes_turns_with_the_writer_lock() {
     let Some(ns) = Ns::new("apply_takes_turns") else {
         return;
     };
-    if !have("socat") || !have("ss") {
-        unavailable("apply_takes_turns", "socat or ss is not installed");
+    if !have("flock") {
+        unavailable("apply_takes_turns", "flock is not installed");
         return;
     }
     ns.restore(
@@ -1022,8 +1040,8 @@ fn apply_gives_up_when_the_writer_lock_stays_held() {
     let Some(ns) = Ns::new("apply_gives_up") else {
         return;
     };
-    if !have("socat") || !have("ss") {
-        unavailable("apply_gives_up", "socat or ss is not installed");
+    if !have("flock") {
+        unavailable("apply_gives_up", "flock is not installed");
         return;
     }
     let mut holder = hold_writer_lock(&ns);
@@ -1051,7 +1069,7 @@ fn apply_gives_up_when_the_writer_lock_stays_held() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("gave up after") && stderr.contains("@pyfw-lock"),
+        stderr.contains("gave up after") && stderr.contains("holds the writer lock"),
         "{stderr}"
     );
 }
@@ -1358,6 +1376,13 @@ fn the_unit_files_pass_systemd_checks() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(fake_root.path().join("run/xtables.lock").is_file());
+        let run_dir = std::fs::symlink_metadata(fake_root.path().join("run/pyfw")).unwrap();
+        assert!(run_dir.is_dir());
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&run_dir.permissions()) & 0o7777,
+            0o700,
+            "/run/pyfw holds pyfw's locks: root's alone"
+        );
     }
 }
 

@@ -51,6 +51,9 @@ pub fn main(cli: Cli) -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .without_time()
+        // Colours only for a terminal: an escape sequence in a log file or
+        // a pipe is noise, or worse (see `crate::state::text`).
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let command = match (cli.apply, cli.command.clone()) {
         (true, Some(other)) if other != Cmd::Apply => {

@@ -208,7 +208,7 @@ pub struct Core<R> {
     /// the ones loaded before (`false`).
     fallback: Option<(Loaded, bool)>,
     reported: Option<Bad>,
-    /// The abstract-socket lock held while netfilter is read and changed.
+    /// The lock held while netfilter is read and changed (`kernel::lock`).
     writer_lock: Option<String>,
     /// Where to report what runs find and do (`pyfw daemon --metrics`);
     /// `None` costs nothing.

@@ -45,6 +45,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 
 use crate::state::Family;
+use crate::state::text::escape_untrusted;
 use crate::wishes::Wishes;
 
 /// The chains whose changes trigger a reconcile: (family, table, chain).
@@ -426,6 +427,9 @@ impl Filter {
                 if touched.is_empty() || pid.is_some_and(own) {
                     return None;
                 }
+                // Any process may name itself anything: its name is shown
+                // escaped.
+                let name = name.map(|n| escape_untrusted(&n).into_owned());
                 let by = match (pid, name) {
                     (Some(pid), Some(name)) => format!("{name} (pid {pid})"),
                     (Some(pid), None) => format!("pid {pid}"),
@@ -588,6 +592,20 @@ mod tests {
         assert_eq!(changes(&other, &[200]), []);
         // The same change by someone else counts.
         assert_eq!(changes(&own, &[]).len(), 1);
+    }
+
+    #[test]
+    fn the_committing_process_name_is_escaped() {
+        // Any process may name itself: a line break and a terminal escape.
+        let mut buf = rule(NFPROTO_IPV4, "filter", "FORWARD");
+        buf.extend(generation(100, "evil\n\x1b[31m"));
+        assert_eq!(
+            changes(&buf, &[]),
+            [Change::Touched {
+                what: vec!["filter/FORWARD".into()],
+                by: "evil\\n\\x1b[31m (pid 100)".into(),
+            }]
+        );
     }
 
     #[test]

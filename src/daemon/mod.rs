@@ -219,7 +219,7 @@ fn start(path: &Path, variant: Variant, args: &Args) -> Result<ExitCode, String>
         .transpose()?;
     // First of all, so that SIGTERM is ours to handle from here on.
     let signals = forward_signals()?;
-    let mut daemon_lock =
+    let daemon_lock =
         crate::kernel::lock::try_lock(crate::kernel::lock::DAEMON).map_err(|e| match e {
             crate::kernel::lock::LockError::Busy { holder, .. } => format!(
                 "a pyfw daemon is already running in this network namespace{}. One daemon per \
@@ -230,7 +230,6 @@ fn start(path: &Path, variant: Variant, args: &Args) -> Result<ExitCode, String>
             ),
             other => other.to_string(),
         })?;
-    daemon_lock.serve_probes();
     // Bound after the lock, so that a second daemon is refused for being a
     // second daemon, not for a busy port; and bound before the first
     // reconcile, so that a bad or busy address fails the start.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::kernel::scope::Scope;
 use crate::plan::{Command, Program};
 use crate::state::rule::Rule;
+use crate::state::text::escape_untrusted;
 use crate::state::{self, Family, State};
 
 /// A wished rule for the kernel tools to check before anything changes.
@@ -43,7 +44,8 @@ pub enum Error {
          PYFW_MAX_OUTPUT to raise the limit)"
     )]
     TooLarge { command: String, limit: usize },
-    #[error("`{command}` failed ({status}): {stderr}")]
+    /// `stderr` is the tool's words as printed; shown escaped, on one line.
+    #[error("`{command}` failed ({status}): {}", escape_untrusted(.stderr))]
     Failed {
         command: String,
         status: String,
@@ -54,7 +56,7 @@ pub enum Error {
         command: String,
         source: state::ParseError,
     },
-    #[error("{label}: iptables rejects the rule: {message}")]
+    #[error("{label}: iptables rejects the rule: {}", escape_untrusted(.message))]
     Rejected { label: String, message: String },
 }
 

@@ -16,7 +16,8 @@
 //! - [`system`], [`read`], [`learn`], [`variant`]: the real tools;
 //! - [`legacy_cache`], [`fingerprint`], [`xtlock`]: what keeps legacy polls
 //!   cheap;
-//! - [`netns`], [`lock`], [`privilege`]: the namespace, pyfw's own locks,
+//! - [`netns`], [`run_dir`], [`lock`], [`privilege`]: the namespace, the
+//!   root-only directory of pyfw's own locks, the locks,
 //!   and whether this process may act.
 
 pub mod backend;
@@ -29,6 +30,7 @@ pub mod privilege;
 pub mod process;
 pub mod read;
 pub mod restore_script;
+pub mod run_dir;
 pub mod scope;
 pub mod system;
 pub mod variant;

@@ -29,3 +29,16 @@ pub fn netns_cookie() -> Option<u64> {
     };
     (rc == 0).then_some(cookie)
 }
+
+/// A name for this network namespace that no other namespace has while
+/// it lives, for the files pyfw keeps per namespace: its cookie, or where
+/// the kernel has none (before Linux 5.14) the device and inode number of
+/// `/proc/thread-self/ns/net`.
+pub fn netns_key() -> Option<String> {
+    if let Some(cookie) = netns_cookie() {
+        return Some(cookie.to_string());
+    }
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata("/proc/thread-self/ns/net").ok()?;
+    Some(format!("dev{}-ino{}", meta.dev(), meta.ino()))
+}

@@ -22,12 +22,16 @@ pub const COMMAND_TIMEOUT_ENV: &str = "PYFW_COMMAND_TIMEOUT";
 pub const MAX_OUTPUT_ENV: &str = "PYFW_MAX_OUTPUT";
 const DEFAULT_MAX_OUTPUT: usize = 256 << 20;
 
+/// The first lines a tool printed on stderr, for an error: on one line,
+/// escaped (the tool's words are not pyfw's).
 fn said(stderr: &str) -> String {
     match stderr.trim() {
         "" => String::new(),
         text => format!(
             "; it said: {}",
-            text.lines().take(3).collect::<Vec<_>>().join(" / ")
+            crate::state::text::escape_untrusted(
+                &text.lines().take(3).collect::<Vec<_>>().join(" / ")
+            )
         ),
     }
 }

@@ -8,23 +8,22 @@
 //! what was there before in every chain, policy and ipset the plan touched,
 //! and says so.
 //!
-//! - [`Snapshot`] is what the plan touched, as it was: taken from the state
-//!   the plan was made from, under the writer lock.
-//! - [`revert_steps`] (pure) turns a snapshot and the state now into
-//!   transactions: sets refilled or recreated first (swapped in whole, so a
-//!   rule never sees a set half full), then every touched chain of a table
-//!   rewritten in one `iptables-restore --noflush` transaction (flush, the
-//!   old rules, the old policy: no instant without a rule), then the sets
-//!   and chains the plan created are removed, once no rule uses them.
-//! - The wait listens on the abstract socket `@pyfw-confirm` of the network
-//!   namespace (like `src/lock.rs`), answering only root or the user who
-//!   runs the apply. SIGHUP (the SSH session dropped) is ignored: the wait
-//!   goes on and the revert still comes.
+//! - [`crate::plan::revert::Snapshot`] is what the plan touched, as it
+//!   was: taken from the state the plan was made from, under the writer
+//!   lock; [`crate::reconcile::rollback::revert`] puts it back with the
+//!   fewest edits, one transaction per table, and reads it back (the same
+//!   revert a failed apply uses).
+//! - The wait listens on a Unix socket in pyfw's root-only run directory,
+//!   by network namespace (`/run/pyfw/confirm-COOKIE.sock`, beside the locks
+//!   of [`crate::kernel::lock`]), and answers only root or the user who runs
+//!   the apply. (It was the abstract socket `@pyfw-confirm`, which any user
+//!   of the namespace could bind first.) SIGHUP (the SSH session dropped)
+//!   is ignored: the wait goes on and the revert still comes.
 //!
-//! With a daemon: the apply holds the writer lock (`@pyfw-lock`) from the
-//! read until the answer or the end of the revert, so the daemon neither
-//! undoes the change under test nor fights the revert; it waits, retries
-//! with backoff and reconciles when the lock is free. A revert leaves a mark
+//! With a daemon: the apply holds the writer lock from the read until the
+//! answer or the end of the revert, so the daemon neither undoes the change
+//! under test nor fights the revert; it waits, retries with backoff and
+//! reconciles when the lock is free. A revert leaves a mark
 //! (`/run/pyfw/reverted-COOKIE`, by network namespace) naming the reverted
 //! wishes' content, so that the daemon does not apply that same content
 //! again; it enforces again once the file changes, or after a plain or
@@ -33,15 +32,30 @@
 use std::hash::Hasher;
 use std::io::{self, BufRead, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// The abstract socket an apply waiting for confirmation listens on.
-pub const SOCKET: &str = "pyfw-confirm";
+use crate::kernel::run_dir;
+
+/// The name of the socket an apply waiting for confirmation in this
+/// network namespace listens on, in the run directory.
+fn socket_name() -> io::Result<String> {
+    crate::kernel::netns::netns_key()
+        .map(|key| format!("confirm-{key}.sock"))
+        .ok_or_else(|| io::Error::other("cannot tell which network namespace this is"))
+}
+
+/// The socket file, removed when the wait ends.
+struct Bound(PathBuf);
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
 
 /// The operator's answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,16 +67,28 @@ pub enum Answer {
     Refused(String),
 }
 
-/// Waits up to `timeout` for a confirmation on `@pyfw-confirm` or, when
-/// `terminal` is set, a line on stdin.
+/// Waits up to `timeout` for a confirmation on the confirm socket or, when
+/// `terminal` is set, a line on stdin. The caller holds the writer lock, so
+/// no other apply waits in this namespace: a socket file already there is
+/// a dead apply's, and is replaced.
 pub fn wait(timeout: Duration, terminal: bool, say: &mut dyn FnMut(String)) -> io::Result<Answer> {
-    let addr = SocketAddr::from_abstract_name(SOCKET.as_bytes())?;
-    let listener = UnixListener::bind_addr(&addr).map_err(|e| {
+    let dir = run_dir::ensure().map_err(io::Error::other)?;
+    let path = dir.join(socket_name()?);
+    let cannot = |e: io::Error| {
         io::Error::new(
             e.kind(),
-            format!("cannot listen on @{SOCKET} for `pyfw confirm`: {e}"),
+            format!(
+                "cannot listen on {} for `pyfw confirm`: {e}",
+                path.display()
+            ),
         )
-    })?;
+    };
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(cannot(e)),
+        _ => {}
+    }
+    let listener = UnixListener::bind(&path).map_err(cannot)?;
+    let _bound = Bound(path.clone());
     listener.set_nonblocking(true)?;
     // SIGHUP: the terminal went away (the very lock-out this guards
     // against); keep waiting. SIGINT, SIGTERM: revert now.
@@ -173,7 +199,7 @@ fn answer_client(listener: &UnixListener) -> Option<Answer> {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
-    let (pid, uid) = crate::kernel::lock::peer(&stream)?;
+    let (pid, uid) = peer(&stream)?;
     let mut buf = [0u8; 64];
     let n = stream.read(&mut buf).ok()?;
     if !buf[..n].starts_with(b"confirm") {
@@ -199,16 +225,56 @@ fn answer_client(listener: &UnixListener) -> Option<Answer> {
     )))
 }
 
+/// The pid and uid of a connected peer (`SO_PEERCRED`).
+fn peer(stream: &UnixStream) -> Option<(i32, u32)> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes and `len` is the size of
+    // `cred`, as SO_PEERCRED requires; the fd is open for the whole call.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some((cred.pid, cred.uid))
+}
+
 /// `pyfw confirm`: confirms the apply waiting in this network namespace.
-/// Returns its reply, or why there is nothing to confirm.
+/// Returns its reply, or why there is nothing to confirm. A run directory
+/// that others could write is refused here too: whoever listened there
+/// could answer for the apply.
 pub fn send_confirm() -> Result<String, String> {
-    let addr = SocketAddr::from_abstract_name(SOCKET.as_bytes()).map_err(|e| e.to_string())?;
-    let mut stream = UnixStream::connect_addr(&addr).map_err(|e| match e.kind() {
-        io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound => {
-            "nothing to confirm: no `pyfw apply --confirm` is waiting in this network namespace"
-                .to_string()
+    const NOTHING: &str =
+        "nothing to confirm: no `pyfw apply --confirm` is waiting in this network namespace";
+    let denied = |path: &std::path::Path, e: &io::Error| {
+        format!(
+            "cannot reach {}: {e}; only root (or the user running the apply) may confirm",
+            path.display()
+        )
+    };
+    let dir = match run_dir::existing() {
+        Ok(Some(dir)) => dir,
+        Ok(None) => return Err(NOTHING.to_string()),
+        Err(run_dir::RunDirError::Io { path, source })
+            if source.kind() == io::ErrorKind::PermissionDenied =>
+        {
+            return Err(denied(&path, &source));
         }
-        _ => format!("cannot reach @{SOCKET}: {e}"),
+        Err(e) => return Err(e.to_string()),
+    };
+    let path = dir.join(socket_name().map_err(|e| e.to_string())?);
+    let mut stream = UnixStream::connect(&path).map_err(|e| match e.kind() {
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound => NOTHING.to_string(),
+        io::ErrorKind::PermissionDenied => denied(&path, &e),
+        _ => format!("cannot reach {}: {e}", path.display()),
     })?;
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     stream
@@ -228,16 +294,10 @@ pub fn send_confirm() -> Result<String, String> {
 
 // ---- the mark a revert leaves for the daemon -------------------------------
 
-/// Where reverts are marked: `/run/pyfw` (or `$PYFW_RUN_DIR`).
-fn run_dir() -> PathBuf {
-    std::env::var_os("PYFW_RUN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/run/pyfw"))
-}
-
-/// The file marking a revert in this network namespace.
+/// The file marking a revert in this network namespace, in the run
+/// directory.
 pub fn mark_path() -> Option<PathBuf> {
-    crate::kernel::netns::netns_cookie().map(|c| run_dir().join(format!("reverted-{c}")))
+    crate::kernel::netns::netns_key().map(|key| run_dir::path().join(format!("reverted-{key}")))
 }
 
 /// A fingerprint of a wishes file's content.
@@ -250,9 +310,7 @@ pub fn content_hash(text: &[u8]) -> String {
 /// Marks `text` as reverted in this network namespace; returns the mark.
 pub fn mark_reverted(text: &[u8], wishes: &std::path::Path, why: &str) -> io::Result<PathBuf> {
     let path = mark_path().ok_or_else(|| io::Error::other("cannot tell the network namespace"))?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
+    run_dir::ensure().map_err(io::Error::other)?;
     let body = format!(
         "{}\n{}: reverted by `pyfw apply --confirm` (pid {}): {why}\n",
         content_hash(text),

@@ -15,6 +15,7 @@ pub mod parse;
 pub mod render;
 pub mod rule;
 pub mod set_type;
+pub mod text;
 
 pub use parse::{
     IpsetSaveReader, ParseError, parse_chain_listing, parse_ipset_save, parse_iptables_save,

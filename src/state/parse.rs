@@ -5,11 +5,13 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use crate::state::rule::Rule;
+use crate::state::text::escape_untrusted;
 use crate::state::{Chain, Ipset, Ruleset, Table};
 
-/// A line of saved state that could not be read.
+/// A line of saved state that could not be read. The line, and the names
+/// from it that the message quotes, are the tool's text: shown escaped.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("line {line}: {message}: {text}")]
+#[error("line {line}: {}: {}", escape_untrusted(.message), escape_untrusted(.text))]
 pub struct ParseError {
     pub line: usize,
     pub message: String,
