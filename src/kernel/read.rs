@@ -44,6 +44,30 @@ fn keep_chains(save: &str, wanted: &BTreeSet<String>) -> String {
     out
 }
 
+/// An error unless a save of `table` printed it: `iptables-save -t TABLE`
+/// prints every table it is asked for, loaded or not, empty or not.
+fn has_table(rs: &state::Ruleset, table: &str, command: &str) -> Result<(), Error> {
+    if rs.tables.contains_key(table) {
+        return Ok(());
+    }
+    Err(Error::Empty {
+        command: command.to_string(),
+        expected: format!("`*{table}` ... `COMMIT`"),
+    })
+}
+
+/// Whether `iptables -S CHAIN` printed the line it always starts with:
+/// `-P CHAIN POLICY` for a built-in chain, `-N CHAIN` for another.
+fn lists_chain(text: &str, chain: &str) -> bool {
+    text.lines().any(|l| {
+        let l = l.trim_end();
+        l.strip_prefix("-N ") == Some(chain)
+            || l.strip_prefix("-P ")
+                .and_then(|rest| rest.strip_prefix(chain))
+                .is_some_and(|rest| rest.starts_with(' '))
+    })
+}
+
 impl System {
     /// The families' rules and the sets in `scope`, read side by side (see
     /// [`parallel`]).
@@ -91,10 +115,18 @@ impl System {
         } else {
             out.stdout
         };
-        state::parse_iptables_save(&text).map_err(|source| Error::Parse {
-            command: program,
+        let command = match table {
+            Some(t) => format!("{program} -t {t}"),
+            None => program,
+        };
+        let rs = state::parse_iptables_save(&text).map_err(|source| Error::Parse {
+            command: command.clone(),
             source,
-        })
+        })?;
+        if let Some(t) = table {
+            has_table(&rs, t, &command)?;
+        }
+        Ok(rs)
     }
 
     /// Reads some chains of a table with one `iptables-save -t TABLE`,
@@ -115,12 +147,16 @@ impl System {
             // Let the full parse say what is wrong, as `save` does.
             return self.save(family, Some(table));
         }
-        state::parse_iptables_save(&keep_chains(&out.stdout, wanted)).map_err(|source| {
-            Error::Parse {
-                command: format!("{program} -t {table}"),
-                source,
-            }
-        })
+        let command = format!("{program} -t {table}");
+        let rs =
+            state::parse_iptables_save(&keep_chains(&out.stdout, wanted)).map_err(|source| {
+                Error::Parse {
+                    command: command.clone(),
+                    source,
+                }
+            })?;
+        has_table(&rs, table, &command)?;
+        Ok(rs)
     }
 
     /// Reads single chains with `iptables -S CHAIN`: on nft this touches
@@ -160,11 +196,15 @@ impl System {
                 }
                 Err(e) => return Err(e),
             };
-            let parsed =
-                state::parse_chain_listing(&out.stdout, chain).map_err(|source| Error::Parse {
-                    command: format!("{} -t {table} -S {chain}", self.tool(family, "")),
-                    source,
-                })?;
+            let command = format!("{} -t {table} -S {chain}", self.tool(family, ""));
+            if !lists_chain(&out.stdout, chain) {
+                return Err(Error::Empty {
+                    command,
+                    expected: format!("`-P {chain}` or `-N {chain}` line"),
+                });
+            }
+            let parsed = state::parse_chain_listing(&out.stdout, chain)
+                .map_err(|source| Error::Parse { command, source })?;
             rs.tables
                 .entry(table.clone())
                 .or_default()
@@ -323,10 +363,22 @@ impl System {
             }
             Err(e) => return Err(e),
         };
+        let command = || format!("ipset {}", args.join(" "));
         match reading.error {
-            None => Ok(Some(reading.reader.finish())),
+            None => {
+                let sets = reading.reader.finish();
+                if let Some(name) = name
+                    && !sets.contains_key(name)
+                {
+                    return Err(Error::Empty {
+                        command: command(),
+                        expected: format!("`create {name}` line"),
+                    });
+                }
+                Ok(Some(sets))
+            }
             Some(source) => Err(Error::Parse {
-                command: format!("ipset {}", args.join(" ")),
+                command: command(),
                 source,
             }),
         }
