@@ -28,7 +28,16 @@ fn keep_chains(save: &str, wanted: &BTreeSet<String>) -> String {
         wanted.contains(name)
     };
     let mut out = String::new();
-    for line in save.lines() {
+    let mut lines = save.lines();
+    let mut buf = Vec::new();
+    while let Some(line) = lines.next() {
+        // A rule whose quoted value holds a line break runs on over lines,
+        // which go with it, kept or left out whole.
+        let more = if line.starts_with("-A ") {
+            state::lines_after(line, &lines, &mut buf)
+        } else {
+            0
+        };
         let keep = if let Some(rest) = line.strip_prefix("-A ") {
             named(rest)
         } else if let Some(rest) = line.strip_prefix(':') {
@@ -36,9 +45,11 @@ fn keep_chains(save: &str, wanted: &BTreeSet<String>) -> String {
         } else {
             !line.starts_with('#')
         };
-        if keep {
-            out.push_str(line);
-            out.push('\n');
+        for line in std::iter::once(line).chain(lines.by_ref().take(more)) {
+            if keep {
+                out.push_str(line);
+                out.push('\n');
+            }
         }
     }
     out
@@ -454,5 +465,21 @@ mod tests {
             "*filter\n:FORWARD DROP [5:300]\n:DOCKER - [0:0]\n-A FORWARD -j DOCKER-USER\n\
              -A DOCKER -d 172.17.0.2/32 -j ACCEPT\nCOMMIT\nthis is not a save\n"
         );
+        // A comment holding a line break goes with its rule, left out or
+        // kept whole, whatever its next line looks like.
+        let save = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n\
+                    -A INPUT -m comment --comment \"a\n-A FORWARD -j DROP\n# b\" -j ACCEPT\n\
+                    -A FORWARD -m comment --comment \"c\n:INPUT\nd\" -j ACCEPT\nCOMMIT\n";
+        let wanted: std::collections::BTreeSet<String> = ["FORWARD".to_string()].into();
+        let kept = super::keep_chains(save, &wanted);
+        assert_eq!(
+            kept,
+            "*filter\n:FORWARD DROP [0:0]\n\
+             -A FORWARD -m comment --comment \"c\n:INPUT\nd\" -j ACCEPT\nCOMMIT\n"
+        );
+        let rs = crate::state::parse_iptables_save(&kept).unwrap();
+        let forward = rs.chain("filter", "FORWARD").unwrap();
+        assert_eq!(forward.rules.len(), 1);
+        assert_eq!(forward.rules[0].comment(), Some("c\n:INPUT\nd"));
     }
 }

@@ -17,7 +17,8 @@ pub mod rule;
 pub mod set_type;
 
 pub use parse::{
-    IpsetSaveReader, ParseError, parse_chain_listing, parse_ipset_save, parse_iptables_save,
+    IpsetSaveReader, ParseError, lines_after, parse_chain_listing, parse_ipset_save,
+    parse_iptables_save,
 };
 pub use render::{render_ipsets, render_ruleset};
 pub use rule::Rule;

@@ -324,6 +324,18 @@ pub(crate) fn saved_rule_text(rule: &Rule) -> String {
     out
 }
 
+/// How many of the lines after it (`next`) the saved rule line `line`
+/// (`-A CHAIN ...`) takes, as [`parse_iptables_save`] reads it: more than
+/// none only for a quoted value holding a line break. For a reader that
+/// skips some chains' lines unparsed, so that it skips or keeps a rule
+/// whole.
+pub fn lines_after(line: &str, next: &std::str::Lines<'_>, buf: &mut Vec<u8>) -> usize {
+    if !line.contains('"') {
+        return 0;
+    }
+    read_rule(line, 0, next, buf).map_or(0, |(_, _, more)| more)
+}
+
 /// [`split_saved`] into `buf`, emptied first.
 fn split_rule(text: &str, buf: &mut Vec<u8>) -> Saved {
     buf.clear();
