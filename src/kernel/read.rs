@@ -208,14 +208,17 @@ impl System {
                 Err(e) => return Err(e),
             };
             let command = format!("{} -t {table} -S {chain}", self.tool(family, ""));
+            let parsed =
+                state::parse_chain_listing(&out.stdout, chain).map_err(|source| Error::Parse {
+                    command: command.clone(),
+                    source,
+                })?;
             if !lists_chain(&out.stdout, chain) {
                 return Err(Error::Empty {
                     command,
                     expected: format!("`-P {chain}` or `-N {chain}` line"),
                 });
             }
-            let parsed = state::parse_chain_listing(&out.stdout, chain)
-                .map_err(|source| Error::Parse { command, source })?;
             rs.tables
                 .entry(table.clone())
                 .or_default()

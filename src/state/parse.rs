@@ -306,7 +306,9 @@ pub(crate) fn saved_rule_text(rule: &Rule) -> String {
         if i > 0 {
             out.push(' ');
         }
-        let bare = !tok.is_empty() && !tok.starts_with('"') && !tok.contains([' ', '\n']);
+        let bare = !tok.is_empty()
+            && !tok.starts_with('"')
+            && !tok.bytes().any(|b| b.is_ascii_whitespace() || b == 0);
         if raw_next || bare {
             out.push_str(tok);
         } else {
