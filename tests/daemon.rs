@@ -615,6 +615,114 @@ fn legacy_writers_that_bypass_the_lock_are_found_by_the_poll() {
     daemon.assert_alive();
 }
 
+/// Another program's odd names and rules, which pyfw reads but cannot
+/// wish for (`iptables -N 'x"y'; iptables -A INPUT -j 'x"y'`, chains `#x`
+/// and `a\b`, a comment holding a line break, a value printed with a quote
+/// that never closes, a member comment with quotes and a backslash), never
+/// stop the daemon: it becomes ready and repairs a deleted wished rule,
+/// and every foreign rule stays in its place.
+fn odd_foreign_names_never_stop_the_daemon(legacy: bool) {
+    let test = format!("odd_foreign[legacy={legacy}]");
+    let Some(ns) = Ns::with_backend(&test, legacy) else {
+        return;
+    };
+    for chain in ["x\"y", "#x", "a\\b"] {
+        ns.ok(&["iptables", "-w", "-N", chain]);
+        ns.ok(&["iptables", "-w", "-A", "INPUT", "-j", chain]);
+    }
+    let comment = "nl\n-A INPUT -j DROP";
+    ns.ok(&[
+        "iptables",
+        "-w",
+        "-A",
+        "INPUT",
+        "-m",
+        "comment",
+        "--comment",
+        comment,
+        "-j",
+        "ACCEPT",
+    ]);
+    // Printed `--name "r`: a quote that never closes.
+    ns.ok(&[
+        "iptables", "-w", "-A", "INPUT", "-m", "recent", "--name", "\"r", "--set",
+    ]);
+    ns.ok(&["ipset", "create", "foreign", "hash:ip", "comment"]);
+    ns.ok(&["ipset", "add", "foreign", "10.9.9.9", "comment", "it's a\\"]);
+    let dir = tempfile::tempdir().unwrap();
+    let wishes = dir.path().join("wishes.yaml");
+    std::fs::write(
+        &wishes,
+        "pyfw_wishes:\n  ipsets:\n    mine:\n      type: hash:ip\n      header: comment\n      \
+         members_equal:\n      - '10.0.0.1 comment \"a b\"'\n  iptables:\n    filter:\n      \
+         INPUT:\n        rules:\n        - allow_ssh: -p tcp --dport 22 -m set --match-set mine \
+         src -j ACCEPT\n        - ~match: 'x|#|a|recent'\n",
+    )
+    .unwrap();
+    // Read as printed: the harness's normaliser is pyfw's own parser.
+    let saved = || ns.ok(&["iptables-save"]);
+    let foreign = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| l.starts_with("-A ") && !l.contains("allow_ssh"))
+            .map(String::from)
+            .collect()
+    };
+    let before = saved();
+    let daemon = Daemon::start(&ns, &wishes, FAST);
+    daemon.wait_log("ready: netfilter matches");
+    let applied = saved();
+    assert!(applied.contains("allow_ssh"), "{applied}");
+    assert_eq!(foreign(&applied), foreign(&before), "{}", daemon.log());
+    let members = ns.ok(&["ipset", "save", "mine"]);
+    assert!(
+        members.contains("add mine 10.0.0.1 comment \"a b\"\n"),
+        "{members}"
+    );
+    // A wished rule deleted by hand comes back.
+    ns.ok(&[
+        "iptables",
+        "-w",
+        "-D",
+        "INPUT",
+        "-p",
+        "tcp",
+        "-m",
+        "tcp",
+        "--dport",
+        "22",
+        "-m",
+        "set",
+        "--match-set",
+        "mine",
+        "src",
+        "-m",
+        "comment",
+        "--comment",
+        "allow_ssh",
+        "-j",
+        "ACCEPT",
+    ]);
+    wait_until(
+        "the repair beside odd foreign rules",
+        || saved().contains("allow_ssh"),
+        || daemon.log(),
+    );
+    assert_eq!(foreign(&saved()), foreign(&before));
+    let log = daemon.log();
+    assert!(!log.contains("unbalanced quotes"), "{log}");
+    assert!(log.contains("repaired"), "{log}");
+}
+
+#[test]
+fn odd_foreign_names_never_stop_the_daemon_nft() {
+    odd_foreign_names_never_stop_the_daemon(false);
+}
+
+#[test]
+fn odd_foreign_names_never_stop_the_daemon_legacy() {
+    odd_foreign_names_never_stop_the_daemon(true);
+}
+
 #[test]
 fn docker_restart_is_repaired_nft() {
     docker_restart_is_repaired(false);

@@ -30,6 +30,7 @@ on_both_backends!(
     an_interrupt_mid_apply_is_held_then_rolled_back,
     a_kill_9_between_commit_and_record_leaves_nothing_unrecorded,
     a_refused_command_is_named_with_its_wish_and_line,
+    a_read_that_prints_nothing_is_an_error_not_an_empty_state,
 );
 
 /// The tools the fakes stand in for.
@@ -98,6 +99,8 @@ refuse-line-*) cat >/dev/null; line=${action#refuse-line-}
     echo "Error occurred at line: $line" >&2; exit 1 ;;
 # Does the real work, then kill -9 of the pyfw that ran it.
 kill-parent) real "$@"; status=$?; kill -9 "$PPID"; exit $status ;;
+empty) case "$tool $*" in
+    *-save*|*" -S"*|"ipset save"*) exit 0 ;; esac ;;
 esac
 PATH=${PATH#*:}
 exec "$tool" "$@"
@@ -130,9 +133,10 @@ impl Fakes {
         self.dir.path().join("bin")
     }
 
-    /// Sets `tool`'s behaviour (`pass`, `fail`, `hang`, `garbage`,
-    /// `die-half`, `half-hang`, `slow`, `kill-parent`; each also as
-    /// `MODE-at-K`, for call K only, or `MODE-once`) and resets its count.
+    /// Sets `tool`'s behaviour (`pass`, `fail`, `hang`, `garbage`, `empty`:
+    /// a read that prints nothing and exits 0, `die-half`, `half-hang`,
+    /// `slow`, `refuse-line-N`, `kill-parent`; each also as `MODE-at-K`, for
+    /// call K only, or `MODE-once`) and resets its count.
     fn set(&self, tool: &str, mode: &str) {
         std::fs::write(self.ctl.join(format!("{tool}.mode")), mode).unwrap();
         let _ = std::fs::remove_file(self.ctl.join(format!("{tool}.count")));
@@ -433,6 +437,48 @@ fn output_that_cannot_be_parsed_is_an_error(backend: Backend) {
     );
     assert_eq!(out.code(), Some(1), "{out}");
     assert!(out.stderr.contains("printed more than 100 bytes"), "{out}");
+}
+
+/// A read that must print a header (`*TABLE` for `iptables-save -t
+/// TABLE`, `-P`/`-N CHAIN` for `iptables -S CHAIN`, `create NAME` for
+/// `ipset save NAME`) and prints nothing, exiting 0, is an error naming
+/// the command, never an empty chain, table or set: read as empty, every
+/// wished rule would be added again beside itself.
+fn a_read_that_prints_nothing_is_an_error_not_an_empty_state(backend: Backend) {
+    let Some(ns) = Netns::new("empty_read", backend) else {
+        return;
+    };
+    let fakes = Fakes::new();
+    let dir = tempfile::tempdir().unwrap();
+    let wishes = wishes(dir.path());
+    reset(&ns);
+    fakes.set_all("pass");
+    fakes
+        .run(&ns, &[PYFW, "--wishes", arg(&wishes), "apply"], &[])
+        .expect_ok("a clean apply");
+    let before = exact_state(&ns);
+    let readers: &[(&str, &str)] = match backend {
+        Backend::Nft => &[("iptables", " -S "), ("ipset", "ipset save ")],
+        Backend::Legacy => &[
+            ("iptables-save", "-save -t "),
+            // One chain of a table is read with `-S` (the wishes' IPv6
+            // INPUT), more with one save of the table.
+            ("ip6tables", " -S "),
+            ("ipset", "ipset save "),
+        ],
+    };
+    for &(tool, command) in readers {
+        fakes.set_all("pass");
+        fakes.set(tool, "empty");
+        let out = fakes.run(&ns, &[PYFW, "--wishes", arg(&wishes), "apply"], &[]);
+        assert!(fakes.calls(tool) > 0, "{tool} was not called\n{out}");
+        assert_eq!(out.code(), Some(1), "{tool} printing nothing\n{out}");
+        assert!(
+            out.stderr.contains("exited 0 but printed no") && out.stderr.contains(command),
+            "{tool}: the error must name the command and what it lacked\n{out}"
+        );
+        assert_text_eq(&exact_state(&ns), &before, &format!("{tool}\n{out}"));
+    }
 }
 
 /// Legacy iptables waits for the xtables lock (`-w`): held by another

@@ -197,3 +197,31 @@ fn a_withdrawn_chain_stays_while_a_new_wished_rule_jumps_to_it() {
         lines(&p)
     );
 }
+
+/// A rule of another program's that pyfw keeps as text (it cannot be
+/// split into arguments without guessing) is never moved, whatever a
+/// `~match` takes around it: pyfw could not hand it back to iptables. The
+/// rules the `~match` takes move above it instead.
+#[test]
+fn a_rule_kept_as_text_never_moves() {
+    let save = "*filter\n:INPUT ACCEPT [0:0]\n\
+                -A INPUT -m recent --set --name \"r -j DROP\n\
+                -A INPUT -s 10.0.0.1/32 -j ACCEPT\n\
+                -A INPUT -s 10.0.0.2/32 -j ACCEPT\n\
+                COMMIT\n";
+    let s = state(save, "");
+    assert!(s.v4.tables["filter"].chains[0].1.rules[0].is_opaque());
+    let w = wishes(concat!(
+        "pyfw_wishes:\n  iptables:\n    filter:\n      INPUT:\n        rules:\n",
+        "        - ~match: '10\\.0\\.0\\.|recent'\n",
+        "        - allow_x: -s 10.0.0.9/32 -j ACCEPT\n",
+    ));
+    let p = plan(&w, &s);
+    let text = lines(&p).join("\n");
+    assert!(!text.contains("recent"), "the opaque rule moved:\n{text}");
+    assert!(
+        text.contains("10.0.0.1/32"),
+        "the matched rules move up:\n{text}"
+    );
+    assert!(text.contains("allow_x"), "{text}");
+}

@@ -219,6 +219,7 @@ fn broken_examples() -> Vec<(&'static str, String)> {
             chain("filter", &"c".repeat(29), "        rules: []\n"),
         ),
         ("chain name with a blank", chain("filter", "a b", "        rules: []\n")),
+        ("chain name with a double quote", chain("filter", "a\"b", "        rules: []\n")),
         (
             "rules a map",
             "pyfw_wishes:\n  iptables:\n    filter:\n      INPUT:\n        rules:\n          a: -j ACCEPT\n"
@@ -243,6 +244,10 @@ fn broken_examples() -> Vec<(&'static str, String)> {
         (
             "set name with a blank",
             "pyfw_wishes:\n  ipsets:\n    'bad name':\n      type: hash:ip\n".into(),
+        ),
+        (
+            "set name with a double quote",
+            "pyfw_wishes:\n  ipsets:\n    'a\"b':\n      type: hash:ip\n".into(),
         ),
         (
             "set name with a comma",
@@ -326,6 +331,12 @@ fn what_only_the_loader_catches() {
         (
             "member listed twice",
             set("      type: hash:ip\n      members_equal: [10.0.0.1, 10.0.0.1]\n"),
+        ),
+        (
+            "member comment with a double quote",
+            set(
+                "      type: hash:ip\n      header: comment\n      members_equal: ['10.0.0.1 comment \"a\\\\\"b\"']\n",
+            ),
         ),
     ] {
         assert!(loader_accepts(&yaml).is_err(), "{kind}: loader accepts");

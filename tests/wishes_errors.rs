@@ -229,3 +229,41 @@ fn names_pyfw_uses_for_itself_are_refused() {
         @"/etc/pyfw/wishes.yaml:6: filter/INPUT/_pyfw_temp_x: rule names starting with `_pyfw_` are reserved for pyfw's own temporary rules, chains and sets; pick another name"
     );
 }
+
+/// Names and comments the real tools could not carry back unchanged are
+/// refused at load, with the file, the line and the wish, and why.
+#[test]
+fn names_that_would_not_read_back_are_refused_at_load() {
+    insta::assert_snapshot!(
+        error("pyfw_wishes:\n  iptables:\n    filter:\n      'x\"y':\n        rules: []\n"),
+        @r#"/etc/pyfw/wishes.yaml:4: filter/x"y: bad chain name `x"y`: no `"` (pyfw records its chains in ipset comments, which cannot hold one)"#
+    );
+    insta::assert_snapshot!(
+        error("pyfw_wishes:\n  ipsets:\n    'a\"b':\n      type: hash:ip\n"),
+        @r#"/etc/pyfw/wishes.yaml:3: ipset a"b: bad set name (1-31 printable ASCII characters, no blanks, commas or `"`: `ipset restore` reads `"` as a quote, so no set with one can be made)"#
+    );
+    let member = |m: &str| {
+        error(&format!(
+            "pyfw_wishes:\n  ipsets:\n    s:\n      type: hash:ip\n      header: comment\n      members_equal:\n      - {m}\n"
+        ))
+    };
+    insta::assert_snapshot!(member(r#"'10.0.0.1 comment "a\"b"'"#), @r#"/etc/pyfw/wishes.yaml:7: ipset s: bad member for hash:ip: a comment with `"` (ipset refuses it)"#);
+    insta::assert_snapshot!(member(r#""10.0.0.1 comment 'a\nb'""#), @r#"/etc/pyfw/wishes.yaml:7: ipset s: bad member for hash:ip: a comment with the control character '\n' (`ipset restore` reads a line at a time)"#);
+    insta::assert_snapshot!(member(r#"'10.0.0.1 comment ""'"#), @r#"/etc/pyfw/wishes.yaml:7: ipset s: bad member for hash:ip: an empty comment (ipset drops an empty word: give none)"#);
+    insta::assert_snapshot!(member(r#"'10.0.0.1 comment "unclosed'"#), @r#"/etc/pyfw/wishes.yaml:7: ipset s: bad member for hash:ip: unbalanced quotes or a trailing backslash in the options"#);
+    insta::assert_snapshot!(member(&format!("'10.0.0.1 comment {}'", "c".repeat(256))), @r#"/etc/pyfw/wishes.yaml:7: ipset s: bad member for hash:ip: a comment of more than 255 bytes (ipset keeps no more)"#);
+    // What ipset carries unchanged is taken, quoted however the wish did.
+    for m in [
+        r#"'10.0.0.1 comment "a b"'"#,
+        r#""10.0.0.1 comment 'a\\b #c $d'""#,
+        "10.0.0.1 comment plain",
+        r#"'10.0.0.1 timeout 30 comment " lead  two"'"#,
+    ] {
+        let yaml = format!(
+            "pyfw_wishes:\n  ipsets:\n    s:\n      type: hash:ip\n      header: comment timeout 60\n      members_equal:\n      - {m}\n"
+        );
+        let w = parse(&yaml, Path::new("w.yaml")).unwrap_or_else(|e| panic!("{m}: {e}"));
+        let members = w.ipsets[0].members.clone().unwrap();
+        assert!(members[0].ends_with('"'), "{m}: {members:?}");
+    }
+}

@@ -56,6 +56,11 @@ pub enum Error {
         command: String,
         source: state::ParseError,
     },
+    /// A read that must print a header (`*TABLE`, `-P`/`-N CHAIN`,
+    /// `create SET`) printed none and still exited 0: an empty result
+    /// would have pyfw add every wished rule again.
+    #[error("`{command}` exited 0 but printed no {expected}; refusing to read that as empty")]
+    Empty { command: String, expected: String },
     #[error("{label}: iptables rejects the rule: {}", escape_untrusted(.message))]
     Rejected { label: String, message: String },
 }

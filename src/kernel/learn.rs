@@ -176,17 +176,17 @@ impl System {
             &["-w", "-t", table, "-S", scratch].map(String::from),
             None,
         )?;
-        let prefix = format!("-A {scratch} ");
-        let printed: Vec<Rule> = out
-            .stdout
-            .lines()
-            .filter_map(|l| l.strip_prefix(&prefix))
-            .filter_map(shlex::split)
-            .map(Rule::from_args)
-            .collect();
-        if printed.len() != expected {
+        let command = || format!("{} -t {table} -S {scratch}", self.tool(family, ""));
+        // Read as every listing is: names as printed, values as quoted.
+        let printed = crate::state::parse_chain_listing(&out.stdout, scratch)
+            .map_err(|source| Error::Parse {
+                command: command(),
+                source,
+            })?
+            .rules;
+        if printed.len() != expected || printed.iter().any(Rule::is_opaque) {
             return Err(Error::Failed {
-                command: format!("{} -S {scratch}", self.tool(family, "")),
+                command: command(),
                 status: "unexpected output".into(),
                 stderr: format!("read back {} rules, wrote {expected}", printed.len()),
             });

@@ -28,7 +28,16 @@ fn keep_chains(save: &str, wanted: &BTreeSet<String>) -> String {
         wanted.contains(name)
     };
     let mut out = String::new();
-    for line in save.lines() {
+    let mut lines = save.lines();
+    let mut buf = Vec::new();
+    while let Some(line) = lines.next() {
+        // A rule whose quoted value holds a line break runs on over lines,
+        // which go with it, kept or left out whole.
+        let more = if line.starts_with("-A ") {
+            state::lines_after(line, &lines, &mut buf)
+        } else {
+            0
+        };
         let keep = if let Some(rest) = line.strip_prefix("-A ") {
             named(rest)
         } else if let Some(rest) = line.strip_prefix(':') {
@@ -36,12 +45,38 @@ fn keep_chains(save: &str, wanted: &BTreeSet<String>) -> String {
         } else {
             !line.starts_with('#')
         };
-        if keep {
-            out.push_str(line);
-            out.push('\n');
+        for line in std::iter::once(line).chain(lines.by_ref().take(more)) {
+            if keep {
+                out.push_str(line);
+                out.push('\n');
+            }
         }
     }
     out
+}
+
+/// An error unless a save of `table` printed it: `iptables-save -t TABLE`
+/// prints every table it is asked for, loaded or not, empty or not.
+fn has_table(rs: &state::Ruleset, table: &str, command: &str) -> Result<(), Error> {
+    if rs.tables.contains_key(table) {
+        return Ok(());
+    }
+    Err(Error::Empty {
+        command: command.to_string(),
+        expected: format!("`*{table}` ... `COMMIT`"),
+    })
+}
+
+/// Whether `iptables -S CHAIN` printed the line it always starts with:
+/// `-P CHAIN POLICY` for a built-in chain, `-N CHAIN` for another.
+fn lists_chain(text: &str, chain: &str) -> bool {
+    text.lines().any(|l| {
+        let l = l.trim_end();
+        l.strip_prefix("-N ") == Some(chain)
+            || l.strip_prefix("-P ")
+                .and_then(|rest| rest.strip_prefix(chain))
+                .is_some_and(|rest| rest.starts_with(' '))
+    })
 }
 
 impl System {
@@ -91,10 +126,18 @@ impl System {
         } else {
             out.stdout
         };
-        state::parse_iptables_save(&text).map_err(|source| Error::Parse {
-            command: program,
+        let command = match table {
+            Some(t) => format!("{program} -t {t}"),
+            None => program,
+        };
+        let rs = state::parse_iptables_save(&text).map_err(|source| Error::Parse {
+            command: command.clone(),
             source,
-        })
+        })?;
+        if let Some(t) = table {
+            has_table(&rs, t, &command)?;
+        }
+        Ok(rs)
     }
 
     /// Reads some chains of a table with one `iptables-save -t TABLE`,
@@ -115,12 +158,16 @@ impl System {
             // Let the full parse say what is wrong, as `save` does.
             return self.save(family, Some(table));
         }
-        state::parse_iptables_save(&keep_chains(&out.stdout, wanted)).map_err(|source| {
-            Error::Parse {
-                command: format!("{program} -t {table}"),
-                source,
-            }
-        })
+        let command = format!("{program} -t {table}");
+        let rs =
+            state::parse_iptables_save(&keep_chains(&out.stdout, wanted)).map_err(|source| {
+                Error::Parse {
+                    command: command.clone(),
+                    source,
+                }
+            })?;
+        has_table(&rs, table, &command)?;
+        Ok(rs)
     }
 
     /// Reads single chains with `iptables -S CHAIN`: on nft this touches
@@ -160,11 +207,18 @@ impl System {
                 }
                 Err(e) => return Err(e),
             };
+            let command = format!("{} -t {table} -S {chain}", self.tool(family, ""));
             let parsed =
                 state::parse_chain_listing(&out.stdout, chain).map_err(|source| Error::Parse {
-                    command: format!("{} -t {table} -S {chain}", self.tool(family, "")),
+                    command: command.clone(),
                     source,
                 })?;
+            if !lists_chain(&out.stdout, chain) {
+                return Err(Error::Empty {
+                    command,
+                    expected: format!("`-P {chain}` or `-N {chain}` line"),
+                });
+            }
             rs.tables
                 .entry(table.clone())
                 .or_default()
@@ -323,10 +377,22 @@ impl System {
             }
             Err(e) => return Err(e),
         };
+        let command = || format!("ipset {}", args.join(" "));
         match reading.error {
-            None => Ok(Some(reading.reader.finish())),
+            None => {
+                let sets = reading.reader.finish();
+                if let Some(name) = name
+                    && !sets.contains_key(name)
+                {
+                    return Err(Error::Empty {
+                        command: command(),
+                        expected: format!("`create {name}` line"),
+                    });
+                }
+                Ok(Some(sets))
+            }
             Some(source) => Err(Error::Parse {
-                command: format!("ipset {}", args.join(" ")),
+                command: command(),
                 source,
             }),
         }
@@ -402,5 +468,21 @@ mod tests {
             "*filter\n:FORWARD DROP [5:300]\n:DOCKER - [0:0]\n-A FORWARD -j DOCKER-USER\n\
              -A DOCKER -d 172.17.0.2/32 -j ACCEPT\nCOMMIT\nthis is not a save\n"
         );
+        // A comment holding a line break goes with its rule, left out or
+        // kept whole, whatever its next line looks like.
+        let save = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n\
+                    -A INPUT -m comment --comment \"a\n-A FORWARD -j DROP\n# b\" -j ACCEPT\n\
+                    -A FORWARD -m comment --comment \"c\n:INPUT\nd\" -j ACCEPT\nCOMMIT\n";
+        let wanted: std::collections::BTreeSet<String> = ["FORWARD".to_string()].into();
+        let kept = super::keep_chains(save, &wanted);
+        assert_eq!(
+            kept,
+            "*filter\n:FORWARD DROP [0:0]\n\
+             -A FORWARD -m comment --comment \"c\n:INPUT\nd\" -j ACCEPT\nCOMMIT\n"
+        );
+        let rs = crate::state::parse_iptables_save(&kept).unwrap();
+        let forward = rs.chain("filter", "FORWARD").unwrap();
+        assert_eq!(forward.rules.len(), 1);
+        assert_eq!(forward.rules[0].comment(), Some("c\n:INPUT\nd"));
     }
 }

@@ -272,18 +272,20 @@ impl RestoreScript {
     }
 }
 
-/// [`crate::state::rule::push_restore_word`], with the common case (a word of
-/// printable ASCII that needs no quotes: a member, a set name) checked a
-/// byte at a time rather than a character at a time.
+/// One word of an `ipset restore` line. ipset reads a line as words apart
+/// by blanks, where each `"` opens or closes a quoted run and nothing is
+/// escaped (a backslash is itself): a word with blanks goes in double
+/// quotes, and a word is otherwise written as it is. No word can hold a
+/// `"` (ipset refuses it in a comment; the wishes refuse it in a set
+/// name), nor be empty (ipset drops an empty word).
 fn push_word(out: &mut String, word: &str) {
-    let plain = !word.is_empty()
-        && word
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\'' | b'\\'));
+    let plain = !word.is_empty() && !word.bytes().any(|b| b.is_ascii_whitespace());
     if plain {
         out.push_str(word);
     } else {
-        crate::state::rule::push_restore_word(out, word);
+        out.push('"');
+        out.push_str(word);
+        out.push('"');
     }
 }
 

@@ -139,7 +139,9 @@ pub(crate) fn plan_chain(
             }
             RuleItem::Match(m) => {
                 for &i in &foreign {
-                    if taken[i] {
+                    // A rule kept as text is never moved: pyfw could not
+                    // hand it back to iptables as it was.
+                    if taken[i] || current[i].is_opaque() {
                         continue;
                     }
                     shown.clear();
@@ -168,7 +170,7 @@ pub(crate) fn plan_chain(
         }
     }
 
-    let stable = longest_increasing(&targets.iter().map(|t| t.source).collect::<Vec<_>>());
+    let stable = longest_increasing(&around_opaque(&targets));
     // Flags by slot id: every id that is not below `current.len()` is a
     // rule this plan inserts, which is in none of these.
     let mut in_target = vec![false; current.len()];
@@ -262,6 +264,43 @@ pub(crate) fn plan_chain(
 
 /// For each element, whether it belongs to one longest subsequence whose
 /// sources increase (the rules that can stay where they are).
+/// The targets' sources for [`longest_increasing`], with those that could
+/// not stay without a rule kept as text ([`Rule::opaque`]) moving left
+/// out: pyfw cannot give such a rule back to iptables, so it must never
+/// move. Kept-as-text rules are never taken by a `~match`, so they stand
+/// in the targets in their current order; a source fits when it lies
+/// between the nearest such rules before and after it, in both orders.
+/// Every kept-as-text rule then fits beside every source left, so a
+/// longest run of them holds them all.
+fn around_opaque(targets: &[Target]) -> Vec<Option<usize>> {
+    let mut sources: Vec<Option<usize>> = targets.iter().map(|t| t.source).collect();
+    let fixed = |t: &Target| t.rule.is_opaque().then_some(t.source).flatten();
+    if !targets.iter().any(|t| fixed(t).is_some()) {
+        return sources;
+    }
+    let mut before: Option<usize> = None;
+    for (p, t) in targets.iter().enumerate() {
+        if let Some(s) = fixed(t) {
+            before = Some(s);
+        } else if let (Some(s), Some(b)) = (sources[p], before)
+            && s < b
+        {
+            sources[p] = None;
+        }
+    }
+    let mut after: Option<usize> = None;
+    for (p, t) in targets.iter().enumerate().rev() {
+        if let Some(s) = fixed(t) {
+            after = Some(s);
+        } else if let (Some(s), Some(a)) = (sources[p], after)
+            && s > a
+        {
+            sources[p] = None;
+        }
+    }
+    sources
+}
+
 pub(crate) fn longest_increasing(sources: &[Option<usize>]) -> Vec<bool> {
     // Patience sorting: tails[k] is the index of the smallest tail of an
     // increasing run of length k + 1.

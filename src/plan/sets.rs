@@ -365,7 +365,7 @@ impl<'a> MemberCmds<'a> {
             Some(_) => {
                 let mut args = Vec::with_capacity(3);
                 args.extend(["add", self.set].map(String::from));
-                args.extend(member.split(' ').map(String::from));
+                args.extend(crate::state::set_type::member_words(member).map(String::from));
                 args
             }
         };

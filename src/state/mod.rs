@@ -18,7 +18,8 @@ pub mod set_type;
 pub mod text;
 
 pub use parse::{
-    IpsetSaveReader, ParseError, parse_chain_listing, parse_ipset_save, parse_iptables_save,
+    IpsetSaveReader, ParseError, lines_after, parse_chain_listing, parse_ipset_save,
+    parse_iptables_save,
 };
 pub use render::{render_ipsets, render_ruleset};
 pub use rule::Rule;

@@ -18,8 +18,8 @@ pub fn render_ruleset(ruleset: &Ruleset) -> String {
             for rule in &c.rules {
                 let _ = writeln!(
                     out,
-                    "-A {} {rule}",
-                    crate::state::rule::display_args(std::slice::from_ref(chain))
+                    "-A {chain} {}",
+                    crate::state::parse::saved_rule_text(rule)
                 );
             }
         }
@@ -40,11 +40,8 @@ pub fn render_ipsets(sets: &BTreeMap<String, Ipset>) -> String {
         for m in &set.members {
             let _ = write!(out, "add {name} {m}");
             if let Some(c) = set.comments.get(m) {
-                let _ = write!(
-                    out,
-                    " comment {}",
-                    crate::state::rule::display_args(std::slice::from_ref(c))
-                );
+                // As ipset prints it: in double quotes, nothing escaped.
+                let _ = write!(out, " comment \"{c}\"");
             }
             out.push('\n');
         }

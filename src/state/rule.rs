@@ -41,6 +41,10 @@ struct Inner {
     key: u64,
     /// The tokens as `String`s, built when [`Rule::args`] is first called.
     args: OnceLock<Box<[String]>>,
+    /// True for another program's rule that could not be split into
+    /// tokens unambiguously: its one "token" is the text the tool printed
+    /// (see [`Rule::opaque`]).
+    opaque: bool,
 }
 
 impl PartialEq for Rule {
@@ -53,7 +57,7 @@ impl PartialEq for Rule {
         }
         match (&self.0.joined, &other.0.joined) {
             (Some(a), Some(b)) => a == b,
-            (None, None) => self.args() == other.args(),
+            (None, None) => self.0.opaque == other.0.opaque && self.args() == other.args(),
             _ => false,
         }
     }
@@ -69,6 +73,9 @@ impl Hash for Rule {
 
 impl fmt::Debug for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_opaque() {
+            return f.debug_tuple("Opaque").field(&self.args()[0]).finish();
+        }
         f.debug_struct("Rule")
             .field("args", &self.tokens().collect::<Vec<_>>())
             .finish()
@@ -281,7 +288,33 @@ impl Rule {
             joined: None,
             key,
             args: OnceLock::from(args.into_boxed_slice()),
+            opaque: false,
         }))
+    }
+
+    /// Another program's rule that cannot be split into tokens without
+    /// guessing (a quote that never closes, a word that may or may not be
+    /// quoted), kept as `text`, the rule as the tool printed it after
+    /// `-A CHAIN`. It keeps its place in its chain, so the positions pyfw
+    /// works out stay right, and it equals only the same text. It has no
+    /// comment, target or sets, and pyfw never hands it to a program: no
+    /// `~match` takes it, so it is never moved.
+    pub fn opaque(text: &str) -> Rule {
+        let mut bytes = Vec::with_capacity(text.len() + 2);
+        bytes.extend_from_slice(text.as_bytes());
+        // Marks these keys apart from both other forms'.
+        bytes.extend_from_slice(&[0, 2]);
+        Rule(Arc::new(Inner {
+            joined: None,
+            key: text_key(&bytes),
+            args: OnceLock::from(vec![text.to_string()].into_boxed_slice()),
+            opaque: true,
+        }))
+    }
+
+    /// True for a rule kept as text (see [`Rule::opaque`]).
+    pub fn is_opaque(&self) -> bool {
+        self.0.opaque
     }
 
     /// A rule from tokens already joined by NUL (at least one token, none
@@ -291,6 +324,7 @@ impl Rule {
             key: text_key(joined.as_bytes()),
             joined: Some(joined),
             args: OnceLock::new(),
+            opaque: false,
         }))
     }
 
@@ -325,6 +359,10 @@ impl Rule {
     /// when no token needs quoting (most rules): `~match` patterns read
     /// this text for every rule of a chain.
     pub fn display_into(&self, out: &mut String) {
+        if self.is_opaque() {
+            out.push_str(&self.args()[0]);
+            return;
+        }
         if let Some(j) = self.joined()
             && j.bytes().all(|b| SAFE_OR_NUL[usize::from(b)])
         {
@@ -353,7 +391,9 @@ impl Rule {
 
     /// Indexes and values of every `-m comment --comment VALUE`.
     fn comments(&self) -> impl Iterator<Item = (usize, &str)> + '_ {
-        let mut tokens = self.tokens().enumerate().peekable();
+        // An opaque rule's one token is its whole text: no comment match.
+        let skip = if self.is_opaque() { usize::MAX } else { 0 };
+        let mut tokens = self.tokens().skip(skip).enumerate().peekable();
         let mut in_comment_match = false;
         std::iter::from_fn(move || {
             while let Some((_, tok)) = tokens.next() {
@@ -372,6 +412,9 @@ impl Rule {
 
     /// The rule's name: the value of its first comment match, if any.
     pub fn comment(&self) -> Option<&str> {
+        if self.is_opaque() {
+            return None;
+        }
         if let Some(found) = self.joined().and_then(comment_in_joined) {
             return found;
         }
@@ -611,6 +654,9 @@ pub fn push_restore_word(out: &mut String, tok: &str) {
 
 impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_opaque() {
+            return f.write_str(&self.args()[0]);
+        }
         f.write_str(&display_tokens(self.tokens()))
     }
 }

@@ -191,8 +191,13 @@ impl SetType {
     /// each part normalised. Options after the element (`timeout 60`,
     /// `nomatch`) are kept as written.
     fn normalize_member(&self, member: &str, family: SetFamily) -> Result<String, String> {
-        let mut words = member.split_whitespace();
-        let element = words.next().ok_or("empty member")?;
+        let member = member.trim_start();
+        let (element, options) = member
+            .split_once(char::is_whitespace)
+            .unwrap_or((member, ""));
+        if element.is_empty() {
+            return Err("empty member".into());
+        }
         let parts: Vec<&str> = element.split(',').collect();
         if parts.len() != self.parts.len() {
             return Err(format!(
@@ -217,12 +222,86 @@ impl SetType {
             out.push(norm);
         }
         let mut normalized = out.join(",");
-        for w in words {
-            normalized.push(' ');
-            normalized.push_str(w);
-        }
+        push_options(&mut normalized, options)?;
         Ok(normalized)
     }
+}
+
+/// The longest member comment ipset keeps (IPSET_MAX_COMMENT_SIZE).
+const MAX_COMMENT: usize = 255;
+
+/// Appends a member's options (`timeout 60 comment "a b"`, split as a
+/// shell would), each after a blank, a comment in double quotes, as
+/// [`member_words`] reads them back. Only what `ipset restore` and `ipset
+/// save` carry unchanged is taken: a comment of 1-255 bytes without `"`
+/// (ipset refuses it: `"` opens and closes quotes in `ipset restore`) or
+/// control characters (`ipset restore` reads a line at a time), other
+/// options without blanks or quotes.
+fn push_options(out: &mut String, options: &str) -> Result<(), String> {
+    let words =
+        shlex::split(options).ok_or("unbalanced quotes or a trailing backslash in the options")?;
+    let mut words = words.iter();
+    while let Some(w) = words.next() {
+        out.push(' ');
+        if w == "comment" {
+            let c = words.next().ok_or("`comment` needs a value")?;
+            check_member_comment(c)?;
+            out.push_str("comment \"");
+            out.push_str(c);
+            out.push('"');
+        } else if w.is_empty() || w.chars().any(|c| c.is_whitespace() || "\"'\\".contains(c)) {
+            return Err(format!(
+                "option `{w}`: only a comment may hold blanks or quotes"
+            ));
+        } else {
+            out.push_str(w);
+        }
+    }
+    Ok(())
+}
+
+/// Why ipset could not carry `comment` unchanged, if it cannot.
+pub fn check_member_comment(comment: &str) -> Result<(), String> {
+    if comment.is_empty() {
+        return Err("an empty comment (ipset drops an empty word: give none)".into());
+    }
+    if comment.len() > MAX_COMMENT {
+        return Err(format!(
+            "a comment of more than {MAX_COMMENT} bytes (ipset keeps no more)"
+        ));
+    }
+    if comment.contains('"') {
+        return Err("a comment with `\"` (ipset refuses it)".into());
+    }
+    if let Some(c) = comment.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "a comment with the control character {c:?} (`ipset restore` reads a line at a \
+             time)"
+        ));
+    }
+    Ok(())
+}
+
+/// A wished member's words as `ipset` takes them: blanks part words, but
+/// not inside double quotes, which go (only a comment is quoted, and a
+/// comment cannot hold `"`).
+pub fn member_words(member: &str) -> impl Iterator<Item = &str> {
+    let mut rest = member;
+    std::iter::from_fn(move || {
+        rest = rest.trim_start_matches(' ');
+        if rest.is_empty() {
+            return None;
+        }
+        let (word, after) = match rest.strip_prefix('"') {
+            Some(quoted) => match quoted.split_once('"') {
+                Some((word, after)) => (word, after),
+                None => (quoted, ""),
+            },
+            None => rest.split_once(' ').unwrap_or((rest, "")),
+        };
+        rest = after;
+        Some(word)
+    })
 }
 
 /// The most addresses one member of an address set may stand for.
@@ -363,8 +442,15 @@ fn iface(text: &str) -> Result<String, String> {
 }
 
 /// Set names are at most 31 characters (IPSET_MAXNAMELEN - 1) without blanks.
+///
+/// A `"` is refused: `ipset restore` reads it as the start or end of a
+/// quoted word, so no line of it can name such a set.
 pub fn valid_set_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 31 && name.chars().all(|c| c.is_ascii_graphic() && c != ',')
+    !name.is_empty()
+        && name.len() <= 31
+        && name
+            .chars()
+            .all(|c| c.is_ascii_graphic() && c != ',' && c != '"')
 }
 
 fn set_name(text: &str) -> Result<String, String> {

@@ -75,7 +75,8 @@ impl Validator {
             self.error(
                 line,
                 label,
-                "bad set name (1-31 characters, no blanks or commas)",
+                "bad set name (1-31 printable ASCII characters, no blanks, commas or `\"`: \
+                 `ipset restore` reads `\"` as a quote, so no set with one can be made)",
             );
             ok = false;
         }
@@ -408,21 +409,30 @@ fn header_family(header: &[String]) -> Result<SetFamily, String> {
 }
 
 /// Chain names follow netfilter's limits: up to 28 characters without blanks,
-/// not starting with `-` or `!`, and not a verdict.
+/// not starting with `-` or `!`, and not a verdict. A `"` is refused too:
+/// pyfw records each chain it creates in a member comment of its record
+/// set, and ipset refuses `"` in a comment. Every other printable ASCII
+/// character reads back (tests/names_round_trip.rs): iptables prints a
+/// chain name as it is, and pyfw quotes it for iptables-restore.
 pub fn check_chain_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 28
         && name.chars().all(|c| c.is_ascii_graphic())
         && !name.starts_with(['-', '!'])
         && !["ACCEPT", "DROP", "QUEUE", "RETURN"].contains(&name);
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
+    if !ok {
+        return Err(format!(
             "bad chain name `{name}` (1-28 printable characters, no blanks, not starting with \
              `-` or `!`, not a verdict)"
-        ))
+        ));
     }
+    if name.contains('"') {
+        return Err(format!(
+            "bad chain name `{name}`: no `\"` (pyfw records its chains in ipset comments, \
+             which cannot hold one)"
+        ));
+    }
+    Ok(())
 }
 
 /// Rule names are 1-64 characters of `[A-Za-z0-9_.:-]`, and `_pyfw_temp_`
