@@ -1,4 +1,4 @@
-//! What a legacy table's fingerprint costs (`pyfw::fingerprint`, the
+//! What a legacy table's fingerprint costs (`pyfw::kernel::fingerprint`, the
 //! daemon's idle legacy poll), in CPU, beside `iptables-legacy-save` and
 //! `iptables-legacy -S INPUT`, on the benchmark's 50,000-rule host
 //! (BENCHMARKS.md, issue 5). Each figure is measured in a throwaway network
@@ -14,7 +14,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Backend, Netns};
-use pyfw::fingerprint::legacy_table;
+use pyfw::kernel::fingerprint::legacy_table;
 use pyfw::state::Family;
 
 fn main() {
