@@ -440,9 +440,10 @@ fn offline_plan_needs_no_kernel() {
 
 /// Whether the temp-rule trick is still needed inside one atomic
 /// `iptables-restore` transaction: it is not, since no reader sees a
-/// transaction half done; and on nft it cannot even run there (inserting
-/// next to a rule the same transaction deletes fails), so pyfw leaves the
-/// copy out of the transaction while still listing the spec's commands.
+/// transaction half done; and on nft it cannot even run there (an insert
+/// in front of a rule the same transaction inserted and deletes again
+/// fails), so pyfw leaves the copy out of the transaction while still
+/// listing the spec's commands.
 /// This test moves a wished rule to position 3 of a busy chain while a
 /// reader lists the chain in a loop: the reader must never miss the rule,
 /// and the move must work on both backends.

@@ -3,7 +3,13 @@
 //! The model interprets plan commands the way iptables does (`-I CHAIN N`
 //! inserts before rule N, `-D CHAIN SPEC` deletes the first rule with that
 //! exact specification, `-D CHAIN N` deletes rule N) and checks, after every
-//! single command, the promises pyfw makes to a busy host.
+//! single command, the promises pyfw makes to a busy host. The plan also
+//! runs as the kernel gets it, in transactions ([`fuzz_model::Kernel`],
+//! which knows iptables-nft's pitfall), with every rule's identity
+//! followed: another program's rule that no `~match` takes is never
+//! deleted or inserted again, so its counters and nf_tables handle stay.
+
+mod fuzz_model;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -31,6 +37,8 @@ enum Existing {
     Plain(u8),
     /// Another program's rule with a comment containing a space.
     Commented(u8),
+    /// A ban: the same text often twice (identical twins).
+    Ban(u8),
     /// A wished rule with the wished text.
     Wished(usize),
     /// A rule carrying a wished name but other text.
@@ -49,6 +57,7 @@ impl Existing {
                 "-s 10.0.1.{n}/32 -m comment --comment \"svc {n}\" -j RETURN"
             ))
             .unwrap(),
+            Existing::Ban(n) => Rule::parse(&format!("-s 203.0.113.{n}/32 -j DROP")).unwrap(),
             Existing::Wished(i) => wished_rule(*i),
             Existing::Stale(i) => Rule::parse(&format!(
                 "-s 198.51.100.{i}/32 -m comment --comment w{i} -j DROP"
@@ -64,6 +73,7 @@ fn existing() -> impl Strategy<Value = Existing> {
     prop_oneof![
         4 => (0u8..4).prop_map(Existing::Plain),
         2 => (0u8..3).prop_map(Existing::Commented),
+        2 => (0u8..2).prop_map(Existing::Ban),
         4 => (0usize..6).prop_map(Existing::Wished),
         1 => (0usize..6).prop_map(Existing::Stale),
         1 => (0usize..6).prop_map(Existing::Temp),
@@ -76,6 +86,7 @@ const PATTERNS: &[&str] = &[
     r"svc [0-2]",
     r"10\.0\.0\.3/",
     r"RETURN",
+    r" -j DROP$",
 ];
 
 #[derive(Clone, Debug)]
@@ -306,6 +317,33 @@ proptest! {
         prop_assert_eq!(&chain, &want);
         for r in foreign.iter().chain(&rescued) {
             prop_assert_eq!(count(&chain, r), count(&base_chain, r));
+        }
+
+        // Every rule followed by identity, command by command and in the
+        // transactions the kernel gets: other programs' rules that no
+        // `~match` takes (twins included) keep theirs.
+        let shown = || plan.commands.iter().map(|c| c.to_string()).collect::<Vec<_>>().join("\n");
+        let untouchable: Vec<u64> = (0..current.len() as u64)
+            .filter(|&i| {
+                let r = &current[i as usize];
+                let text = r.to_string();
+                foreign.contains(&r)
+                    && !items.iter().any(|it| matches!(it, Item::Match(p) if Regex::new(PATTERNS[*p]).unwrap().is_match(&text)))
+            })
+            .collect();
+        let key = (Family::V4, "filter".to_string(), CHAIN.to_string());
+        let mut by_command = fuzz_model::Kernel::new(&state_of(&current));
+        for c in &plan.commands {
+            by_command.run(c).map_err(|e| TestCaseError::fail(format!("{e}\nplan:\n{}", shown())))?;
+        }
+        let mut batched = fuzz_model::Kernel::new(&state_of(&current));
+        batched.run_transactions(&plan.commands).map_err(|e| TestCaseError::fail(format!("{e}\nplan:\n{}", shown())))?;
+        for k in [&by_command, &batched] {
+            let rules = k.state.v4.chain("filter", CHAIN).map(|c| c.rules.clone()).unwrap_or_default();
+            prop_assert_eq!(&rules, &want);
+            for id in &untouchable {
+                prop_assert!(k.ids(&key).contains(id), "foreign rule {} deleted or inserted again\nplan:\n{}", current[*id as usize], shown());
+            }
         }
         let again = pyfw::plan::plan(&wishes, &state_of(&chain));
         prop_assert!(again.is_empty(), "second plan not empty: {:?}", again.commands.iter().map(|c| c.to_string()).collect::<Vec<_>>());

@@ -3,7 +3,6 @@
 
 use crate::plan::{Command, Program};
 use crate::state::Family;
-use crate::state::rule::Rule;
 
 /// The input line an `iptables-restore` failure names: nft says `Error
 /// occurred at line: N`, legacy says `iptables-restore: line N failed`.
@@ -57,89 +56,192 @@ pub(crate) fn batch_input(
     restore: impl Fn(Family) -> String,
     commands: &[&Command],
 ) -> (String, Vec<String>, String) {
-    let mut text = String::new();
     match commands[0].program {
         Program::Iptables(family) => {
-            // Commands are `-w -t TABLE OP ...`; a restore file names the
-            // table once and takes the rest of each line as is.
-            let table = commands[0].args.get(2).cloned().unwrap_or_default();
-            text.push_str(&format!("*{table}\n"));
-            let mut k = 0;
-            while k < commands.len() {
-                // Inside one atomic transaction nothing sees the steps, so
-                // a move's temporary copy is left out. It must be: nft
-                // refuses to insert next to a rule the same transaction
-                // deletes ("RULE_INSERT failed").
-                let step = match commands.get(k..k + 4) {
-                    Some(four) if is_temp_move(four) => {
-                        k += 4;
-                        &four[1..3]
-                    }
-                    _ => {
-                        k += 1;
-                        &commands[k - 1..k]
-                    }
-                };
-                for c in step {
-                    text.push_str(&crate::state::rule::restore_line(
-                        c.args.get(3..).unwrap_or(&[]),
-                    ));
-                    text.push('\n');
-                }
-            }
-            text.push_str("COMMIT\n");
             let args = ["--noflush", "--wait"].map(String::from).to_vec();
-            (restore(family), args, text)
+            (restore(family), args, iptables_restore_input(commands))
         }
         Program::Ipset => {
             let (program, args) = batch_program(restore, commands);
-            (
-                program,
-                args,
-                crate::kernel::restore_script::RestoreScript::new(commands).text,
-            )
+            (program, args, RestoreScript::new(commands).text)
         }
     }
 }
 
-/// True for the four commands of the spec's temp-rule trick, moving a rule
-/// up: `-I C N temp`, `-D C rule`, `-I C N rule`, `-D C temp`, where the
-/// second insert lands exactly where the copy stood. Without the copy, the
-/// middle two alone give the same chain.
-fn is_temp_move(four: &[&Command]) -> bool {
-    let parts = |c: &Command| -> Option<(String, String, Option<String>, Rule)> {
-        let a = &c.args;
-        let (op, chain) = (a.get(3)?.clone(), a.get(4)?.clone());
-        let numbered = a.get(5).filter(|n| n.parse::<usize>().is_ok()).cloned();
-        let rest = if op == "-I" || numbered.is_some() && op == "-D" {
-            a.get(6..)?
-        } else {
-            a.get(5..)?
+/// The input of one `iptables-restore --noflush` transaction running
+/// `commands` (one family and table, as [`crate::kernel::transactions`]
+/// groups them).
+///
+/// Inside one atomic transaction nothing sees the steps, so any sequence
+/// that leaves each chain the same is as good, and this one leaves out
+/// every rule the batch inserts and deletes again (a move's temporary
+/// copy), numbering the other commands as that chain stands without it.
+/// It must: iptables-nft 1.8.9 refuses a whole transaction in which an
+/// `-I CHAIN N` (N > 1) lands just in front of a rule that the same
+/// transaction inserted and deletes later (`RULE_INSERT failed (No such
+/// file or directory)`): the insert names that rule as its position, and
+/// the delete takes the rule out of the batch before it reaches the kernel.
+/// The plan still shows its commands as they are (the temp-rule trick of
+/// the spec); only the kernel's input is shorter.
+pub fn iptables_restore_input(commands: &[&Command]) -> String {
+    // Commands are `-w -t TABLE OP ...`; a restore file names the table
+    // once and takes the rest of each line as is.
+    let table = commands
+        .first()
+        .and_then(|c| c.args.get(2))
+        .map_or("", String::as_str);
+    let mut text = format!("*{table}\n");
+    for line in net_edit(commands) {
+        text.push_str(&crate::state::rule::restore_line(&line));
+        text.push('\n');
+    }
+    text.push_str("COMMIT\n");
+    text
+}
+
+/// What one command does to the numbers of its chain's rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Edit {
+    /// Inserts a rule in front of rule N (1-based).
+    Insert(usize),
+    /// Deletes rule N, by its number or by its text.
+    Delete(usize),
+    /// Leaves every rule where it is (`-N`, `-X`, `-P`).
+    Still,
+    /// Anything else (`-A`, `-F`, a delete whose place is not known): its
+    /// chain's commands are left as they are.
+    Unknown,
+}
+
+/// A command's edit, and the text of the rule it inserts or deletes.
+/// The undo of a planned delete puts the rule back where it stood
+/// (`-I CHAIN N RULE`): that is where the delete acts, and what it deletes.
+fn edit(c: &Command) -> (Edit, Option<&[String]>) {
+    let a = &c.args;
+    let number = |v: &[String], i: usize| {
+        v.get(i)
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|&n| n > 0)
+    };
+    let undo = c.undo.as_deref().unwrap_or(&[]);
+    let put_back = (undo.get(3).map(String::as_str) == Some("-I") && undo.get(4) == a.get(4))
+        .then(|| number(undo, 5))
+        .flatten();
+    match a.get(3).map(String::as_str) {
+        Some("-I") => match number(a, 5) {
+            Some(n) => (Edit::Insert(n), a.get(6..)),
+            None => (Edit::Unknown, None),
+        },
+        Some("-D") => match (number(a, 5), a.len(), put_back) {
+            (Some(n), 6, Some(m)) if m == n => (Edit::Delete(n), undo.get(6..)),
+            (None, _, Some(m)) if a.len() > 5 && undo.get(6..) == a.get(5..) => {
+                (Edit::Delete(m), a.get(5..))
+            }
+            _ => (Edit::Unknown, None),
+        },
+        Some("-N" | "-X" | "-P") => (Edit::Still, None),
+        _ => (Edit::Unknown, None),
+    }
+}
+
+/// The arguments (after `-w -t TABLE`) of the commands that reach the same
+/// chains as `commands`, without the rules inserted and deleted again. A
+/// chain with a command of unknown effect is left as it is.
+fn net_edit<'a>(commands: &[&'a Command]) -> Vec<std::borrow::Cow<'a, [String]>> {
+    use std::borrow::Cow;
+    use std::collections::{HashMap, HashSet};
+    let chain = |c: &'a Command| c.args.get(4).map_or("", String::as_str);
+    let edits: Vec<(Edit, Option<&[String]>)> = commands.iter().map(|c| edit(c)).collect();
+    let unknown: HashSet<&str> = (commands.iter().zip(&edits))
+        .filter(|(_, (e, _))| *e == Edit::Unknown)
+        .map(|(c, _)| chain(c))
+        .collect();
+    // The last delete of each text in each chain: only a rule inserted
+    // before a delete of its own text can be deleted again, so only those
+    // are followed (a chain of 50,000 new rules is not scanned per rule).
+    let mut last_delete: HashMap<(&str, &[String]), usize> = HashMap::new();
+    for (k, (c, (e, text))) in commands.iter().zip(&edits).enumerate() {
+        if let (Edit::Delete(_), Some(text)) = (e, text) {
+            last_delete.insert((chain(c), text), k);
+        }
+    }
+    // Which inserts and deletes are of a rule the batch inserts and deletes
+    // again: each followed rule's place, as commands run.
+    let mut fleeting = vec![false; commands.len()];
+    let mut followed: HashMap<&str, Vec<(usize, usize)>> = HashMap::new();
+    for (k, (c, (e, text))) in commands.iter().zip(&edits).enumerate() {
+        let here = followed.entry(chain(c)).or_default();
+        match *e {
+            Edit::Insert(n) => {
+                shift(here.iter_mut().map(|(_, at)| at), n, true);
+                let again = text.and_then(|t| last_delete.get(&(chain(c), t)));
+                if again.is_some_and(|&d| d > k) {
+                    here.push((k, n));
+                }
+            }
+            Edit::Delete(n) => {
+                if let Some(i) = here.iter().position(|&(_, at)| at == n) {
+                    let (inserted, _) = here.swap_remove(i);
+                    fleeting[inserted] = true;
+                    fleeting[k] = true;
+                }
+                shift(here.iter_mut().map(|(_, at)| at), n, false);
+            }
+            Edit::Still | Edit::Unknown => {}
+        }
+    }
+    // The commands that stay, numbered as if the fleeting rules were never
+    // there: less one for each of them above.
+    let mut out = Vec::with_capacity(commands.len());
+    let mut present: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (k, (c, (e, _))) in commands.iter().zip(&edits).enumerate() {
+        let args = c.args.get(3..).unwrap_or(&[]);
+        if unknown.contains(chain(c)) {
+            out.push(Cow::Borrowed(args));
+            continue;
+        }
+        let here = present.entry(chain(c)).or_default();
+        let (n, insert) = match *e {
+            Edit::Insert(n) => (n, true),
+            Edit::Delete(n) => (n, false),
+            Edit::Still | Edit::Unknown => {
+                out.push(Cow::Borrowed(args));
+                continue;
+            }
         };
-        Some((op, chain, numbered, Rule::from_args(rest.to_vec())))
-    };
-    let (Some(a), Some(b), Some(c), Some(d)) = (
-        parts(four[0]),
-        parts(four[1]),
-        parts(four[2]),
-        parts(four[3]),
-    ) else {
-        return false;
-    };
-    let same_chain = [&b.1, &c.1, &d.1].iter().all(|ch| **ch == a.1);
-    a.0 == "-I"
-        && b.0 == "-D"
-        && c.0 == "-I"
-        && d.0 == "-D"
-        && same_chain
-        && b.2.is_none()
-        && d.2.is_none()
-        && a.2.is_some()
-        && a.2 == c.2
-        && a.3.is_temp()
-        && a.3.temp_base().as_ref() == Some(&c.3)
-        && b.3 == c.3
-        && d.3 == a.3
+        let above = here.iter().filter(|&&at| at < n).count();
+        if !insert && fleeting[k] {
+            here.retain(|&at| at != n);
+        }
+        shift(here.iter_mut(), n, insert);
+        if fleeting[k] {
+            if insert {
+                here.push(n);
+            }
+            continue;
+        }
+        let numbered = insert || c.args.len() == 6;
+        if numbered && above > 0 {
+            let mut line = args.to_vec();
+            line[2] = (n - above).to_string();
+            out.push(Cow::Owned(line));
+        } else {
+            out.push(Cow::Borrowed(args));
+        }
+    }
+    out
+}
+
+/// The new places of rules at `places` once a rule is inserted in front
+/// of rule `n` (`insert`), or rule `n` is deleted.
+fn shift<'p>(places: impl Iterator<Item = &'p mut usize>, n: usize, insert: bool) {
+    for at in places {
+        if insert && *at >= n {
+            *at += 1;
+        } else if !insert && *at > n {
+            *at -= 1;
+        }
+    }
 }
 
 /// New sets are filled under this prefix, then renamed into place.
@@ -351,6 +453,102 @@ mod tests {
         .map(ipset);
         let refs: Vec<&Command> = swap.iter().collect();
         assert!(!RestoreScript::new(&refs).text.contains("fill"));
+    }
+
+    /// A planned iptables command on filter/INPUT: `line` after `-w -t
+    /// filter`, its undo likewise.
+    fn ipt(line: &str, undo: &str) -> Command {
+        let words = |l: &str| -> Vec<String> {
+            ["-w", "-t", "filter"]
+                .into_iter()
+                .map(String::from)
+                .chain(crate::state::rule::Rule::parse(l).unwrap().args().to_vec())
+                .collect()
+        };
+        Command {
+            program: Program::Iptables(Family::V4),
+            args: words(line),
+            undo: Some(words(undo)),
+            reason: String::new(),
+            target: String::new(),
+            wish: None,
+        }
+    }
+
+    fn restore_text(commands: &[Command]) -> String {
+        iptables_restore_input(&commands.iter().collect::<Vec<_>>())
+    }
+
+    const T: &str = "-s 10.0.0.1/32 -m comment --comment _pyfw_temp_a -j ACCEPT";
+    const A: &str = "-s 10.0.0.1/32 -m comment --comment a -j ACCEPT";
+    const BAN: &str = "-s 203.0.113.7/32 -j DROP";
+    const BAN_T: &str = "-s 203.0.113.7/32 -m comment --comment _pyfw_temp_~ -j DROP";
+
+    #[test]
+    fn a_moves_temporary_copy_never_reaches_the_kernel() {
+        // The spec's move up: rule 6 to 1.
+        let spec = [
+            ipt(&format!("-I INPUT 1 {T}"), &format!("-D INPUT {T}")),
+            ipt(&format!("-D INPUT {A}"), &format!("-I INPUT 7 {A}")),
+            ipt(&format!("-I INPUT 1 {A}"), &format!("-D INPUT {A}")),
+            ipt(&format!("-D INPUT {T}"), &format!("-I INPUT 2 {T}")),
+        ];
+        assert_eq!(
+            restore_text(&spec),
+            format!("*filter\n-D INPUT {A}\n-I INPUT 1 {A}\nCOMMIT\n")
+        );
+    }
+
+    #[test]
+    fn a_twin_moved_up_is_deleted_by_its_number_without_the_copy() {
+        // Rules 1-2 placed; the twin of rule 1 moves from 8 to 3, its copy
+        // in between: `-I INPUT 3 BAN` would land in front of the copy,
+        // which nft refuses.
+        let twin = [
+            ipt(&format!("-I INPUT 3 {BAN_T}"), &format!("-D INPUT {BAN_T}")),
+            ipt("-D INPUT 8", &format!("-I INPUT 8 {BAN}")),
+            ipt(&format!("-I INPUT 3 {BAN}"), "-D INPUT 3"),
+            ipt(&format!("-D INPUT {BAN_T}"), &format!("-I INPUT 4 {BAN_T}")),
+            ipt("-I INPUT 4 -p udp -j ACCEPT", "-D INPUT -p udp -j ACCEPT"),
+        ];
+        assert_eq!(
+            restore_text(&twin),
+            format!("*filter\n-D INPUT 7\n-I INPUT 3 {BAN}\n-I INPUT 4 -p udp -j ACCEPT\nCOMMIT\n")
+        );
+    }
+
+    #[test]
+    fn commands_between_a_copy_and_its_removal_are_numbered_without_it() {
+        let cmds = [
+            // A copy at 2; another rule goes in front of it, then one
+            // below it; a rule above it goes; then the copy.
+            ipt(&format!("-I INPUT 2 {T}"), &format!("-D INPUT {T}")),
+            ipt("-I INPUT 2 -p tcp -j ACCEPT", "-D INPUT -p tcp -j ACCEPT"),
+            ipt("-I INPUT 5 -p udp -j ACCEPT", "-D INPUT -p udp -j ACCEPT"),
+            ipt("-D INPUT 1", "-I INPUT 1 -p icmp -j ACCEPT"),
+            ipt(&format!("-D INPUT {T}"), &format!("-I INPUT 2 {T}")),
+            ipt("-I INPUT 3 -p sctp -j ACCEPT", "-D INPUT -p sctp -j ACCEPT"),
+        ];
+        assert_eq!(
+            restore_text(&cmds),
+            "*filter\n-I INPUT 2 -p tcp -j ACCEPT\n-I INPUT 4 -p udp -j ACCEPT\n\
+             -D INPUT 1\n-I INPUT 3 -p sctp -j ACCEPT\nCOMMIT\n"
+        );
+    }
+
+    #[test]
+    fn a_chain_with_a_command_of_unknown_effect_is_left_as_it_is() {
+        let mut append = ipt("-A INPUT -p tcp -j ACCEPT", "-D INPUT -p tcp -j ACCEPT");
+        append.undo = None;
+        let cmds = [
+            ipt(&format!("-I INPUT 2 {T}"), &format!("-D INPUT {T}")),
+            append,
+            ipt(&format!("-D INPUT {T}"), &format!("-I INPUT 2 {T}")),
+        ];
+        assert_eq!(
+            restore_text(&cmds),
+            format!("*filter\n-I INPUT 2 {T}\n-A INPUT -p tcp -j ACCEPT\n-D INPUT {T}\nCOMMIT\n")
+        );
     }
 
     #[test]

@@ -159,6 +159,7 @@ pub(crate) fn plan_chain(
             }
         }
     }
+    let fixed = targets.len();
     for &i in &foreign {
         if !taken[i] {
             targets.push(Target {
@@ -170,7 +171,7 @@ pub(crate) fn plan_chain(
         }
     }
 
-    let stable = longest_increasing(&around_opaque(&targets));
+    let stable = stays(&targets.iter().map(|t| t.source).collect::<Vec<_>>(), fixed);
     // Flags by slot id: every id that is not below `current.len()` is a
     // rule this plan inserts, which is in none of these.
     let mut in_target = vec![false; current.len()];
@@ -262,45 +263,32 @@ pub(crate) fn plan_chain(
     (sim.out, result)
 }
 
-/// For each element, whether it belongs to one longest subsequence whose
-/// sources increase (the rules that can stay where they are).
-/// The targets' sources for [`longest_increasing`], with those that could
-/// not stay without a rule kept as text ([`Rule::opaque`]) moving left
-/// out: pyfw cannot give such a rule back to iptables, so it must never
-/// move. Kept-as-text rules are never taken by a `~match`, so they stand
-/// in the targets in their current order; a source fits when it lies
-/// between the nearest such rules before and after it, in both orders.
-/// Every kept-as-text rule then fits beside every source left, so a
-/// longest run of them holds them all.
-fn around_opaque(targets: &[Target]) -> Vec<Option<usize>> {
-    let mut sources: Vec<Option<usize>> = targets.iter().map(|t| t.source).collect();
-    let fixed = |t: &Target| t.rule.is_opaque().then_some(t.source).flatten();
-    if !targets.iter().any(|t| fixed(t).is_some()) {
-        return sources;
-    }
-    let mut before: Option<usize> = None;
-    for (p, t) in targets.iter().enumerate() {
-        if let Some(s) = fixed(t) {
-            before = Some(s);
-        } else if let (Some(s), Some(b)) = (sources[p], before)
-            && s < b
-        {
-            sources[p] = None;
-        }
-    }
-    let mut after: Option<usize> = None;
-    for (p, t) in targets.iter().enumerate().rev() {
-        if let Some(s) = fixed(t) {
-            after = Some(s);
-        } else if let (Some(s), Some(a)) = (sources[p], after)
-            && s > a
-        {
-            sources[p] = None;
-        }
-    }
-    sources
+/// For each target, whether it stays where it is. The targets from `fixed`
+/// on are other programs' rules that no `~match` takes: every one of them
+/// stays, so that its packet counters and its nf_tables handle survive the
+/// plan; a wished rule or a `~match`'d rule below the first of them moves
+/// up instead. Of the rest, those above it that are already in order (one
+/// longest run of increasing sources) stay too.
+fn stays(sources: &[Option<usize>], fixed: usize) -> Vec<bool> {
+    // The fixed rules are in their current order, so the first is the
+    // topmost.
+    let below = sources[fixed..]
+        .iter()
+        .flatten()
+        .copied()
+        .min()
+        .unwrap_or(usize::MAX);
+    let movable: Vec<Option<usize>> = sources[..fixed]
+        .iter()
+        .map(|s| s.filter(|&s| s < below))
+        .collect();
+    let mut stable = longest_increasing(&movable);
+    stable.resize(sources.len(), true);
+    stable
 }
 
+/// For each element, whether it belongs to one longest subsequence whose
+/// sources increase (the rules that can stay where they are).
 pub(crate) fn longest_increasing(sources: &[Option<usize>]) -> Vec<bool> {
     // Patience sorting: tails[k] is the index of the smallest tail of an
     // increasing run of length k + 1.
@@ -567,5 +555,65 @@ mod tests {
         let s = longest_increasing(&[Some(5), Some(0), Some(1), None, Some(2), Some(3)]);
         assert_eq!(s, vec![false, true, true, false, true, true]);
         assert_eq!(longest_increasing(&[]), Vec::<bool>::new());
+    }
+
+    #[test]
+    fn other_programs_rules_always_stay() {
+        // Wished rules at 1, 2, 3 below another program's rule at 0: all
+        // three move rather than the one foreign rule.
+        let s = stays(&[Some(1), Some(2), Some(3), Some(0)], 3);
+        assert_eq!(s, vec![false, false, false, true]);
+        // Above the first fixed rule, the longest run in order stays.
+        let s = stays(&[Some(0), Some(1), None, Some(4), Some(2), Some(3)], 4);
+        assert_eq!(s, vec![true, true, false, false, true, true]);
+        assert_eq!(stays(&[Some(0), Some(1)], 2), vec![true, true]);
+    }
+
+    fn wish(rules: &[(&str, &str)]) -> ChainWish {
+        ChainWish {
+            family: Family::V4,
+            table: "filter".into(),
+            chain: "FORWARD".into(),
+            policy: None,
+            rules: Some(
+                rules
+                    .iter()
+                    .map(|(name, text)| {
+                        RuleItem::Named(crate::wishes::NamedRule {
+                            name: name.to_string(),
+                            rule: Rule::parse(text).unwrap(),
+                            line: 1,
+                        })
+                    })
+                    .collect(),
+            ),
+            line: 1,
+        }
+    }
+
+    #[test]
+    fn dockers_insert_on_top_moves_pyfws_rules_not_dockers() {
+        let w = [
+            ("a", "-i wg0 -m comment --comment a -j ACCEPT"),
+            ("b", "-i wg1 -m comment --comment b -j ACCEPT"),
+            ("c", "-i wg2 -m comment --comment c -j ACCEPT"),
+        ];
+        let docker = Rule::parse("-j DOCKER-USER").unwrap();
+        let mut current = vec![docker.clone()];
+        // Docker's other rule sits below pyfw's and stays there too.
+        current.extend(w.iter().map(|(_, t)| Rule::parse(t).unwrap()));
+        current.push(Rule::parse("-o docker0 -j DOCKER").unwrap());
+        let (commands, result) = plan_chain(&wish(&w), &current, &[]);
+        let docker_text = docker.to_string();
+        for c in &commands {
+            assert!(
+                !c.to_string().contains("DOCKER"),
+                "Docker's rule touched: {c}"
+            );
+        }
+        assert_eq!(commands.len(), 12, "three moves up, four commands each");
+        let shown: Vec<String> = result.iter().map(Rule::to_string).collect();
+        assert_eq!(shown[3], docker_text, "{shown:?}");
+        assert_eq!(shown.len(), 5);
     }
 }

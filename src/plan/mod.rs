@@ -6,6 +6,18 @@
 //! order (a longest increasing subsequence) and moves only the rest, so a
 //! Docker restart that pushes one rule down costs one move, not a rewrite.
 //!
+//! **Other programs' rules never move.** A rule pyfw does not own and no
+//! `~match` takes is never deleted, inserted again or moved by a chain's
+//! plan: only pyfw's own rules (wished, replaced, duplicated or withdrawn
+//! ones, and temporary copies) and the rules a `~match` takes are. When
+//! pyfw's rules and such a rule are out of order (Docker's `-I FORWARD 1
+//! -j DOCKER-USER` on top of them), pyfw's rules move, however many there
+//! are, so the other rule keeps its packet counters and its nf_tables
+//! handle, and another program deleting it by its handle never misses.
+//! The one exception is a set whose type changes (`sets::retarget`): every
+//! rule naming the set, whoever owns it, is replaced by one naming a scratch
+//! copy and back, since the kernel keeps a set in use.
+//!
 //! Commands are chosen so that a wished rule that exists is never missing,
 //! even for an instant: a rule moved up is first copied as
 //! `_pyfw_temp_NAME` at its new place (the spec's temp-rule trick), and a

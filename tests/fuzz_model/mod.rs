@@ -5,14 +5,19 @@
 //! [`scenario`] decodes any byte string into valid wishes and a host state
 //! (several chains in two tables and both families, foreign rules, wished
 //! rules in and out of place, stale and temporary copies, jumps, sets of
-//! several types, an ownership record naming some of it). [`check`] plans,
-//! then runs the plan command by command on a model of netfilter that
-//! refuses what the kernel refuses, and checks the planner's promises after
-//! every step:
+//! several types, identical twins, an ownership record naming some of
+//! it). [`check`] plans, then runs the plan command by command on a model
+//! of netfilter that refuses what the kernel refuses, and checks the
+//! planner's promises after every step:
 //!
 //! - every command is one the kernel accepts at that point;
 //! - a wished rule that existed is never missing (a temporary copy counts);
-//! - another program's rule is never lost;
+//! - another program's rule is never lost; one that no `~match` takes is
+//!   never deleted or inserted again (followed by identity, [`Kernel`]),
+//!   but for a set rebuilt under a new type while rules use it;
+//! - the plan's transactions, run as the text `iptables-restore` reads
+//!   (with iptables-nft's insert pitfall, see [`Kernel::line`]), are
+//!   accepted and leave what the commands one by one leave;
 //! - a set exists before any rule naming it is added, and is destroyed
 //!   only when no rule names it;
 //! - a chain's DROP policy is set only once its wished rules are in place;
@@ -212,7 +217,7 @@ pub fn scenario(data: &[u8]) -> Scenario {
         }
         if exists {
             for _ in 0..b.below(9) {
-                let r = match b.below(8) {
+                let r = match b.below(9) {
                     0 | 1 => rule(&format!("-s 10.9.{}.0/24 -j RETURN", b.below(4))),
                     2 => rule(&format!(
                         "-m comment --comment \"svc {}\" -j ACCEPT",
@@ -227,7 +232,14 @@ pub fn scenario(data: &[u8]) -> Scenario {
                         let i = b.below(6);
                         rule(&texts[i]).temp_copy(Some(&format!("w{i}")))
                     }
-                    _ => rule("-m comment --comment \"svc 9\" -j ACCEPT").temp_copy(None),
+                    7 => rule("-m comment --comment \"svc 9\" -j ACCEPT").temp_copy(None),
+                    // A ban list holding the same rule twice (here, or
+                    // again further down): identical twins.
+                    _ => {
+                        let ban = rule(&format!("-s 10.9.{}.7/32 -j DROP", b.below(2)));
+                        rules_now.push(ban.clone());
+                        ban
+                    }
                 };
                 // A rule naming a set that does not exist could not be there.
                 if r.sets().all(|s| state.ipsets.contains_key(s)) {
@@ -576,6 +588,188 @@ fn step(state: &mut State, c: &Command) -> Result<(), String> {
     Ok(())
 }
 
+/// A chain: (family, table, chain).
+pub type ChainKey = (Family, String, String);
+
+/// The model with an identity for every rule, as a kernel keeps a rule's
+/// counters and nf_tables handle: the rules of the first state are numbered
+/// in [`all_rules`] order, and each insert makes a new one. Deleting a rule
+/// and inserting the same text again gives it a new identity.
+pub struct Kernel {
+    pub state: State,
+    ids: BTreeMap<ChainKey, Vec<u64>>,
+    next: u64,
+}
+
+/// One transaction: the first identity it gives (every rule it inserts
+/// has this one or a later one), and the rules it inserted that an insert
+/// then named as its position, with that insert.
+struct Transaction {
+    first: u64,
+    named: BTreeMap<u64, String>,
+}
+
+impl Kernel {
+    pub fn new(state: &State) -> Kernel {
+        let mut ids: BTreeMap<ChainKey, Vec<u64>> = BTreeMap::new();
+        let mut next = 0;
+        for (f, t, c, _) in all_rules(state) {
+            ids.entry((f, t, c)).or_default().push(next);
+            next += 1;
+        }
+        Kernel {
+            state: state.clone(),
+            ids,
+            next,
+        }
+    }
+
+    /// The identities of a chain's rules, in order.
+    pub fn ids(&self, key: &ChainKey) -> &[u64] {
+        self.ids.get(key).map_or(&[], Vec::as_slice)
+    }
+
+    /// Runs one command as a transaction of its own.
+    pub fn run(&mut self, c: &Command) -> Result<(), String> {
+        let mut t = Transaction {
+            first: self.next,
+            named: BTreeMap::new(),
+        };
+        self.line(c, &mut t)
+    }
+
+    /// Runs a plan's commands as pyfw hands them to the tools
+    /// ([`pyfw::kernel::transactions`]): a transaction of several iptables
+    /// commands as the text `iptables-restore --noflush` reads, with the
+    /// pitfall of iptables-nft (see [`Kernel::line`]); everything else one
+    /// command at a time. A failed transaction changes nothing.
+    pub fn run_transactions(&mut self, commands: &[Command]) -> Result<(), String> {
+        for range in pyfw::kernel::transactions(commands) {
+            let batch: Vec<&Command> = commands[range].iter().collect();
+            let Program::Iptables(family) = batch[0].program else {
+                for c in batch {
+                    self.run(c)?;
+                }
+                continue;
+            };
+            if batch.len() == 1 {
+                self.run(batch[0])?;
+                continue;
+            }
+            let text = pyfw::kernel::restore_script::iptables_restore_input(&batch);
+            let before = (self.state.clone(), self.ids.clone(), self.next);
+            if let Err(e) = self.transaction(family, &text) {
+                (self.state, self.ids, self.next) = before;
+                return Err(format!("{e}\ntransaction:\n{text}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the text of one `iptables-restore --noflush` transaction.
+    fn transaction(&mut self, family: Family, text: &str) -> Result<(), String> {
+        let mut lines = text.lines();
+        let table = lines
+            .next()
+            .and_then(|l| l.strip_prefix('*'))
+            .ok_or("no table line")?;
+        let mut t = Transaction {
+            first: self.next,
+            named: BTreeMap::new(),
+        };
+        for (n, line) in lines.enumerate() {
+            if line == "COMMIT" {
+                return Ok(());
+            }
+            let words = Rule::parse(line).map_err(|e| format!("line {}: {e}", n + 2))?;
+            let mut args: Vec<String> = ["-w", "-t", table].map(String::from).to_vec();
+            args.extend(words.args().iter().cloned());
+            let c = Command {
+                program: Program::Iptables(family),
+                args,
+                undo: None,
+                reason: String::new(),
+                target: String::new(),
+                wish: None,
+            };
+            self.line(&c, &mut t)
+                .map_err(|e| format!("line {}: {e}", n + 2))?;
+        }
+        Err("no COMMIT".into())
+    }
+
+    /// One command of transaction `t`, on the model and on the identities.
+    ///
+    /// iptables-nft 1.8.9, tried in a network namespace: a transaction
+    /// fails as a whole, with `line L: RULE_INSERT failed (No such file or
+    /// directory): rule in chain C` naming the insert, when an `-I C N`
+    /// with N > 1 lands just in front of a rule that the same transaction
+    /// inserted earlier and deletes later (by text or by number): the
+    /// insert names that rule as its position, and the delete takes that
+    /// rule out of the batch before it reaches the kernel. It fails the
+    /// same with that rule last in the chain (N = rules). These pass:
+    /// `-I C 1` in front of it (the head is no position); `-I C N` with N
+    /// = rules + 1, or `-A`, after it; any insert in front of it once it
+    /// is deleted; an insert in front of a rule the transaction inserted
+    /// and keeps, or in front of a rule that was there before, deleted
+    /// later or not. iptables-legacy-restore runs the failing case fine.
+    fn line(&mut self, c: &Command, t: &mut Transaction) -> Result<(), String> {
+        let Program::Iptables(f) = c.program else {
+            return step(&mut self.state, c);
+        };
+        let a = &c.args;
+        let (table, op, chain) = (a[2].as_str(), a[3].as_str(), a[4].as_str());
+        let key = (f, table.to_string(), chain.to_string());
+        let numbered = a.get(5).and_then(|n| n.parse::<usize>().ok());
+        // Where a delete by text acts: the first rule with that text.
+        let by_text = (op == "-D" && numbered.is_none()).then(|| {
+            let spec = Rule::from_args(a.get(5..).unwrap_or(&[]).to_vec());
+            self.state
+                .ruleset(f)
+                .chain(table, chain)
+                .and_then(|ch| ch.rules.iter().position(|r| *r == spec))
+        });
+        step(&mut self.state, c)?;
+        if op == "-X" {
+            self.ids.remove(&key);
+            return Ok(());
+        }
+        let ids = self.ids.entry(key).or_default();
+        let gone = match (op, numbered) {
+            ("-I", Some(n)) => {
+                if n > 1
+                    && let Some(&there) = ids.get(n - 1)
+                    && there >= t.first
+                {
+                    t.named.entry(there).or_insert_with(|| c.to_string());
+                }
+                ids.insert(n - 1, self.next);
+                self.next += 1;
+                None
+            }
+            ("-A", _) => {
+                ids.push(self.next);
+                self.next += 1;
+                None
+            }
+            ("-D", Some(n)) => Some(ids.remove(n - 1)),
+            ("-D", None) => by_text.flatten().map(|at| ids.remove(at)),
+            ("-F", _) => {
+                ids.clear();
+                None
+            }
+            _ => None,
+        };
+        if let Some(insert) = gone.and_then(|id| t.named.get(&id)) {
+            return Err(format!(
+                "RULE_INSERT failed (No such file or directory): `{insert}` lands in front of \
+                 a rule this transaction inserted and `{c}` deletes"
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn all_rules(state: &State) -> Vec<(Family, String, String, Rule)> {
     let mut out = Vec::new();
     for (f, rs) in [(Family::V4, &state.v4), (Family::V6, &state.v6)] {
@@ -633,7 +827,17 @@ pub fn check(s: &Scenario) -> Result<(), String> {
     let owned = pyfw::state::ownership::read(&s.state);
     let mut guarded = Vec::new();
     let mut foreign = Vec::new();
-    for (f, t, c, r) in all_rules(&s.state) {
+    // Foreign rules that no `~match` takes, by identity ([`Kernel`]): no
+    // plan deletes or inserts them again (their counters and nf_tables
+    // handles survive), but for a set rebuilt under a new type while
+    // rules use it, which moves every rule naming it.
+    let rebuilt: Vec<&str> = (p.commands.iter())
+        .filter(|c| c.program == Program::Ipset && c.args[0] == "destroy")
+        .map(|c| c.args[1].as_str())
+        .filter(|n| !n.starts_with("_pyfw_"))
+        .collect();
+    let mut untouchable: Vec<(ChainKey, u64, Rule)> = Vec::new();
+    for (id, (f, t, c, r)) in all_rules(&s.state).into_iter().enumerate() {
         if r.is_temp() {
             continue;
         }
@@ -659,14 +863,33 @@ pub fn check(s: &Scenario) -> Result<(), String> {
                 guarded.push((f, t, c, r));
             }
         } else if !is_owned {
+            let shown = r.to_string();
+            let taken = wish.and_then(|w| w.rules.as_ref()).is_some_and(|items| {
+                items
+                    .iter()
+                    .any(|i| matches!(i, RuleItem::Match(m) if m.regex.is_match(&shown)))
+            });
+            if !taken && !r.sets().any(|set| rebuilt.contains(&set)) {
+                untouchable.push(((f, t.clone(), c.clone()), id as u64, r.clone()));
+            }
             foreign.push((f, t, c, r));
         }
     }
-    let mut model = s.state.clone();
+    // As the kernel gets them: transaction by transaction, each iptables
+    // one as the text iptables-restore reads.
+    let mut batched = Kernel::new(&s.state);
+    batched
+        .run_transactions(&p.commands)
+        .map_err(|e| format!("{e}\nplan:\n{}", shown()))?;
+    // And command by command, as the plan lists them.
+    let mut kernel = Kernel::new(&s.state);
     for c in &p.commands {
-        step(&mut model, c).map_err(|e| format!("{e}\nplan:\n{}", shown()))?;
+        kernel
+            .run(c)
+            .map_err(|e| format!("{e}\nplan:\n{}", shown()))?;
+        let model = &kernel.state;
         for (f, t, ch, r) in &guarded {
-            if present(&model, *f, t, ch, r) == 0 {
+            if present(model, *f, t, ch, r) == 0 {
                 return Err(format!(
                     "wished rule {r} missing in {t}/{ch} after `{c}`\nplan:\n{}",
                     shown()
@@ -684,7 +907,7 @@ pub fn check(s: &Scenario) -> Result<(), String> {
                 .and_then(|tb| tb.chain(ch))
                 .map_or(0, |c| c.rules.iter().filter(|x| *x == r).count());
             let before = present(&s.state, *f, t, ch, r).min(1).max(exact);
-            if present(&model, *f, t, ch, r) < before {
+            if present(model, *f, t, ch, r) < before {
                 return Err(format!(
                     "foreign rule {r} lost in {t}/{ch} after `{c}`\nplan:\n{}",
                     shown()
@@ -703,7 +926,7 @@ pub fn check(s: &Scenario) -> Result<(), String> {
                 .find(|w| w.family == f && &w.table == t && &w.chain == ch);
             for item in wish.and_then(|w| w.rules.as_ref()).into_iter().flatten() {
                 if let RuleItem::Named(nr) = item
-                    && present(&model, f, t, ch, &nr.rule) == 0
+                    && present(model, f, t, ch, &nr.rule) == 0
                 {
                     return Err(format!(
                         "DROP policy before wished rule {} in {t}/{ch}\nplan:\n{}",
@@ -714,6 +937,30 @@ pub fn check(s: &Scenario) -> Result<(), String> {
             }
         }
     }
+    for (k, run) in [
+        (&kernel, "command by command"),
+        (&batched, "in transactions"),
+    ] {
+        for (key, id, r) in &untouchable {
+            if !k.ids(key).contains(id) {
+                return Err(format!(
+                    "foreign rule {r} in {}/{} deleted or inserted again ({run})\nplan:\n{}",
+                    key.1,
+                    key.2,
+                    shown()
+                ));
+            }
+        }
+    }
+    if all_rules(&batched.state) != all_rules(&kernel.state) {
+        return Err(format!(
+            "the transactions left other rules than the commands:\n{:?}\n{:?}\nplan:\n{}",
+            all_rules(&batched.state),
+            all_rules(&kernel.state),
+            shown()
+        ));
+    }
+    let mut model = kernel.state;
     for c in &p.record {
         step(&mut model, c).map_err(|e| format!("record: {e}\nplan:\n{}", shown()))?;
     }
