@@ -61,7 +61,8 @@ fn a_new_set_appears_whole_or_not_at_all() {
     );
     assert!(out.stderr.to_lowercase().contains("full"), "{out}");
     assert!(
-        !out.stdout.contains("Rolling back: ipset"),
+        !out.stdout.contains("Rolling back: ipset destroy allowed")
+            && !out.stdout.contains("Rolling back: ipset del allowed"),
         "the set never existed under its name: nothing of it is undone\n{out}"
     );
     assert_text_eq(
@@ -206,13 +207,35 @@ fn a_failure_inside_a_table_leaves_that_table_as_it_was(backend: Backend) {
 
     let out = ns.run_pyfw(&wishes, &["apply"]);
     assert_eq!(out.code(), Some(1), "the apply must fail\n{out}");
-    // The nat transaction carried three commands and failed as one.
+    // The nat transaction carried three commands and failed as one: none
+    // of them is shown as run, and the error names the one refused, with
+    // its wish and line.
     let nat_commands: Vec<&str> = out
         .stdout
         .lines()
         .filter(|l| l.starts_with("Executing command") && l.contains(" -t nat "))
         .collect();
-    assert_eq!(nat_commands.len(), 3, "{out}");
+    assert_eq!(nat_commands.len(), 0, "{out}");
+    let line = 1 + std::fs::read_to_string(&wishes)
+        .unwrap()
+        .lines()
+        .position(|l| l.contains("refused_on_commit"))
+        .unwrap();
+    // iptables-nft names the refused input line; legacy iptables-restore
+    // names only the line of COMMIT (the kernel refused the table whole),
+    // and the error says so.
+    let named = match backend {
+        Backend::Nft => format!(
+            "{}:{line}: nat/PREROUTING/refused_on_commit: ",
+            wishes.display()
+        ),
+        Backend::Legacy => "refused the transaction without saying which of its commands".into(),
+    };
+    assert!(out.stderr.contains(&named), "want `{named}`\n{out}");
+    assert!(
+        !out.stderr.contains("line 3") && !out.stderr.contains("line 5"),
+        "no line numbers of the restore input\n{out}"
+    );
     assert!(
         out.stdout.contains("# transaction") && out.stdout.contains("iptables-restore --noflush"),
         "{out}"

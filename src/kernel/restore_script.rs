@@ -5,12 +5,18 @@ use crate::plan::{Command, Program};
 use crate::state::Family;
 
 /// The input line an `iptables-restore` failure names: nft says `Error
-/// occurred at line: N`, legacy says `iptables-restore: line N failed`.
+/// occurred at line: N` for a line it cannot parse and `line N: ...` for
+/// one the kernel refuses at commit, legacy says `iptables-restore: line N
+/// failed`.
 pub(crate) fn restore_error_line(stderr: &str) -> Option<usize> {
     stderr.lines().find_map(|l| {
-        let n = match l.strip_prefix("Error occurred at line: ") {
-            Some(n) => n,
-            None => l.split(": line ").nth(1)?.strip_suffix(" failed")?,
+        let n = match (
+            l.strip_prefix("Error occurred at line: "),
+            l.strip_prefix("line "),
+        ) {
+            (Some(n), _) => n,
+            (None, Some(rest)) => rest.split(':').next()?,
+            (None, None) => l.split(": line ").nth(1)?.strip_suffix(" failed")?,
         };
         n.trim().parse().ok()
     })
@@ -562,6 +568,14 @@ mod tests {
         assert_eq!(
             restore_error_line("iptables-restore: line 5 failed"),
             Some(5)
+        );
+        // nft, a rule the kernel refuses when the transaction commits.
+        assert_eq!(
+            restore_error_line(
+                "iptables-restore v1.8.9 (nf_tables): \nline 3: RULE_INSERT failed (Invalid \
+                 argument): rule in chain PREROUTING"
+            ),
+            Some(3)
         );
         assert_eq!(restore_error_line("something else"), None);
     }

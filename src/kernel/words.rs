@@ -8,7 +8,18 @@ use crate::kernel::backend::Error;
 /// otherwise.
 pub fn tool_said(error: &Error) -> String {
     match error {
-        Error::Failed { stderr, .. } if !stderr.trim().is_empty() => cleaned(stderr),
+        Error::Failed { stderr, .. } if !stderr.trim().is_empty() => {
+            let words = cleaned(stderr);
+            match words.contains(' ') {
+                true => words,
+                // Legacy iptables-restore says only `line N failed`, the
+                // line of COMMIT when the kernel refused the table.
+                false => format!(
+                    "{words} refused the transaction without saying which of its commands \
+                     (the kernel refused the table as a whole when it was committed)"
+                ),
+            }
+        }
         other => other.to_string(),
     }
 }

@@ -123,7 +123,7 @@ impl Refused {
 /// Why an apply stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum Cause {
-    #[error("{0}")]
+    #[error("{}", failed_words(.0))]
     Kernel(kernel::Error),
     /// A transaction failed at one command: the tool said which.
     #[error(
@@ -142,6 +142,20 @@ pub enum Cause {
     RecordAhead(kernel::Error),
     #[error("cannot trim pyfw's ownership record after the change: {0}")]
     RecordAfter(kernel::Error),
+}
+
+/// A tool's failure as the user reads it: the command, and the tool's
+/// words without restore-input line numbers.
+fn failed_words(e: &kernel::Error) -> String {
+    match e {
+        kernel::Error::Failed {
+            command, status, ..
+        } => format!(
+            "`{command}` failed ({status}): {}",
+            kernel::words::tool_said(e)
+        ),
+        other => other.to_string(),
+    }
 }
 
 /// What a failed apply left in netfilter.
