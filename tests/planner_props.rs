@@ -119,6 +119,7 @@ fn wishes_of(items: &[Item]) -> Wishes {
             Item::Named(i) => RuleItem::Named(NamedRule {
                 name: format!("w{i}"),
                 rule: wished_rule(*i),
+                printed: None,
                 line: 1,
             }),
             Item::Match(p) => RuleItem::Match(MatchRule {

@@ -72,7 +72,12 @@ impl Slot {
 /// What the final chain should hold at one position.
 struct Target<'a> {
     /// Borrowed: a long chain's rules are not cloned to be planned.
+    /// As the kernel prints it: what the chain's rules are compared with.
     pub(crate) rule: &'a Rule,
+    /// What is installed where it goes in or moves: what the wish says
+    /// (iptables' printed form may lose part of a rule), or the rule as
+    /// read for one a `~match` takes.
+    pub(crate) install: &'a Rule,
     /// The current rule that already is this element, by slot id.
     pub(crate) source: Option<usize>,
     /// The wished name, for wished rules.
@@ -125,13 +130,17 @@ pub(crate) fn plan_chain(
                     .get(named.name.as_str())
                     .map(Vec::as_slice)
                     .unwrap_or(&[]);
-                let exact = found.iter().copied().find(|&i| current[i] == named.rule);
+                let exact = found
+                    .iter()
+                    .copied()
+                    .find(|&i| current[i] == *named.compare());
                 let (source, replaces) = match exact {
                     Some(i) => (Some(i), None),
                     None => (None, found.first().copied()),
                 };
                 targets.push(Target {
-                    rule: &named.rule,
+                    rule: named.compare(),
+                    install: &named.rule,
                     source,
                     name: Some(named.name.as_str()),
                     replaces,
@@ -150,6 +159,7 @@ pub(crate) fn plan_chain(
                         taken[i] = true;
                         targets.push(Target {
                             rule: &current[i],
+                            install: &current[i],
                             source: Some(i),
                             name: None,
                             replaces: None,
@@ -164,6 +174,7 @@ pub(crate) fn plan_chain(
         if !taken[i] {
             targets.push(Target {
                 rule: &current[i],
+                install: &current[i],
                 source: Some(i),
                 name: None,
                 replaces: None,
@@ -216,7 +227,8 @@ pub(crate) fn plan_chain(
                         now + 1,
                         at + 1
                     );
-                    sim.move_rule(src, at, t.name, &reason);
+                    let install = (t.install != t.rule).then(|| t.install.clone());
+                    sim.move_rule(src, at, install, t.name, &reason);
                 }
                 placed.push(src);
             }
@@ -229,7 +241,7 @@ pub(crate) fn plan_chain(
                     ),
                     None => format!("{label}: {what} missing"),
                 };
-                let id = sim.insert(at, t.rule.clone(), t.name, &reason);
+                let id = sim.insert(at, t.install.clone(), t.name, &reason);
                 if let Some(old) = t.replaces {
                     sim.delete(
                         old,
@@ -488,9 +500,18 @@ impl ChainSim {
 
     /// Moves slot `id` to 0-based position `at` (counted before the move)
     /// without the rule ever being absent.
-    pub(crate) fn move_rule(&mut self, id: usize, at: usize, wish: Option<&str>, reason: &str) {
+    /// Moves rule `id` to `at` without a gap, putting it in again as
+    /// `install` (what the wish says) when given, else as it reads.
+    pub(crate) fn move_rule(
+        &mut self,
+        id: usize,
+        at: usize,
+        install: Option<Rule>,
+        wish: Option<&str>,
+        reason: &str,
+    ) {
         let from = self.pos(id);
-        let rule = self.slots[from].rule.clone();
+        let rule = install.unwrap_or_else(|| self.slots[from].rule.clone());
         if at > from {
             // Moving down: the new copy lands after the old one, so deleting
             // by text removes the old one.
@@ -582,6 +603,7 @@ mod tests {
                         RuleItem::Named(crate::wishes::NamedRule {
                             name: name.to_string(),
                             rule: Rule::parse(text).unwrap(),
+                            printed: None,
                             line: 1,
                         })
                     })

@@ -4,7 +4,7 @@
 use std::fmt;
 
 use crate::state::Family;
-use crate::state::rule::display_args;
+use crate::state::rule::{Rule, display_args};
 
 /// The program a command runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +85,19 @@ pub struct Plan {
     /// Updates to pyfw's ownership record, run after `commands` succeed.
     /// They change no rule, so they are not part of what `check` reports.
     pub record: Vec<Command>,
+    /// The wished rules whose text iptables prints otherwise: what the
+    /// plan installs, beside what the kernel will show for it (see
+    /// [`crate::wishes::NamedRule::printed`]).
+    pub printed: Vec<PrintedAs>,
+}
+
+/// A rule pyfw installs as written, and how iptables prints it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrintedAs {
+    pub family: Family,
+    pub table: String,
+    pub installed: Rule,
+    pub printed: Rule,
 }
 
 impl Plan {

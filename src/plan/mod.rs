@@ -46,7 +46,7 @@ pub mod record;
 pub mod revert;
 pub mod sets;
 
-pub use command::{Command, Plan, Program};
+pub use command::{Command, Plan, PrintedAs, Program};
 
 /// Plans the commands that make `state` match `wishes`.
 pub fn plan(wishes: &Wishes, state: &State) -> Plan {
@@ -178,8 +178,16 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
                     &wish.table,
                     &wish.chain,
                     &r.name,
-                    &r.rule,
+                    r.compare(),
                 ));
+                if let Some(printed) = &r.printed {
+                    out.printed.push(PrintedAs {
+                        family: wish.family,
+                        table: wish.table.clone(),
+                        installed: r.rule.clone(),
+                        printed: printed.clone(),
+                    });
+                }
             }
         }
         let chain = state.ruleset(wish.family).chain(&wish.table, &wish.chain);

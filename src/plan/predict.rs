@@ -9,19 +9,56 @@
 //! to its commit, so no other writer can come between (see
 //! `main::run`), and the chains' new contents follow from the commands
 //! alone: this module runs them on the snapshot, as the kernel ran them.
-//! That is exact when every rule the plan adds is in the form iptables
-//! prints, which the caller checks (forms learned from iptables, nothing
-//! deferred); otherwise, or when a command cannot be followed here (an
+//! That is exact when the form iptables prints is known for every rule the
+//! plan adds: the plan installs what the wishes say, and lists how iptables
+//! prints each rule it prints otherwise ([`Plan::printed`]); the caller
+//! checks that those forms were learned from iptables and nothing was
+//! deferred. Otherwise, or when a command cannot be followed here (an
 //! error), the caller reads back after all.
 
 use crate::plan::revert::Snapshot;
 use crate::plan::{Plan, Program};
 use crate::state::rule::Rule;
-use crate::state::{Chain, State, Table, builtin_chains};
+use std::collections::HashMap;
+
+use crate::state::{Chain, Family, State, Table, builtin_chains};
+
+/// How iptables prints each rule the plan installs as written.
+struct Printed<'p>(HashMap<(Family, &'p str, &'p [String]), &'p Rule>);
+
+impl<'p> Printed<'p> {
+    fn of(plan: &'p Plan) -> Printed<'p> {
+        Printed(
+            (plan.printed.iter())
+                .map(|p| ((p.family, p.table.as_str(), p.installed.args()), &p.printed))
+                .collect(),
+        )
+    }
+
+    /// `rule` as iptables prints it: its learned form, and for a move's
+    /// temporary copy, the learned form of the rule it copies.
+    fn as_printed(&self, family: Family, table: &str, rule: Rule) -> Rule {
+        if self.0.is_empty() {
+            return rule;
+        }
+        let known = |r: &Rule| self.0.get(&(family, table, r.args())).map(|p| (*p).clone());
+        if let Some(p) = known(&rule) {
+            return p;
+        }
+        if let Some(base) = rule.temp_base()
+            && let Some(p) = known(&base)
+            && let Some(name) = base.comment()
+        {
+            return p.temp_copy(Some(name));
+        }
+        rule
+    }
+}
 
 /// The touched chains after `plan`, in a `State` that holds only them (no
 /// sets), or why they cannot be worked out.
 pub fn chains_after(before: &Snapshot, plan: &Plan) -> Result<State, String> {
+    let printed = Printed::of(plan);
     let mut chains = before.chains.clone();
     for c in plan.commands.iter().chain(&plan.record) {
         let Program::Iptables(family) = c.program else {
@@ -67,7 +104,10 @@ pub fn chains_after(before: &Snapshot, plan: &Plan) -> Result<State, String> {
                 _ => Ok(None),
             }
         };
-        let rule_from = |at: usize| Rule::from_args(a.get(at..).unwrap_or_default().to_vec());
+        let rule_from = |at: usize| {
+            let rule = Rule::from_args(a.get(at..).unwrap_or_default().to_vec());
+            printed.as_printed(family, table, rule)
+        };
         match op.as_str() {
             "-P" => {
                 let policy = a.get(5).ok_or_else(|| cannot("no policy"))?;

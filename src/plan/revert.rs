@@ -506,6 +506,7 @@ mod tests {
                 cmd("-w -t filter -P INPUT DROP"),
             ],
             record: vec![cmd("create pyfw-owned hash:ip family inet6 comment")],
+            printed: vec![],
         }
     }
 
@@ -610,6 +611,7 @@ mod tests {
                 cmd("rename s2 s"),
             ],
             record: vec![],
+            printed: vec![],
         };
         let snap = Snapshot::of(&plan, before.clone());
         let now = state(

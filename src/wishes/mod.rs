@@ -39,8 +39,9 @@ pub struct Wishes {
 }
 
 impl Wishes {
-    /// The same wishes with each named rule's text replaced by `f`'s, for
-    /// comparing in canonical form.
+    /// The same wishes with each named rule's printed form (see
+    /// [`NamedRule::printed`]) set to `f`'s, for comparing in the kernel's
+    /// form while installing what the wish says.
     pub fn map_rules(&self, mut f: impl FnMut(&ChainWish, &NamedRule) -> Rule) -> Wishes {
         let mut out = self.clone();
         for (chain, orig) in out.chains.iter_mut().zip(&self.chains) {
@@ -51,7 +52,8 @@ impl Wishes {
                 .zip(orig.rules.iter().flatten())
             {
                 if let (RuleItem::Named(r), RuleItem::Named(o)) = (item, orig_item) {
-                    r.rule = f(orig, o);
+                    let printed = f(orig, o);
+                    r.printed = (printed != r.rule).then_some(printed);
                 }
             }
         }
@@ -147,8 +149,22 @@ pub enum RuleItem {
 #[derive(Clone, Debug)]
 pub struct NamedRule {
     pub name: String,
+    /// What the wish says, `--comment NAME` added: what pyfw installs.
     pub rule: Rule,
+    /// How iptables prints that rule, when it prints it otherwise
+    /// (`-p tcp --dport 22` as `-p tcp -m tcp --dport 22`): what pyfw
+    /// compares the kernel's rules with. `None` until learned, and when it
+    /// is printed as written.
+    pub printed: Option<Rule>,
     pub line: u64,
+}
+
+impl NamedRule {
+    /// The rule as the kernel prints it, as far as pyfw knows: what a rule
+    /// read from the kernel is compared with.
+    pub fn compare(&self) -> &Rule {
+        self.printed.as_ref().unwrap_or(&self.rule)
+    }
 }
 
 /// `~match: REGEX`, matched against a rule's `iptables-save` text.

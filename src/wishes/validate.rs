@@ -304,7 +304,12 @@ impl Validator {
                 continue;
             }
             let rule = rule.with_comment(&name);
-            out.push(RuleItem::Named(NamedRule { name, rule, line }));
+            out.push(RuleItem::Named(NamedRule {
+                name,
+                rule,
+                printed: None,
+                line,
+            }));
         }
         ok.then_some(out)
     }

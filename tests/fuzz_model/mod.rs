@@ -209,6 +209,7 @@ pub fn scenario(data: &[u8]) -> Scenario {
                         items.push(RuleItem::Named(NamedRule {
                             name,
                             rule: rule(&texts[i]),
+                            printed: None,
                             line: 1,
                         }));
                     }
