@@ -130,6 +130,7 @@ fn wishes_of(items: &[Item]) -> Wishes {
         .collect();
     Wishes {
         path: PathBuf::from("props.yaml"),
+        warnings: Vec::new(),
         ipsets: Vec::new().into(),
         chains: vec![ChainWish {
             family: Family::V4,

@@ -267,3 +267,23 @@ fn names_that_would_not_read_back_are_refused_at_load() {
         assert!(members[0].ends_with('"'), "{m}: {members:?}");
     }
 }
+
+/// A port written with a leading zero loads (iptables takes it), with a
+/// warning naming the file, the line and the wish: iptables reads it as
+/// octal (`0022` is port 18).
+#[test]
+fn a_port_written_in_octal_is_named_with_a_warning() {
+    let w = parse(
+        &wrap_rules("        - ok: -p tcp --dport 22 -j ACCEPT\n        - ssh: -p tcp --dport 0022 -j ACCEPT\n        - multi: -p tcp -m multiport --dports 80,0443 -j ACCEPT\n"),
+        Path::new("/etc/pyfw/wishes.yaml"),
+    )
+    .unwrap();
+    let warnings: Vec<String> = w.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        [
+            "/etc/pyfw/wishes.yaml:7: filter/INPUT/ssh: `--dport 0022`: iptables reads `0022` as an octal number, port 18; write `22` if you mean port 22",
+            "/etc/pyfw/wishes.yaml:8: filter/INPUT/multi: `--dports 80,0443`: iptables reads `0443` as an octal number, port 291; write `443` if you mean port 443",
+        ]
+    );
+}

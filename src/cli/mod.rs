@@ -18,6 +18,16 @@ pub mod offline;
 pub mod plan;
 pub mod print;
 
+/// Loads the wishes file and says what in it loads but is likely not what
+/// was meant, each warning with its file, line and wish.
+pub fn load_wishes(path: &std::path::Path) -> Result<wishes::Wishes, String> {
+    let wishes = wishes::load(path).map_err(|e| e.to_string())?;
+    for w in &wishes.warnings {
+        eprintln!("pyfw: warning: {w}");
+    }
+    Ok(wishes)
+}
+
 /// Runs the command `cli` names; the process's exit status.
 pub fn main(cli: Cli) -> ExitCode {
     crate::wishes::secure::allow_insecure_wishes(cli.allow_insecure_wishes);
@@ -137,7 +147,7 @@ fn run(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
         });
     // A bad file is the news, at once: the read still running is dropped
     // with this process.
-    let wishes = wishes::load(&cli.wishes).map_err(|e| e.to_string())?;
+    let wishes = load_wishes(&cli.wishes)?;
     let (mut reconciler, (_turn, xtables), owning) = match turn {
         Ok(thread) => thread
             .join()

@@ -8,7 +8,6 @@ use crate::cli::formats::PlanDoc;
 use crate::cli::plan::{plan_json, plan_lines, report};
 use crate::state::canon::{self, Comparison};
 use crate::state::{self, State};
-use crate::wishes;
 
 /// `plan`, `check` and `state` from saved dumps: no kernel, no root.
 pub fn offline(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
@@ -20,7 +19,7 @@ pub fn offline(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let wishes = wishes::load(&cli.wishes).map_err(|e| e.to_string())?;
+    let wishes = crate::cli::load_wishes(&cli.wishes)?;
     let normalized = wishes.map_rules(|chain, r| canon::normalize(&r.rule, chain.family));
     let plan = crate::plan::plan(&normalized, &state);
     if plan_json(command) {

@@ -89,6 +89,7 @@ fn parse_once(
     let mut v = Validator {
         path: path.to_path_buf(),
         errors: Vec::new(),
+        warnings: Vec::new(),
     };
     if text.trim().is_empty() {
         v.error(
@@ -126,6 +127,8 @@ fn parse_once(
     };
     let wishes = v.wishes(body);
     if v.errors.is_empty() {
+        let mut wishes = wishes;
+        wishes.warnings = std::mem::take(&mut v.warnings);
         Ok(wishes)
     } else {
         Err(LoadError { errors: v.errors })

@@ -36,6 +36,10 @@ pub struct Wishes {
     /// the rules to canonical form) must not copy 100,000 members.
     pub ipsets: std::sync::Arc<[IpsetWish]>,
     pub chains: Vec<ChainWish>,
+    /// What the file says that loads, but is likely not what was meant
+    /// (a chain nothing jumps to, a port written in octal): said with the
+    /// file, the line and the wish, and applied all the same.
+    pub warnings: Vec<WishError>,
 }
 
 impl Wishes {

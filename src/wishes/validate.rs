@@ -17,9 +17,20 @@ use crate::wishes::*;
 pub(crate) struct Validator {
     pub(crate) path: PathBuf,
     pub(crate) errors: Vec<WishError>,
+    pub(crate) warnings: Vec<WishError>,
 }
 
 impl Validator {
+    /// Notes what loads but is likely not what was meant.
+    pub(crate) fn warn(&mut self, line: u64, wish: Option<&str>, message: &str) {
+        self.warnings.push(WishError {
+            path: self.path.clone(),
+            line,
+            wish: wish.map(String::from),
+            message: message.to_string(),
+        });
+    }
+
     pub(crate) fn error(&mut self, line: u64, wish: Option<&str>, message: &str) {
         self.errors.push(WishError {
             path: self.path.clone(),
@@ -40,6 +51,7 @@ impl Validator {
             path: self.path.clone(),
             ipsets: ipsets.into(),
             chains: Vec::new(),
+            warnings: Vec::new(),
         };
         for (family, tables) in [(Family::V4, body.iptables), (Family::V6, body.ip6tables)] {
             for (table, chains) in tables.into_iter().flat_map(|m| m.0) {
@@ -303,6 +315,9 @@ impl Validator {
                 ok = false;
                 continue;
             }
+            if let Some(octal) = octal_port(&rule) {
+                self.warn(line, Some(&wish), &octal);
+            }
             let rule = rule.with_comment(&name);
             out.push(RuleItem::Named(NamedRule {
                 name,
@@ -453,6 +468,45 @@ pub fn check_rule_name(name: &str) -> Result<(), String> {
         ));
     }
     check_reserved("rule", name)
+}
+
+/// A warning for a port written with a leading zero: iptables reads
+/// `--dport 0022` as octal, port 18.
+fn octal_port(rule: &Rule) -> Option<String> {
+    const PORTS: &[&str] = &[
+        "--dport",
+        "--sport",
+        "--dports",
+        "--sports",
+        "--destination-port",
+        "--source-port",
+        "--destination-ports",
+        "--source-ports",
+        "--port",
+        "--ports",
+        "--to-ports",
+    ];
+    let tokens: Vec<&str> = rule.tokens().collect();
+    tokens.windows(2).find_map(|w| {
+        if !PORTS.contains(&w[0]) {
+            return None;
+        }
+        let port = w[1]
+            .split([',', ':'])
+            .find(|p| p.len() > 1 && p.starts_with('0') && p.bytes().all(|b| b.is_ascii_digit()))?;
+        let meant = match port.trim_start_matches('0') {
+            "" => "0",
+            digits => digits,
+        };
+        let read = u32::from_str_radix(port, 8)
+            .map(|n| format!("port {n}"))
+            .unwrap_or_else(|_| "which is no port (not an octal number)".into());
+        Some(format!(
+            "`{} {}`: iptables reads `{port}` as an octal number, {read}; write `{meant}` if you \
+             mean port {meant}",
+            w[0], w[1]
+        ))
+    })
 }
 
 /// Names pyfw uses for itself: its ownership record (the set
