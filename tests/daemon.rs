@@ -1449,3 +1449,81 @@ fn an_idle_daemon_does_not_trigger_itself() {
     quiet("after the repair", after_repair);
     daemon.assert_alive();
 }
+
+// --- whatever happens to the wishes file -----------------------------------
+
+/// Deletes the wished `allow_ssh` rule by hand: drift to repair.
+fn delete_allow_ssh(ns: &Ns) {
+    ns.ok(&[
+        "iptables",
+        "-w",
+        "-D",
+        "INPUT",
+        "-p",
+        "tcp",
+        "-m",
+        "tcp",
+        "--dport",
+        "22",
+        "-m",
+        "comment",
+        "--comment",
+        "allow_ssh",
+        "-j",
+        "ACCEPT",
+    ]);
+}
+
+/// Makes a FIFO at `path`.
+fn mkfifo(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: mkfifo(3) with a NUL-terminated path.
+    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o644) };
+    assert_eq!(rc, 0, "mkfifo {}", path.display());
+}
+
+/// A FIFO in place of the wishes file: refused once, clearly; drift is
+/// still repaired, SIGHUP still answered, and a regular file put back is
+/// applied.
+#[test]
+fn a_fifo_at_the_wishes_path_is_refused_and_enforcement_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let wishes = dir.path().join("wishes.yaml");
+    std::fs::write(&wishes, spec("wishes.yaml")).unwrap();
+    let Some((ns, mut daemon)) = started("fifo", &wishes, FAST) else {
+        return;
+    };
+    let refused = format!(
+        "{}: cannot read: not a regular file (a FIFO); pyfw reads wishes only from regular \
+         files",
+        wishes.display()
+    );
+    let refusals = || daemon.log_lines_with(&refused).len();
+    std::fs::remove_file(&wishes).unwrap();
+    mkfifo(&wishes);
+    wait_until("the FIFO refused", || refusals() == 1, || daemon.log());
+    daemon.wait_polls(3);
+    assert_eq!(refusals(), 1, "said once:\n{}", daemon.log());
+
+    delete_allow_ssh(&ns);
+    daemon.wait_rules(&ns, &spec("after-apply.save"), "the repair");
+
+    daemon.signal(libc::SIGHUP);
+    wait_until(
+        "SIGHUP answered with a read",
+        || refusals() == 2,
+        || daemon.log(),
+    );
+    daemon.wait_log("SIGHUP: re-reading");
+    daemon.wait_polls(1);
+
+    // A regular file again (renamed over the FIFO): applied.
+    editor_save(&wishes, &wishes_with("allow_http", 80));
+    wait_until(
+        "allow_http applied",
+        || ns.rules().contains("--comment allow_http"),
+        || daemon.log(),
+    );
+    daemon.assert_alive();
+}

@@ -348,7 +348,7 @@ impl<R: Reconcile> Core<R> {
                 if force || self.reported.as_ref() != Some(&bad) {
                     tracing::error!(
                         file = %shown,
-                        "cannot read {shown}: {e}; nothing changed, still enforcing the last \
+                        "{shown}: cannot read: {e}; nothing changed, still enforcing the last \
                          good wishes"
                     );
                     self.reported = Some(bad);
