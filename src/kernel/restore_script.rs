@@ -6,15 +6,32 @@ use crate::state::Family;
 use crate::state::rule::Rule;
 
 /// The input line an `iptables-restore` failure names: nft says `Error
-/// occurred at line: N`, legacy says `iptables-restore: line N failed`.
+/// occurred at line: N` for a rule it cannot parse and `line N:
+/// RULE_APPEND failed (Invalid argument): ...` for one the kernel refuses
+/// at commit; legacy says `iptables-restore: line N failed`.
 pub(crate) fn restore_error_line(stderr: &str) -> Option<usize> {
     stderr.lines().find_map(|l| {
         let n = match l.strip_prefix("Error occurred at line: ") {
             Some(n) => n,
-            None => l.split(": line ").nth(1)?.strip_suffix(" failed")?,
+            None => match l.strip_prefix("line ") {
+                Some(rest) => rest.split(':').next()?,
+                None => l.split(": line ").nth(1)?.strip_suffix(" failed")?,
+            },
         };
         n.trim().parse().ok()
     })
+}
+
+/// What an `iptables-restore` failure says, in one line: its first line,
+/// or, when that is only the version banner (`iptables-restore v1.8.9
+/// (nf_tables): ` before a commit error on the next line), the two.
+pub(crate) fn restore_error_message(stderr: &str) -> String {
+    let mut lines = stderr.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("");
+    match (first.ends_with(':'), lines.next()) {
+        (true, Some(next)) => format!("{first} {next}"),
+        _ => first.to_string(),
+    }
 }
 
 /// The program and arguments that run `commands` as one batch.
@@ -339,6 +356,25 @@ mod tests {
             restore_error_line("iptables-restore: line 5 failed"),
             Some(5)
         );
+        assert_eq!(
+            restore_error_line(
+                "iptables-restore v1.8.9 (nf_tables): \nline 3: RULE_APPEND failed (Invalid \
+                 argument): rule in chain _pyfw_canon_1"
+            ),
+            Some(3)
+        );
         assert_eq!(restore_error_line("something else"), None);
+        assert_eq!(
+            restore_error_message(
+                "iptables-restore v1.8.9 (nf_tables): \nline 3: RULE_APPEND failed (Invalid \
+                 argument): rule in chain X\n"
+            ),
+            "iptables-restore v1.8.9 (nf_tables): line 3: RULE_APPEND failed (Invalid argument): \
+             rule in chain X"
+        );
+        assert_eq!(
+            restore_error_message("iptables v1.8.9 (nf_tables): Bad ctstate \"BOGUS\"\nTry"),
+            "iptables v1.8.9 (nf_tables): Bad ctstate \"BOGUS\""
+        );
     }
 }
