@@ -52,8 +52,11 @@ pub enum Hint {
     Closed(Vec<PathBuf>),
     /// Created (`IN_CREATE`): being written, if an `open(O_CREAT)` made it.
     Created(Vec<PathBuf>),
+    /// A change of owner, mode or times (`IN_ATTRIB`): it may make the file
+    /// trusted or not, but ends no write (`cp -p` sets them before closing).
+    Touched(Vec<PathBuf>),
     /// Anything else that may change what the path holds: a rename, a
-    /// delete, a change of owner or mode.
+    /// delete.
     Changed(Vec<PathBuf>),
     /// Events were lost, or the watch failed.
     Lost,
@@ -68,6 +71,7 @@ fn hint(event: notify::Event) -> Option<Hint> {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => Hint::Closed(paths),
         EventKind::Access(_) => return None,
         EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) => Hint::Written(paths),
+        EventKind::Modify(ModifyKind::Metadata(_)) => Hint::Touched(paths),
         EventKind::Create(_) => Hint::Created(paths),
         // A queue overflow (notify sets the rescan flag on it).
         _ if lost => Hint::Lost,
@@ -197,6 +201,7 @@ impl Watch {
                 self.unsure &= hit.is_empty();
                 !hit.is_empty()
             }
+            Hint::Touched(_) => true,
             Hint::Changed(paths) => {
                 // Renamed over, deleted: whatever was being written there is
                 // no longer the file.
@@ -310,6 +315,11 @@ mod tests {
             p,
         );
         assert_eq!(hint(renamed), Some(Hint::Changed(vec![p.into()])));
+        let attrib = event(
+            EventKind::Modify(ModifyKind::Metadata(notify::event::MetadataKind::Any)),
+            p,
+        );
+        assert_eq!(hint(attrib), Some(Hint::Touched(vec![p.into()])));
         let overflow = notify::Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
         assert_eq!(hint(overflow), Some(Hint::Lost));
     }
@@ -339,6 +349,9 @@ mod tests {
         assert!(writing(&w));
         // Another file's events change nothing about it.
         assert!(!w.note(&Hint::Closed(vec![other.clone()])));
+        assert!(writing(&w));
+        // Its mode changed half-way: still being written.
+        assert!(w.note(&Hint::Touched(vec![path.clone()])));
         assert!(writing(&w));
         // Closed: a hint, and done.
         assert!(w.note(&Hint::Closed(vec![path.clone()])));
