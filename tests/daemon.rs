@@ -1582,3 +1582,311 @@ fn an_idle_daemon_does_not_trigger_itself() {
     quiet("after the repair", after_repair);
     daemon.assert_alive();
 }
+
+// --- whatever happens to the wishes file -----------------------------------
+
+/// Deletes the wished `allow_ssh` rule by hand: drift to repair.
+fn delete_allow_ssh(ns: &Ns) {
+    ns.ok(&[
+        "iptables",
+        "-w",
+        "-D",
+        "INPUT",
+        "-p",
+        "tcp",
+        "-m",
+        "tcp",
+        "--dport",
+        "22",
+        "-m",
+        "comment",
+        "--comment",
+        "allow_ssh",
+        "-j",
+        "ACCEPT",
+    ]);
+}
+
+/// The spec's wishes plus a set `small` of 10 members with `maxelem 4`:
+/// valid to pyfw, refused by the kernel (`Hash is full`).
+fn wishes_with_a_full_set() -> String {
+    let members: String = (1..=10).map(|i| format!("      - 10.0.0.{i}\n")).collect();
+    spec("wishes.yaml").replacen(
+        "  ipsets:\n",
+        &format!(
+            "  ipsets:\n    small:\n      type: hash:ip\n      header: family inet maxelem 4\n      \
+             members_equal:\n{members}"
+        ),
+        1,
+    )
+}
+
+/// The spec's wishes plus an INPUT rule with `-o`: iptables learns its form
+/// in a chain of its own, then refuses it in INPUT (`Can't use -o with
+/// INPUT`, exit status 2).
+fn wishes_with_out_in_input() -> String {
+    wishes_with("out_lo", 0).replace(
+        "-p tcp -m tcp --dport 0 -m comment --comment out_lo",
+        "-o lo -m comment --comment out_lo",
+    )
+}
+
+/// The version of a wishes file's content that the daemon names.
+fn content_hash(text: &str) -> String {
+    pyfw::reconcile::confirm::content_hash(text.as_bytes())
+}
+
+/// A valid edit the kernel refuses (a set over its `maxelem`, a rule
+/// iptables refuses only in its chain) is logged once with the file's
+/// version, and the last wishes that applied stay enforced: drift is
+/// repaired, the status says so, SIGHUP tries (and reports) it again, and
+/// the fix is applied.
+fn a_valid_edit_the_kernel_refuses_keeps_the_last_wishes_enforced(legacy: bool) {
+    let test = format!("kernel_refuses[legacy={legacy}]");
+    let Some(ns) = Ns::with_backend(&test, legacy) else {
+        return;
+    };
+    ns.restore(
+        "iptables-restore",
+        &["-w"],
+        &spec("docker-after-reboot.save"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let wishes = dir.path().join("wishes.yaml");
+    std::fs::write(&wishes, spec("wishes.yaml")).unwrap();
+    let (socket, notes) = notify_socket(dir.path());
+    let mut daemon = Start::new(&wishes, FAST)
+        .global(&["--backend", if legacy { "legacy" } else { "nft" }])
+        .env("NOTIFY_SOCKET", socket.display().to_string())
+        .spawn(&ns);
+    daemon.wait_rules(&ns, &spec("after-apply.save"), "the first reconcile");
+    daemon.wait_log("ready: netfilter matches");
+    let good = content_hash(&spec("wishes.yaml"));
+    let shown = wishes.display().to_string();
+
+    let full = wishes_with_a_full_set();
+    let out = wishes_with_out_in_input();
+    for (text, wish, words) in [
+        (&full, "small", "Hash is full"),
+        (&out, "out_lo", "Can't use -o with INPUT"),
+    ] {
+        let version = content_hash(text);
+        let refusals = || daemon.log_lines_with(&format!("content {version}"));
+        let errors = || {
+            refusals()
+                .into_iter()
+                .filter(|l| l.contains("ERROR"))
+                .collect::<Vec<_>>()
+        };
+        editor_save(&wishes, text);
+        wait_until(
+            &format!("an error naming version {version} of {shown}"),
+            || !errors().is_empty(),
+            || daemon.log(),
+        );
+        let error = &errors()[0];
+        for needle in [
+            shown.as_str(),
+            wish,
+            words,
+            "still enforcing the last wishes that applied",
+            &good,
+        ] {
+            assert!(
+                error.contains(needle),
+                "the error must name `{needle}`: {error}"
+            );
+        }
+        // The status says which wishes are enforced, and that the new ones
+        // are refused.
+        wait_until(
+            "a STATUS naming the refusal",
+            || {
+                notes
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|n| n.starts_with("STATUS=") && n.contains("refused") && n.contains(&good))
+            },
+            || format!("{:?}\n{}", notes.lock().unwrap(), daemon.log()),
+        );
+        // Enforcing: drift is repaired, polls go on, nothing more is said.
+        delete_allow_ssh(&ns);
+        daemon.wait_rules(&ns, &spec("after-apply.save"), "the repair");
+        daemon.wait_polls(3);
+        assert_eq!(errors().len(), 1, "one error:\n{}", daemon.log());
+        assert!(!ns.ipsets().contains("small"), "{}", ns.ipsets());
+        // SIGHUP means "try again": tried, refused, said again.
+        daemon.signal(libc::SIGHUP);
+        wait_until(
+            "the refusal said again after SIGHUP",
+            || errors().len() == 2,
+            || daemon.log(),
+        );
+        daemon.wait_polls(2);
+        assert_eq!(ns.rules(), normalize(&spec("after-apply.save")));
+        daemon.assert_alive();
+    }
+
+    // Fixed: applied.
+    editor_save(&wishes, &wishes_with("allow_http", 80));
+    wait_until(
+        "the fixed file applied",
+        || ns.rules().contains("--comment allow_http"),
+        || daemon.log(),
+    );
+    wait_until(
+        "a STATUS without the refusal",
+        || {
+            notes
+                .lock()
+                .unwrap()
+                .last()
+                .is_some_and(|n| n.starts_with("STATUS=enforcing") && !n.contains("refused"))
+        },
+        || format!("{:?}\n{}", notes.lock().unwrap(), daemon.log()),
+    );
+    daemon.assert_alive();
+}
+
+#[test]
+fn a_valid_edit_the_kernel_refuses_keeps_the_last_wishes_enforced_nft() {
+    a_valid_edit_the_kernel_refuses_keeps_the_last_wishes_enforced(false);
+}
+
+#[test]
+fn a_valid_edit_the_kernel_refuses_keeps_the_last_wishes_enforced_legacy() {
+    a_valid_edit_the_kernel_refuses_keeps_the_last_wishes_enforced(true);
+}
+
+/// A file written in place slowly (its first half, a pause longer than the
+/// debounce and several polls, the rest) is read only once it is closed:
+/// the wishes missing from the first half are never withdrawn.
+#[test]
+fn a_slow_in_place_write_withdraws_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let wishes = dir.path().join("wishes.yaml");
+    std::fs::write(&wishes, spec("wishes.yaml")).unwrap();
+    let Some((ns, mut daemon)) = started("slow_write", &wishes, FAST) else {
+        return;
+    };
+    let full = wishes_with("allow_http", 80);
+    let (first, rest) = full.split_at(full.find("      FORWARD:").unwrap());
+    // The first half alone is valid and would withdraw FORWARD's and
+    // DOCKER's wishes: otherwise this test proves nothing.
+    let half = dir.path().join("half.yaml");
+    std::fs::write(&half, first).unwrap();
+    let plan = ns.run(&[PYFW, "--wishes", half.to_str().unwrap(), "plan"]);
+    let said = String::from_utf8_lossy(&plan.stdout);
+    assert!(
+        said.contains("allow_established") && said.contains("allowed_hosts_only"),
+        "the first half must withdraw wishes:\n{said}{}",
+        String::from_utf8_lossy(&plan.stderr)
+    );
+
+    let wished = [
+        "--comment allow_established",
+        "--comment allowed_hosts_only",
+    ];
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let missing = std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut missing = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let rules = ns.rules();
+                for w in wished {
+                    if !rules.contains(w) {
+                        missing.push(rules.clone());
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            missing
+        });
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&wishes)
+            .unwrap();
+        file.write_all(first.as_bytes()).unwrap();
+        // Longer than the debounce (200 ms, at most 2 s) and several polls.
+        std::thread::sleep(Duration::from_millis(2500));
+        file.write_all(rest.as_bytes()).unwrap();
+        drop(file);
+        wait_until(
+            "the complete file applied",
+            || ns.rules().contains("--comment allow_http"),
+            || daemon.log(),
+        );
+        daemon.wait_polls(2);
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        sampler.join().unwrap()
+    });
+    assert!(
+        missing.is_empty(),
+        "wishes were withdrawn while the file was written:\n{}\n--- daemon log ---\n{}",
+        missing[0],
+        daemon.log()
+    );
+    assert_eq!(
+        daemon.log_lines_with("changed: read").len(),
+        1,
+        "only the finished file is read:\n{}",
+        daemon.log()
+    );
+    daemon.assert_alive();
+}
+
+/// Makes a FIFO at `path`.
+fn mkfifo(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: mkfifo(3) with a NUL-terminated path.
+    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o644) };
+    assert_eq!(rc, 0, "mkfifo {}", path.display());
+}
+
+/// A FIFO in place of the wishes file: refused once, clearly; drift is
+/// still repaired, SIGHUP still answered, and a regular file put back is
+/// applied.
+#[test]
+fn a_fifo_at_the_wishes_path_is_refused_and_enforcement_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let wishes = dir.path().join("wishes.yaml");
+    std::fs::write(&wishes, spec("wishes.yaml")).unwrap();
+    let Some((ns, mut daemon)) = started("fifo", &wishes, FAST) else {
+        return;
+    };
+    let refused = format!(
+        "{}: cannot read: not a regular file (a FIFO); pyfw reads wishes only from regular \
+         files",
+        wishes.display()
+    );
+    let refusals = || daemon.log_lines_with(&refused).len();
+    std::fs::remove_file(&wishes).unwrap();
+    mkfifo(&wishes);
+    wait_until("the FIFO refused", || refusals() == 1, || daemon.log());
+    daemon.wait_polls(3);
+    assert_eq!(refusals(), 1, "said once:\n{}", daemon.log());
+
+    delete_allow_ssh(&ns);
+    daemon.wait_rules(&ns, &spec("after-apply.save"), "the repair");
+
+    daemon.signal(libc::SIGHUP);
+    wait_until(
+        "SIGHUP answered with a read",
+        || refusals() == 2,
+        || daemon.log(),
+    );
+    daemon.wait_log("SIGHUP: re-reading");
+    daemon.wait_polls(1);
+
+    // A regular file again (renamed over the FIFO): applied.
+    editor_save(&wishes, &wishes_with("allow_http", 80));
+    wait_until(
+        "allow_http applied",
+        || ns.rules().contains("--comment allow_http"),
+        || daemon.log(),
+    );
+    daemon.assert_alive();
+}

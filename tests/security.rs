@@ -6,6 +6,8 @@
 //! - A wishes file or directory that others could write is refused, unless
 //!   `--allow-insecure-wishes`, for the CLI and the daemon.
 //! - A wishes file over the size budget is refused before it is parsed.
+//! - Only regular files are read: a FIFO (or a directory, a device) at the
+//!   wishes path is refused at once, never waited on.
 //!
 //! The namespace tests need root (see `tests/common/mod.rs`).
 
@@ -410,4 +412,46 @@ fn an_oversized_wishes_file_is_refused() {
     );
     assert_eq!(out.code(), Some(1), "{out}");
     assert!(out.stderr.contains("larger than 16 MiB"), "{out}");
+}
+
+/// A FIFO at the wishes path is refused at once with a clear error, by
+/// `plan` (offline) and `apply` alike: opening it never waits for a writer.
+/// (Each command runs under the harness's timeout, which a hang would hit.)
+#[test]
+fn a_fifo_at_the_wishes_path_is_refused_at_once() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = secure_dir();
+    let wishes = dir.path().join("wishes.yaml");
+    let c = std::ffi::CString::new(wishes.as_os_str().as_bytes()).unwrap();
+    // SAFETY: mkfifo(3) with a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let refused = format!(
+        "{}: cannot read: not a regular file (a FIFO); pyfw reads wishes only from regular files",
+        wishes.display()
+    );
+    let empty = tempfile::NamedTempFile::new().unwrap();
+    let out = offline(
+        &[
+            "--wishes",
+            arg(&wishes),
+            "plan",
+            "--iptables-save",
+            arg(empty.path()),
+        ],
+        &[],
+    );
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert!(out.stderr.contains(&refused), "{out}");
+
+    let Some(ns) = Netns::new("fifo_apply", Backend::Nft) else {
+        return;
+    };
+    let before = ns.iptables_save();
+    let out = ns.run_pyfw(&wishes, &["apply"]);
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert!(out.stderr.contains(&refused), "{out}");
+    assert_eq!(
+        common::normalize_rules(&ns.iptables_save()),
+        common::normalize_rules(&before)
+    );
 }

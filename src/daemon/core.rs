@@ -5,29 +5,49 @@
 //! loop moves it into a blocking thread for each run and gets it back with
 //! the [`Outcome`]; all timing decisions stay in the loop.
 //!
-//! The wishes follow three rules:
-//! - a file that does not load (YAML, validation, unreadable) changes
-//!   nothing: one error is logged, naming file, line and wish, and the
-//!   wishes in force stay in force;
-//! - new wishes that iptables rejects (a rule it cannot parse) are treated
-//!   the same way: the plan is all or nothing, so nothing changed, and pyfw
-//!   goes back to the last wishes that did apply;
+//! The wishes follow these rules:
+//! - new content is read only once it is finished: never while a writer
+//!   has the file open, and only once it has settled (see `daemon::file`);
+//! - a file that does not load (YAML, validation, unreadable, not a
+//!   regular file) changes nothing: one error is logged, naming file, line
+//!   and wish, and the wishes in force stay in force;
+//! - new wishes that the kernel tools refuse are treated the same way: a
+//!   rule iptables cannot parse, or refuses in its chain (`-o` in INPUT); a
+//!   set ipset refuses (more members than its `maxelem`, a member out of a
+//!   bitmap's range). The plan is all or nothing, so nothing changed; one
+//!   error names the file's version (content hash and modification time)
+//!   and the wish, and pyfw goes back to the last wishes that did apply and
+//!   goes on enforcing them (drift is repaired, polls go on). The same
+//!   content would be refused again, so it is tried again only when the
+//!   file changes, or on SIGHUP ("try again");
+//! - new wishes that fail for a reason that may pass (a timeout, a held
+//!   lock, a busy kernel: see `kernel::Error::is_refusal`) are tried again
+//!   with backoff (`Outcome::retry_new`), and meanwhile the last wishes
+//!   that applied are enforced, so that the host is never left without
+//!   them between tries;
+//! - at start-up there are no earlier wishes: wishes refused then stop the
+//!   daemon (exit 1), as a file that does not load does. netfilter keeps
+//!   what it had (a stop leaves the rules in place), and a unit that fails
+//!   to start says so where an operator looks; a daemon that stayed up
+//!   enforcing nothing would say it runs while it protects nothing. A
+//!   passing failure at start-up is retried with backoff;
 //! - the same bad content is reported once, not on every poll; SIGHUP
 //!   reports it again, since the operator asked.
 
 use std::collections::{HashSet, VecDeque};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::daemon::metrics::{Metrics, ReconcileResult};
 use crate::kernel::{self, Backend};
 use crate::plan::{Command, Plan};
-use crate::reconcile::apply::Event;
-use crate::reconcile::apply::Interrupt;
+use crate::reconcile::apply::{Cause, Event, Interrupt, Left};
 use crate::reconcile::{self, Planned, Reconciler};
 use crate::wishes::{self, LoadError, RuleItem, WishError, Wishes};
 
+use super::file::{self, FileView, Read, Settling, Verdict};
 use super::timing::{Fix, Trigger, Triggers};
 
 /// What the daemon needs of a reconciler; [`Reconciler`] is the real one.
@@ -69,15 +89,27 @@ impl<B: Backend + Send + 'static> Reconcile for Reconciler<B> {
 pub struct Loaded {
     pub wishes: Wishes,
     pub text: Vec<u8>,
+    /// The file's modification time when it was read.
+    pub modified: Option<SystemTime>,
+}
+
+impl Loaded {
+    /// `content HASH, modified TIME`, for the log.
+    fn version(&self) -> String {
+        file::version(&self.text, self.modified)
+    }
 }
 
 /// Reads and validates the wishes file, keeping its bytes for comparing
 /// with later reads.
 pub fn load(path: &Path) -> Result<Loaded, LoadError> {
-    let text = crate::wishes::secure::read_wishes(path)
-        .map_err(|e| file_error(path, format!("cannot read: {e}")))?;
-    let wishes = parse(path, &text)?;
-    Ok(Loaded { wishes, text })
+    let read = Read::from(path).map_err(|e| file_error(path, format!("cannot read: {e}")))?;
+    let wishes = parse(path, &read.text)?;
+    Ok(Loaded {
+        wishes,
+        text: read.text,
+        modified: read.modified,
+    })
 }
 
 fn parse(path: &Path, text: &[u8]) -> Result<Wishes, LoadError> {
@@ -161,6 +193,8 @@ pub struct Job {
     pub triggers: Triggers,
     /// Corrections on hold because of a fight (see `timing::Fights`).
     pub held: HashSet<String>,
+    /// What the file watch knows of writes to the wishes file.
+    pub file: FileView,
 }
 
 /// How a run ended.
@@ -187,13 +221,59 @@ pub enum RunResult {
 pub struct Outcome {
     pub trigger: &'static str,
     pub result: RunResult,
+    /// New wishes failed for a reason that may pass, and the last wishes
+    /// that applied were enforced instead: try the new ones again later.
+    pub retry_new: bool,
+    /// The file has new content that has not settled: read it again after
+    /// this long.
+    pub recheck: Option<Duration>,
+}
+
+impl Outcome {
+    fn new(trigger: &'static str, result: RunResult) -> Outcome {
+        Outcome {
+            trigger,
+            result,
+            retry_new: false,
+            recheck: None,
+        }
+    }
 }
 
 /// Content that was reported as bad, so that it is reported once.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Bad {
-    Text(Vec<u8>),
+    /// Content that does not load.
+    Invalid(Vec<u8>),
+    /// Content whose wishes the kernel tools refused.
+    Refused(Vec<u8>),
+    /// Content whose wishes failed for a reason that may pass: tried again
+    /// on a retry.
+    Waiting(Vec<u8>),
     Unreadable(String),
+}
+
+impl Bad {
+    fn text(&self) -> Option<&[u8]> {
+        match self {
+            Bad::Invalid(t) | Bad::Refused(t) | Bad::Waiting(t) => Some(t),
+            Bad::Unreadable(_) => None,
+        }
+    }
+}
+
+/// New (unproven) wishes the kernel tools did not take.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Untaken {
+    /// The tools refused them: the same content would be refused again.
+    refused: bool,
+    /// The wish the tools named, or whose commands failed (`table/chain/
+    /// NAME`, `ipset NAME`), when known.
+    label: Option<String>,
+    /// iptables refused a rule while pyfw learned its form.
+    rejected: bool,
+    /// The tools' words, and what the apply left.
+    message: String,
 }
 
 /// The wishes in force and the reconciler that enforces them.
@@ -208,6 +288,8 @@ pub struct Core<R> {
     /// the ones loaded before (`false`).
     fallback: Option<(Loaded, bool)>,
     reported: Option<Bad>,
+    /// New content waiting to settle.
+    settling: Settling,
     /// The lock held while netfilter is read and changed (`kernel::lock`).
     writer_lock: Option<String>,
     /// Where to report what runs find and do (`pyfw daemon --metrics`);
@@ -224,6 +306,7 @@ impl<R: Reconcile> Core<R> {
             proven: false,
             fallback: None,
             reported: None,
+            settling: Settling::default(),
             writer_lock,
             metrics: None,
         }
@@ -257,14 +340,49 @@ impl<R: Reconcile> Core<R> {
         &self.active.wishes
     }
 
-    /// A one-line status for `systemctl status`.
+    /// True while new wishes that failed for a passing reason wait to be
+    /// tried again.
+    pub fn waiting(&self) -> bool {
+        matches!(self.reported, Some(Bad::Waiting(_)))
+    }
+
+    /// What is enforced, in words: "the last wishes that applied" once
+    /// they have.
+    fn enforced(&self, proven: bool, loaded: &Loaded) -> String {
+        let what = match proven {
+            true => "the last wishes that applied",
+            false => "the wishes loaded before",
+        };
+        format!("{what} ({})", loaded.version())
+    }
+
+    /// A one-line status for `systemctl status`: which wishes are enforced
+    /// (by content hash), and what is wrong with the file, if anything.
     pub fn status(&self) -> String {
+        let path = self.path.display();
+        let enforced = file::version(&self.active.text, None);
+        let what = match self.proven {
+            true => "the last wishes that applied",
+            false => "the last good wishes",
+        };
+        let new = |t: &[u8]| file::version(t, None);
         match &self.reported {
-            None => format!("enforcing {}", self.path.display()),
-            Some(_) => format!(
-                "{} is invalid; enforcing the last good wishes",
-                self.path.display()
+            None => format!("enforcing {path} ({enforced})"),
+            Some(Bad::Invalid(_)) => {
+                format!("{path} is invalid; enforcing {what} ({enforced})")
+            }
+            Some(Bad::Refused(t)) => format!(
+                "{path} ({}) is refused by the kernel; enforcing {what} ({enforced})",
+                new(t)
             ),
+            Some(Bad::Waiting(t)) => format!(
+                "{path} ({}) could not be applied yet and is tried again; enforcing {what} \
+                 ({enforced})",
+                new(t)
+            ),
+            Some(Bad::Unreadable(_)) => {
+                format!("{path} cannot be read; enforcing {what} ({enforced})")
+            }
         }
     }
 
@@ -288,12 +406,12 @@ impl<R: Reconcile> Core<R> {
     fn run_once(&mut self, job: &Job) -> Outcome {
         let startup = job.triggers.contains(Trigger::Startup);
         let sighup = job.triggers.contains(Trigger::Sighup);
-        let changed = self.refresh(sighup);
+        let mut recheck = None;
+        let changed = self.refresh(job, &mut recheck);
         if !changed && job.triggers.only(Trigger::FileEvent) {
-            return Outcome {
-                trigger: "file-event",
-                result: RunResult::Skipped,
-            };
+            let mut o = Outcome::new("file-event", RunResult::Skipped);
+            o.recheck = recheck;
+            return o;
         }
         let named = if startup {
             Some("startup")
@@ -311,6 +429,7 @@ impl<R: Reconcile> Core<R> {
         } else {
             "timer"
         };
+        let mut retry_new = false;
         loop {
             match self.reconcile(named, &job.held) {
                 Ok(result) => {
@@ -318,18 +437,25 @@ impl<R: Reconcile> Core<R> {
                         RunResult::Repaired { .. } | RunResult::Held => named.unwrap_or("drift"),
                         _ => named.unwrap_or(quiet),
                     };
-                    return Outcome { trigger, result };
+                    let mut o = Outcome::new(trigger, result);
+                    o.retry_new = retry_new;
+                    o.recheck = recheck;
+                    return o;
                 }
-                Err(rejected) => {
-                    // New wishes iptables rejects: nothing changed; back to
-                    // the last good ones, or give up if there are none.
-                    let message = self.reject_active(&rejected, startup);
+                Err(untaken) => {
+                    // New wishes the kernel did not take: nothing changed
+                    // (all or nothing). Back to the last good ones, or give
+                    // up if there are none (only a refusal comes here then).
                     let Some((previous, proven)) = self.fallback.take() else {
-                        return Outcome {
-                            trigger: named.unwrap_or(quiet),
-                            result: RunResult::Fatal(message),
-                        };
+                        let message = self.refuse_active(&untaken, None, startup);
+                        return Outcome::new(named.unwrap_or(quiet), RunResult::Fatal(message));
                     };
+                    if untaken.refused {
+                        self.refuse_active(&untaken, Some((&previous, proven)), startup);
+                    } else {
+                        self.defer_active(&untaken, &previous, proven);
+                        retry_new = true;
+                    }
                     self.active = previous;
                     self.proven = proven;
                 }
@@ -337,117 +463,249 @@ impl<R: Reconcile> Core<R> {
         }
     }
 
-    /// Re-reads the wishes file; true when new wishes were loaded.
-    fn refresh(&mut self, force: bool) -> bool {
+    /// Re-reads the wishes file; true when new wishes were loaded. New
+    /// content is taken only once it is finished (see `daemon::file`);
+    /// until then `recheck` says when to look again.
+    fn refresh(&mut self, job: &Job, recheck: &mut Option<Duration>) -> bool {
+        let force = job.triggers.contains(Trigger::Sighup);
         let path = self.path.clone();
-        let shown = path.display();
-        let text = match crate::wishes::secure::read_wishes(&path) {
-            Ok(t) => t,
+        if let FileView::Watched { writing: true, .. } = job.file {
+            self.say_writing(force);
+            return false;
+        }
+        let read = match Read::from(&path) {
+            Ok(read) => read,
             Err(e) => {
-                let bad = Bad::Unreadable(e.to_string());
-                if force || self.reported.as_ref() != Some(&bad) {
-                    tracing::error!(
-                        file = %shown,
-                        "cannot read {shown}: {e}; nothing changed, still enforcing the last \
-                         good wishes"
-                    );
-                    self.reported = Some(bad);
-                    // Counted as often as it is reported: once per
-                    // problem, and again on SIGHUP.
-                    self.observe_wishes_load(false);
-                }
+                self.unreadable(&e, force);
                 return false;
             }
         };
-        if text == self.active.text {
-            if self.reported.take().is_some() {
-                tracing::info!(
-                    file = %shown,
-                    "{shown} is back to the wishes in force"
-                );
-                self.observe_wishes_load(true);
-            } else if force {
-                tracing::info!(file = %shown, "{shown} is unchanged");
-                self.observe_wishes_load(true);
+        if read.text == self.active.text {
+            self.settling.clear();
+            self.back_in_force(force);
+            return false;
+        }
+        // A retry (after new wishes failed for a passing reason) tries
+        // them again; other bad content waits for a change, or SIGHUP.
+        let retrying = job.triggers.contains(Trigger::Retry)
+            && self.reported == Some(Bad::Waiting(read.text.clone()));
+        let reported = self.reported.as_ref().and_then(Bad::text);
+        if !force && !retrying && reported == Some(read.text.as_slice()) {
+            return false;
+        }
+        match self.settling.check(&read, job.file, || Read::from(&path)) {
+            Verdict::Finished => {}
+            Verdict::Writing => {
+                self.say_writing(force);
+                return false;
             }
-            return false;
+            Verdict::Wait(after) => {
+                self.say_settling(&read, after, force);
+                *recheck = Some(after);
+                return false;
+            }
         }
-        let bad = Bad::Text(text.clone());
-        if !force && self.reported.as_ref() == Some(&bad) {
-            return false;
+        self.take(read, retrying)
+    }
+
+    /// The file cannot be read: said once per problem (and on SIGHUP).
+    fn unreadable(&mut self, e: &std::io::Error, force: bool) {
+        let shown = self.path.display();
+        let bad = Bad::Unreadable(e.to_string());
+        if force || self.reported.as_ref() != Some(&bad) {
+            tracing::error!(
+                file = %shown,
+                "{shown}: cannot read: {e}; nothing changed, still enforcing {}",
+                self.enforced(self.proven, &self.active)
+            );
+            self.reported = Some(bad);
+            // Counted as often as it is reported: once per problem, and
+            // again on SIGHUP.
+            self.observe_wishes_load(false);
         }
-        match parse(&path, &text) {
+    }
+
+    /// The file holds the wishes in force again.
+    fn back_in_force(&mut self, force: bool) {
+        let shown = self.path.display();
+        if self.reported.take().is_some() {
+            tracing::info!(file = %shown, "{shown} is back to the wishes in force");
+            self.observe_wishes_load(true);
+        } else if force {
+            tracing::info!(file = %shown, "{shown} is unchanged");
+            self.observe_wishes_load(true);
+        }
+    }
+
+    /// The watch says a writer has the file open: its content waits.
+    fn say_writing(&self, force: bool) {
+        let shown = self.path.display();
+        let message = format!(
+            "{shown} is being written (written to, not closed yet): it is read once the \
+             writer closes it; still enforcing {}",
+            self.enforced(self.proven, &self.active)
+        );
+        match force {
+            true => tracing::info!(file = %shown, "{message}"),
+            false => tracing::debug!(file = %shown, "{message}"),
+        }
+    }
+
+    /// New content that has not settled yet.
+    fn say_settling(&self, read: &Read, after: Duration, force: bool) {
+        let shown = self.path.display();
+        let message = format!(
+            "{shown} has new content ({}) that has not settled; reading it again in {}",
+            read.version(),
+            humantime::format_duration(Duration::from_millis(after.as_millis() as u64))
+        );
+        match force {
+            true => tracing::info!(file = %shown, "{message}"),
+            false => tracing::debug!(file = %shown, "{message}"),
+        }
+    }
+
+    /// Loads finished new content: it becomes the wishes in force (not
+    /// proven yet), or, if it does not load, is reported. True when loaded.
+    fn take(&mut self, read: Read, retrying: bool) -> bool {
+        let path = self.path.clone();
+        let shown = path.display();
+        match parse(&path, &read.text) {
             Ok(wishes) => {
-                tracing::info!(
-                    file = %shown,
-                    "{shown} changed: read {} chain wish(es) and {} ipset wish(es)",
-                    wishes.chains.len(),
-                    wishes.ipsets.len()
-                );
-                let previous = std::mem::replace(&mut self.active, Loaded { wishes, text });
+                let (chains, sets) = (wishes.chains.len(), wishes.ipsets.len());
+                let loaded = Loaded {
+                    wishes,
+                    text: read.text,
+                    modified: read.modified,
+                };
+                match retrying {
+                    true => tracing::info!(
+                        file = %shown,
+                        "{shown}: trying the new wishes ({}) again",
+                        loaded.version()
+                    ),
+                    false => tracing::info!(
+                        file = %shown,
+                        "{shown} changed: read {chains} chain wish(es) and {sets} ipset wish(es) \
+                         ({})",
+                        loaded.version()
+                    ),
+                }
+                let previous = std::mem::replace(&mut self.active, loaded);
                 if self.proven || self.fallback.is_none() {
                     self.fallback = Some((previous, self.proven));
                 }
                 self.proven = false;
-                self.reported = None;
-                self.observe_wishes_load(true);
+                if !retrying {
+                    self.reported = None;
+                    self.observe_wishes_load(true);
+                }
                 true
             }
             Err(e) => {
-                log_invalid(
-                    &e,
-                    &path,
-                    "invalid wishes; nothing changed, still enforcing the last good wishes",
+                let what = format!(
+                    "invalid wishes ({}); nothing changed, still enforcing {}",
+                    read.version(),
+                    self.enforced(self.proven, &self.active)
                 );
-                self.reported = Some(bad);
+                log_invalid(&e, &path, &what);
+                self.reported = Some(Bad::Invalid(read.text));
                 self.observe_wishes_load(false);
                 false
             }
         }
     }
 
-    /// Logs that iptables rejected the active (unproven) wishes and marks
-    /// their content as reported. Returns the message.
-    fn reject_active(&mut self, rejected: &Rejected, startup: bool) -> String {
-        let path = self.path.display().to_string();
-        let line = locate_wish(&self.active.wishes, &rejected.label);
-        let at = match line {
-            Some(l) => format!("{path}:{l}"),
-            None => path.clone(),
+    /// Logs that the kernel tools refused the active (unproven) wishes and
+    /// marks their content as reported; `fallback` is what is enforced
+    /// instead, if anything. Returns the message.
+    fn refuse_active(
+        &mut self,
+        untaken: &Untaken,
+        fallback: Option<(&Loaded, bool)>,
+        startup: bool,
+    ) -> String {
+        let consequence = match (fallback, startup) {
+            (Some((previous, proven)), _) => format!(
+                "these wishes ({}) are not applied: nothing changed, still enforcing {}; they \
+                 are tried again when the file changes, or on SIGHUP",
+                self.active.version(),
+                self.enforced(proven, previous)
+            ),
+            (None, true) => format!(
+                "cannot start: there are no earlier wishes to fall back to ({})",
+                self.active.version()
+            ),
+            (None, false) => format!(
+                "exiting: there are no earlier wishes to fall back to ({})",
+                self.active.version()
+            ),
         };
-        let consequence = match (&self.fallback, startup) {
-            (Some(_), _) => "nothing changed, still enforcing the last good wishes",
-            (None, true) => "cannot start: there are no earlier wishes to fall back to",
-            (None, false) => "exiting: there are no earlier wishes to fall back to",
-        };
-        let message = format!(
-            "{at}: {}: iptables rejects the rule: {}; {consequence}",
-            rejected.label, rejected.message
-        );
-        let at = Label::parse(&rejected.label);
-        tracing::error!(
-            file = %path,
-            line,
-            family = at.family,
-            table = at.table,
-            chain = at.chain,
-            wish = at.wish,
-            "{message}"
-        );
-        self.reported = Some(Bad::Text(self.active.text.clone()));
+        let message = self.log_untaken(untaken, &consequence);
+        self.reported = Some(Bad::Refused(self.active.text.clone()));
         // The file loaded, but its wishes cannot be enforced: to whoever
         // watches, as bad as a file that does not load.
         self.observe_wishes_load(false);
         message
     }
 
+    /// Logs that the active (unproven) wishes failed for a reason that may
+    /// pass, and that `previous` is enforced until they are tried again.
+    fn defer_active(&mut self, untaken: &Untaken, previous: &Loaded, proven: bool) {
+        let consequence = format!(
+            "these wishes ({}) are not applied yet: nothing changed, still enforcing {} \
+             meanwhile; they are tried again shortly",
+            self.active.version(),
+            self.enforced(proven, previous)
+        );
+        self.log_untaken(untaken, &consequence);
+        let waiting = Bad::Waiting(self.active.text.clone());
+        if self.reported.as_ref() != Some(&waiting) {
+            self.observe_wishes_load(false);
+        }
+        self.reported = Some(waiting);
+    }
+
+    /// One error for wishes the kernel did not take: the file and line,
+    /// the wish, the tools' words, then `consequence`. Returns it.
+    fn log_untaken(&self, untaken: &Untaken, consequence: &str) -> String {
+        let path = self.path.display().to_string();
+        let label = untaken.label.as_deref().unwrap_or("");
+        let line = locate_wish(&self.active.wishes, label);
+        let at = match line {
+            Some(l) => format!("{path}:{l}"),
+            None => path.clone(),
+        };
+        let what = match (untaken.rejected, untaken.refused) {
+            (true, _) => "iptables rejects the rule",
+            (false, true) => "the kernel refused the new wishes",
+            (false, false) => "the new wishes could not be applied",
+        };
+        let message = match &untaken.label {
+            Some(label) => format!("{at}: {label}: {what}: {}; {consequence}", untaken.message),
+            None => format!("{at}: {what}: {}; {consequence}", untaken.message),
+        };
+        let at = Label::parse(label.split(", ").next().unwrap_or(""));
+        tracing::error!(
+            file = %path,
+            line,
+            family = at.family,
+            table = at.table,
+            chain = at.chain,
+            ipset = at.ipset,
+            wish = at.wish,
+            "{message}"
+        );
+        message
+    }
+
     /// Reads, plans and, unless held back, applies. `Err` only for new
-    /// wishes that iptables rejects.
+    /// wishes the kernel did not take (see [`Core::failure`]).
     fn reconcile(
         &mut self,
         named: Option<&'static str>,
         held: &HashSet<String>,
-    ) -> Result<RunResult, Rejected> {
+    ) -> Result<RunResult, Untaken> {
         let _lock = match &self.writer_lock {
             None => None,
             Some(name) => match crate::kernel::lock::wait(
@@ -468,7 +726,7 @@ impl<R: Reconcile> Core<R> {
         }
         let planned = match self.rec.plan(&self.active.wishes) {
             Ok(planned) => planned,
-            Err(e) => return self.failure(e),
+            Err(e) => return self.failure(e, None),
         };
         let plan = &planned.plan;
         if let Some(m) = &self.metrics {
@@ -504,11 +762,18 @@ impl<R: Reconcile> Core<R> {
                 last_reason = &c.reason;
             }
         }
+        // New wishes: what each command serves, to name the wish whose
+        // transaction the kernel refuses.
+        let serves: Vec<String> = match self.proven {
+            true => Vec::new(),
+            false => plan.commands.iter().map(serves).collect(),
+        };
         let started = Instant::now();
         // Commands announced and not yet reported: a transaction announces
         // all its commands, runs them at once, then reports each as done.
         let mut pending: VecDeque<(usize, usize, String, Command)> = VecDeque::new();
         let mut transaction: Option<String> = None;
+        let mut in_flight: Range<usize> = 0..0;
         let metrics = self.metrics.as_deref();
         let mut on = |event: Event| match event {
             Event::Transaction {
@@ -525,6 +790,7 @@ impl<R: Reconcile> Core<R> {
                     commands.end.saturating_sub(1)
                 );
                 transaction = Some(line);
+                in_flight = commands;
             }
             Event::Executing {
                 index,
@@ -569,7 +835,7 @@ impl<R: Reconcile> Core<R> {
         }
         match result {
             Ok(ran) => {
-                self.proven = true;
+                self.proved();
                 tracing::info!(
                     trigger,
                     "repaired ({trigger}): ran {ran} command(s) in {} ms; netfilter matches {}",
@@ -607,7 +873,9 @@ impl<R: Reconcile> Core<R> {
                         "failed {index}/{total}: {line}{via}: {why}"
                     );
                 }
-                self.failure(e)
+                // Commands are numbered from 1 in the events.
+                let failing = in_flight.start.saturating_sub(1)..in_flight.end.saturating_sub(1);
+                self.failure(e, name_wishes(serves.get(failing).unwrap_or_default()))
             }
         }
     }
@@ -615,7 +883,7 @@ impl<R: Reconcile> Core<R> {
     /// Netfilter matches the wishes. Changes to pyfw's record alone (what a
     /// run that died between its commit and its record left) are made
     /// quietly: they change no rule.
-    fn in_sync(&mut self, planned: Planned) -> Result<RunResult, Rejected> {
+    fn in_sync(&mut self, planned: Planned) -> Result<RunResult, Untaken> {
         if !planned.plan.record.is_empty() {
             let mut on = |e: Event| {
                 if let Event::Recording { line } = e {
@@ -623,37 +891,115 @@ impl<R: Reconcile> Core<R> {
                 }
             };
             if let Err(e) = self.rec.apply(planned, &mut on) {
-                return self.failure(e);
+                return self.failure(e, None);
             }
         }
-        self.proven = true;
+        self.proved();
         Ok(RunResult::InSync)
     }
 
-    fn failure(&self, e: reconcile::Error) -> Result<RunResult, Rejected> {
-        match rejection(&e) {
-            Some(r) if !self.proven => Err(r),
+    /// The active wishes are in force.
+    fn proved(&mut self) {
+        self.proven = true;
+        if self.reported == Some(Bad::Waiting(self.active.text.clone())) {
+            tracing::info!(
+                file = %self.path.display(),
+                "the new wishes ({}) applied",
+                self.active.version()
+            );
+            self.reported = None;
+            self.observe_wishes_load(true);
+        }
+    }
+
+    /// A failed run: `Err` when new (unproven) wishes were not taken and
+    /// the run should go back to the last good ones; a refusal always
+    /// does (at worst, with nothing to go back to, the daemon stops), a
+    /// passing failure only when there is something to go back to. Wishes
+    /// that applied before are never abandoned: what fails them now is in
+    /// the host, and the run is retried with backoff. `label` names the
+    /// wish whose commands failed, when known.
+    fn failure(&self, e: reconcile::Error, label: Option<String>) -> Result<RunResult, Untaken> {
+        if self.proven {
+            return Ok(RunResult::Failed(e.to_string()));
+        }
+        match untaken(&e, label) {
+            Some(u) if u.refused || self.fallback.is_some() => Err(u),
             _ => Ok(RunResult::Failed(e.to_string())),
         }
     }
 }
 
-/// A wish iptables refused: `table/chain/NAME` and its words.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Rejected {
-    label: String,
-    message: String,
+/// Why the kernel did not take new wishes, if a reconcile error says so:
+/// not for an interrupt (the daemon is stopping), nor for an apply that
+/// committed (only pyfw's record trim failed: the wishes are in force).
+fn untaken(e: &reconcile::Error, label: Option<String>) -> Option<Untaken> {
+    let cause = cause_of(e)?;
+    if let reconcile::Error::Apply(a) = e
+        && (matches!(a.left, Left::Applied) || matches!(a.cause, Cause::RecordAfter(_)))
+    {
+        return None;
+    }
+    if let kernel::Error::Rejected { label, message } = cause {
+        return Some(Untaken {
+            refused: true,
+            label: Some(label.clone()),
+            rejected: true,
+            message: message.clone(),
+        });
+    }
+    let message = match e {
+        // The apply's error says what it left; the learn step's names the
+        // file, which the log line does already.
+        reconcile::Error::Apply(_) => e.to_string(),
+        _ => cause.to_string(),
+    };
+    Some(Untaken {
+        refused: cause.is_refusal(),
+        label,
+        rejected: false,
+        message: one_line(&message),
+    })
 }
 
-/// The rule iptables refused, if that is why a reconcile failed.
-fn rejection(e: &reconcile::Error) -> Option<Rejected> {
-    cause_of(e).and_then(|c| match c {
-        kernel::Error::Rejected { label, message } => Some(Rejected {
-            label: label.clone(),
-            message: message.clone(),
-        }),
-        _ => None,
-    })
+/// The tools' words on one line, without iptables' "Try `iptables -h' or
+/// 'iptables --help' for more information." advice.
+fn one_line(text: &str) -> String {
+    let said: Vec<&str> = (text.lines().map(str::trim))
+        .map(|l| match l.strip_prefix("Try `") {
+            Some(advice) => advice
+                .split_once("information.")
+                .map_or("", |(_, rest)| rest),
+            None => l,
+        })
+        .filter(|l| !l.is_empty())
+        .collect();
+    said.join(" ").replace(" ;", ";")
+}
+
+/// The wish a command serves, as labels name it: `table/chain/NAME` for a
+/// rule, `ipset NAME` for a set, the chain for a policy.
+fn serves(c: &Command) -> String {
+    match &c.wish {
+        Some(w) if !c.target.starts_with("ipset ") => format!("{}/{w}", c.target),
+        _ => c.target.clone(),
+    }
+}
+
+/// The distinct wishes `serves` names, as one label (`a, b, c and 2
+/// more`); `None` for none.
+fn name_wishes(serves: &[String]) -> Option<String> {
+    let mut names: Vec<&str> = Vec::new();
+    for s in serves {
+        if !names.contains(&s.as_str()) {
+            names.push(s);
+        }
+    }
+    match names.len() {
+        0 => None,
+        1..=3 => Some(names.join(", ")),
+        n => Some(format!("{} and {} more", names[..3].join(", "), n - 3)),
+    }
 }
 
 /// The I/O error at the bottom of a reconcile error.
@@ -678,9 +1024,16 @@ fn exit_code(status: &str) -> Option<i32> {
         .and_then(|s| s.trim().parse().ok())
 }
 
-/// The line of rule `table/chain/NAME` (or `ip6tables:table/chain/NAME`)
-/// in `wishes`.
+/// The line of rule `table/chain/NAME` (or `ip6tables:table/chain/NAME`),
+/// or of set `ipset NAME`, in `wishes`; of the first, when `label` names
+/// several.
 fn locate_wish(wishes: &Wishes, label: &str) -> Option<u64> {
+    let label = label.split(", ").next().unwrap_or("");
+    if let Some(name) = label.strip_prefix("ipset ") {
+        return (wishes.ipsets.iter())
+            .find(|s| s.name == name)
+            .map(|s| s.line);
+    }
     wishes.chains.iter().find_map(|chain| {
         chain.rules.iter().flatten().find_map(|item| match item {
             RuleItem::Named(r) if format!("{}/{}", chain.label(), r.name) == label => Some(r.line),
@@ -741,6 +1094,11 @@ pub(crate) mod fake {
         pub gate: Option<std::sync::mpsc::Receiver<()>>,
         pub plans: usize,
         pub applies: usize,
+        /// How many of the next applies of the wish `busy` fail for a
+        /// passing reason (the xtables lock held).
+        pub busy: usize,
+        /// Applies that failed, by the wish that failed them.
+        pub failed: Vec<String>,
     }
 
     #[derive(Clone, Default)]
@@ -833,16 +1191,48 @@ pub(crate) mod fake {
                 .iter()
                 .filter_map(|c| c.wish.clone())
                 .collect();
-            if added.iter().any(|n| n == "bad") {
-                return Err(reconcile::Error::Apply(ApplyError {
-                    cause: Cause::Kernel(kernel::Error::Rejected {
-                        label: "filter/INPUT/bad".into(),
-                        message: "iptables v1.8.9 (nf_tables): Bad ctstate \"BOGUS\"".into(),
-                    }),
-                    left: Left::Unchanged,
-                }));
-            }
             let total = plan.commands.len();
+            on(Event::Transaction {
+                index: 1,
+                total: 1,
+                line: "iptables-restore --noflush --wait".into(),
+                commands: 1..total + 1,
+            });
+            let failing = |w: &mut World, wish: &str, cause: kernel::Error| {
+                w.failed.push(wish.to_string());
+                Err(reconcile::Error::Apply(ApplyError {
+                    cause: Cause::Kernel(cause),
+                    left: Left::RolledBack { transactions: 1 },
+                }))
+            };
+            let failed = |status: &str, stderr: &str| kernel::Error::Failed {
+                command: "iptables-restore --noflush --wait".into(),
+                status: status.into(),
+                stderr: stderr.into(),
+            };
+            if added.iter().any(|n| n == "bad") {
+                let e = kernel::Error::Rejected {
+                    label: "filter/INPUT/bad".into(),
+                    message: "iptables v1.8.9 (nf_tables): Bad ctstate \"BOGUS\"".into(),
+                };
+                return failing(&mut w, "bad", e);
+            }
+            if added.iter().any(|n| n == "refused") {
+                let e = failed(
+                    "exit status: 2",
+                    "iptables v1.8.9 (nf_tables): Can't use -o with INPUT",
+                );
+                return failing(&mut w, "refused", e);
+            }
+            if added.iter().any(|n| n == "busy") && w.busy > 0 {
+                w.busy -= 1;
+                let e = failed(
+                    "exit status: 4",
+                    "Another app is currently holding the xtables lock. Stopped waiting after \
+                     10s.",
+                );
+                return failing(&mut w, "busy", e);
+            }
             for (i, command) in plan.commands.iter().enumerate() {
                 on(Event::Executing {
                     index: i + 1,
@@ -948,10 +1338,17 @@ mod tests {
         }
     }
 
+    /// A watched file that no one is writing; new content is taken at once.
+    const WATCHED: FileView = FileView::Watched {
+        writing: false,
+        settle: Duration::ZERO,
+    };
+
     fn job(triggers: &[Trigger]) -> Job {
         Job {
             triggers: Triggers::of(triggers),
             held: HashSet::new(),
+            file: WATCHED,
         }
     }
 
@@ -1070,7 +1467,7 @@ mod tests {
             assert!(
                 errors[0].contains(&format!("{}:7: filter/INPUT/bad", s.path.display()))
                     && errors[0].contains("Bad ctstate")
-                    && errors[0].contains("still enforcing the last good wishes"),
+                    && errors[0].contains("still enforcing the last wishes that applied"),
                 "{}",
                 errors[0]
             );
@@ -1088,13 +1485,185 @@ mod tests {
 
     #[test]
     fn wishes_rejected_at_startup_are_fatal() {
-        let mut s = setup(&["allow_ssh", "bad"]);
-        let o = logged(|_| s.core.run(&job(&[Trigger::Startup])));
-        let RunResult::Fatal(message) = o.result else {
-            panic!("expected Fatal, got {:?}", o.result);
+        for bad in ["bad", "refused"] {
+            let mut s = setup(&["allow_ssh", bad]);
+            let o = logged(|_| s.core.run(&job(&[Trigger::Startup])));
+            let RunResult::Fatal(message) = o.result else {
+                panic!("expected Fatal, got {:?}", o.result);
+            };
+            assert!(
+                message.contains(&format!("filter/INPUT/{bad}")),
+                "{message}"
+            );
+            assert!(message.contains("cannot start"), "{message}");
+            assert!(s.fake.world().kernel.is_empty());
+        }
+    }
+
+    /// `content HASH` of what `path` holds.
+    fn content_of(path: &Path) -> String {
+        file::version(&std::fs::read(path).unwrap(), None)
+    }
+
+    #[test]
+    fn wishes_the_kernel_refuses_are_tried_again_only_on_a_change_or_sighup() {
+        let mut s = setup(&["allow_ssh"]);
+        s.core.run(&job(&[Trigger::Startup]));
+        let good = content_of(&s.path);
+        logged(|log| {
+            save(&s.path, &wishes_text(&["allow_ssh", "refused"]));
+            let new = content_of(&s.path);
+            let o = s.core.run(&job(&[Trigger::FileEvent]));
+            assert_eq!(o.trigger, "wishes-changed");
+            assert_eq!(o.result, RunResult::InSync, "back on the last good wishes");
+            assert!(!o.retry_new, "a refusal is not retried by itself");
+            let errors = log.errors();
+            assert_eq!(errors.len(), 1, "{}", log.text());
+            for needle in [
+                &format!("{}:7: filter/INPUT/refused", s.path.display()),
+                "the kernel refused the new wishes",
+                "Can't use -o with INPUT",
+                &format!("these wishes ({new}, modified "),
+                &format!("still enforcing the last wishes that applied ({good}, modified "),
+                "tried again when the file changes, or on SIGHUP",
+                "wish=\"refused\"",
+            ] {
+                assert!(errors[0].contains(needle), "{needle}: {}", errors[0]);
+            }
+            let status = s.core.status();
+            assert!(
+                status.contains(&format!("({new}) is refused by the kernel"))
+                    && status.contains(&format!("enforcing the last wishes that applied ({good})")),
+                "{status}"
+            );
+            // Enforcing the last good wishes; polls and retries do not try
+            // the refused ones again.
+            s.fake.world().kernel.clear();
+            let o = s.core.run(&job(&[Trigger::Timer]));
+            assert_eq!(fixes_of(&o.result), ["filter/INPUT allow_ssh"]);
+            s.core.run(&job(&[Trigger::Retry]));
+            s.core.run(&job(&[Trigger::FileEvent]));
+            assert_eq!(s.fake.world().failed, ["refused"]);
+            assert_eq!(log.errors().len(), 1, "{}", log.text());
+            // SIGHUP does, and says it again.
+            let o = s.core.run(&job(&[Trigger::Sighup]));
+            assert_eq!(o.result, RunResult::InSync);
+            assert_eq!(s.fake.world().failed, ["refused", "refused"]);
+            assert_eq!(log.errors().len(), 2, "{}", log.text());
+            // Fixed: picked up.
+            save(&s.path, &wishes_text(&["allow_ssh", "allow_http"]));
+            let o = s.core.run(&job(&[Trigger::FileEvent]));
+            assert_eq!(fixes_of(&o.result), ["filter/INPUT allow_http"]);
+            assert!(
+                s.core.status().starts_with("enforcing "),
+                "{}",
+                s.core.status()
+            );
+        });
+    }
+
+    #[test]
+    fn wishes_that_fail_for_a_passing_reason_are_retried_and_the_last_good_ones_enforced() {
+        let mut s = setup(&["allow_ssh"]);
+        s.core.run(&job(&[Trigger::Startup]));
+        s.fake.world().busy = 2;
+        logged(|log| {
+            save(&s.path, &wishes_text(&["allow_ssh", "busy"]));
+            let o = s.core.run(&job(&[Trigger::FileEvent]));
+            assert_eq!(o.result, RunResult::InSync, "the last good wishes");
+            assert!(o.retry_new);
+            assert!(s.core.waiting());
+            assert!(
+                s.core.status().contains("tried again"),
+                "{}",
+                s.core.status()
+            );
+            let errors = log.errors();
+            assert_eq!(errors.len(), 1, "{}", log.text());
+            assert!(
+                errors[0].contains("the new wishes could not be applied")
+                    && errors[0].contains("xtables lock")
+                    && errors[0].contains("still enforcing the last wishes that applied"),
+                "{}",
+                errors[0]
+            );
+            // Meanwhile polls enforce the last good wishes, without trying
+            // the new ones.
+            s.fake.world().kernel.clear();
+            let o = s.core.run(&job(&[Trigger::Timer]));
+            assert_eq!(fixes_of(&o.result), ["filter/INPUT allow_ssh"]);
+            assert!(!o.retry_new);
+            assert_eq!(s.fake.world().failed, ["busy"]);
+            // A retry tries them: still busy, then through.
+            let o = s.core.run(&job(&[Trigger::Retry]));
+            assert!(o.retry_new);
+            assert_eq!(s.fake.world().failed, ["busy", "busy"]);
+            let o = s.core.run(&job(&[Trigger::Retry]));
+            assert!(!o.retry_new);
+            assert_eq!(fixes_of(&o.result), ["filter/INPUT busy"]);
+            assert!(!s.core.waiting());
+            assert!(
+                s.core.status().starts_with("enforcing "),
+                "{}",
+                s.core.status()
+            );
+            assert!(log.text().contains("applied"), "{}", log.text());
+        });
+    }
+
+    #[test]
+    fn a_file_being_written_is_not_read_until_the_writer_closes_it() {
+        let mut s = setup(&["allow_ssh"]);
+        s.core.run(&job(&[Trigger::Startup]));
+        // The first half of a file written in place.
+        std::fs::write(&s.path, wishes_text(&[])).unwrap();
+        let writing = |triggers: &[Trigger]| Job {
+            file: FileView::Watched {
+                writing: true,
+                settle: Duration::ZERO,
+            },
+            ..job(triggers)
         };
-        assert!(message.contains("filter/INPUT/bad"), "{message}");
-        assert!(s.fake.world().kernel.is_empty());
+        for triggers in [
+            &[Trigger::Timer][..],
+            &[Trigger::FileEvent],
+            &[Trigger::Sighup],
+        ] {
+            let o = logged(|_| s.core.run(&writing(triggers)));
+            assert!(
+                matches!(o.result, RunResult::InSync | RunResult::Skipped),
+                "{o:?}"
+            );
+            assert_eq!(s.core.wishes().chains[0].rule_names().count(), 1);
+        }
+        // Closed, with the rest.
+        std::fs::write(&s.path, wishes_text(&["allow_ssh", "allow_http"])).unwrap();
+        let o = logged(|_| s.core.run(&job(&[Trigger::FileEvent])));
+        assert_eq!(fixes_of(&o.result), ["filter/INPUT allow_http"]);
+    }
+
+    #[test]
+    fn without_the_watch_new_content_waits_until_it_has_settled() {
+        let mut s = setup(&["allow_ssh"]);
+        s.core.run(&job(&[Trigger::Startup]));
+        let unwatched = |triggers: &[Trigger]| Job {
+            file: FileView::Unwatched {
+                settle: Duration::from_secs(60),
+            },
+            ..job(triggers)
+        };
+        save(&s.path, &wishes_text(&["allow_ssh", "allow_http"]));
+        let o = logged(|_| s.core.run(&unwatched(&[Trigger::Timer])));
+        assert_eq!(o.result, RunResult::InSync, "not taken yet");
+        let after = o.recheck.expect("a time to look again");
+        assert!(after > Duration::from_secs(50), "{after:?}");
+        // The same content, a minute old: taken.
+        let f = std::fs::File::options().write(true).open(&s.path).unwrap();
+        f.set_modified(SystemTime::now() - Duration::from_secs(61))
+            .unwrap();
+        let o = logged(|_| s.core.run(&unwatched(&[Trigger::Timer])));
+        assert_eq!(fixes_of(&o.result), ["filter/INPUT allow_http"]);
+        assert_eq!(o.recheck, None);
     }
 
     #[test]
@@ -1135,6 +1704,7 @@ mod tests {
         let held = Job {
             triggers: Triggers::of(&[Trigger::Timer]),
             held: HashSet::from(["filter/INPUT allow_ssh".to_string()]),
+            file: WATCHED,
         };
         let o = s.core.run(&held);
         assert_eq!((o.trigger, o.result), ("drift", RunResult::Held));
@@ -1188,6 +1758,7 @@ mod tests {
         let held = Job {
             triggers: Triggers::of(&[Trigger::Timer]),
             held: HashSet::from(["filter/INPUT allow_ssh".to_string()]),
+            file: WATCHED,
         };
         core.run(&held);
         let t = text();
@@ -1262,6 +1833,19 @@ mod tests {
             Some("allowed_hosts")
         );
         assert_eq!(Label::parse(""), Label::default());
+    }
+
+    #[test]
+    fn the_tools_words_are_logged_on_one_line() {
+        assert_eq!(
+            one_line(
+                "`iptables -w -I INPUT 1 -o lo` failed (exit status: 2): iptables v1.8.9 \
+                 (nf_tables): Can't use -o with INPUT\n\nTry `iptables -h' or 'iptables --help' \
+                 for more information.; rolled back in 1 transaction(s)"
+            ),
+            "`iptables -w -I INPUT 1 -o lo` failed (exit status: 2): iptables v1.8.9 (nf_tables): \
+             Can't use -o with INPUT; rolled back in 1 transaction(s)"
+        );
     }
 
     #[test]

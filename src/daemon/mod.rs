@@ -11,6 +11,7 @@
 //!
 //! - [`timing`]: when to run (coalescing, debounce, backoff, fights);
 //! - [`core`]: what one run does, and how bad wishes are kept out;
+//! - [`file`]: when new content of the wishes file is finished;
 //! - [`watch`]: the file watch; [`events`]: netfilter's change
 //!   notifications (nft backend); [`log`]: the journal or stderr.
 //!
@@ -18,6 +19,7 @@
 
 pub mod core;
 pub mod events;
+pub mod file;
 pub mod log;
 pub mod metrics;
 pub mod timing;
@@ -41,10 +43,11 @@ use crate::state::Family;
 
 use self::core::{Core, Job, Outcome, Reconcile, RunResult};
 use self::events::Events;
+use self::file::FileView;
 use self::timing::{
     Backoff, Debounce, FightNews, FightPolicy, Fights, Finished, Schedule, Trigger,
 };
-use self::watch::Watch;
+use self::watch::{Hint, Watch};
 
 /// The default poll interval; see `docs/daemon.md` for why.
 pub const DEFAULT_INTERVAL: &str = "5s";
@@ -159,8 +162,12 @@ impl Notifier for Recorded {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub interval: Duration,
-    /// Quiet time after a file event before the file is re-read.
+    /// Quiet time after a file event before the file is re-read; new
+    /// content must also be this old (see `daemon::file`).
     pub debounce: Duration,
+    /// How long new content must stay unchanged when the file watch cannot
+    /// say whether a writer is busy (see `daemon::file`).
+    pub settle_unwatched: Duration,
     /// Longest wait for quiet.
     pub debounce_max: Duration,
     /// Quiet time after another program's netfilter change before the
@@ -181,6 +188,7 @@ impl Config {
             interval,
             debounce: Duration::from_millis(200),
             debounce_max: Duration::from_secs(2),
+            settle_unwatched: Duration::from_secs(2),
             event_quiet: Duration::from_millis(30),
             event_max: Duration::from_millis(500),
             backoff: Backoff::new(
@@ -481,6 +489,26 @@ fn forward_signals() -> Result<UnboundedReceiver<Signal>, String> {
     Ok(rx)
 }
 
+/// Takes in a file event: true when it calls for a (debounced) re-read.
+/// Without a watch (the loop's tests send hints of their own), every hint
+/// does.
+fn noted(watch: &mut Option<Watch>, hint: &Hint) -> bool {
+    match watch {
+        Some(w) => w.note(hint),
+        None => true,
+    }
+}
+
+/// What a run may assume about writes to the wishes file.
+fn file_view(watch: &Option<Watch>, config: &Config) -> FileView {
+    match watch {
+        Some(w) => w.view(config.debounce, config.settle_unwatched),
+        None => FileView::Unwatched {
+            settle: config.settle_unwatched,
+        },
+    }
+}
+
 /// A run in flight.
 struct Running<R> {
     handle: JoinHandle<(Core<R>, Outcome)>,
@@ -509,7 +537,7 @@ pub async fn run<R: Reconcile, N: Notifier>(
     core: Core<R>,
     config: Config,
     mut signals: UnboundedReceiver<Signal>,
-    mut hints: UnboundedReceiver<()>,
+    mut hints: UnboundedReceiver<Hint>,
     mut watch: Option<Watch>,
     mut events: Option<Events>,
     notifier: N,
@@ -530,6 +558,8 @@ pub async fn run<R: Reconcile, N: Notifier>(
     let mut stuck_warned = false;
     // The STATUS= last sent, to send it again only when it changes.
     let mut last_status = String::new();
+    // When to look again at new content of the file that had not settled.
+    let mut recheck_at: Option<Instant> = None;
 
     let stop = 'main: loop {
         let now = Instant::now();
@@ -540,8 +570,10 @@ pub async fn run<R: Reconcile, N: Notifier>(
                 other => break 'main other,
             }
         }
-        while hints.try_recv().is_ok() {
-            debounce.hint(now);
+        while let Ok(hint) = hints.try_recv() {
+            if noted(&mut watch, &hint) {
+                debounce.hint(now);
+            }
         }
         if running.is_none()
             && idle.is_some()
@@ -551,6 +583,7 @@ pub async fn run<R: Reconcile, N: Notifier>(
             let job = Job {
                 triggers,
                 held: fights.held(now),
+                file: file_view(&watch, &config),
             };
             tracing::debug!("run for {triggers}");
             let for_thread = job.clone();
@@ -626,6 +659,19 @@ pub async fn run<R: Reconcile, N: Notifier>(
                 for news in fights.sweep(now) {
                     log_fight(&news);
                 }
+                if outcome.retry_new {
+                    let delay = schedule.retry_new_wishes(now);
+                    tracing::info!(
+                        "trying the new wishes again in {}",
+                        humantime::format_duration(delay)
+                    );
+                } else if !core.waiting() {
+                    schedule.no_new_wishes_waiting();
+                }
+                if let Some(after) = outcome.recheck {
+                    let at = now + after;
+                    recheck_at = Some(recheck_at.map_or(at, |r| r.min(at)));
+                }
                 let status = if ok { core.status() } else { last_status.clone() };
                 if !ready && ok && outcome.result != RunResult::Skipped {
                     ready = true;
@@ -647,7 +693,15 @@ pub async fn run<R: Reconcile, N: Notifier>(
                     w.update();
                 }
             },
-            Some(()) = hints.recv() => debounce.hint(Instant::now()),
+            Some(hint) = hints.recv() => {
+                if noted(&mut watch, &hint) {
+                    debounce.hint(Instant::now());
+                }
+            },
+            () = sleep_until(recheck_at) => {
+                recheck_at = None;
+                schedule.add(Trigger::FileEvent);
+            },
             change = next_change(&mut events) => {
                 tracing::debug!(trigger = "netfilter", "netfilter change: {change}");
                 changes.hint(Instant::now());
@@ -795,7 +849,7 @@ mod tests {
         fake: Fake,
         notes: Recorded,
         signals: UnboundedSender<Signal>,
-        hints: UnboundedSender<()>,
+        hints: UnboundedSender<Hint>,
         changes: UnboundedSender<events::Change>,
         done: tokio::task::JoinHandle<ExitCode>,
     }
@@ -916,7 +970,7 @@ mod tests {
         assert_eq!(h.count("READY=1"), 2);
         // A burst of file events is one (skipped: unchanged) re-read.
         for _ in 0..5 {
-            h.hints.send(()).unwrap();
+            h.hints.send(Hint::Changed(Vec::new())).unwrap();
             sleep(50 * MS).await;
         }
         sleep(S).await;
@@ -1034,6 +1088,36 @@ mod tests {
         drop(open);
         sleep(S).await;
         assert_eq!(h.plans(), 2, "the start-up, then one run for the changes");
+        assert_eq!(h.stop().await, ExitCode::SUCCESS);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn new_wishes_that_fail_for_a_passing_reason_are_retried_while_polls_enforce() {
+        let fake = Fake::default();
+        let h = Harness::start(config(S), fake);
+        sleep(100 * MS).await;
+        h.fake.world().busy = 2;
+        let path = h._dir.path().join("wishes.yaml");
+        std::fs::write(&path, wishes_text(&["allow_ssh", "busy"])).unwrap();
+        // Settled (the loop runs without a watch here).
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(std::time::SystemTime::now() - 3600 * S)
+            .unwrap();
+        h.hints.send(Hint::Changed(Vec::new())).unwrap();
+        sleep(300 * MS).await;
+        assert_eq!(h.fake.world().failed, ["busy"]);
+        // The last good wishes are enforced meanwhile: the next run (a
+        // poll, and the retry 1 s later) repairs them.
+        h.fake.world().kernel.clear();
+        sleep(1100 * MS).await;
+        assert_eq!(h.fake.world().kernel, ["allow_ssh"]);
+        assert_eq!(h.fake.world().failed, ["busy", "busy"]);
+        // Tried again 2 s later: through.
+        sleep(2 * S).await;
+        assert_eq!(h.fake.world().kernel, ["allow_ssh", "busy"]);
+        let plans = h.plans();
+        sleep(10 * S).await;
+        assert_eq!(h.plans(), plans + 10, "polls, and no more retries");
         assert_eq!(h.stop().await, ExitCode::SUCCESS);
     }
 

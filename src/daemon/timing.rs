@@ -187,6 +187,11 @@ pub struct Schedule {
     backoff: Backoff,
     retry_at: Option<Instant>,
     running: bool,
+    /// New wishes that failed for a reason that may pass wait for their
+    /// next try here, with a backoff of their own, while runs go on (and
+    /// enforce the last good wishes).
+    retry_new: Option<Instant>,
+    new_backoff: Backoff,
 }
 
 impl Schedule {
@@ -196,9 +201,11 @@ impl Schedule {
             interval,
             pending: Triggers::of(&[Trigger::Startup]),
             next_poll: now + interval,
+            new_backoff: backoff.clone(),
             backoff,
             retry_at: None,
             running: false,
+            retry_new: None,
         }
     }
 
@@ -221,6 +228,10 @@ impl Schedule {
         }
         if now >= self.next_poll {
             self.pending.insert(Trigger::Timer);
+        }
+        if self.retry_new.is_some_and(|at| now >= at) {
+            self.retry_new = None;
+            self.pending.insert(Trigger::Retry);
         }
         let take = if self.backing_off(now).is_some() {
             self.pending.urgent()
@@ -245,7 +256,8 @@ impl Schedule {
             return Some(now);
         }
         let poll = if self.pending.is_empty() {
-            self.next_poll
+            self.retry_new
+                .map_or(self.next_poll, |r| r.min(self.next_poll))
         } else {
             now
         };
@@ -275,6 +287,23 @@ impl Schedule {
             }
             Finished::Skipped => None,
         }
+    }
+
+    /// New wishes failed for a reason that may pass, and the run enforced
+    /// the last good ones instead: they are tried again (a run with
+    /// [`Trigger::Retry`]) after a backoff of their own, returned here.
+    /// Polls go on meanwhile.
+    pub fn retry_new_wishes(&mut self, now: Instant) -> Duration {
+        let delay = self.new_backoff.next_delay();
+        self.retry_new = Some(now + delay);
+        delay
+    }
+
+    /// No new wishes wait for a try (they applied, were refused, or the
+    /// file changed): their backoff starts again.
+    pub fn no_new_wishes_waiting(&mut self) {
+        self.retry_new = None;
+        self.new_backoff.reset();
     }
 }
 
@@ -619,6 +648,57 @@ mod tests {
             s.finish(Instant::now(), Finished::Failed),
             Some(Duration::from_secs(1))
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn new_wishes_are_retried_with_their_own_backoff_while_polls_go_on() {
+        let mut s = schedule(Instant::now());
+        s.start(Instant::now()).unwrap();
+        s.finish(Instant::now(), Finished::Ok);
+        // A run enforced the last good wishes, the new ones failed.
+        assert_eq!(s.retry_new_wishes(Instant::now()), Duration::from_secs(1));
+        assert_eq!(
+            s.wake_at(Instant::now()),
+            Some(Instant::now() + Duration::from_secs(1)),
+            "before the poll"
+        );
+        advance(Duration::from_secs(1)).await;
+        assert_eq!(
+            s.start(Instant::now()),
+            Some(Triggers::of(&[Trigger::Retry]))
+        );
+        s.finish(Instant::now(), Finished::Ok);
+        // Failed again: twice as long. Polls are not held back meanwhile
+        // (unlike after a failed run).
+        assert_eq!(s.retry_new_wishes(Instant::now()), Duration::from_secs(2));
+        s.add(Trigger::Netfilter);
+        assert_eq!(
+            s.start(Instant::now()),
+            Some(Triggers::of(&[Trigger::Netfilter]))
+        );
+        s.finish(Instant::now(), Finished::Ok);
+        advance(Duration::from_secs(2)).await;
+        assert_eq!(
+            s.start(Instant::now()),
+            Some(Triggers::of(&[Trigger::Retry]))
+        );
+        s.finish(Instant::now(), Finished::Ok);
+        assert_eq!(s.retry_new_wishes(Instant::now()), Duration::from_secs(4));
+        advance(Duration::from_secs(4)).await;
+        assert_eq!(
+            s.start(Instant::now()),
+            Some(Triggers::of(&[Trigger::Retry]))
+        );
+        s.finish(Instant::now(), Finished::Ok);
+        advance(Duration::from_secs(5)).await;
+        assert_eq!(
+            s.start(Instant::now()),
+            Some(Triggers::of(&[Trigger::Timer]))
+        );
+        s.finish(Instant::now(), Finished::Ok);
+        // Nothing waits any more: the backoff starts again.
+        s.no_new_wishes_waiting();
+        assert_eq!(s.retry_new_wishes(Instant::now()), Duration::from_secs(1));
     }
 
     #[tokio::test(start_paused = true)]

@@ -65,6 +65,61 @@ pub enum Error {
     Rejected { label: String, message: String },
 }
 
+/// Words of the kernel tools that mean "not now" rather than "no": the
+/// same change may well go through when tried again (lower case).
+const PASSING: &[&str] = &[
+    // EAGAIN: legacy iptables when the table changed under it; netlink.
+    "resource temporarily unavailable",
+    "try again",
+    // iptables -w giving up on the xtables lock.
+    "xtables lock",
+    "another app is currently holding",
+    "stopped waiting",
+    // ENOMEM, ENOBUFS, EINTR, EBUSY.
+    "cannot allocate memory",
+    "out of memory",
+    "no buffer space available",
+    "interrupted system call",
+    "device or resource busy",
+    // ipset: a set still referenced by a rule another program has not
+    // removed yet.
+    "in use by a kernel component",
+];
+
+impl Error {
+    /// True when the kernel tools refused the change itself: the tool ran
+    /// to its end and said no (`Hash is full`, `Element is out of the
+    /// range of the set`, `Can't use -o with INPUT`, `RULE_APPEND failed
+    /// (Invalid argument)`, a rule iptables cannot parse), so that the same
+    /// change would be refused again. False for what may pass: a tool that
+    /// could not start, timed out or was killed, output pyfw could not
+    /// read, and the tools' own words for a busy or short-of-memory kernel
+    /// or a held lock ([`PASSING`]).
+    ///
+    /// The exit status alone cannot say it: `iptables-restore` exits 4
+    /// (its "resource problem") both for a held lock and, on nf_tables, for
+    /// a rule the kernel refuses with EINVAL; `ipset` exits 1 for all of
+    /// its kernel's errors. So any exit status counts, unless the words
+    /// name a passing cause.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            Error::Rejected { .. } => true,
+            Error::Failed { status, stderr, .. } => {
+                let exited = status.starts_with("exit status: ");
+                let said = stderr.to_lowercase();
+                exited && !PASSING.iter().any(|p| said.contains(p))
+            }
+            // An empty read is a tool misbehaving, not a verdict on a
+            // change.
+            Error::Spawn { .. }
+            | Error::Timeout { .. }
+            | Error::TooLarge { .. }
+            | Error::Parse { .. }
+            | Error::Empty { .. } => false,
+        }
+    }
+}
+
 /// Reads netfilter state and changes it one command at a time.
 pub trait Backend {
     /// Reads the rulesets and sets in `scope`.
@@ -141,4 +196,78 @@ pub fn transactions(commands: &[Command]) -> Vec<std::ops::Range<usize>> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(status: &str, stderr: &str) -> Error {
+        Error::Failed {
+            command: "x".into(),
+            status: status.into(),
+            stderr: stderr.into(),
+        }
+    }
+
+    /// The tools' words as they print them (ipset 7.17, iptables 1.8.9).
+    #[test]
+    fn refusals_are_told_from_passing_failures() {
+        let refused = [
+            failed(
+                "exit status: 1",
+                "ipset v7.17: Error in line 7: Hash is full, cannot add more elements",
+            ),
+            failed(
+                "exit status: 1",
+                "ipset v7.17: Error in line 3: Element is out of the range of the set",
+            ),
+            failed(
+                "exit status: 2",
+                "iptables v1.8.9 (nf_tables): Can't use -o with INPUT\n\nTry `iptables -h' \
+                 or 'iptables --help' for more information.",
+            ),
+            failed(
+                "exit status: 4",
+                "iptables-restore v1.8.9 (nf_tables): \nline 3: RULE_APPEND failed (Invalid \
+                 argument): rule in chain INPUT",
+            ),
+            failed("exit status: 1", "iptables-restore: line 4 failed"),
+            Error::Rejected {
+                label: "filter/INPUT/bad".into(),
+                message: "Bad ctstate".into(),
+            },
+        ];
+        for e in &refused {
+            assert!(e.is_refusal(), "{e}");
+        }
+        let passing = [
+            failed(
+                "exit status: 4",
+                "Another app is currently holding the xtables lock. Stopped waiting after 10s.",
+            ),
+            failed(
+                "exit status: 4",
+                "iptables: Resource temporarily unavailable.",
+            ),
+            failed(
+                "exit status: 1",
+                "ipset v7.17: Set cannot be destroyed: it is in use by a kernel component",
+            ),
+            failed("signal: 9 (SIGKILL)", ""),
+            failed("unexpected output", "read back 1 rules, wrote 2"),
+            Error::Timeout {
+                command: "ipset restore".into(),
+                timeout: Duration::from_secs(30),
+                detail: String::new(),
+            },
+            Error::Spawn {
+                command: "ipset".into(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            },
+        ];
+        for e in &passing {
+            assert!(!e.is_refusal(), "{e}");
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! sees it, read it back. This is also the kernel's verdict on the wish.
 
 use crate::kernel::backend::{Error, RuleCheck};
-use crate::kernel::restore_script::restore_error_line;
+use crate::kernel::restore_script::{restore_error_line, restore_error_message};
 use crate::kernel::system::System;
 use crate::state::rule::Rule;
 use crate::state::{self, Family, State};
@@ -101,11 +101,7 @@ impl System {
         let label = restore_error_line(stderr)
             .and_then(|n| n.checked_sub(1))
             .and_then(|i| labels.get(i).copied().flatten());
-        let message = stderr
-            .lines()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .to_string();
+        let message = restore_error_message(stderr);
         Err(match label {
             Some(label) => Error::Rejected {
                 label: label.to_string(),

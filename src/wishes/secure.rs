@@ -139,6 +139,13 @@ fn read_only_mount(path: &Path) -> bool {
 /// Reads the wishes file with the checks above and the size budget. The
 /// error's text is complete (it names the file).
 pub fn read_wishes(path: &Path) -> io::Result<Vec<u8>> {
+    read_wishes_with_metadata(path).map(|(text, _)| text)
+}
+
+/// [`read_wishes`], with the metadata of the file that was read (taken from
+/// the open file, so it describes these bytes even if the path is replaced
+/// meanwhile): the daemon compares modification times and inodes.
+pub fn read_wishes_with_metadata(path: &Path) -> io::Result<(Vec<u8>, std::fs::Metadata)> {
     if let Err(problems) = check_wishes_path(path, euid()) {
         if insecure_allowed() {
             tracing::warn!(
@@ -157,7 +164,7 @@ pub fn read_wishes(path: &Path) -> io::Result<Vec<u8>> {
             ));
         }
     }
-    let file = std::fs::File::open(path)?;
+    let file = open_regular(path)?;
     let too_large = || {
         io::Error::new(
             io::ErrorKind::FileTooLarge,
@@ -167,7 +174,8 @@ pub fn read_wishes(path: &Path) -> io::Result<Vec<u8>> {
             ),
         )
     };
-    if file.metadata()?.len() > MAX_WISHES_BYTES {
+    let meta = file.metadata()?;
+    if meta.len() > MAX_WISHES_BYTES {
         return Err(too_large());
     }
     let mut text = Vec::new();
@@ -175,7 +183,61 @@ pub fn read_wishes(path: &Path) -> io::Result<Vec<u8>> {
     if text.len() as u64 > MAX_WISHES_BYTES {
         return Err(too_large());
     }
-    Ok(text)
+    Ok((text, meta))
+}
+
+/// Opens `path` for reading if it is a regular file, without ever waiting.
+///
+/// A plain `open(2)` of a FIFO blocks until a writer opens it: a FIFO put
+/// at the wishes path (by mistake, or by someone who wants pyfw stuck)
+/// would hang the CLI and the daemon's reconcile thread for good. So the
+/// file is opened with `O_NONBLOCK` (an open that cannot wait; `O_CLOEXEC`
+/// as every Rust open), its type is taken from the open descriptor
+/// (`fstat`, so that it is the type of what was opened, not of what the
+/// path names a moment later), anything but a regular file is refused, and
+/// `O_NONBLOCK` is cleared again before reading. Not `O_NOFOLLOW`: the
+/// path may be a symlink (a Kubernetes ConfigMap's `..data` link), which
+/// [`check_wishes_path`] checks where it points.
+fn open_regular(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    use std::os::unix::io::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let kind = file.metadata()?.file_type();
+    let what = if kind.is_file() {
+        None
+    } else if kind.is_fifo() {
+        Some("a FIFO")
+    } else if kind.is_dir() {
+        Some("a directory")
+    } else if kind.is_socket() {
+        Some("a socket")
+    } else if kind.is_char_device() {
+        Some("a character device")
+    } else if kind.is_block_device() {
+        Some("a block device")
+    } else {
+        Some("of an unknown type")
+    };
+    if let Some(what) = what {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("not a regular file ({what}); pyfw reads wishes only from regular files"),
+        ));
+    }
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl(2) on a descriptor this function owns (open above),
+    // reading then setting its status flags; no memory is passed.
+    let cleared = unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) == 0
+    };
+    if !cleared {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
 }
 
 /// The YAML parser's limits for a wishes file: generous for any real file
@@ -278,6 +340,38 @@ mod tests {
         let e = read_wishes(&file).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::FileTooLarge);
         assert!(e.to_string().contains("16 MiB"), "{e}");
+    }
+
+    #[test]
+    fn only_regular_files_are_read_and_a_fifo_is_never_waited_on() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        chmod(dir.path(), 0o700);
+        let fifo = dir.path().join("wishes.yaml");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: mkfifo(3) with a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // A blocking open would wait here for a writer, for ever.
+        let e = read_wishes(&fifo).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(
+            e.to_string(),
+            "not a regular file (a FIFO); pyfw reads wishes only from regular files"
+        );
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        chmod(&sub, 0o700);
+        let e = read_wishes(&sub).unwrap_err();
+        assert!(e.to_string().contains("(a directory)"), "{e}");
+        // A symlink to a regular file is read (a ConfigMap's `..data`).
+        let real = sub.join("real.yaml");
+        std::fs::write(&real, "pyfw_wishes: {}\n").unwrap();
+        chmod(&real, 0o600);
+        let link = dir.path().join("link.yaml");
+        std::os::unix::fs::symlink("sub/real.yaml", &link).unwrap();
+        let (text, meta) = read_wishes_with_metadata(&link).unwrap();
+        assert_eq!(text, b"pyfw_wishes: {}\n");
+        assert!(meta.is_file());
     }
 
     #[test]
