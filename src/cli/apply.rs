@@ -31,6 +31,7 @@ pub fn apply(
         Ok(planned) => planned,
         Err(e) => return failed(e, &wishes),
     };
+    crate::cli::print_plan_warnings(&wishes, &planned.warnings);
     let ssh = crate::plan::lint::SshConnection::from_env();
     for w in crate::plan::lint::lint(&wishes, &planned.state, ssh.as_ref()) {
         eprintln!("pyfw: warning: {w}");

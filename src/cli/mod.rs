@@ -28,6 +28,14 @@ pub fn load_wishes(path: &std::path::Path) -> Result<wishes::Wishes, String> {
     Ok(wishes)
 }
 
+/// Says what a plan found likely not meant, each with its wish's file and
+/// line.
+pub fn print_plan_warnings(wishes: &wishes::Wishes, warnings: &[crate::reconcile::PlanWarning]) {
+    for w in warnings {
+        eprintln!("pyfw: warning: {}: {}", wishes.locate(&w.label), w.message);
+    }
+}
+
 /// Runs the command `cli` names; the process's exit status.
 pub fn main(cli: Cli) -> ExitCode {
     crate::wishes::secure::allow_insecure_wishes(cli.allow_insecure_wishes);

@@ -21,6 +21,7 @@ pub fn show(
     let planned = reconciler
         .plan_after(wishes, owning)
         .map_err(|e| e.to_string())?;
+    crate::cli::print_plan_warnings(wishes, &planned.warnings);
     if plan_json(command) {
         let backend = reconciler.backend();
         let doc = PlanDoc::new(

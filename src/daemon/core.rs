@@ -1176,6 +1176,7 @@ pub(crate) mod fake {
                 comparison: crate::state::canon::Comparison::Kernel,
                 deferred: Vec::new(),
                 scope: crate::kernel::Scope::none(),
+                warnings: Vec::new(),
             })
         }
 

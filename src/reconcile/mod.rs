@@ -58,6 +58,18 @@ pub struct Planned {
     pub deferred: Vec<RuleCheck>,
     /// What was read, to read the same again after an apply.
     pub scope: Scope,
+    /// What the wishes say that holds against this kernel but is likely
+    /// not what was meant, by the label of the wish it is about.
+    pub warnings: Vec<PlanWarning>,
+}
+
+/// A finding about one wish, against the state read: said with the wish's
+/// file and line (see [`Wishes::locate`]), and applied all the same.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanWarning {
+    /// `table/chain/NAME`, `table/chain` or `ipset NAME`.
+    pub label: String,
+    pub message: String,
 }
 
 /// What an applying reconcile did.
@@ -225,6 +237,7 @@ impl<B: Backend> Reconciler<B> {
             comparison: Comparison::Kernel,
             deferred,
             scope,
+            warnings: Vec::new(),
         })
     }
 
