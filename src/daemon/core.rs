@@ -259,12 +259,16 @@ impl<R: Reconcile> Core<R> {
 
     /// A one-line status for `systemctl status`.
     pub fn status(&self) -> String {
-        match &self.reported {
+        let enforcing = match &self.reported {
             None => format!("enforcing {}", self.path.display()),
             Some(_) => format!(
                 "{} is invalid; enforcing the last good wishes",
                 self.path.display()
             ),
+        };
+        match self.metrics.as_ref().and_then(|m| m.unserved()) {
+            Some(why) => format!("{enforcing}; metrics not served: {why}"),
+            None => enforcing,
         }
     }
 
