@@ -6,6 +6,9 @@
 //! `GET /metrics` on a loopback TCP address or a Unix socket. A
 //! non-loopback address is refused unless the caller explicitly allows it:
 //! a firewall daemon must not open a port on every interface by default.
+//! The daemon serves through [`Endpoint`], which binds in the background
+//! and keeps trying an address that is busy or not there yet: enforcement
+//! never waits on metrics.
 //!
 //! | metric | type | labels |
 //! |---|---|---|
