@@ -14,7 +14,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -442,6 +442,18 @@ struct Daemon {
 
 impl Daemon {
     fn spawn(ns: &Netns, wishes: &Path, metrics: &str) -> Daemon {
+        Daemon::spawn_with(ns, wishes, metrics, &[], None)
+    }
+
+    /// The same, with more arguments to `daemon` and, when given, systemd's
+    /// notification socket.
+    fn spawn_with(
+        ns: &Netns,
+        wishes: &Path,
+        metrics: &str,
+        more: &[&str],
+        notify: Option<&Path>,
+    ) -> Daemon {
         let backend = match ns.backend {
             Backend::Nft => "nft",
             Backend::Legacy => "legacy",
@@ -459,6 +471,7 @@ impl Daemon {
             "--metrics",
             metrics,
         ]);
+        cmd.args(more);
         cmd.env("PYFW_LOG", "debug")
             .env_remove("PYFW_INTERVAL")
             .env_remove("PYFW_METRICS")
@@ -470,6 +483,9 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        if let Some(socket) = notify {
+            cmd.env("NOTIFY_SOCKET", socket);
+        }
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start the daemon: {e}"));
@@ -726,62 +742,255 @@ fn a_daemon_reports_over_a_unix_socket(backend: Backend) {
     assert!(!socket.exists(), "{} is left behind", socket.display());
 }
 
-/// A bad or busy address stops the start, with a message saying why,
-/// before netfilter is touched; a second daemon is refused for being a
-/// second daemon, whatever its metrics address.
+// --- an address that cannot be served does not stop the firewall ----------
+
+/// sd_notify messages sent to a socket standing in for systemd's.
+struct Notified {
+    path: PathBuf,
+    got: Arc<Mutex<Vec<String>>>,
+}
+
+impl Notified {
+    fn new(dir: &Path) -> Notified {
+        let path = dir.join("notify");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink = got.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = sock.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                sink.lock().unwrap().extend(text.lines().map(String::from));
+            }
+        });
+        Notified { path, got }
+    }
+
+    fn messages(&self) -> Vec<String> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// The last `STATUS=` sent, without its key.
+    fn status(&self) -> String {
+        self.messages()
+            .iter()
+            .rev()
+            .find_map(|m| m.strip_prefix("STATUS="))
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+/// Polls `ok` until it holds, within [`WAIT`].
+#[track_caller]
+fn wait_until(daemon: &mut Daemon, what: &str, mut ok: impl FnMut(&Daemon) -> bool) {
+    let start = Instant::now();
+    while !ok(daemon) {
+        daemon.assert_alive();
+        if start.elapsed() > WAIT {
+            panic!(
+                "timed out after {WAIT:?} waiting for {what}\n--- daemon log ---\n{}",
+                daemon.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts a daemon on `metrics`, which cannot be served now, in a
+/// namespace whose INPUT chain is empty, and checks that it enforces all
+/// the same: READY=1 comes, the wishes are in force and drift is
+/// repaired; the log (at ERROR) and systemd's STATUS= both say what is
+/// wrong with the address, in the words of `says`.
+#[track_caller]
+fn enforces_without_metrics(
+    ns: &Netns,
+    wishes: &Path,
+    metrics: &str,
+    more: &[&str],
+    says: &[&str],
+) -> (Daemon, Notified, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let notified = Notified::new(dir.path());
+    ns.iptables(&["-F", "INPUT"]);
+    ns.iptables(&["-P", "INPUT", "ACCEPT"]);
+    let mut daemon = Daemon::spawn_with(ns, wishes, metrics, more, Some(&notified.path));
+    wait_until(&mut daemon, "READY=1", |_| {
+        notified.messages().iter().any(|m| m == "READY=1")
+    });
+    let rules = ns.iptables_save();
+    assert!(
+        rules.contains("--comment allow_ssh") && rules.contains(":INPUT DROP"),
+        "{metrics}: READY=1 before the wishes are in force:\n{rules}\n{}",
+        daemon.log()
+    );
+    let log = daemon.log();
+    let error = log
+        .lines()
+        .find(|l| l.contains("ERROR") && l.contains("metrics"))
+        .unwrap_or_else(|| panic!("{metrics}: no ERROR about the metrics:\n{log}"));
+    for s in says {
+        assert!(
+            error.contains(s),
+            "{metrics}: the ERROR must say `{s}`:\n{log}"
+        );
+    }
+    wait_until(&mut daemon, "the metrics problem in STATUS=", |_| {
+        notified.status().contains(says[0])
+    });
+    assert!(
+        notified.status().starts_with("enforcing "),
+        "{metrics}: {:?}",
+        notified.messages()
+    );
+    // Drift is repaired as ever.
+    let mut delete = vec!["iptables", "-w"];
+    delete.extend_from_slice(ALLOW_SSH);
+    ns.ok(&delete, "delete allow_ssh");
+    wait_until(&mut daemon, "the repair of allow_ssh", |_| {
+        ns.iptables_save().contains("--comment allow_ssh")
+    });
+    (daemon, notified, dir)
+}
+
+/// A port another program holds: the daemon enforces, says so, and keeps
+/// trying; once the port is free, the metrics are served, the log says
+/// so, and STATUS= no longer mentions them.
 #[test]
-fn a_bad_or_busy_metrics_address_fails_the_start() {
-    let Some(ns) = Netns::new("metrics_addr", Backend::Nft) else {
+fn a_busy_metrics_port_does_not_stop_enforcement_and_is_served_once_free() {
+    let Some(ns) = Netns::new("metrics_busy", Backend::Nft) else {
         return;
     };
-    let (dir, wishes) = wishes_file();
-    let refused = |metrics: &str, says: &[&str]| {
-        let mut daemon = Daemon::spawn(&ns, &wishes, metrics);
-        let status = daemon.exit_status();
-        let log = daemon.log();
-        assert_eq!(status.code(), Some(1), "{metrics}: {log}");
-        for s in says {
-            assert!(log.contains(s), "{metrics}: the log must say `{s}`:\n{log}");
-        }
-        assert!(
-            !ns.iptables_save().contains("allow_ssh"),
-            "{metrics}: nothing may be applied:\n{log}"
-        );
-    };
-    refused(
-        "0.0.0.0:9983",
-        &[
-            "cannot start",
-            "not a loopback address",
-            "--metrics-allow-remote",
-        ],
-    );
-    refused("9983", &["cannot start", "expected IP:PORT"]);
-    let missing = dir.path().join("missing/metrics.sock");
-    refused(
-        &format!("unix:{}", missing.display()),
-        &[
-            "cannot serve metrics",
-            "does not exist",
-            "RuntimeDirectory=pyfw",
-        ],
-    );
-    // A port another program holds in the namespace.
+    let (_dir, wishes) = wishes_file();
     let holder = in_netns(&ns.name, || {
         TcpListener::bind("127.0.0.1:9984").map_err(|e| e.to_string())
     })
     .unwrap();
-    refused(
+    let (mut daemon, notified, _notify_dir) = enforces_without_metrics(
+        &ns,
+        &wishes,
         "127.0.0.1:9984",
+        &[],
         &[
             "cannot serve metrics on http://127.0.0.1:9984/metrics",
             "another program listens there",
         ],
     );
+    // Tried again (logged at debug only) while the port is held.
+    wait_until(&mut daemon, "a second try", |d| {
+        d.log().matches("cannot serve metrics on").count() >= 2
+    });
     drop(holder);
+    let scrape = Scrape::Tcp {
+        netns: ns.name.clone(),
+        addr: "127.0.0.1:9984".parse().unwrap(),
+    };
+    let body = daemon.scrape_until(&scrape, "the metrics once the port is free", |b| {
+        value(b, &reconciles("startup", "repaired")) == 1.0
+    });
+    assert!(value(&body, SSH_CORRECTIONS) >= 2.0, "{body}");
+    assert!(
+        daemon
+            .log()
+            .contains("serving metrics on http://127.0.0.1:9984/metrics"),
+        "{}",
+        daemon.log()
+    );
+    wait_until(&mut daemon, "STATUS= without the metrics problem", |_| {
+        !notified.status().contains("metrics")
+    });
+    let log = daemon.log();
+    assert_eq!(
+        log.matches("ERROR").count(),
+        1,
+        "the busy port is reported once, not at each try:\n{log}"
+    );
+    daemon.signal("TERM");
+    assert_eq!(daemon.exit_status().code(), Some(0), "{}", daemon.log());
+}
 
-    // One daemon serves; a second one on the same address is refused by
-    // the lock, and the first goes on serving.
+/// A Unix socket in a directory that does not exist yet: enforced without
+/// metrics until the directory appears, then served there.
+#[test]
+fn a_metrics_socket_is_served_once_its_directory_appears() {
+    let Some(ns) = Netns::new("metrics_later", Backend::Nft) else {
+        return;
+    };
+    let (dir, wishes) = wishes_file();
+    let socket = dir.path().join("later/metrics.sock");
+    let (mut daemon, _notified, _notify_dir) = enforces_without_metrics(
+        &ns,
+        &wishes,
+        &format!("unix:{}", socket.display()),
+        &[],
+        &[
+            &format!("cannot serve metrics on unix:{}", socket.display()),
+            "does not exist",
+            "RuntimeDirectory=pyfw",
+        ],
+    );
+    std::fs::create_dir(dir.path().join("later")).unwrap();
+    let scrape = Scrape::Unix(socket.clone());
+    daemon.scrape_until(&scrape, "the metrics once the directory exists", |b| {
+        value(b, &reconciles("startup", "repaired")) == 1.0
+    });
+    daemon.signal("TERM");
+    assert_eq!(daemon.exit_status().code(), Some(0), "{}", daemon.log());
+    assert!(!socket.exists(), "{} is left behind", socket.display());
+}
+
+/// An address that no restart of another program can fix (mistyped, or
+/// remote without --metrics-allow-remote): the daemon enforces without
+/// metrics, says what to fix, and does not try again.
+#[test]
+fn a_bad_metrics_address_does_not_stop_enforcement() {
+    let Some(ns) = Netns::new("metrics_bad", Backend::Nft) else {
+        return;
+    };
+    let (_dir, wishes) = wishes_file();
+    for (metrics, says) in [
+        (
+            "0.0.0.0:9983",
+            &["not a loopback address", "--metrics-allow-remote"][..],
+        ),
+        ("9983", &["expected IP:PORT", "restart"][..]),
+    ] {
+        let (mut daemon, _notified, _notify_dir) =
+            enforces_without_metrics(&ns, &wishes, metrics, &[], says);
+        // Polls go on, and no try to serve follows.
+        std::thread::sleep(Duration::from_secs(1));
+        daemon.assert_alive();
+        let log = daemon.log();
+        assert!(!log.contains("serving metrics"), "{metrics}: {log}");
+        assert_eq!(log.matches("ERROR").count(), 1, "{metrics}: {log}");
+        daemon.signal("TERM");
+        assert_eq!(daemon.exit_status().code(), Some(0), "{}", daemon.log());
+    }
+    // Allowed on purpose, the same remote address is served.
+    let mut daemon = Daemon::spawn_with(
+        &ns,
+        &wishes,
+        "0.0.0.0:9983",
+        &["--metrics-allow-remote"],
+        None,
+    );
+    let scrape = Scrape::Tcp {
+        netns: ns.name.clone(),
+        addr: "127.0.0.1:9983".parse().unwrap(),
+    };
+    daemon.scrape_until(&scrape, "the metrics on 0.0.0.0", |b| {
+        value(b, "pyfw_wishes_loaded") == 1.0
+    });
+}
+
+/// A second daemon is refused for being a second daemon, whatever its
+/// metrics address; the first goes on serving.
+#[test]
+fn a_second_daemon_is_refused_for_the_lock_not_the_port() {
+    let Some(ns) = Netns::new("metrics_second", Backend::Nft) else {
+        return;
+    };
+    let (_dir, wishes) = wishes_file();
     let scrape = Scrape::Tcp {
         netns: ns.name.clone(),
         addr: "127.0.0.1:9983".parse().unwrap(),

@@ -359,6 +359,15 @@ impl<R: Reconcile> Core<R> {
     /// A one-line status for `systemctl status`: which wishes are enforced
     /// (by content hash), and what is wrong with the file, if anything.
     pub fn status(&self) -> String {
+        let enforcing = self.enforcing();
+        match self.metrics.as_ref().and_then(|m| m.unserved()) {
+            Some(why) => format!("{enforcing}; metrics not served: {why}"),
+            None => enforcing,
+        }
+    }
+
+    /// Which wishes are enforced, and what is wrong with the file.
+    fn enforcing(&self) -> String {
         let path = self.path.display();
         let enforced = file::version(&self.active.text, None);
         let what = match self.proven {

@@ -6,6 +6,9 @@
 //! `GET /metrics` on a loopback TCP address or a Unix socket. A
 //! non-loopback address is refused unless the caller explicitly allows it:
 //! a firewall daemon must not open a port on every interface by default.
+//! The daemon serves through [`Endpoint`], which binds in the background
+//! and keeps trying an address that is busy or not there yet: enforcement
+//! never waits on metrics.
 //!
 //! | metric | type | labels |
 //! |---|---|---|
@@ -27,7 +30,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -119,6 +122,8 @@ pub struct Metrics {
     known: Mutex<(BTreeSet<ChainLabels>, BTreeSet<SetLabels>)>,
     wishes_loaded: Gauge,
     wishes_load_failures: Counter,
+    /// Why the metrics are not being served, when they are not.
+    unserved: Mutex<Option<String>>,
 }
 
 impl Default for Metrics {
@@ -208,7 +213,19 @@ impl Metrics {
             known: Mutex::new(Default::default()),
             wishes_loaded,
             wishes_load_failures,
+            unserved: Mutex::new(None),
         }
+    }
+
+    /// Why the metrics cannot be scraped (a bad address, or one that
+    /// cannot be bound yet), for the daemon's status; `None` once served.
+    pub fn unserved(&self) -> Option<String> {
+        lock(&self.unserved).clone()
+    }
+
+    /// Records why the metrics are not served, or that they are (`None`).
+    pub fn set_unserved(&self, why: Option<String>) {
+        *lock(&self.unserved) = why;
     }
 
     /// A run ended. `trigger` is the name the daemon logs (`startup`,
@@ -471,8 +488,8 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest request head read.
 const MAX_REQUEST: usize = 8 * 1024;
 
-/// Binds `listen` now (so that a bad address fails at start-up) and serves
-/// `metrics` from a thread, one connection at a time.
+/// Binds `listen` now and serves `metrics` from a thread, one connection
+/// at a time. (The daemon binds through [`Endpoint`], which keeps trying.)
 pub fn serve(listen: &Listen, metrics: Arc<Metrics>) -> io::Result<Server> {
     let stop = Arc::new(AtomicBool::new(false));
     let (bound, thread) = match listen {
@@ -495,6 +512,154 @@ pub fn serve(listen: &Listen, metrics: Arc<Metrics>) -> io::Result<Server> {
         stop,
         thread: Some(thread),
     })
+}
+
+/// How soon a bind that failed is tried again; the wait doubles up to
+/// [`RETRY_MAX`].
+pub const RETRY_FIRST: Duration = Duration::from_secs(5);
+/// The longest wait between two tries to bind.
+pub const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// The daemon's metrics server, bound in the background as soon as its
+/// address allows: the firewall never waits for it. An address another
+/// program holds, a socket directory not made yet or an address not yet on
+/// any interface is reported once (ERROR, and in [`Metrics::unserved`]),
+/// then tried again every [`RETRY_FIRST`], backing off to [`RETRY_MAX`],
+/// until it binds. Stops the server (removing its socket) when dropped.
+pub struct Endpoint {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct Shared {
+    stopping: Mutex<bool>,
+    wake: Condvar,
+    server: Mutex<Option<Server>>,
+}
+
+impl Shared {
+    /// Waits `delay`; false when the endpoint is being dropped.
+    fn wait(&self, delay: Duration) -> bool {
+        let stopping = lock(&self.stopping);
+        let (stopping, _) = self
+            .wake
+            .wait_timeout_while(stopping, delay, |stopping| !*stopping)
+            .unwrap_or_else(|e| e.into_inner());
+        !*stopping
+    }
+}
+
+impl Endpoint {
+    /// Starts serving `metrics` on `listen` from a thread of its own.
+    pub fn start(listen: Listen, metrics: Arc<Metrics>) -> Endpoint {
+        let shared = Arc::new(Shared {
+            stopping: Mutex::new(false),
+            wake: Condvar::new(),
+            server: Mutex::new(None),
+        });
+        let for_thread = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("pyfw-metrics-bind".into())
+            .spawn({
+                let metrics = metrics.clone();
+                let listen = listen.clone();
+                move || bind_until_bound(&listen, &metrics, &for_thread)
+            });
+        let thread = match thread {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let why = format!("cannot serve metrics on {listen}: no thread to serve them: {e}");
+                tracing::error!("{why}; the wishes are enforced all the same, without metrics");
+                metrics.set_unserved(Some(why));
+                None
+            }
+        };
+        Endpoint { shared, thread }
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        *lock(&self.shared.stopping) = true;
+        self.shared.wake.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        drop(lock(&self.shared.server).take());
+    }
+}
+
+/// Tries to bind `listen` until it binds or the endpoint is dropped,
+/// reporting a failure once (and again only when its reason changes).
+fn bind_until_bound(listen: &Listen, metrics: &Arc<Metrics>, shared: &Shared) {
+    let mut delay = RETRY_FIRST;
+    let mut reported: Option<String> = None;
+    loop {
+        match serve(listen, metrics.clone()) {
+            Ok(server) => {
+                let at = server.local_addr();
+                let remote = match at {
+                    Listen::Tcp(a) => !a.ip().to_canonical().is_loopback(),
+                    Listen::Unix(_) => false,
+                };
+                let after = if reported.is_some() {
+                    " (the address is available now)"
+                } else {
+                    ""
+                };
+                tracing::info!("serving metrics on {at}{after}");
+                if remote {
+                    tracing::info!(
+                        "metrics on {at} are open to other hosts (--metrics-allow-remote);                          under the shipped systemd unit, IPAddressDeny=any drops their traffic                          unless a drop-in allows them: IPAddressAllow=SCRAPER (docs/metrics.md)"
+                    );
+                }
+                metrics.set_unserved(None);
+                *lock(&shared.server) = Some(server);
+                return;
+            }
+            Err(e) => {
+                let why = cannot_serve(listen, &e);
+                if reported.as_deref() == Some(why.as_str()) {
+                    tracing::debug!(
+                        "{why}; trying again in {}",
+                        humantime::format_duration(delay)
+                    );
+                } else {
+                    tracing::error!(
+                        "{why}. The wishes are enforced all the same, without metrics; pyfw \
+                         tries the address again in {}, then less and less often, up to every {}",
+                        humantime::format_duration(RETRY_FIRST),
+                        humantime::format_duration(RETRY_MAX)
+                    );
+                    reported = Some(why.clone());
+                }
+                metrics.set_unserved(Some(format!("{why}; trying again")));
+            }
+        }
+        if !shared.wait(delay) {
+            return;
+        }
+        delay = (delay * 2).min(RETRY_MAX);
+    }
+}
+
+/// Why `listen` cannot be served, with what to do about it.
+pub fn cannot_serve(listen: &Listen, e: &io::Error) -> String {
+    let hint = match (listen, e.kind()) {
+        (Listen::Tcp(_), io::ErrorKind::AddrInUse) => {
+            " (another program listens there: stop it, or pick another address)".to_string()
+        }
+        (Listen::Unix(path), io::ErrorKind::NotFound) => format!(
+            " (the directory {} does not exist: create it, or under systemd let \
+             RuntimeDirectory=pyfw create /run/pyfw)",
+            path.parent().unwrap_or(path).display()
+        ),
+        (_, io::ErrorKind::AddrNotAvailable) => {
+            " (no interface here has that address yet)".to_string()
+        }
+        _ => String::new(),
+    };
+    format!("cannot serve metrics on {listen}: {e}{hint}")
 }
 
 /// A scrape's connection, TCP or Unix: the same bounded exchange.

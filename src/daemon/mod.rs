@@ -34,7 +34,7 @@ use tokio::sync::mpsc::{self, UnboundedReceiver};
 use tokio::task::JoinHandle;
 use tokio::time::{Duration, Instant};
 
-use self::metrics::{Listen, Metrics};
+use self::metrics::{Endpoint, Listen, Metrics};
 use crate::kernel::{Backend, System, Variant};
 use crate::plan::Program;
 use crate::reconcile::Reconciler;
@@ -215,16 +215,6 @@ pub fn main(wishes: &Path, backend: Variant, args: &Args) -> ExitCode {
 
 fn start(path: &Path, variant: Variant, args: &Args) -> Result<ExitCode, String> {
     one_heap();
-    // A mistyped or remote metrics address is refused before anything else.
-    // (`PYFW_METRICS=` is off, like the variable unset.)
-    let listen = args
-        .metrics
-        .as_deref()
-        .filter(|text| !text.trim().is_empty())
-        .map(|text| {
-            Listen::parse(text, args.metrics_allow_remote).map_err(|e| format!("--metrics {e}"))
-        })
-        .transpose()?;
     // First of all, so that SIGTERM is ours to handle from here on.
     let signals = forward_signals()?;
     let daemon_lock =
@@ -238,19 +228,9 @@ fn start(path: &Path, variant: Variant, args: &Args) -> Result<ExitCode, String>
             ),
             other => other.to_string(),
         })?;
-    // Bound after the lock, so that a second daemon is refused for being a
-    // second daemon, not for a busy port; and bound before the first
-    // reconcile, so that a bad or busy address fails the start.
-    let served = match &listen {
-        Some(listen) => {
-            let metrics = Arc::new(Metrics::new());
-            let server =
-                metrics::serve(listen, metrics.clone()).map_err(|e| cannot_serve(listen, &e))?;
-            tracing::info!("serving metrics on {}", server.local_addr());
-            Some((metrics, server))
-        }
-        None => None,
-    };
+    // After the lock, so that a second daemon is refused for being a second
+    // daemon, not for a busy port.
+    let served = serve_metrics(args);
     let loaded = match core::load(path) {
         Ok(l) => l,
         Err(e) => {
@@ -319,23 +299,30 @@ fn start(path: &Path, variant: Variant, args: &Args) -> Result<ExitCode, String>
     Ok(code)
 }
 
-/// Why the metrics address cannot be served, with what to do about it.
-fn cannot_serve(listen: &Listen, e: &std::io::Error) -> String {
-    let hint = match (listen, e.kind()) {
-        (Listen::Tcp(_), std::io::ErrorKind::AddrInUse) => {
-            " (another program listens there: pick another address)".to_string()
+/// The metrics of `--metrics ADDR`, served in the background (see
+/// [`Endpoint`]): enforcement never depends on them. An address that cannot
+/// be read (mistyped, or remote without `--metrics-allow-remote`) is
+/// reported and not served, since only a restart can change it; the
+/// daemon still counts, so that its status says what is wrong. (Empty,
+/// `PYFW_METRICS=`, is off, like the variable unset.)
+fn serve_metrics(args: &Args) -> Option<(Arc<Metrics>, Option<Endpoint>)> {
+    let text = args.metrics.as_deref().filter(|t| !t.trim().is_empty())?;
+    let metrics = Arc::new(Metrics::new());
+    match Listen::parse(text, args.metrics_allow_remote) {
+        Ok(listen) => {
+            let endpoint = Endpoint::start(listen, metrics.clone());
+            Some((metrics, Some(endpoint)))
         }
-        (Listen::Unix(path), std::io::ErrorKind::NotFound) => format!(
-            " (the directory {} does not exist: create it, or under systemd let \
-             RuntimeDirectory=pyfw create /run/pyfw)",
-            path.parent().unwrap_or(path).display()
-        ),
-        (_, std::io::ErrorKind::AddrNotAvailable) => {
-            " (no interface here has that address)".to_string()
+        Err(e) => {
+            let why = format!("cannot serve metrics: --metrics {e}");
+            tracing::error!(
+                "{why}. The wishes are enforced all the same, without metrics: fix --metrics \
+                 (PYFW_METRICS in /etc/default/pyfw) and restart pyfw"
+            );
+            metrics.set_unserved(Some(format!("{why}; fix it and restart")));
+            Some((metrics, None))
         }
-        _ => String::new(),
-    };
-    format!("cannot serve metrics on {listen}: {e}{hint}")
+    }
 }
 
 /// One malloc arena for the whole daemon, before any thread starts. Each

@@ -287,6 +287,44 @@ pub fn started_here(pid: u32) -> bool {
     })
 }
 
+/// What `/proc` says of process `pid`'s name: `Some(name)`, or `None` when
+/// the process does not exist, or exists but `/proc` hides it (mounted
+/// `hidepid=`, as under pyfw.service's `ProtectProc=invisible`: root's
+/// processes with more capabilities than pyfw's are hidden from it). A
+/// hidden process that lives is `Hidden`, so that a caller deciding from
+/// the name never takes it for dead.
+pub fn process_name(pid: u32) -> ProcessName {
+    match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+        Ok(name) => ProcessName::Named(name.trim_end_matches('\n').to_string()),
+        Err(_) if lives(pid) => ProcessName::Hidden,
+        Err(_) => ProcessName::Gone,
+    }
+}
+
+/// See [`process_name`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProcessName {
+    Named(String),
+    /// It lives, but `/proc` does not show it.
+    Hidden,
+    Gone,
+}
+
+/// True when a process `pid` exists, whether or not pyfw may signal it
+/// (kill(2) with signal 0 only checks).
+fn lives(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 sends nothing; kill(2) only checks that the process
+    // exists and may be signalled.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
 fn kill(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
@@ -470,6 +508,20 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn a_process_is_named_and_an_ended_one_is_gone() {
+        assert!(matches!(
+            process_name(std::process::id()),
+            ProcessName::Named(n) if !n.is_empty() && !n.ends_with('\n')
+        ));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert_eq!(process_name(pid), ProcessName::Gone);
+        assert_eq!(process_name(0), ProcessName::Gone);
+        assert_eq!(process_name(u32::MAX), ProcessName::Gone);
+    }
 
     struct Collect(Vec<String>);
     impl OnLine for Collect {

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::kernel::learn::SCRATCH_PREFIX;
+use crate::kernel::process::ProcessName;
 use crate::kernel::{Backend, RuleCheck};
 use crate::reconcile::{Error, Reconciler};
 use crate::state::canon;
@@ -120,9 +121,15 @@ impl<B: Backend> Reconciler<B> {
                     let Some(pid) = name.strip_prefix(SCRATCH_PREFIX) else {
                         continue;
                     };
-                    // A live pyfw with that pid still owns it.
-                    let comm = std::path::Path::new("/proc").join(pid).join("comm");
-                    let alive = std::fs::read_to_string(comm).is_ok_and(|c| c.trim() == "pyfw");
+                    // A live pyfw with that pid still owns it; so may a
+                    // live process /proc hides (ProtectProc=invisible).
+                    let alive = pid.parse::<u32>().is_ok_and(|pid| {
+                        match crate::kernel::process::process_name(pid) {
+                            ProcessName::Named(name) => name == "pyfw",
+                            ProcessName::Hidden => true,
+                            ProcessName::Gone => false,
+                        }
+                    });
                     if !alive && let Err(e) = self.backend.drop_chain(family, table, name) {
                         tracing::warn!("cannot remove stale scratch chain {table}/{name}: {e}");
                     }
