@@ -17,7 +17,8 @@
 //! - [`legacy_cache`], [`fingerprint`], [`xtlock`]: what keeps legacy polls
 //!   cheap;
 //! - [`netns`], [`lock`], [`privilege`]: the namespace, pyfw's own locks,
-//!   and whether this process may act.
+//!   and whether this process may act;
+//! - [`nft`]: the host's nftables tables (`nft list tables`), for the lint.
 
 pub mod backend;
 pub mod fingerprint;
@@ -25,6 +26,7 @@ pub mod learn;
 pub mod legacy_cache;
 pub mod lock;
 pub mod netns;
+pub mod nft;
 pub mod privilege;
 pub mod process;
 pub mod read;
