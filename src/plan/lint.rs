@@ -1180,4 +1180,331 @@ mod tests {
         assert_eq!(kinds(&w), [Kind::NoEstablished, Kind::SshPortClosed]);
         assert!(w[0].chain.starts_with("ip6tables:"), "{w:?}");
     }
+
+    /// Wishes for iptables filter chains: (chain, policy, rules).
+    fn filter(chains: &[(&str, Option<&str>, &[&str])]) -> Wishes {
+        let mut t = "pyfw_wishes:\n  iptables:\n    filter:\n".to_string();
+        for (chain, policy, rules) in chains {
+            t.push_str(&format!("      {chain}:\n"));
+            if let Some(p) = policy {
+                t.push_str(&format!("        default_action: {p}\n"));
+            }
+            if !rules.is_empty() {
+                t.push_str("        rules:\n");
+            }
+            for (i, r) in rules.iter().enumerate() {
+                t.push_str(&format!("        - r{i}: '{r}'\n"));
+            }
+        }
+        wishes(&t)
+    }
+
+    fn lint_with_nft(wishes: &Wishes, tables: &[(&str, &str)]) -> Vec<Warning> {
+        let tables: Vec<(String, String)> = (tables.iter())
+            .map(|(f, n)| (f.to_string(), n.to_string()))
+            .collect();
+        super::lint(
+            wishes,
+            &Host {
+                state: &state(EMPTY),
+                ssh: Some(&ssh()),
+                nft_tables: &tables,
+            },
+        )
+    }
+
+    #[test]
+    fn jumps_are_followed_to_any_depth() {
+        // INPUT -> c0 -> c1 -> ... -> c11, which accepts the SSH port.
+        let deep = |port: u16| {
+            let names: Vec<String> = (0..12).map(|i| format!("c{i}")).collect();
+            let jumps: Vec<String> = (1..12).map(|i| format!("-j c{i}")).collect();
+            let last = format!("-p tcp --dport {port} -j ACCEPT");
+            let mut chains: Vec<(&str, Option<&str>, Vec<&str>)> =
+                vec![("INPUT", Some("DROP"), vec![EST, "-j c0"])];
+            for (i, name) in names.iter().enumerate() {
+                let rule = jumps.get(i).map_or(last.as_str(), String::as_str);
+                chains.push((name, None, vec![rule]));
+            }
+            let chains: Vec<(&str, Option<&str>, &[&str])> = chains
+                .iter()
+                .map(|(c, p, r)| (*c, *p, r.as_slice()))
+                .collect();
+            lint(&filter(&chains), &state(EMPTY), Some(&ssh()))
+        };
+        assert_eq!(deep(22), []);
+        assert_eq!(kinds(&deep(23)), [Kind::SshPortClosed]);
+    }
+
+    #[test]
+    fn a_loop_of_jumps_ends_and_is_given_the_benefit_of_the_doubt() {
+        // iptables refuses loops; a state holding one must not hang the lint.
+        let save = "*filter\n:INPUT ACCEPT [0:0]\n:a - [0:0]\n:b - [0:0]\n-A INPUT -j a\n\
+                    -A a -j b\n-A b -j a\nCOMMIT\n";
+        let w = lint(&wishes(&input("DROP", &[EST])), &state(save), Some(&ssh()));
+        assert_eq!(w, []);
+    }
+
+    #[test]
+    fn a_chain_not_read_may_accept() {
+        let w = lint(
+            &wishes(&input("DROP", &["-j KUBE-FIREWALL"])),
+            &state(EMPTY),
+            Some(&ssh()),
+        );
+        assert_eq!(w, []);
+    }
+
+    #[test]
+    fn return_goes_back_to_the_caller_and_in_input_to_the_policy() {
+        let w = |chains: &[(&str, Option<&str>, &[&str])]| {
+            kinds(&lint(&filter(chains), &state(EMPTY), Some(&ssh())))
+        };
+        // f2b-like: port 22 returns before the catch-all, and INPUT
+        // accepts it after the jump.
+        let check: &[&str] = &["-p tcp --dport 22 -j RETURN", "-j DROP"];
+        assert_eq!(
+            w(&[
+                ("INPUT", Some("DROP"), &[EST, "-j check", SSH]),
+                ("check", None, check)
+            ]),
+            []
+        );
+        // ... and without the accept after it, the policy drops it.
+        assert_eq!(
+            w(&[
+                ("INPUT", Some("DROP"), &[EST, "-j check"]),
+                ("check", None, check)
+            ]),
+            [Kind::SshPortClosed]
+        );
+        // A RETURN in INPUT itself leaves the rest unread: the policy.
+        assert_eq!(
+            w(&[("INPUT", Some("DROP"), &[EST, "-p tcp -j RETURN", SSH])]),
+            [Kind::SshPortClosed]
+        );
+        // A RETURN the lint cannot judge may send the traffic back to an
+        // accept: a later drop is no longer certain.
+        let maybe: &[&str] = &["-m set --match-set ok src -j RETURN", "-j DROP"];
+        assert_eq!(
+            w(&[
+                ("INPUT", Some("DROP"), &[EST, "-j maybe", SSH]),
+                ("maybe", None, maybe)
+            ]),
+            []
+        );
+        // A goto returns to the caller's caller: for INPUT, the policy.
+        let empty: &[&str] = &["-p udp -j ACCEPT"];
+        assert_eq!(
+            w(&[
+                ("INPUT", Some("DROP"), &[EST, "-g empty", SSH]),
+                ("empty", None, empty)
+            ]),
+            [Kind::SshPortClosed]
+        );
+        assert_eq!(
+            w(&[
+                ("INPUT", Some("DROP"), &[EST, "-j empty", SSH]),
+                ("empty", None, empty)
+            ]),
+            []
+        );
+    }
+
+    #[test]
+    fn a_jump_taken_by_some_traffic_drops_only_that_traffic() {
+        let w = |jump: &str| {
+            let chains: &[(&str, Option<&str>, &[&str])] = &[
+                ("INPUT", Some("DROP"), &[jump, EST, SSH]),
+                ("blocked", None, &["-j DROP"]),
+            ];
+            kinds(&lint(&filter(chains), &state(EMPTY), Some(&ssh())))
+        };
+        // Another client network, a match the lint cannot judge, another
+        // port: the session's client may still come in.
+        assert_eq!(w("-s 198.51.100.0/24 -j blocked"), []);
+        assert_eq!(w("-m set --match-set bad src -j blocked"), []);
+        assert_eq!(w("-p tcp --dport 25 -j blocked"), []);
+        // Its own network: cut, and ESTABLISHED traffic from it too is
+        // not all cut (other clients).
+        assert_eq!(w("-s 192.0.2.0/24 -j blocked"), [Kind::SshPortClosed]);
+        // Everything: both.
+        assert_eq!(w("-j blocked"), [Kind::NoEstablished, Kind::SshPortClosed]);
+    }
+
+    #[test]
+    fn established_traffic_counts_only_where_a_rule_accepts_it() {
+        let w = |chains: &[(&str, Option<&str>, &[&str])]| {
+            kinds(&lint(&filter(chains), &state(EMPTY), None))
+        };
+        // Behind a jump taken by tcp only: still counted, as a rule
+        // naming ESTABLISHED always was.
+        assert_eq!(
+            w(&[
+                ("INPUT", Some("DROP"), &["-p tcp -j est"]),
+                ("est", None, &[EST])
+            ]),
+            []
+        );
+        // Behind a jump taken by NEW traffic only: never reached.
+        assert_eq!(
+            w(&[
+                (
+                    "INPUT",
+                    Some("DROP"),
+                    &["-m conntrack --ctstate NEW -j est"]
+                ),
+                ("est", None, &[EST])
+            ]),
+            [Kind::NoEstablished]
+        );
+        // An accept of a port is no accept of ESTABLISHED traffic; an
+        // accept of everything is.
+        assert_eq!(w(&[("INPUT", Some("DROP"), &[SSH])]), [Kind::NoEstablished]);
+        assert_eq!(w(&[("INPUT", Some("DROP"), &["-j ACCEPT"])]), []);
+        // A catch-all drop above the accept: it never comes.
+        assert_eq!(
+            w(&[("INPUT", Some("DROP"), &["-j DROP", EST])]),
+            [Kind::NoEstablished]
+        );
+    }
+
+    #[test]
+    fn a_catch_all_drop_under_an_accept_policy_warns_like_a_drop_policy() {
+        for catch_all in ["-j DROP", "-j REJECT --reject-with icmp-port-unreachable"] {
+            let w = lint(
+                &wishes(&input(
+                    "ACCEPT",
+                    &["-p tcp --dport 443 -j ACCEPT", catch_all],
+                )),
+                &state(EMPTY),
+                Some(&ssh()),
+            );
+            assert_eq!(kinds(&w), [Kind::NoEstablished, Kind::SshPortClosed]);
+            assert!(
+                w[0].message
+                    .starts_with("the wished rule `r1` drops all traffic"),
+                "{}",
+                w[0]
+            );
+            assert!(
+                (w[1].message).contains(&format!(
+                    "the rule `-A INPUT -m comment --comment r1 {catch_all}`"
+                )),
+                "{}",
+                w[1]
+            );
+            // Below the accepts, it drops nothing that matters.
+            let w = lint(
+                &wishes(&input("ACCEPT", &[EST, SSH, catch_all])),
+                &state(EMPTY),
+                Some(&ssh()),
+            );
+            assert_eq!(w, []);
+        }
+        // One already there, under the policy the wishes keep: the SSH
+        // check sees it too.
+        let save = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j REJECT\nCOMMIT\n";
+        let text = "pyfw_wishes:\n  iptables:\n    filter:\n      INPUT:\n        rules:\n        \
+                    - web: '-p tcp --dport 443 -j ACCEPT'\n";
+        let w = lint(&wishes(text), &state(save), Some(&ssh()));
+        assert_eq!(kinds(&w), [Kind::SshPortClosed]);
+        // A drop of some traffic only is no catch-all.
+        let w = lint(
+            &wishes(&input("ACCEPT", &["-p udp -j DROP"])),
+            &state(EMPTY),
+            Some(&ssh()),
+        );
+        assert_eq!(w, []);
+    }
+
+    #[test]
+    fn output_set_to_drop_warns_when_replies_would_be_dropped() {
+        let w = |rules: &[&str], policy: &str| {
+            let chains: &[(&str, Option<&str>, &[&str])] = &[("OUTPUT", Some(policy), rules)];
+            lint(&filter(chains), &state(EMPTY), Some(&ssh()))
+        };
+        // Nothing accepts replies: one warning (it names the SSH session).
+        let out = w(&[], "DROP");
+        assert_eq!(kinds(&out), [Kind::NoEstablished]);
+        assert_eq!(out[0].chain, "filter/OUTPUT");
+        assert!(out[0].message.contains("going out"), "{}", out[0]);
+        assert!(out[0].message.contains("--confirm"), "{}", out[0]);
+        // The session's own packets are accepted, other replies are not.
+        assert_eq!(
+            kinds(&w(&["-p tcp --sport 22 -j ACCEPT"], "DROP")),
+            [Kind::NoEstablished]
+        );
+        assert_eq!(w(&[EST], "DROP"), []);
+        assert_eq!(w(&[], "ACCEPT"), []);
+        // A drop of the packets to the session's client, under ACCEPT.
+        let out = w(&["-d 192.0.2.0/24 -j DROP"], "ACCEPT");
+        assert_eq!(kinds(&out), [Kind::SshSessionCut]);
+        assert!(out[0].message.contains("SSH_CONNECTION"), "{}", out[0]);
+        assert_eq!(w(&["-d 198.51.100.0/24 -j DROP"], "ACCEPT"), []);
+    }
+
+    #[test]
+    fn forward_set_to_drop_warns_where_docker_runs_with_nftables() {
+        let docker = [("ip", "docker-bridges"), ("ip", "filter")];
+        let forward = |policy: &str, rules: &[&str]| filter(&[("FORWARD", Some(policy), rules)]);
+        let w = lint_with_nft(&forward("DROP", &[]), &docker);
+        assert_eq!(kinds(&w), [Kind::DockerForward]);
+        assert_eq!(w[0].chain, "filter/FORWARD");
+        assert!(w[0].message.contains("ip docker-bridges"), "{}", w[0]);
+        assert!(w[0].message.contains("--confirm"), "{}", w[0]);
+        // A catch-all under ACCEPT is the same.
+        assert_eq!(
+            kinds(&lint_with_nft(&forward("ACCEPT", &["-j DROP"]), &docker)),
+            [Kind::DockerForward]
+        );
+        // Accepting only replies leaves published ports dropped.
+        assert_eq!(
+            kinds(&lint_with_nft(&forward("DROP", &[EST]), &docker)),
+            [Kind::DockerForward]
+        );
+        // Accepting Docker's bridges (or what may be them) is enough.
+        let bridges = ["-o docker0 -j ACCEPT", "-i docker0 -j ACCEPT"];
+        assert_eq!(lint_with_nft(&forward("DROP", &bridges), &docker), []);
+        // No Docker nftables table for this family, or none at all: quiet.
+        assert_eq!(lint_with_nft(&forward("DROP", &[]), &[]), []);
+        assert_eq!(
+            lint_with_nft(&forward("DROP", &[]), &[("ip6", "docker-bridges")]),
+            []
+        );
+        assert_eq!(lint_with_nft(&forward("ACCEPT", &[]), &docker), []);
+        // Only such wishes need the tables.
+        assert!(needs_nft_tables(&forward("DROP", &[])));
+        assert!(needs_nft_tables(&forward("ACCEPT", &["-j REJECT"])));
+        assert!(!needs_nft_tables(&forward("ACCEPT", &[EST])));
+        assert!(!needs_nft_tables(&wishes(&input("DROP", &[]))));
+    }
+
+    #[test]
+    fn unread_names_the_missing_chains_reachable_from_the_checked_ones() {
+        let save = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:known - [0:0]\n\
+                    -A INPUT -j known\n-A INPUT -j ACCEPT\n-A known -j deeper\n\
+                    -A FORWARD -j DOCKER-USER\nCOMMIT\n";
+        let state = state(save);
+        let host = Host {
+            state: &state,
+            ssh: None,
+            nft_tables: &[],
+        };
+        let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect();
+        let w = filter(&[("INPUT", Some("DROP"), &["-j wished_jump", "-j LOG"])]);
+        assert_eq!(
+            unread(&w, &host),
+            [(Family::V4, names(&["deeper", "wished_jump"]))]
+        );
+        // FORWARD is checked only where Docker's nftables table is.
+        let w = filter(&[("FORWARD", Some("DROP"), &[])]);
+        assert_eq!(unread(&w, &host), []);
+        let tables = [("ip".to_string(), DOCKER_NFT_TABLE.to_string())];
+        let docker = Host {
+            nft_tables: &tables,
+            ..host
+        };
+        assert_eq!(unread(&w, &docker), [(Family::V4, names(&["DOCKER-USER"]))]);
+    }
 }
