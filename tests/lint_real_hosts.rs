@@ -117,7 +117,7 @@ fn warnings_and_reads(
     let mut planned = reconciler.plan(wishes).unwrap();
     let planned_reads = reconciler.backend().reads.len();
     reconciler
-        .read_for_lint(wishes, &mut planned.state, &[])
+        .read_for_lint(wishes, &mut planned.state, Some(ssh), &[])
         .unwrap();
     let host = lint::Host {
         state: &planned.state,

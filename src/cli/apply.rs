@@ -94,13 +94,13 @@ pub fn warn_lockouts(reconciler: &mut Reconciler<System>, wishes: &Wishes, state
         true => crate::kernel::nft::tables(&reconciler.backend().runner),
         false => Vec::new(),
     };
-    if let Err(e) = reconciler.read_for_lint(wishes, state, &nft_tables) {
+    let ssh = lint::SshConnection::from_env();
+    if let Err(e) = reconciler.read_for_lint(wishes, state, ssh.as_ref(), &nft_tables) {
         eprintln!(
             "pyfw: warning: cannot read the chains the lock-out check follows ({e}); it gives \
              them the benefit of the doubt"
         );
     }
-    let ssh = lint::SshConnection::from_env();
     let host = lint::Host {
         state,
         ssh: ssh.as_ref(),

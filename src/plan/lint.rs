@@ -183,12 +183,17 @@ struct Checks<'a> {
     wished: Vec<&'a ChainWish>,
 }
 
-/// The families where the wishes name a chain the lint checks.
+/// The families where the wishes name a chain the lint checks, and where
+/// a check could warn: a chain the wishes make drop, and INPUT and OUTPUT
+/// in the family of an SSH session.
 fn families<'a>(wishes: &'a Wishes, host: &Host) -> Vec<Checks<'a>> {
-    let checked = |w: &ChainWish| match w.chain.as_str() {
-        "INPUT" | "OUTPUT" => true,
-        "FORWARD" => docker_nft(host.nft_tables, w.family) && wished_drop(w).is_some(),
-        _ => false,
+    let checked = |w: &ChainWish| {
+        let ssh = host.ssh.is_some_and(|c| c.family() == w.family);
+        match w.chain.as_str() {
+            "INPUT" | "OUTPUT" => ssh || wished_drop(w).is_some(),
+            "FORWARD" => docker_nft(host.nft_tables, w.family) && wished_drop(w).is_some(),
+            _ => false,
+        }
     };
     [Family::V4, Family::V6]
         .into_iter()
@@ -1495,6 +1500,18 @@ mod tests {
         let w = filter(&[("INPUT", Some("DROP"), &["-j wished_jump", "-j LOG"])]);
         assert_eq!(
             unread(&w, &host),
+            [(Family::V4, names(&["deeper", "wished_jump"]))]
+        );
+        // INPUT kept at ACCEPT can warn only about an SSH session's port.
+        let w = filter(&[("INPUT", Some("ACCEPT"), &["-j wished_jump"])]);
+        assert_eq!(unread(&w, &host), []);
+        let session = ssh();
+        let over_ssh = Host {
+            ssh: Some(&session),
+            ..host
+        };
+        assert_eq!(
+            unread(&w, &over_ssh),
             [(Family::V4, names(&["deeper", "wished_jump"]))]
         );
         // FORWARD is checked only where Docker's nftables table is.

@@ -250,9 +250,10 @@ impl<B: Backend> Reconciler<B> {
         &mut self,
         wishes: &Wishes,
         state: &mut State,
+        ssh: Option<&plan::lint::SshConnection>,
         nft_tables: &[(String, String)],
     ) -> Result<(), Error> {
-        reach::read_for_lint(&mut self.backend, wishes, state, nft_tables).map_err(Error::Read)
+        reach::read_for_lint(&mut self.backend, wishes, state, ssh, nft_tables).map_err(Error::Read)
     }
 
     /// Applies what [`Reconciler::plan`] found, all or nothing: on a

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use crate::kernel::scope::merge;
 use crate::kernel::{self, Backend, Rules, Scope};
-use crate::plan::lint::{self, Host};
+use crate::plan::lint::{self, Host, SshConnection};
 use crate::state::{Family, State};
 use crate::wishes::Wishes;
 
@@ -15,18 +15,20 @@ use crate::wishes::Wishes;
 /// per read (each read asks for every chain missing at that level), until
 /// none is missing or every one missing was asked for already (a target
 /// that is gone, or an extension the lint took for a chain, reads as
-/// nothing). On an error, `state` keeps what was read before it.
+/// nothing). `ssh` and `nft_tables` are the lint's: they say which chains
+/// it checks. On an error, `state` keeps what was read before it.
 pub fn read_for_lint<B: Backend>(
     backend: &mut B,
     wishes: &Wishes,
     state: &mut State,
+    ssh: Option<&SshConnection>,
     nft_tables: &[(String, String)],
 ) -> Result<(), kernel::Error> {
     let mut asked: BTreeSet<(Family, String)> = BTreeSet::new();
     loop {
         let host = Host {
             state,
-            ssh: None,
+            ssh,
             nft_tables,
         };
         let mut more = Scope::none();
