@@ -264,106 +264,139 @@ impl Checks<'_> {
                     .and_then(|c| c.policy.clone())
             })
             .unwrap_or_else(|| "ACCEPT".into());
-        let verdict = |traffic: &Traffic| self.chains.verdict(&wish.chain, traffic, &policy);
-        let ssh = host.ssh.filter(|c| c.family() == self.family);
-        let mut warn = |kind, message: String| {
-            out.push(Warning {
-                chain: wish.label(),
-                kind,
-                message: format!("{message}; {REMEDY}"),
-            })
+        let chain = Chain {
+            name: &wish.chain,
+            policy: &policy,
+            chains: &self.chains,
+            wished: wished_drop(wish),
         };
-        let wished = wished_drop(wish);
-        match wish.chain.as_str() {
-            "INPUT" => {
-                if let Some(why) = &wished
-                    && let Verdict::Drop(cause) = verdict(&Traffic::established())
-                {
-                    warn(
-                        Kind::NoEstablished,
-                        format!(
-                            "{why}, and no rule (wished or already there) accepts \
-                             ESTABLISHED,RELATED traffic (e.g. `-m conntrack --ctstate \
-                             RELATED,ESTABLISHED -j ACCEPT`){by}: open sessions, including an \
-                             SSH session, and replies to this host's own connections will be \
-                             dropped",
-                            by = cause.besides(why)
-                        ),
-                    );
-                }
-                if let Some(conn) = ssh
-                    && let Verdict::Drop(cause) = verdict(&Traffic::ssh_login(conn))
-                {
-                    warn(
-                        Kind::SshPortClosed,
-                        format!(
-                            "no rule accepts new connections to tcp port {port}, the port of \
-                             the SSH session pyfw runs under (SSH_CONNECTION {conn}), and \
-                             {cause}: the next SSH login will fail (wish e.g. `-p tcp --dport \
-                             {port} -j ACCEPT` above any rule that drops it)",
-                            port = conn.server_port
-                        ),
-                    );
-                }
-            }
-            "OUTPUT" => {
-                let mut cut = false;
-                if let Some(why) = &wished
-                    && let Verdict::Drop(cause) = verdict(&Traffic::established())
-                {
-                    cut = true;
-                    warn(
-                        Kind::NoEstablished,
-                        format!(
-                            "{why}, and no rule (wished or already there) accepts \
-                             ESTABLISHED,RELATED traffic going out (e.g. `-m conntrack \
-                             --ctstate RELATED,ESTABLISHED -j ACCEPT`){by}: this host's \
-                             replies on connections to it, an SSH session's included, will be \
-                             dropped",
-                            by = cause.besides(why)
-                        ),
-                    );
-                }
-                if let Some(conn) = ssh.filter(|_| !cut)
-                    && let Verdict::Drop(cause) = verdict(&Traffic::ssh_replies(conn))
-                {
-                    warn(
-                        Kind::SshSessionCut,
-                        format!(
-                            "no rule accepts the packets this host sends on the SSH session \
-                             pyfw runs under (SSH_CONNECTION {conn}, tcp from port {port}), \
-                             and {cause}: the session will hang (wish e.g. `-m conntrack \
-                             --ctstate RELATED,ESTABLISHED -j ACCEPT`)",
-                            port = conn.server_port
-                        ),
-                    );
-                }
-            }
-            "FORWARD" => {
-                if let Some(why) = &wished
-                    && let Verdict::Drop(cause) = verdict(&Traffic::docker_forward())
-                {
-                    warn(
-                        Kind::DockerForward,
-                        format!(
-                            "{why}, and Docker runs here with its nftables firewall backend \
-                             (table `{family} {DOCKER_NFT_TABLE}`) while no rule accepts its \
-                             containers' traffic{by}: Docker's documentation says \
-                             that iptables' FORWARD then drops the packets Docker's nftables \
-                             rules accept, and published ports stop working (keep the policy \
-                             ACCEPT, or accept Docker's traffic above, e.g. `-o docker0 -j \
-                             ACCEPT` and `-i docker0 -j ACCEPT`)",
-                            by = cause.besides(why),
-                            family = match self.family {
-                                Family::V4 => "ip",
-                                Family::V6 => "ip6",
-                            }
-                        ),
-                    );
-                }
-            }
-            _ => {}
+        let ssh = host.ssh.filter(|c| c.family() == self.family);
+        let found = match wish.chain.as_str() {
+            "INPUT" => chain.input(ssh),
+            "OUTPUT" => chain.output(ssh),
+            "FORWARD" => chain.forward(self.family),
+            _ => Vec::new(),
+        };
+        out.extend(found.into_iter().map(|(kind, message)| Warning {
+            chain: wish.label(),
+            kind,
+            message: format!("{message}; {REMEDY}"),
+        }));
+    }
+}
+
+/// One checked built-in chain as the apply leaves it.
+struct Chain<'a> {
+    name: &'a str,
+    policy: &'a str,
+    chains: &'a Chains,
+    /// How the wishes make it drop, if they do.
+    wished: Option<WishedDrop<'a>>,
+}
+
+impl Chain<'_> {
+    /// What drops `traffic` for certain, if the chain does.
+    fn drops(&self, traffic: &Traffic) -> Option<Cause<'_>> {
+        match self.chains.verdict(self.name, traffic, self.policy) {
+            Verdict::Drop(cause) => Some(cause),
+            _ => None,
         }
+    }
+
+    /// Where the wishes make the chain drop, what drops ESTABLISHED
+    /// traffic, said after what the wishes do.
+    fn drops_established(&self) -> Option<(&WishedDrop<'_>, String)> {
+        let why = self.wished.as_ref()?;
+        let cause = self.drops(&Traffic::established())?;
+        Some((why, cause.besides(why)))
+    }
+
+    fn input(&self, ssh: Option<&SshConnection>) -> Vec<(Kind, String)> {
+        let mut found = Vec::new();
+        if let Some((why, by)) = self.drops_established() {
+            found.push((
+                Kind::NoEstablished,
+                format!(
+                    "{why}, and no rule (wished or already there) accepts ESTABLISHED,RELATED \
+                     traffic (e.g. `-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`){by}: \
+                     open sessions, including an SSH session, and replies to this host's own \
+                     connections will be dropped"
+                ),
+            ));
+        }
+        if let Some(conn) = ssh
+            && let Some(cause) = self.drops(&Traffic::ssh_login(conn))
+        {
+            found.push((
+                Kind::SshPortClosed,
+                format!(
+                    "no rule accepts new connections to tcp port {port}, the port of the SSH \
+                     session pyfw runs under (SSH_CONNECTION {conn}), and {cause}: the next SSH \
+                     login will fail (wish e.g. `-p tcp --dport {port} -j ACCEPT` above any rule \
+                     that drops it)",
+                    port = conn.server_port
+                ),
+            ));
+        }
+        found
+    }
+
+    /// ESTABLISHED traffic going out; else, the SSH session's packets (a
+    /// second warning would say the same).
+    fn output(&self, ssh: Option<&SshConnection>) -> Vec<(Kind, String)> {
+        if let Some((why, by)) = self.drops_established() {
+            return vec![(
+                Kind::NoEstablished,
+                format!(
+                    "{why}, and no rule (wished or already there) accepts ESTABLISHED,RELATED \
+                     traffic going out (e.g. `-m conntrack --ctstate RELATED,ESTABLISHED -j \
+                     ACCEPT`){by}: this host's replies on connections to it, an SSH session's \
+                     included, will be dropped"
+                ),
+            )];
+        }
+        let Some(conn) = ssh else {
+            return Vec::new();
+        };
+        let Some(cause) = self.drops(&Traffic::ssh_replies(conn)) else {
+            return Vec::new();
+        };
+        vec![(
+            Kind::SshSessionCut,
+            format!(
+                "no rule accepts the packets this host sends on the SSH session pyfw runs \
+                 under (SSH_CONNECTION {conn}, tcp from port {port}), and {cause}: the session \
+                 will hang (wish e.g. `-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`)",
+                port = conn.server_port
+            ),
+        )]
+    }
+
+    /// Checked only where the wishes make FORWARD drop and Docker's
+    /// nftables table is there (see [`families`]).
+    fn forward(&self, family: Family) -> Vec<(Kind, String)> {
+        let Some(why) = &self.wished else {
+            return Vec::new();
+        };
+        let Some(cause) = self.drops(&Traffic::docker_forward()) else {
+            return Vec::new();
+        };
+        let table = match family {
+            Family::V4 => "ip",
+            Family::V6 => "ip6",
+        };
+        vec![(
+            Kind::DockerForward,
+            format!(
+                "{why}, and Docker runs here with its nftables firewall backend (table `{table} \
+                 {DOCKER_NFT_TABLE}`) while no rule accepts its containers' traffic{by}: \
+                 Docker's documentation says that iptables' FORWARD then drops the packets \
+                 Docker's nftables rules accept, and published ports stop working (keep the \
+                 policy ACCEPT, or accept Docker's traffic above, e.g. `-o docker0 -j ACCEPT` \
+                 and `-i docker0 -j ACCEPT`)",
+                by = cause.besides(why)
+            ),
+        )]
     }
 }
 
