@@ -23,7 +23,7 @@
 //!   documentation says that iptables' FORWARD then drops the packets its
 //!   nftables rules accept, so published ports stop working.
 //!
-//! Each check follows one kind of traffic ([`Traffic`]) through the rules,
+//! Each check follows one kind of traffic (`Traffic`) through the rules,
 //! into the chains they jump to and back on RETURN, and counts a jump as
 //! accepting only where the rules reached accept that traffic. It judges
 //! the matches it understands (`-p`, `-s`, `-d`, `-i`, `-o`, `--sport`,
