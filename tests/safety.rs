@@ -20,6 +20,8 @@ on_both_backends!(
     pyfw_confirm_from_another_session_keeps_the_change,
     an_answer_on_stdin_confirms_or_reverts_at_once,
     the_daemon_waits_for_the_answer_and_does_not_reapply_a_revert,
+    on_a_crowded_host_the_lint_follows_the_hosts_chains,
+    forward_drop_warns_where_docker_runs_with_nftables,
 );
 
 /// The state a revert must restore exactly: `iptables-save` and
@@ -474,4 +476,133 @@ fn apply_warns_before_a_lockout() {
     ]);
     out.expect_ok("the spec's wishes");
     assert!(!out.stderr.contains("warning: filter/INPUT"), "{out}");
+}
+
+/// A recorded real dump from `tests/data/` (see the SOURCES.md beside it).
+fn real_data(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(path)
+}
+
+/// The issue's wishes: INPUT drops, and only tcp 443 is accepted.
+const ONLY_443: &str = "pyfw_wishes:\n  iptables:\n    filter:\n      INPUT:\n        \
+                        default_action: DROP\n        rules:\n        - web: -p tcp --dport 443 \
+                        -j ACCEPT\n";
+
+/// `pyfw ARGS` with an SSH session to port 22.
+fn pyfw_over_ssh(ns: &Netns, wishes: &Path, args: &[&str]) -> common::Out {
+    let mut argv = vec![
+        "env",
+        "SSH_CONNECTION=192.0.2.1 50000 192.0.2.10 22",
+        PYFW,
+        "--wishes",
+        path_str(wishes),
+    ];
+    argv.extend_from_slice(args);
+    ns.run(&argv)
+}
+
+fn warnings<'a>(out: &'a common::Out, chain: &str) -> Vec<&'a str> {
+    let prefix = format!("pyfw: warning: {chain}: ");
+    (out.stderr.lines())
+        .filter(|l| l.starts_with(&prefix))
+        .collect()
+}
+
+/// The issue's lock-out, on recorded real rulesets loaded into a namespace:
+/// a kubeadm node's INPUT jumps to four KUBE-* chains, a ufw host's to six
+/// ufw-* chains and more below them, none accepting port 22, so `plan` and
+/// `apply` warn (the apply still runs, as ever); where ufw's user rules
+/// accept 22 two chains down, there is no SSH warning.
+fn on_a_crowded_host_the_lint_follows_the_hosts_chains(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let wishes = dir.path().join("wishes.yaml");
+    std::fs::write(&wishes, ONLY_443).unwrap();
+    for (dump, ssh_warned) in [
+        ("real/kubeadm-node.save", true),
+        ("real/ufw-host.save", true),
+        ("real/ufw-host-user-rules.save", false),
+    ] {
+        let Some(ns) = Netns::new("lint_crowded", backend) else {
+            return;
+        };
+        let text = std::fs::read_to_string(real_data(dump)).unwrap();
+        ns.iptables_restore(&text);
+        let ssh_warning = |out: &common::Out| {
+            warnings(out, "filter/INPUT")
+                .iter()
+                .any(|w| w.contains("tcp port 22") && w.contains("--confirm"))
+        };
+        let out = pyfw_over_ssh(&ns, &wishes, &["plan"]);
+        out.expect_ok("plan");
+        assert_eq!(ssh_warning(&out), ssh_warned, "{dump}: {out}");
+        let out = pyfw_over_ssh(&ns, &wishes, &["apply"]);
+        out.expect_ok("a risky apply still applies");
+        assert_eq!(ssh_warning(&out), ssh_warned, "{dump}: {out}");
+        assert!(
+            ns.iptables_save().contains(":INPUT DROP"),
+            "{dump}: applied"
+        );
+        if dump == "real/ufw-host.save" {
+            assert!(
+                out.stderr.contains("`-A ufw-reject-input -j REJECT"),
+                "{dump}: the warning names the rule that drops: {out}"
+            );
+        }
+        // The host's chains were only read.
+        let save = ns.iptables_save();
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("-A ") && !l.starts_with("-A INPUT "))
+        {
+            assert!(
+                save.contains(line.trim_end()),
+                "{dump}: {line} is gone:\n{save}"
+            );
+        }
+    }
+}
+
+/// Docker's nftables backend (its `ip docker-bridges` table as Docker 29
+/// writes it, see tests/data/docker-nft/SOURCES.md): wishes that set
+/// FORWARD to DROP get a warning naming the table; without the table, or
+/// with FORWARD accepting Docker's bridge, none.
+fn forward_drop_warns_where_docker_runs_with_nftables(backend: Backend) {
+    let Some(ns) = Netns::new("lint_docker_nft", backend) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let drop = dir.path().join("drop.yaml");
+    std::fs::write(
+        &drop,
+        "pyfw_wishes:\n  iptables:\n    filter:\n      FORWARD:\n        default_action: DROP\n",
+    )
+    .unwrap();
+    let bridged = dir.path().join("bridged.yaml");
+    std::fs::write(
+        &bridged,
+        "pyfw_wishes:\n  iptables:\n    filter:\n      FORWARD:\n        default_action: DROP\n        \
+         rules:\n        - to_docker: -o docker0 -j ACCEPT\n        - from_docker: -i docker0 -j \
+         ACCEPT\n",
+    )
+    .unwrap();
+    let forward_warnings = |wishes: &Path| {
+        let out = pyfw_over_ssh(&ns, wishes, &["plan"]);
+        out.expect_ok("plan");
+        warnings(&out, "filter/FORWARD").len()
+    };
+    assert_eq!(forward_warnings(&drop), 0, "no Docker table yet");
+    let table = real_data("docker-nft/docker-bridges.nft");
+    ns.ok(&["nft", "-f", path_str(&table)], "load Docker's table");
+    let out = pyfw_over_ssh(&ns, &drop, &["apply"]);
+    out.expect_ok("the apply still runs");
+    let w = warnings(&out, "filter/FORWARD");
+    assert_eq!(w.len(), 1, "{out}");
+    assert!(
+        w[0].contains("ip docker-bridges") && w[0].contains("--confirm"),
+        "{out}"
+    );
+    assert!(ns.iptables_save().contains(":FORWARD DROP"));
+    assert_eq!(forward_warnings(&bridged), 0);
 }

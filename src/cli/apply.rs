@@ -8,8 +8,10 @@ use crate::cli::args::Cli;
 use crate::cli::print::{big_set_changes, print_changes};
 use crate::kernel::xtlock::Held;
 use crate::kernel::{Backend, Rules, Sets, System};
+use crate::plan::lint;
 use crate::reconcile::apply::{Cause, Event, Interrupt, signal_name};
 use crate::reconcile::{Applied, Owning, Reconciler};
+use crate::state::State;
 use crate::state::canon::Comparison;
 use crate::wishes::Wishes;
 
@@ -27,15 +29,12 @@ pub fn apply(
     xtables: Option<Held>,
 ) -> Result<ExitCode, String> {
     let mut out = Printer::new();
-    let planned = match reconciler.plan_after(&wishes, owning) {
+    let mut planned = match reconciler.plan_after(&wishes, owning) {
         Ok(planned) => planned,
         Err(e) => return failed(e, &wishes),
     };
     crate::cli::print_plan_warnings(&wishes, &planned.warnings);
-    let ssh = crate::plan::lint::SshConnection::from_env();
-    for w in crate::plan::lint::lint(&wishes, &planned.state, ssh.as_ref()) {
-        eprintln!("pyfw: warning: {w}");
-    }
+    warn_lockouts(reconciler, &wishes, &mut planned.state);
     let signals = HeldSignals::hold(reconciler.interrupt())
         .map_err(|e| format!("cannot hold signals during the apply: {e}"))?;
     let applied = reconciler.apply(planned, &mut |e| out.event(e));
@@ -83,6 +82,34 @@ pub fn apply(
     // 50 ms or more); the kernel takes the memory back at once.
     std::mem::forget((applied, wishes));
     Ok(code)
+}
+
+/// Prints the lock-out lint's warnings (see [`crate::plan::lint`]) for
+/// applying `wishes` over `state`, what the plan read. First reads into
+/// `state`, read-only, the chains the lint follows that the plan did not
+/// need, and, only when the wishes make a FORWARD chain drop, the nftables
+/// tables (Docker's nftables backend). A failed read is a warning too: the
+/// lint then gives the chains it lacks the benefit of the doubt.
+pub fn warn_lockouts(reconciler: &mut Reconciler<System>, wishes: &Wishes, state: &mut State) {
+    let nft_tables = match lint::needs_nft_tables(wishes) {
+        true => crate::kernel::nft::tables(&reconciler.backend().runner),
+        false => Vec::new(),
+    };
+    let ssh = lint::SshConnection::from_env();
+    if let Err(e) = reconciler.read_for_lint(wishes, state, ssh.as_ref(), &nft_tables) {
+        eprintln!(
+            "pyfw: warning: cannot read the chains the lock-out check follows ({e}); it gives \
+             them the benefit of the doubt"
+        );
+    }
+    let host = lint::Host {
+        state,
+        ssh: ssh.as_ref(),
+        nft_tables: &nft_tables,
+    };
+    for w in lint::lint(wishes, &host) {
+        eprintln!("pyfw: warning: {w}");
+    }
 }
 
 /// The exit status for a failed apply: 128 + the signal's number when a

@@ -10,18 +10,22 @@ use crate::reconcile::{Owning, Reconciler};
 use crate::state::canon::Comparison;
 use crate::wishes::Wishes;
 
-/// Plans against the kernel and prints the plan (`plan`) or the verdict
-/// (`check`).
+/// Plans against the kernel and prints the plan (`plan`, after the
+/// lock-out lint's warnings on stderr, as `apply` would print them) or the
+/// verdict (`check`).
 pub fn show(
     reconciler: &mut Reconciler<System>,
     wishes: &Wishes,
     owning: Option<Owning>,
     command: &Cmd,
 ) -> Result<ExitCode, String> {
-    let planned = reconciler
+    let mut planned = reconciler
         .plan_after(wishes, owning)
         .map_err(|e| e.to_string())?;
     crate::cli::print_plan_warnings(wishes, &planned.warnings);
+    if matches!(command, Cmd::Plan(_)) {
+        crate::cli::apply::warn_lockouts(reconciler, wishes, &mut planned.state);
+    }
     if plan_json(command) {
         let backend = reconciler.backend();
         let doc = PlanDoc::new(

@@ -18,7 +18,8 @@
 //!   cheap;
 //! - [`netns`], [`run_dir`], [`lock`], [`privilege`]: the namespace, the
 //!   root-only directory of pyfw's own locks, the locks,
-//!   and whether this process may act.
+//!   and whether this process may act;
+//! - [`nft`]: the host's nftables tables (`nft list tables`), for the lint.
 
 pub mod backend;
 pub mod fingerprint;
@@ -26,6 +27,7 @@ pub mod learn;
 pub mod legacy_cache;
 pub mod lock;
 pub mod netns;
+pub mod nft;
 pub mod privilege;
 pub mod process;
 pub mod read;

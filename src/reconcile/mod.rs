@@ -16,6 +16,7 @@ use std::collections::{BTreeSet, HashMap};
 pub mod apply;
 mod canonicalize;
 pub mod confirm;
+pub mod reach;
 pub mod rollback;
 pub mod scope;
 
@@ -253,6 +254,19 @@ impl<B: Backend> Reconciler<B> {
         }
         let extra = self.backend.read_state(more.clone()).map_err(Error::Read)?;
         Ok(merge(read, extra, &more))
+    }
+
+    /// Reads into `state` (what a plan read), read-only, the chains the
+    /// lock-out lint follows from the chains it checks and `state` lacks
+    /// (see [`reach::read_for_lint`]).
+    pub fn read_for_lint(
+        &mut self,
+        wishes: &Wishes,
+        state: &mut State,
+        ssh: Option<&plan::lint::SshConnection>,
+        nft_tables: &[(String, String)],
+    ) -> Result<(), Error> {
+        reach::read_for_lint(&mut self.backend, wishes, state, ssh, nft_tables).map_err(Error::Read)
     }
 
     /// Applies what [`Reconciler::plan`] found, all or nothing: on a
