@@ -48,213 +48,257 @@ pub mod sets;
 
 pub use command::{Command, Plan, PrintedAs, Program};
 
-/// Plans the commands that make `state` match `wishes`.
+/// Plans the commands that make `state` match `wishes`: sets, then chains
+/// and their rules, then sets whose type changes under their rules, then
+/// chains withdrawn, policies, sets withdrawn, and the record's changes.
 pub fn plan(wishes: &Wishes, state: &State) -> Plan {
-    let mut out = Plan::default();
-    let mut last = Vec::new();
-    let record = ownership::read(state);
-    let mut keep: BTreeSet<Owned> = BTreeSet::new();
-    let mut retargets = Vec::new();
-    // A list:set names other sets: those come first.
-    let mut sets: Vec<&IpsetWish> = wishes.ipsets.iter().collect();
-    sets.sort_by_key(|s| s.kind.name() == "list:set");
-    for set in sets {
-        if let SetChange::Retarget { tmp } = plan_ipset(
-            set,
-            state.ipsets.get(&set.name),
-            &mut out.commands,
-            &mut last,
-        ) {
-            retargets.push((set, tmp));
+    let mut p = Planner::new(wishes, state);
+    let retargets = p.sets();
+    let (chains, withdrawn) = p.chains_to_plan();
+    p.create_chains(&chains);
+    p.chain_rules(&chains, &withdrawn);
+    p.retargets(&retargets);
+    p.withdrawn_chains();
+    p.policies(&chains);
+    p.withdrawn_sets();
+    p.finish()
+}
+
+/// A chain's key: family, table, name.
+type ChainKey = (Family, String, String);
+
+/// The withdrawn rules of each chain, as the record names them (name,
+/// text hash).
+type Withdrawals = HashMap<ChainKey, Vec<(String, String)>>;
+
+/// One plan being made: what it read, what it has planned so far.
+struct Planner<'a> {
+    wishes: &'a Wishes,
+    state: &'a State,
+    /// pyfw's ownership record as read.
+    record: Vec<Owned>,
+    /// What pyfw owns once the plan has run.
+    keep: BTreeSet<Owned>,
+    out: Plan,
+    /// Commands that go after every other (sets destroyed once unused).
+    last: Vec<Command>,
+    /// Each planned chain's rules as the plan leaves them (every chain
+    /// whose withdrawn rules go is planned, so the chains not here lose no
+    /// rule).
+    planned: HashMap<ChainKey, Vec<Rule>>,
+}
+
+impl<'a> Planner<'a> {
+    fn new(wishes: &'a Wishes, state: &'a State) -> Planner<'a> {
+        Planner {
+            wishes,
+            state,
+            record: ownership::read(state),
+            keep: BTreeSet::new(),
+            out: Plan::default(),
+            last: Vec::new(),
+            planned: HashMap::new(),
         }
-        keep.insert(Owned::Set {
-            name: set.name.clone(),
-        });
     }
 
-    // Every chain the plan touches: the wished ones, and those holding a
-    // withdrawn rule pyfw owns. User chains come first so that a chain is
-    // filled before a jump to it lands; then names in order, so plans read
-    // the same every time.
-    let mut chains: Vec<ChainWish> = wishes.chains.clone();
-    let mut withdrawn: HashMap<(Family, String, String), Vec<(String, String)>> = HashMap::new();
-    // Looked up once per record entry: sets, so that a record of thousands
-    // of rules costs no scan of the wishes per entry.
-    let wished_chains: HashSet<(Family, &str, &str)> = wishes
-        .chains
-        .iter()
-        .map(|c| (c.family, c.table.as_str(), c.chain.as_str()))
-        .collect();
-    let with_rules: HashSet<(Family, &str, &str)> = wishes
-        .chains
-        .iter()
-        .filter(|c| c.rules.is_some())
-        .map(|c| (c.family, c.table.as_str(), c.chain.as_str()))
-        .collect();
-    let wished_rules: HashSet<(Family, &str, &str, &str)> = wishes
-        .chains
-        .iter()
-        .filter(|c| c.rules.is_some())
-        .flat_map(|c| {
-            c.rule_names()
-                .map(|n| (c.family, c.table.as_str(), c.chain.as_str(), n))
-        })
-        .collect();
-    let mut added: HashSet<(Family, String, String)> = HashSet::new();
-    for entry in &record {
-        let Owned::Rule {
-            family,
-            table,
-            chain,
-            name,
-            hash,
-        } = entry
-        else {
-            continue;
-        };
-        let key = (*family, table.as_str(), chain.as_str());
-        let wished = with_rules.contains(&key);
-        if wished && wished_rules.contains(&(*family, table, chain, name)) {
-            continue;
-        }
-        withdrawn
-            .entry((*family, table.clone(), chain.clone()))
-            .or_default()
-            .push((name.clone(), hash.clone()));
-        if !wished
-            && !wished_chains.contains(&key)
-            && added.insert((*family, table.clone(), chain.clone()))
-        {
-            // Not wished: only its withdrawn rules go; nothing else moves.
-            chains.push(ChainWish {
-                family: *family,
-                table: table.clone(),
-                chain: chain.clone(),
-                policy: None,
-                rules: Some(Vec::new()),
-                line: 0,
+    /// The wished sets (a list:set after the sets it names); returns the
+    /// sets whose type changes to one the kernel cannot swap with, and the
+    /// filled replacement each one's rules move to meanwhile.
+    fn sets(&mut self) -> Vec<(&'a IpsetWish, String)> {
+        let mut retargets = Vec::new();
+        let mut sets: Vec<&IpsetWish> = self.wishes.ipsets.iter().collect();
+        sets.sort_by_key(|s| s.kind.name() == "list:set");
+        for set in sets {
+            let have = self.state.ipsets.get(&set.name);
+            if let SetChange::Retarget { tmp } =
+                plan_ipset(set, have, &mut self.out.commands, &mut self.last)
+            {
+                retargets.push((set, tmp));
+            }
+            self.keep.insert(Owned::Set {
+                name: set.name.clone(),
             });
         }
+        retargets
     }
-    chains.sort_by_key(|c| {
-        let builtin = builtin_chains(&c.table).contains(&c.chain.as_str());
-        (c.family, c.table.clone(), builtin, c.chain.clone())
-    });
-    let is_wished =
-        |c: &ChainWish| wished_chains.contains(&(c.family, c.table.as_str(), c.chain.as_str()));
 
-    for wish in &chains {
-        let exists = state
-            .ruleset(wish.family)
-            .chain(&wish.table, &wish.chain)
-            .is_some();
-        let owned = Owned::Chain {
-            family: wish.family,
-            table: wish.table.clone(),
-            chain: wish.chain.clone(),
-        };
-        if !exists && is_wished(wish) {
-            out.commands.push(Command {
-                program: Program::Iptables(wish.family),
-                args: ipt_args(&wish.table, ["-N", wish.chain.as_str()]),
-                undo: Some(ipt_args(&wish.table, ["-X", wish.chain.as_str()])),
-                reason: format!("{}: chain missing", wish.label()),
-                target: wish.label(),
-                wish: None,
-            });
-            keep.insert(owned);
-        } else if record.contains(&owned) && is_wished(wish) {
-            keep.insert(owned);
-        }
-    }
-    // Each planned chain as the plan leaves it (every chain whose withdrawn
-    // rules go is planned, so the chains not here lose no rule).
-    let mut planned: HashMap<(Family, String, String), Vec<Rule>> = HashMap::new();
-    for wish in &chains {
-        for item in wish.rules.iter().flatten() {
-            if let RuleItem::Named(r) = item {
-                keep.insert(Owned::rule(
-                    wish.family,
-                    &wish.table,
-                    &wish.chain,
-                    &r.name,
-                    r.compare(),
-                ));
-                if let Some(printed) = &r.printed {
-                    out.printed.push(PrintedAs {
-                        family: wish.family,
-                        table: wish.table.clone(),
-                        installed: r.rule.clone(),
-                        printed: printed.clone(),
-                    });
-                }
+    /// Every chain the plan touches: the wished ones, and those holding a
+    /// withdrawn rule pyfw owns (planned with no rules of their own: only
+    /// the withdrawn rules go, nothing else moves). User chains come first
+    /// so that a chain is filled before a jump to it lands; then names in
+    /// order, so plans read the same every time.
+    fn chains_to_plan(&self) -> (Vec<ChainWish>, Withdrawals) {
+        let wishes = &self.wishes.chains;
+        let mut chains: Vec<ChainWish> = wishes.clone();
+        let mut withdrawn: Withdrawals = HashMap::new();
+        // Looked up once per record entry: sets, so that a record of
+        // thousands of rules costs no scan of the wishes per entry.
+        let key = |c: &'a ChainWish| (c.family, c.table.as_str(), c.chain.as_str());
+        let wished_chains: HashSet<(Family, &str, &str)> = wishes.iter().map(key).collect();
+        let with_rules: HashSet<(Family, &str, &str)> = wishes
+            .iter()
+            .filter(|c| c.rules.is_some())
+            .map(key)
+            .collect();
+        let wished_rules: HashSet<(Family, &str, &str, &str)> = wishes
+            .iter()
+            .filter(|c| c.rules.is_some())
+            .flat_map(|c| {
+                c.rule_names()
+                    .map(|n| (c.family, c.table.as_str(), c.chain.as_str(), n))
+            })
+            .collect();
+        let mut added: HashSet<ChainKey> = HashSet::new();
+        for entry in &self.record {
+            let Owned::Rule {
+                family,
+                table,
+                chain,
+                name,
+                hash,
+            } = entry
+            else {
+                continue;
+            };
+            let at = (*family, table.as_str(), chain.as_str());
+            let wished = with_rules.contains(&at);
+            if wished && wished_rules.contains(&(*family, table, chain, name)) {
+                continue;
+            }
+            let owner = (*family, table.clone(), chain.clone());
+            withdrawn
+                .entry(owner.clone())
+                .or_default()
+                .push((name.clone(), hash.clone()));
+            if !wished && !wished_chains.contains(&at) && added.insert(owner) {
+                chains.push(ChainWish {
+                    family: *family,
+                    table: table.clone(),
+                    chain: chain.clone(),
+                    policy: None,
+                    rules: Some(Vec::new()),
+                    line: 0,
+                });
             }
         }
-        let chain = state.ruleset(wish.family).chain(&wish.table, &wish.chain);
-        let current: &[Rule] = chain.as_deref().map_or(&[], |c| &c.rules);
-        let gone = withdrawn
-            .get(&(wish.family, wish.table.clone(), wish.chain.clone()))
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
-        if wish.rules.is_some() {
-            let (commands, result) = plan_chain(wish, current, gone);
-            out.commands.extend(commands);
-            planned.insert(
-                (wish.family, wish.table.clone(), wish.chain.clone()),
-                result,
-            );
+        chains.sort_by_key(|c| {
+            let builtin = builtin_chains(&c.table).contains(&c.chain.as_str());
+            (c.family, c.table.clone(), builtin, c.chain.clone())
+        });
+        (chains, withdrawn)
+    }
+
+    /// True for a chain the wishes name (not one planned only for its
+    /// withdrawn rules).
+    fn is_wished(&self, c: &ChainWish) -> bool {
+        self.wishes
+            .chains
+            .iter()
+            .any(|w| w.family == c.family && w.table == c.table && w.chain == c.chain)
+    }
+
+    /// `-N` for each wished chain that does not exist; pyfw owns it.
+    fn create_chains(&mut self, chains: &[ChainWish]) {
+        for wish in chains {
+            if !self.is_wished(wish) {
+                continue;
+            }
+            let exists = (self.state.ruleset(wish.family))
+                .chain(&wish.table, &wish.chain)
+                .is_some();
+            let owned = Owned::Chain {
+                family: wish.family,
+                table: wish.table.clone(),
+                chain: wish.chain.clone(),
+            };
+            if !exists {
+                self.out.commands.push(Command {
+                    program: Program::Iptables(wish.family),
+                    args: ipt_args(&wish.table, ["-N", wish.chain.as_str()]),
+                    undo: Some(ipt_args(&wish.table, ["-X", wish.chain.as_str()])),
+                    reason: format!("{}: chain missing", wish.label()),
+                    target: wish.label(),
+                    wish: None,
+                });
+                self.keep.insert(owned);
+            } else if self.record.contains(&owned) {
+                self.keep.insert(owned);
+            }
         }
     }
-    if !retargets.is_empty() {
+
+    /// Each chain's rules ([`plan_chain`]); what pyfw owns of them, and how
+    /// iptables prints the rules installed as written.
+    fn chain_rules(&mut self, chains: &[ChainWish], withdrawn: &Withdrawals) {
+        for wish in chains {
+            for item in wish.rules.iter().flatten() {
+                if let RuleItem::Named(r) = item {
+                    self.own_rule(wish, r);
+                }
+            }
+            let Some(_) = wish.rules else { continue };
+            let chain = self
+                .state
+                .ruleset(wish.family)
+                .chain(&wish.table, &wish.chain);
+            let current: &[Rule] = chain.as_deref().map_or(&[], |c| &c.rules);
+            let key = (wish.family, wish.table.clone(), wish.chain.clone());
+            let gone = withdrawn.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+            let (commands, result) = plan_chain(wish, current, gone);
+            self.out.commands.extend(commands);
+            self.planned.insert(key, result);
+        }
+    }
+
+    /// A wished rule: pyfw owns it (by its text as iptables prints it), and
+    /// the plan lists that printed form when it differs from what pyfw
+    /// installs.
+    fn own_rule(&mut self, wish: &ChainWish, r: &crate::wishes::NamedRule) {
+        self.keep.insert(Owned::rule(
+            wish.family,
+            &wish.table,
+            &wish.chain,
+            &r.name,
+            r.compare(),
+        ));
+        if let Some(printed) = &r.printed {
+            self.out.printed.push(PrintedAs {
+                family: wish.family,
+                table: wish.table.clone(),
+                installed: r.rule.clone(),
+                printed: printed.clone(),
+            });
+        }
+    }
+
+    /// Sets whose type changes to one the kernel will neither swap with
+    /// nor rename while in use: every rule moves to the filled replacement,
+    /// the set is rebuilt under a spare name and takes its own, and the
+    /// rules move back.
+    fn retargets(&mut self, retargets: &[(&IpsetWish, String)]) {
+        if retargets.is_empty() {
+            return;
+        }
         // Every chain as the plan leaves it so far.
-        let mut chains_now: BTreeMap<(Family, String, String), Vec<Rule>> = BTreeMap::new();
+        let mut chains_now: BTreeMap<ChainKey, Vec<Rule>> = BTreeMap::new();
         for family in [Family::V4, Family::V6] {
-            for (table, t) in &state.ruleset(family).tables {
+            for (table, t) in &self.state.ruleset(family).tables {
                 for (chain, c) in &t.chains {
                     chains_now.insert((family, table.clone(), chain.clone()), c.rules.clone());
                 }
             }
         }
-        chains_now.extend(planned.clone());
-        for (wish, tmp) in &retargets {
+        chains_now.extend(self.planned.clone());
+        for (wish, tmp) in retargets {
             let name = wish.name.as_str();
-            // The kernel will neither swap sets of unlike types nor rename a
-            // set in use: move every rule to the filled replacement, rebuild
-            // the set under its own name, and move the rules back.
-            out.commands.extend(retarget(&mut chains_now, name, tmp));
-            // Build the final set under a spare name, so that the name
-            // `name` is without a full set only between two commands.
-            let fresh = spare_name("_pyfw_new_", name);
-            // The members the replacement was filled with: the wished
-            // ones, or (when the wish leaves membership alone) the set's.
-            let have = state.ipsets.get(name).map_or(&[][..], |h| &h.members);
-            let keep = wish.members.as_deref().unwrap_or(have);
-            let sized = hash_size(wish, keep.len());
-            let create = create_args(&fresh, wish, &sized);
-            out.commands.push(ipset_cmd(
-                name,
-                &create,
-                Some(&["destroy", &fresh]),
-                format!("ipset {name}: rebuild as {}", wish.kind.name()),
-            ));
-            let rebuild = MemberCmds::new(&fresh, &fresh, "rebuild");
-            for m in keep {
-                out.commands.push(rebuild.add(m));
-            }
-            out.commands.push(ipset_cmd(
-                name,
-                &["destroy", name],
-                None,
-                format!("ipset {name}: drop the old set; every rule uses the replacement"),
-            ));
-            out.commands.push(ipset_cmd(
-                name,
-                &["rename", &fresh, name],
-                Some(&["rename", name, &fresh]),
-                format!("ipset {name}: the rebuilt set takes the name"),
-            ));
-            out.commands.extend(retarget(&mut chains_now, tmp, name));
-            out.commands.push(ipset_cmd(
+            self.out
+                .commands
+                .extend(retarget(&mut chains_now, name, tmp));
+            self.rebuild(wish);
+            self.out
+                .commands
+                .extend(retarget(&mut chains_now, tmp, name));
+            self.out.commands.push(ipset_cmd(
                 name,
                 &["destroy", tmp],
                 None,
@@ -263,94 +307,143 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
         }
     }
 
-    // Chains pyfw created and no longer wishes, once empty and unreferenced.
-    let mut jumps = None;
-    for entry in &record {
-        let Owned::Chain {
-            family,
-            table,
-            chain,
-        } = entry
-        else {
-            continue;
-        };
-        if keep.contains(entry) {
-            continue;
-        }
-        let ruleset = state.ruleset(*family);
-        let Some(current) = ruleset.tables.get(table).and_then(|t| t.chain(chain)) else {
-            continue; // Gone already: forget it.
-        };
-        // What the plan leaves in it: a planned chain's final rules (its
-        // leftover temporary copies gone too), else the rules as read.
-        let left = match planned.get(&(*family, table.clone(), chain.clone())) {
-            Some(rules) => rules.len(),
-            None => current.rules.len(),
-        };
-        // Referenced as the plan leaves things: a planned chain by its
-        // final rules (a wished rule may jump here), any other as read.
-        let jumps = jumps.get_or_insert_with(|| jump_targets(state, &planned));
-        let referenced = jumps.contains(&(*family, table.as_str(), chain.as_str()));
-        if left > 0 || referenced {
-            keep.insert(entry.clone());
-            continue;
-        }
-        let label = crate::wishes::chain_label(*family, table, chain);
-        out.commands.push(Command {
-            program: Program::Iptables(*family),
-            args: ipt_args(table, ["-X", chain.as_str()]),
-            undo: Some(ipt_args(table, ["-N", chain.as_str()])),
-            reason: format!("{label}: withdrawn from the wishes; pyfw created it, and it is empty and unreferenced"),
-            target: label,
-            wish: None,
-        });
+    /// Rebuilds a retargeted set under a spare name, so that its own name
+    /// is without a full set only between two commands, and gives it the
+    /// name: filled with the wished members, or (when the wish leaves
+    /// membership alone) the set's own.
+    fn rebuild(&mut self, wish: &IpsetWish) {
+        let name = wish.name.as_str();
+        let fresh = spare_name("_pyfw_new_", name);
+        let have = self.state.ipsets.get(name).map_or(&[][..], |h| &h.members);
+        let members = wish.members.as_deref().unwrap_or(have);
+        let sized = hash_size(wish, members.len());
+        let create = create_args(&fresh, wish, &sized);
+        let commands = &mut self.out.commands;
+        commands.push(ipset_cmd(
+            name,
+            &create,
+            Some(&["destroy", &fresh]),
+            format!("ipset {name}: rebuild as {}", wish.kind.name()),
+        ));
+        let rebuild = MemberCmds::new(&fresh, &fresh, "rebuild");
+        commands.extend(members.iter().map(|m| rebuild.add(m)));
+        commands.push(ipset_cmd(
+            name,
+            &["destroy", name],
+            None,
+            format!("ipset {name}: drop the old set; every rule uses the replacement"),
+        ));
+        commands.push(ipset_cmd(
+            name,
+            &["rename", &fresh, name],
+            Some(&["rename", name, &fresh]),
+            format!("ipset {name}: the rebuilt set takes the name"),
+        ));
     }
 
-    // Policies last, so that a DROP policy never lands before its allow rules.
-    for wish in &chains {
-        let Some(policy) = &wish.policy else { continue };
-        let current = state
-            .ruleset(wish.family)
-            .chain(&wish.table, &wish.chain)
-            .and_then(|c| c.policy.clone())
-            .unwrap_or_else(|| "ACCEPT".to_string());
-        if &current != policy {
-            out.commands.push(Command {
-                program: Program::Iptables(wish.family),
-                args: ipt_args(&wish.table, ["-P", &wish.chain, policy]),
-                undo: Some(ipt_args(&wish.table, ["-P", &wish.chain, &current])),
-                reason: format!("{}: policy is {current}, wished {policy}", wish.label()),
-                target: wish.label(),
+    /// Chains pyfw created and no longer wishes, once empty and
+    /// unreferenced as the plan leaves things.
+    fn withdrawn_chains(&mut self) {
+        let mut jumps = None;
+        for entry in self.record.clone() {
+            let Owned::Chain {
+                family,
+                table,
+                chain,
+            } = &entry
+            else {
+                continue;
+            };
+            if self.keep.contains(&entry) {
+                continue;
+            }
+            let ruleset = self.state.ruleset(*family);
+            let Some(current) = ruleset.tables.get(table).and_then(|t| t.chain(chain)) else {
+                continue; // Gone already: forget it.
+            };
+            // What the plan leaves in it: a planned chain's final rules (its
+            // leftover temporary copies gone too), else the rules as read.
+            let key = (*family, table.clone(), chain.clone());
+            let left = self.planned.get(&key).map_or(current.rules.len(), Vec::len);
+            // Referenced as the plan leaves things: a planned chain by its
+            // final rules (a wished rule may jump here), any other as read.
+            let jumps = jumps.get_or_insert_with(|| jump_targets(self.state, &self.planned));
+            let referenced = jumps.contains(&(*family, table.as_str(), chain.as_str()));
+            if left > 0 || referenced {
+                self.keep.insert(entry.clone());
+                continue;
+            }
+            let label = crate::wishes::chain_label(*family, table, chain);
+            self.out.commands.push(Command {
+                program: Program::Iptables(*family),
+                args: ipt_args(table, ["-X", chain.as_str()]),
+                undo: Some(ipt_args(table, ["-N", chain.as_str()])),
+                reason: format!(
+                    "{label}: withdrawn from the wishes; pyfw created it, and it is empty and \
+                     unreferenced"
+                ),
+                target: label,
                 wish: None,
             });
         }
     }
 
-    // Sets pyfw managed and no longer wishes, once no rule names them.
-    let mut used_sets = None;
-    for entry in &record {
-        let Owned::Set { name } = entry else { continue };
-        if keep.contains(entry) || !state.ipsets.contains_key(name) {
-            continue;
+    /// Policies last, so that a DROP policy never lands before its allow
+    /// rules.
+    fn policies(&mut self, chains: &[ChainWish]) {
+        for wish in chains {
+            let Some(policy) = &wish.policy else { continue };
+            let current = (self.state.ruleset(wish.family))
+                .chain(&wish.table, &wish.chain)
+                .and_then(|c| c.policy.clone())
+                .unwrap_or_else(|| "ACCEPT".to_string());
+            if &current != policy {
+                self.out.commands.push(Command {
+                    program: Program::Iptables(wish.family),
+                    args: ipt_args(&wish.table, ["-P", &wish.chain, policy]),
+                    undo: Some(ipt_args(&wish.table, ["-P", &wish.chain, &current])),
+                    reason: format!("{}: policy is {current}, wished {policy}", wish.label()),
+                    target: wish.label(),
+                    wish: None,
+                });
+            }
         }
-        let used = used_sets
-            .get_or_insert_with(|| sets_in_use(wishes, state, &planned))
-            .contains(name.as_str());
-        if used {
-            keep.insert(entry.clone());
-            continue;
-        }
-        last.push(ipset_cmd(
-            name,
-            &["destroy", name],
-            None,
-            format!("ipset {name}: withdrawn from the wishes, and no rule uses it"),
-        ));
     }
-    out.commands.append(&mut last);
-    group_tables(&mut out.commands);
-    out.record = record_changes(&record, &keep, state);
-    out
+
+    /// Sets pyfw managed and no longer wishes, once no rule names them.
+    fn withdrawn_sets(&mut self) {
+        let mut used_sets = None;
+        for entry in self.record.clone() {
+            let Owned::Set { name } = &entry else {
+                continue;
+            };
+            if self.keep.contains(&entry) || !self.state.ipsets.contains_key(name) {
+                continue;
+            }
+            let used = used_sets
+                .get_or_insert_with(|| sets_in_use(self.wishes, self.state, &self.planned))
+                .contains(name.as_str());
+            if used {
+                self.keep.insert(entry.clone());
+                continue;
+            }
+            self.last.push(ipset_cmd(
+                name,
+                &["destroy", name],
+                None,
+                format!("ipset {name}: withdrawn from the wishes, and no rule uses it"),
+            ));
+        }
+    }
+
+    /// The plan: the commands that go last appended, each table's
+    /// commands brought together, and the record's changes.
+    fn finish(mut self) -> Plan {
+        self.out.commands.append(&mut self.last);
+        group_tables(&mut self.out.commands);
+        self.out.record = record_changes(&self.record, &self.keep, self.state);
+        self.out
+    }
 }
 
 /// Every chain some rule of another chain jumps or goes to, by family and
