@@ -10,7 +10,7 @@ use crate::plan::command::{Command, Program, ipt_args};
 use crate::state::Family;
 use crate::state::ownership;
 use crate::state::rule::Rule;
-use crate::wishes::{ChainWish, RuleItem};
+use crate::wishes::{ChainWish, MatchRule, NamedRule, RuleItem};
 
 /// Set elements, hashed a word at a time: a 100,000-member set is hashed
 /// twice per plan.
@@ -86,13 +86,15 @@ struct Target<'a> {
     pub(crate) replaces: Option<usize>,
 }
 
-/// Plans the rule commands for one chain.
+/// Plans the rule commands for one chain: the order the wishes want
+/// ([`desired_order`]), then the moves, inserts and replacements that get
+/// there without a gap ([`emit_moves`]), then what is left over (duplicates
+/// of wished rules, withdrawn ones) removed.
 pub(crate) fn plan_chain(
     wish: &ChainWish,
     current: &[Rule],
     withdrawn: &[(String, String)],
 ) -> (Vec<Command>, Vec<Rule>) {
-    let label = wish.label();
     let mut sim = ChainSim::new(wish.family, &wish.table, &wish.chain, current);
     // From here on the chain holds no temporary copies; where there were
     // some, number it afresh (else it is numbered as read already).
@@ -107,172 +109,241 @@ pub(crate) fn plan_chain(
     sim.next_id = current.len();
     let wished_names: TextSet = wish.rule_names().collect();
     let gone = Withdrawn::new(withdrawn);
+    let order = desired_order(wish, &current, &wished_names, &gone);
+    let kept = emit_moves(&mut sim, &order, &wish.label(), current.len());
+    remove_leftovers(&mut sim, &kept, &wished_names, &gone, &wish.label());
+    let result = sim.slots.into_iter().map(|s| s.rule).collect();
+    (sim.out, result)
+}
+
+/// The chain as the wishes want it: the wished rules in order, each
+/// `~match` group where it stands, then every other rule in its current
+/// order (from `fixed` on: those stay where they are).
+struct Order<'a> {
+    targets: Vec<Target<'a>>,
+    fixed: usize,
+}
+
+/// Which rule of the chain is which: a wished rule's current copies by
+/// name, the rules no wish names (withdrawn ones left out: they go).
+fn desired_order<'a>(
+    wish: &'a ChainWish,
+    current: &'a [Rule],
+    wished_names: &TextSet,
+    gone: &Withdrawn,
+) -> Order<'a> {
     let mut by_name: HashMap<&str, Vec<usize>, crate::state::rule::TextHash> = HashMap::default();
     let mut foreign: Vec<usize> = Vec::new();
     for (i, r) in current.iter().enumerate() {
         match r.comment() {
             Some(c) if wished_names.contains(c) => by_name.entry(c).or_default().push(i),
-            _ if gone.holds(r, &wished_names) => {}
+            _ if gone.holds(r, wished_names) => {}
             _ => foreign.push(i),
         }
     }
-
-    // The desired order.
     let mut taken = vec![false; current.len()];
     let mut targets: Vec<Target> = Vec::with_capacity(current.len() + wished_names.len());
-    // One buffer for the text each `~match` reads, so matching a long
-    // chain allocates nothing per rule.
-    let mut shown = String::new();
     for item in wish.rules.iter().flatten() {
         match item {
             RuleItem::Named(named) => {
                 let found = by_name
                     .get(named.name.as_str())
-                    .map(Vec::as_slice)
-                    .unwrap_or(&[]);
-                let exact = found
-                    .iter()
-                    .copied()
-                    .find(|&i| current[i] == *named.compare());
-                let (source, replaces) = match exact {
-                    Some(i) => (Some(i), None),
-                    None => (None, found.first().copied()),
-                };
-                targets.push(Target {
-                    rule: named.compare(),
-                    install: &named.rule,
-                    source,
-                    name: Some(named.name.as_str()),
-                    replaces,
-                });
+                    .map_or(&[][..], Vec::as_slice);
+                targets.push(wished_target(named, found, current));
             }
-            RuleItem::Match(m) => {
-                for &i in &foreign {
-                    // A rule kept as text is never moved: pyfw could not
-                    // hand it back to iptables as it was.
-                    if taken[i] || current[i].is_opaque() {
-                        continue;
-                    }
-                    shown.clear();
-                    current[i].display_into(&mut shown);
-                    if m.regex.is_match(&shown) {
-                        taken[i] = true;
-                        targets.push(Target {
-                            rule: &current[i],
-                            install: &current[i],
-                            source: Some(i),
-                            name: None,
-                            replaces: None,
-                        });
-                    }
-                }
-            }
+            RuleItem::Match(m) => take_matched(m, &foreign, current, &mut taken, &mut targets),
         }
     }
     let fixed = targets.len();
-    for &i in &foreign {
-        if !taken[i] {
-            targets.push(Target {
-                rule: &current[i],
-                install: &current[i],
-                source: Some(i),
-                name: None,
-                replaces: None,
-            });
+    let rest = foreign.iter().filter(|&&i| !taken[i]);
+    targets.extend(rest.map(|&i| Target::foreign(&current[i], i)));
+    Order { targets, fixed }
+}
+
+/// A wished rule's place: its current copy of the same text (`found` are
+/// the current rules with its name), else a new one replacing the first.
+fn wished_target<'a>(named: &'a NamedRule, found: &[usize], current: &[Rule]) -> Target<'a> {
+    let exact = found
+        .iter()
+        .copied()
+        .find(|&i| current[i] == *named.compare());
+    let (source, replaces) = match exact {
+        Some(i) => (Some(i), None),
+        None => (None, found.first().copied()),
+    };
+    Target {
+        rule: named.compare(),
+        install: &named.rule,
+        source,
+        name: Some(named.name.as_str()),
+        replaces,
+    }
+}
+
+/// The rules no wish names and no earlier `~match` took whose text
+/// matches `m`, in their order. A rule kept as text is never moved: pyfw
+/// could not hand it back to iptables as it was.
+fn take_matched<'a>(
+    m: &MatchRule,
+    foreign: &[usize],
+    current: &'a [Rule],
+    taken: &mut [bool],
+    targets: &mut Vec<Target<'a>>,
+) {
+    // One buffer for the text each `~match` reads, so matching a long
+    // chain allocates nothing per rule.
+    let mut shown = String::new();
+    for &i in foreign {
+        if taken[i] || current[i].is_opaque() {
+            continue;
+        }
+        shown.clear();
+        current[i].display_into(&mut shown);
+        if m.regex.is_match(&shown) {
+            taken[i] = true;
+            targets.push(Target::foreign(&current[i], i));
         }
     }
+}
 
-    let stable = stays(&targets.iter().map(|t| t.source).collect::<Vec<_>>(), fixed);
-    // Flags by slot id: every id that is not below `current.len()` is a
-    // rule this plan inserts, which is in none of these.
-    let mut in_target = vec![false; current.len()];
-    let mut replaced = vec![false; current.len()];
-    for t in &targets {
+impl<'a> Target<'a> {
+    /// A rule as it is, at its place in the chain.
+    fn foreign(rule: &'a Rule, at: usize) -> Target<'a> {
+        Target {
+            rule,
+            install: rule,
+            source: Some(at),
+            name: None,
+            replaces: None,
+        }
+    }
+}
+
+/// What of the chain as read the order keeps, by slot id: a target's
+/// source, or a rule a wished one replaces.
+struct Kept {
+    in_target: Vec<bool>,
+    replaced: Vec<bool>,
+}
+
+/// Runs the chain into the order: rules already in order stay, others
+/// move up (the temp-rule trick: never missing) or go in, replacing an old
+/// text after the new one is in.
+fn emit_moves(sim: &mut ChainSim, order: &Order, label: &str, read: usize) -> Kept {
+    let targets = &order.targets;
+    let stable = stays(
+        &targets.iter().map(|t| t.source).collect::<Vec<_>>(),
+        order.fixed,
+    );
+    // Flags by slot id: every id that is not below `read` is a rule this
+    // plan inserts, which is in none of these.
+    let mut kept = Kept {
+        in_target: vec![false; read],
+        replaced: vec![false; read],
+    };
+    for t in targets {
         if let Some(src) = t.source {
-            in_target[src] = true;
+            kept.in_target[src] = true;
         }
         if let Some(old) = t.replaces {
-            replaced[old] = true;
+            kept.replaced[old] = true;
         }
     }
     let flag = |flags: &[bool], id: usize| flags.get(id).copied().unwrap_or(false);
     let mut placed: Vec<usize> = Vec::with_capacity(targets.len());
     // Slots that will still move or go: they may sit anywhere meanwhile.
-    let mut pending: Vec<bool> = in_target.iter().map(|t| !t).collect();
+    let mut pending: Vec<bool> = kept.in_target.iter().map(|t| !t).collect();
     for (p, t) in targets.iter().enumerate() {
         if let Some(src) = t.source.filter(|_| !stable[p]) {
             pending[src] = true;
         }
     }
-
     for (p, t) in targets.iter().enumerate() {
         if let Some(src) = t.source.filter(|_| stable[p]) {
             // Already in order: no lookup, so a long chain costs O(n).
             placed.push(src);
             continue;
         }
-        let pred = placed.last().copied();
-        let at = pred.map_or(0, |id| sim.pos(id) + 1);
+        let at = placed.last().map_or(0, |&id| sim.pos(id) + 1);
         let what = t
             .name
             .map_or_else(|| "a rule matched by ~match".to_string(), String::from);
-        match t.source {
-            Some(src) => {
-                pending[src] = false;
-                let now = sim.pos(src);
-                let in_place = now >= at && sim.slots.range(at..now).all(|s| flag(&pending, s.id));
-                if !in_place {
-                    let reason = format!(
-                        "{label}: {what} is at position {}, wished {}",
-                        now + 1,
-                        at + 1
-                    );
-                    let install = (t.install != t.rule).then(|| t.install.clone());
-                    sim.move_rule(src, at, install, t.name, &reason);
-                }
-                placed.push(src);
-            }
-            None => {
-                let reason = match t.replaces {
-                    Some(old) => format!(
-                        "{label}: {what} differs: is `{}`, wished `{}`",
-                        sim.rule(old),
-                        t.rule
-                    ),
-                    None => format!("{label}: {what} missing"),
-                };
-                let id = sim.insert(at, t.install.clone(), t.name, &reason);
-                if let Some(old) = t.replaces {
-                    sim.delete(
-                        old,
-                        t.name,
-                        &format!("{label}: {what}: remove the old text"),
-                    );
-                    pending[old] = false;
-                }
-                placed.push(id);
-            }
+        let Some(src) = t.source else {
+            placed.push(insert_new(sim, t, at, label, &what, &mut pending));
+            continue;
+        };
+        pending[src] = false;
+        let now = sim.pos(src);
+        let in_place = now >= at && sim.slots.range(at..now).all(|s| flag(&pending, s.id));
+        if !in_place {
+            let reason = format!(
+                "{label}: {what} is at position {}, wished {}",
+                now + 1,
+                at + 1
+            );
+            let install = (t.install != t.rule).then(|| t.install.clone());
+            sim.move_rule(src, at, install, t.name, &reason);
         }
+        placed.push(src);
     }
-    // What is left over: duplicates of wished rules, and withdrawn ones.
+    kept
+}
+
+/// A wished rule that is missing, or replaces an old text of its name:
+/// the new one goes in first, then the old one goes. Its slot id.
+fn insert_new(
+    sim: &mut ChainSim,
+    t: &Target,
+    at: usize,
+    label: &str,
+    what: &str,
+    pending: &mut [bool],
+) -> usize {
+    let reason = match t.replaces {
+        Some(old) => format!(
+            "{label}: {what} differs: is `{}`, wished `{}`",
+            sim.rule(old),
+            t.rule
+        ),
+        None => format!("{label}: {what} missing"),
+    };
+    let id = sim.insert(at, t.install.clone(), t.name, &reason);
+    if let Some(old) = t.replaces {
+        sim.delete(
+            old,
+            t.name,
+            &format!("{label}: {what}: remove the old text"),
+        );
+        pending[old] = false;
+    }
+    id
+}
+
+/// What is left over: duplicates of wished rules, and withdrawn ones.
+fn remove_leftovers(
+    sim: &mut ChainSim,
+    kept: &Kept,
+    wished_names: &TextSet,
+    gone: &Withdrawn,
+    label: &str,
+) {
+    let read = kept.in_target.len();
     let leftovers: Vec<usize> = sim
         .slots
         .iter()
         .map(|s| s.id)
-        .filter(|&id| id < current.len() && !in_target[id] && !replaced[id])
+        .filter(|&id| id < read && !kept.in_target[id] && !kept.replaced[id])
         .collect();
     for id in leftovers {
         let rule = sim.rule(id).clone();
         let name = rule.comment().unwrap_or("");
-        let reason = if gone.holds(&rule, &wished_names) {
+        let reason = if gone.holds(&rule, wished_names) {
             format!("{label}: {name} was withdrawn from the wishes; pyfw put it there")
         } else {
             format!("{label}: duplicate of wished rule {name}")
         };
         sim.delete(id, rule.comment(), &reason);
     }
-    let result = sim.slots.into_iter().map(|s| s.rule).collect();
-    (sim.out, result)
 }
 
 /// For each target, whether it stays where it is. The targets from `fixed`
