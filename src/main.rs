@@ -5,5 +5,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    pyfw::cli::main(pyfw::cli::args::Cli::parse())
+    match pyfw::cli::main(pyfw::cli::args::Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{}{e}", e.prefix());
+            e.exit_code()
+        }
+    }
 }

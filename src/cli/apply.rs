@@ -4,6 +4,7 @@
 use std::io::Write as _;
 use std::process::ExitCode;
 
+use crate::cli::Error;
 use crate::cli::args::Cli;
 use crate::cli::print::{big_set_changes, print_changes};
 use crate::kernel::xtlock::Held;
@@ -27,7 +28,7 @@ pub fn apply(
     wishes: Wishes,
     owning: Option<Owning>,
     xtables: Option<Held>,
-) -> Result<ExitCode, String> {
+) -> Result<ExitCode, Error> {
     let mut out = Printer::new();
     let mut planned = match reconciler.plan_after(&wishes, owning) {
         Ok(planned) => planned,
@@ -35,8 +36,7 @@ pub fn apply(
     };
     crate::cli::print_plan_warnings(&wishes, &planned.warnings);
     warn_lockouts(reconciler, &wishes, &mut planned.state);
-    let signals = HeldSignals::hold(reconciler.interrupt())
-        .map_err(|e| format!("cannot hold signals during the apply: {e}"))?;
+    let signals = HeldSignals::hold(reconciler.interrupt()).map_err(Error::Signals)?;
     let applied = reconciler.apply(planned, &mut |e| out.event(e));
     out.flush();
     let interrupted = signals.release();
@@ -53,12 +53,14 @@ pub fn apply(
         return Ok(ExitCode::SUCCESS);
     }
     if let (Some(signo), None) = (interrupted, cli.confirm) {
-        eprintln!(
-            "pyfw: interrupted by {} after the apply committed: netfilter matches {}",
-            signal_name(signo),
-            wishes.path.display()
-        );
-        return Ok(signal_exit(signo));
+        return Err(Error::Interrupted {
+            signo,
+            message: format!(
+                "interrupted by {} after the apply committed: netfilter matches {}",
+                signal_name(signo),
+                wishes.path.display()
+            ),
+        });
     }
     show_changes(reconciler, &applied, xtables, &mut out);
     let code = match cli.confirm {
@@ -112,39 +114,33 @@ pub fn warn_lockouts(reconciler: &mut Reconciler<System>, wishes: &Wishes, state
     }
 }
 
-/// The exit status for a failed apply: 128 + the signal's number when a
-/// signal stopped it, else the error for `pyfw: error:`, saying what
-/// netfilter holds.
-fn failed(e: crate::reconcile::Error, wishes: &Wishes) -> Result<ExitCode, String> {
-    if let crate::reconcile::Error::Apply(a) = &e
-        && let Cause::Interrupted(signo) = a.cause
-    {
-        eprintln!("pyfw: {e}");
-        return Ok(signal_exit(signo));
-    }
-    match e {
+/// A failed apply as the CLI reports it: interrupted (exit 128 + the
+/// signal's number), refused at a wish (with its file and line), or failed
+/// otherwise, each saying what netfilter holds.
+fn failed(e: crate::reconcile::Error, wishes: &Wishes) -> Result<ExitCode, Error> {
+    let crate::reconcile::Error::Apply(a) = &e else {
         // Before the first write: nothing can have changed.
-        crate::reconcile::Error::Read(_) | crate::reconcile::Error::Rejected { .. } => {
-            Err(format!("{e}; nothing was changed"))
-        }
-        // A command the kernel refused is the wish's: its file and line.
-        crate::reconcile::Error::Apply(ref a) => match a.refused() {
-            Some(refused) => {
-                let at = wishes.locate(&refused.label());
-                let rest = e.to_string();
-                let rest = rest
-                    .strip_prefix(&format!("{}: ", refused.label()))
-                    .unwrap_or(&rest);
-                Err(format!("{at}: {rest}"))
-            }
-            None => Err(e.to_string()),
-        },
+        return Err(Error::Unchanged(e));
+    };
+    if let Cause::Interrupted(signo) = a.cause {
+        return Err(Error::Interrupted {
+            signo,
+            message: e.to_string(),
+        });
     }
-}
-
-/// The conventional status of a process stopped by signal `signo`.
-fn signal_exit(signo: i32) -> ExitCode {
-    ExitCode::from(u8::try_from(128 + signo).unwrap_or(1))
+    // A command the kernel refused is the wish's: its file and line.
+    let Some(refused) = a.refused() else {
+        return Err(e.into());
+    };
+    let label = refused.label();
+    let message = e.to_string();
+    let message = message
+        .strip_prefix(&format!("{label}: "))
+        .unwrap_or(&message);
+    Err(Error::Apply {
+        at: Some(wishes.locate(&label)),
+        message: message.to_string(),
+    })
 }
 
 /// SIGINT, SIGTERM and SIGHUP, caught into an [`Interrupt`] instead of

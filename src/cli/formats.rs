@@ -46,7 +46,7 @@ pub enum PlanFormat {
 }
 
 /// Renders the state in `format`, ending with a newline.
-pub fn render_state(state: &State, format: StateFormat) -> Result<String, String> {
+pub fn render_state(state: &State, format: StateFormat) -> Result<String, crate::cli::Error> {
     match format {
         StateFormat::IptablesSave => Ok(state.to_string()),
         StateFormat::Json => to_json(&StateDoc(state)),
@@ -57,7 +57,10 @@ pub fn render_state(state: &State, format: StateFormat) -> Result<String, String
                 }
                 s
             })
-            .map_err(|e| format!("cannot write YAML: {e}")),
+            .map_err(|e| crate::cli::Error::Format {
+                format: "YAML",
+                reason: e.to_string(),
+            }),
     }
 }
 
@@ -68,10 +71,13 @@ fn yaml_options() -> serde_saphyr::SerializerOptions {
     options
 }
 
-fn to_json(value: &impl Serialize) -> Result<String, String> {
+fn to_json(value: &impl Serialize) -> Result<String, crate::cli::Error> {
     serde_json::to_string_pretty(value)
         .map(|s| s + "\n")
-        .map_err(|e| format!("cannot write JSON: {e}"))
+        .map_err(|e| crate::cli::Error::Format {
+            format: "JSON",
+            reason: e.to_string(),
+        })
 }
 
 /// The state document: `{format, version, iptables, ip6tables, ipsets}`.
@@ -229,7 +235,7 @@ impl<'a> PlanDoc<'a> {
     }
 
     /// The document as pretty JSON, ending with a newline.
-    pub fn to_json(&self) -> Result<String, String> {
+    pub fn to_json(&self) -> Result<String, crate::cli::Error> {
         to_json(self)
     }
 }

@@ -10,9 +10,12 @@ use crate::kernel::{Backend, Scope, System};
 use crate::reconcile::Reconciler;
 use crate::wishes;
 
+pub use error::Error;
+
 pub mod apply;
 pub mod args;
 pub mod assets;
+pub mod error;
 pub mod formats;
 pub mod offline;
 pub mod plan;
@@ -20,8 +23,8 @@ pub mod print;
 
 /// Loads the wishes file and says what in it loads but is likely not what
 /// was meant, each warning with its file, line and wish.
-pub fn load_wishes(path: &std::path::Path) -> Result<wishes::Wishes, String> {
-    let wishes = wishes::load(path).map_err(|e| e.to_string())?;
+pub fn load_wishes(path: &std::path::Path) -> Result<wishes::Wishes, Error> {
+    let wishes = wishes::load(path)?;
     for w in &wishes.warnings {
         eprintln!("pyfw: warning: {w}");
     }
@@ -36,31 +39,24 @@ pub fn print_plan_warnings(wishes: &wishes::Wishes, warnings: &[crate::reconcile
     }
 }
 
-/// Runs the command `cli` names; the process's exit status.
-pub fn main(cli: Cli) -> ExitCode {
+/// Runs the command `cli` names: the exit status of a command that ran,
+/// or why it failed (`main.rs` maps that to its status).
+pub fn main(cli: Cli) -> Result<ExitCode, Error> {
     crate::wishes::secure::allow_insecure_wishes(cli.allow_insecure_wishes);
     if cli.confirm.is_some() && !(cli.apply || cli.command == Some(Cmd::Apply)) {
-        eprintln!("pyfw: error: --confirm is only for `apply`");
-        return ExitCode::from(1);
+        return Err(Error::Usage("--confirm is only for `apply`".into()));
     }
     if let Some(Cmd::Confirm) = &cli.command {
-        return match crate::reconcile::confirm::send_confirm() {
-            Ok(reply) => {
-                println!("{reply}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("pyfw: error: {e}");
-                ExitCode::from(1)
-            }
-        };
+        let reply = crate::reconcile::confirm::send_confirm().map_err(Error::Confirm)?;
+        println!("{reply}");
+        return Ok(ExitCode::SUCCESS);
     }
     if let Some(Cmd::Daemon(args)) = &cli.command {
         // The daemon sets up its own logging (the journal under systemd).
-        return crate::daemon::main(&cli.wishes, cli.backend, args);
+        return Ok(crate::daemon::main(&cli.wishes, cli.backend, args));
     }
     if let Some(code) = cli.command.as_ref().and_then(assets::assets) {
-        return code;
+        return Ok(code);
     }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -75,19 +71,14 @@ pub fn main(cli: Cli) -> ExitCode {
         .init();
     let command = match (cli.apply, cli.command.clone()) {
         (true, Some(other)) if other != Cmd::Apply => {
-            eprintln!("pyfw: error: --apply cannot be combined with the `{other:?}` command");
-            return ExitCode::from(1);
+            return Err(Error::Usage(format!(
+                "--apply cannot be combined with the `{other:?}` command"
+            )));
         }
         (true, _) => Cmd::Apply,
         (false, command) => command.unwrap_or(Cmd::Plan(PlanArgs::default())),
     };
-    match run(&cli, &command) {
-        Ok(code) => code,
-        Err(message) => {
-            eprintln!("pyfw: error: {message}");
-            ExitCode::from(1)
-        }
-    }
+    run(&cli, &command)
 }
 
 /// The size of wishes file from which the CLI reads what pyfw owns while it
@@ -95,26 +86,23 @@ pub fn main(cli: Cli) -> ExitCode {
 /// about what one round of reading processes costs.
 const EARLY_READ_FROM: u64 = 64 << 10;
 
-fn run(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
+fn run(cli: &Cli, command: &Cmd) -> Result<ExitCode, Error> {
     if *command == Cmd::Apply && cli.dumps.given() {
-        return Err("`apply` changes the kernel; it cannot plan from saved dumps".into());
+        return Err(Error::Usage(
+            "`apply` changes the kernel; it cannot plan from saved dumps".into(),
+        ));
     }
     if cli.dumps.given() {
         return offline::offline(cli, command);
     }
     crate::kernel::privilege::require_net_admin()?;
-    let (backend, warnings) = System::default()
-        .with_variant(cli.backend)
-        .map_err(|e| e.to_string())?;
+    let (backend, warnings) = System::default().with_variant(cli.backend)?;
     for w in warnings {
         tracing::warn!("{w}");
     }
     let mut reconciler = Reconciler::new(backend);
     if let Cmd::State(args) = command {
-        let state = reconciler
-            .backend_mut()
-            .read_state(Scope::all())
-            .map_err(|e| e.to_string())?;
+        let state = reconciler.backend_mut().read_state(Scope::all())?;
         print!(
             "{}",
             crate::cli::formats::render_state(&state, args.format)?
@@ -137,8 +125,8 @@ fn run(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
     let apply = *command == Cmd::Apply;
     let turn_of = |apply: bool, backend: &mut System| match apply {
         true => {
-            let turn = crate::kernel::lock::wait_for_writer().map_err(|e| e.to_string())?;
-            Ok::<_, String>((Some(turn), hold_xtables(backend)))
+            let turn = crate::kernel::lock::wait_for_writer()?;
+            Ok::<_, Error>((Some(turn), hold_xtables(backend)))
         }
         false => Ok((None, None)),
     };
@@ -148,10 +136,10 @@ fn run(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
         .spawn(move || {
             let lock = turn_of(apply, reconciler.backend_mut())?;
             let owning = match early {
-                true => Some(reconciler.read_owned().map_err(|e| e.to_string())?),
+                true => Some(reconciler.read_owned()?),
                 false => None,
             };
-            Ok::<_, String>((reconciler, lock, owning))
+            Ok::<_, Error>((reconciler, lock, owning))
         });
     // A bad file is the news, at once: the read still running is dropped
     // with this process.
@@ -164,9 +152,7 @@ fn run(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
         // a backend of its own (the first went with the closure).
         Err(e) => {
             tracing::debug!("no thread to read beside the parse ({e}); reading after it");
-            let (mut backend, _) = System::default()
-                .with_variant(cli.backend)
-                .map_err(|e| e.to_string())?;
+            let (mut backend, _) = System::default().with_variant(cli.backend)?;
             let lock = turn_of(apply, &mut backend)?;
             (Reconciler::new(backend), lock, None)
         }

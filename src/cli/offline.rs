@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use crate::cli::Error;
 use crate::cli::args::{Cli, Cmd, Dumps};
 use crate::cli::formats::PlanDoc;
 use crate::cli::plan::{plan_json, plan_lines, report};
@@ -10,7 +11,7 @@ use crate::state::canon::{self, Comparison};
 use crate::state::{self, State};
 
 /// `plan`, `check` and `state` from saved dumps: no kernel, no root.
-pub fn offline(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
+pub fn offline(cli: &Cli, command: &Cmd) -> Result<ExitCode, Error> {
     let state = read_dumps(&cli.dumps)?;
     if let Cmd::State(args) = command {
         print!(
@@ -33,22 +34,23 @@ pub fn offline(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
     Ok(report(&wishes, &lines, command, Comparison::Builtin, true))
 }
 
-fn read_dumps(dumps: &Dumps) -> Result<State, String> {
+fn read_dumps(dumps: &Dumps) -> Result<State, Error> {
+    let dump = |path: &Path, what: String| Error::Dump {
+        path: path.to_path_buf(),
+        what,
+    };
     let read = |path: &Path| {
-        std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))
+        std::fs::read_to_string(path).map_err(|e| dump(path, format!("cannot read: {e}")))
     };
     let mut state = State::default();
     if let Some(p) = &dumps.iptables_save {
-        state.v4 =
-            state::parse_iptables_save(&read(p)?).map_err(|e| format!("{}: {e}", p.display()))?;
+        state.v4 = state::parse_iptables_save(&read(p)?).map_err(|e| dump(p, e.to_string()))?;
     }
     if let Some(p) = &dumps.ip6tables_save {
-        state.v6 =
-            state::parse_iptables_save(&read(p)?).map_err(|e| format!("{}: {e}", p.display()))?;
+        state.v6 = state::parse_iptables_save(&read(p)?).map_err(|e| dump(p, e.to_string()))?;
     }
     if let Some(p) = &dumps.ipset_save {
-        state.ipsets =
-            state::parse_ipset_save(&read(p)?).map_err(|e| format!("{}: {e}", p.display()))?;
+        state.ipsets = state::parse_ipset_save(&read(p)?).map_err(|e| dump(p, e.to_string()))?;
     }
     Ok(state)
 }

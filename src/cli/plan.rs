@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use crate::cli::Error;
 use crate::cli::args::{Cmd, PlanArgs};
 use crate::cli::formats::{PlanDoc, PlanFormat};
 use crate::kernel::{Backend, System};
@@ -18,10 +19,8 @@ pub fn show(
     wishes: &Wishes,
     owning: Option<Owning>,
     command: &Cmd,
-) -> Result<ExitCode, String> {
-    let mut planned = reconciler
-        .plan_after(wishes, owning)
-        .map_err(|e| e.to_string())?;
+) -> Result<ExitCode, Error> {
+    let mut planned = reconciler.plan_after(wishes, owning)?;
     crate::cli::print_plan_warnings(wishes, &planned.warnings);
     if matches!(command, Cmd::Plan(_)) {
         crate::cli::apply::warn_lockouts(reconciler, wishes, &mut planned.state);

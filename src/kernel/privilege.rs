@@ -12,16 +12,22 @@ pub fn has_net_admin() -> Option<bool> {
     Some(caps & (1 << 12) != 0)
 }
 
+/// This process may not read or change netfilter.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "reading and changing netfilter needs root (CAP_NET_ADMIN), and this process (euid {euid}) \
+     does not have it; run pyfw as root, or use `plan`/`check`/`state` with saved dumps \
+     (--iptables-save, --ipset-save), which need no privilege"
+)]
+pub struct NoPrivilege {
+    pub euid: u32,
+}
+
 /// An error for commands that read or change netfilter, when this process
 /// cannot.
-pub fn require_net_admin() -> Result<(), String> {
+pub fn require_net_admin() -> Result<(), NoPrivilege> {
     match has_net_admin() {
-        Some(false) => Err(format!(
-            "reading and changing netfilter needs root (CAP_NET_ADMIN), and this process (euid \
-             {}) does not have it; run pyfw as root, or use `plan`/`check`/`state` with saved \
-             dumps (--iptables-save, --ipset-save), which need no privilege",
-            euid()
-        )),
+        Some(false) => Err(NoPrivilege { euid: euid() }),
         _ => Ok(()),
     }
 }
