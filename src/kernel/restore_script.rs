@@ -355,17 +355,9 @@ impl RestoreScript {
         out
     }
 
-    /// How many commands took effect when the restore stopped at input
-    /// line `line` (1-based, as ipset reports it).
-    pub fn applied_before(&self, line: usize) -> usize {
-        line.checked_sub(1)
-            .and_then(|l| self.done_before.get(l))
-            .copied()
-            .unwrap_or(0)
-    }
-
     /// The command input line `line` (1-based, as ipset reports it) came
-    /// from (a fill's lines all come from its `create`).
+    /// from (a fill's lines all come from its `create`); as many commands
+    /// had taken effect before it.
     pub fn command_at(&self, line: usize) -> Option<usize> {
         self.done_before.get(line.checked_sub(1)?).copied()
     }
@@ -451,17 +443,19 @@ mod tests {
         );
         assert!(RestoreScript::fills(&refs));
         assert!(!RestoreScript::fills(&refs[4..]));
-        // Stopped within the fill (lines 2-6): only the `del` took effect,
-        // and the temporary set may be left.
+        // Stopped within the fill (lines 2-6): the `create` (command 1)
+        // failed; only the `del` took effect, and the temporary set may be
+        // left.
         for line in 2..=6 {
-            assert_eq!(script.applied_before(line), 1, "line {line}");
+            assert_eq!(script.command_at(line), Some(1), "line {line}");
         }
         assert_eq!(script.leftovers(Some(4)), ["_pyfw_fill_allowed"]);
         assert_eq!(script.leftovers(Some(2)), Vec::<&str>::new());
         assert_eq!(script.leftovers(None), ["_pyfw_fill_allowed"]);
         // Stopped after it: the whole set took effect.
-        assert_eq!(script.applied_before(7), 4);
-        assert_eq!(script.applied_before(8), 5);
+        assert_eq!(script.command_at(7), Some(4));
+        assert_eq!(script.command_at(8), Some(5));
+        assert_eq!(script.command_at(99), None);
         assert_eq!(script.leftovers(Some(8)), Vec::<&str>::new());
         // pyfw's own temporaries (a swap's replacement) are left as they are.
         let swap = [
