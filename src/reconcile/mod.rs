@@ -63,14 +63,7 @@ pub struct Planned {
     pub warnings: Vec<PlanWarning>,
 }
 
-/// A finding about one wish, against the state read: said with the wish's
-/// file and line (see [`Wishes::locate`]), and applied all the same.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PlanWarning {
-    /// `table/chain/NAME`, `table/chain` or `ipset NAME`.
-    pub label: String,
-    pub message: String,
-}
+pub use crate::plan::warnings::PlanWarning;
 
 /// What an applying reconcile did.
 #[derive(Debug)]
@@ -231,14 +224,64 @@ impl<B: Backend> Reconciler<B> {
         self.drop_dead_scratch_chains(&state);
         let (canonical, deferred) = self.canonicalize(wishes, &state)?;
         let plan = plan::plan(&canonical, &state);
+        let warnings = self.unreached(&canonical, &state, &scope)?;
         Ok(Planned {
             state,
             plan,
             comparison: Comparison::Kernel,
             deferred,
             scope,
-            warnings: Vec::new(),
+            warnings,
         })
+    }
+
+    /// The wished chains nothing jumps to (see
+    /// [`plan::warnings::unreached`]). A table where one seems so, and of
+    /// which the plan read only some chains, is read whole first: a chain
+    /// the plan did not read may jump to it. That read costs one more
+    /// `iptables-save -t TABLE`, and only where a wished chain is not
+    /// reached from the chains read (a chain jumped to from FORWARD, when
+    /// the wishes do not name FORWARD).
+    fn unreached(
+        &mut self,
+        wishes: &Wishes,
+        state: &State,
+        scope: &Scope,
+    ) -> Result<Vec<PlanWarning>, Error> {
+        let tables = plan::warnings::suspect_tables(wishes, state);
+        let mut more = Scope::none();
+        for (family, table) in tables {
+            let whole = match scope.rules(family) {
+                Rules::All => true,
+                Rules::Tables(t) => t.contains(&table),
+                Rules::Chains(_) | Rules::Skip => false,
+            };
+            if whole {
+                continue;
+            }
+            match more.rules_mut(family) {
+                Rules::Tables(t) => {
+                    t.insert(table);
+                }
+                other => *other = Rules::Tables(BTreeSet::from([table])),
+            }
+        }
+        if more.is_empty() {
+            return Ok(plan::warnings::unreached(wishes, state));
+        }
+        let extra = self.backend.read_state(more.clone()).map_err(Error::Read)?;
+        // Only the rules and pyfw's record matter here: no copy of the
+        // other sets' members.
+        let rules = State {
+            v4: state.v4.clone(),
+            v6: state.v6.clone(),
+            ipsets: (state.ipsets.get(RECORD_SET))
+                .map(|r| (RECORD_SET.to_string(), r.clone()))
+                .into_iter()
+                .collect(),
+        };
+        let view = merge(rules, extra, &more);
+        Ok(plan::warnings::unreached(wishes, &view))
     }
 
     /// `read` (what `had` says was read) completed to `scope`: only what
