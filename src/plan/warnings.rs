@@ -23,37 +23,42 @@ pub struct PlanWarning {
     pub message: String,
 }
 
-/// The tables, by family, in which a wished chain with rules is not
-/// reached by any rule in `state` or the wishes: where [`unreached`] would
-/// warn. A caller that read only some chains of a table reads these whole
-/// before asking [`unreached`], since a chain it did not read may jump.
-pub fn suspect_tables(wishes: &Wishes, state: &State) -> Vec<(Family, String)> {
-    let mut out: Vec<(Family, String)> = Vec::new();
-    for chain in candidates(wishes) {
-        let key = (chain.family, chain.table.clone());
-        if !out.contains(&key) && !Jumps::new(wishes, state, chain).reach(&chain.chain) {
-            out.push(key);
-        }
-    }
-    out
+/// A wished chain that nothing jumps to, and what to say of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unreached {
+    pub family: Family,
+    pub table: String,
+    pub chain: String,
+    pub warning: PlanWarning,
 }
 
-/// A warning for each wished user chain with rules that no rule jumps or
-/// goes to (`-j`/`-g`): none of the wished rules, and none of the rules in
-/// `state` but those of pyfw's the wishes withdraw. Built-in chains are
-/// hooked; a chain wished without rules (to make it, or to withdraw
-/// pyfw's rules from it) is not checked.
+/// Each wished user chain with rules that no rule jumps or goes to
+/// (`-j`/`-g`): none of the wished rules, and none of the rules in `state`
+/// but those of pyfw's the wishes withdraw. Built-in chains are hooked; a
+/// chain wished without rules (to make it, or to withdraw pyfw's rules
+/// from it) is not checked.
 ///
-/// `state` must hold every chain of the tables [`suspect_tables`] names:
-/// a rule in a chain it lacks is not seen.
-pub fn unreached(wishes: &Wishes, state: &State) -> Vec<PlanWarning> {
+/// A rule in a chain `state` lacks is not seen: a caller that read only
+/// some chains of a table reads the tables named here whole, and asks
+/// again.
+pub fn unreached(wishes: &Wishes, state: &State) -> Vec<Unreached> {
     candidates(wishes)
         .filter(|chain| !Jumps::new(wishes, state, chain).reach(&chain.chain))
-        .map(|chain| PlanWarning {
-            label: chain.label(),
-            message: unreached_message(wishes, state, chain),
+        .map(|chain| Unreached {
+            family: chain.family,
+            table: chain.table.clone(),
+            chain: chain.chain.clone(),
+            warning: PlanWarning {
+                label: chain.label(),
+                message: unreached_message(wishes, state, chain),
+            },
         })
         .collect()
+}
+
+/// The wished user chains [`unreached`] checks, by family, table and name.
+pub fn checked(wishes: &Wishes) -> impl Iterator<Item = (Family, &str, &str)> {
+    candidates(wishes).map(|c| (c.family, c.table.as_str(), c.chain.as_str()))
 }
 
 /// The wished user chains that hold rules.
@@ -276,7 +281,7 @@ mod tests {
             host("*filter\n:INPUT ACCEPT [0:0]\n:f2b-sshd - [0:0]\n:MINE - [0:0]\nCOMMIT\n");
         let got: Vec<String> = unreached(&w, &state)
             .into_iter()
-            .map(|w| format!("{}: {}", w.label, w.message))
+            .map(|u| format!("{}: {}", u.warning.label, u.warning.message))
             .collect();
         assert!(got[0].ends_with("did you mean INPUT?"), "{got:?}");
         assert!(got[1].ends_with("did you mean f2b-sshd?"), "{got:?}");
@@ -309,8 +314,12 @@ mod tests {
         state
             .ipsets
             .insert(crate::state::ownership::RECORD_SET.into(), record);
-        assert_eq!(unreached(&w, &state).len(), 1);
-        assert_eq!(suspect_tables(&w, &state), [(Family::V4, "filter".into())]);
+        let got = unreached(&w, &state);
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (got[0].family, got[0].table.as_str()),
+            (Family::V4, "filter")
+        );
     }
 
     #[test]
