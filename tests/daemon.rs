@@ -1607,15 +1607,17 @@ fn delete_allow_ssh(ns: &Ns) {
     ]);
 }
 
-/// The spec's wishes plus a set `small` of 10 members with `maxelem 4`:
-/// valid to pyfw, refused by the kernel (`Hash is full`).
-fn wishes_with_a_full_set() -> String {
-    let members: String = (1..=10).map(|i| format!("      - 10.0.0.{i}\n")).collect();
+/// The spec's wishes plus a set `small` whose last member is `0.0.0.0`:
+/// valid to pyfw, refused by the kernel half-way through the set
+/// (`Null-valued element, cannot be stored in a hash type of set`). (A set
+/// over its `maxelem` is refused at load.)
+fn wishes_with_a_null_member() -> String {
+    let members: String = (1..=9).map(|i| format!("      - 10.0.0.{i}\n")).collect();
     spec("wishes.yaml").replacen(
         "  ipsets:\n",
         &format!(
-            "  ipsets:\n    small:\n      type: hash:ip\n      header: family inet maxelem 4\n      \
-             members_equal:\n{members}"
+            "  ipsets:\n    small:\n      type: hash:ip\n      header: family inet\n      \
+             members_equal:\n{members}      - 0.0.0.0\n"
         ),
         1,
     )
@@ -1636,7 +1638,7 @@ fn content_hash(text: &str) -> String {
     pyfw::reconcile::confirm::content_hash(text.as_bytes())
 }
 
-/// A valid edit the kernel refuses (a set over its `maxelem`, a rule
+/// A valid edit the kernel refuses (a set member it cannot store, a rule
 /// iptables refuses only in its chain) is logged once with the file's
 /// version, and the last wishes that applied stay enforced: drift is
 /// repaired, the status says so, SIGHUP tries (and reports) it again, and
@@ -1664,10 +1666,10 @@ fn a_valid_edit_the_kernel_refuses_keeps_the_last_wishes_enforced(legacy: bool) 
     let good = content_hash(&spec("wishes.yaml"));
     let shown = wishes.display().to_string();
 
-    let full = wishes_with_a_full_set();
+    let null = wishes_with_a_null_member();
     let out = wishes_with_out_in_input();
     for (text, wish, words) in [
-        (&full, "small", "Hash is full"),
+        (&null, "small", "Null-valued element"),
         (&out, "out_lo", "Can't use -o with INPUT"),
     ] {
         let version = content_hash(text);

@@ -207,6 +207,10 @@ fn broken_examples() -> Vec<(&'static str, String)> {
             chain("nat", "FORWARD", "        default_action: ACCEPT\n"),
         ),
         (
+            "default_action DROP in nat",
+            chain("nat", "PREROUTING", "        default_action: DROP\n"),
+        ),
+        (
             "default_action not ACCEPT or DROP",
             "pyfw_wishes:\n  ip6tables:\n    filter:\n      INPUT:\n        default_action: REJECT\n"
                 .into(),
@@ -252,6 +256,10 @@ fn broken_examples() -> Vec<(&'static str, String)> {
         (
             "set name with a comma",
             "pyfw_wishes:\n  ipsets:\n    'a,b':\n      type: hash:ip\n".into(),
+        ),
+        (
+            "set name starting with -",
+            "pyfw_wishes:\n  ipsets:\n    -exist:\n      type: hash:ip\n".into(),
         ),
         (
             "set name too long",
@@ -338,6 +346,39 @@ fn what_only_the_loader_catches() {
                 "      type: hash:ip\n      header: comment\n      members_equal: ['10.0.0.1 comment \"a\\\\\"b\"']\n",
             ),
         ),
+        ("-6 in an IPv4 rule", rules("        - a: -6 -j ACCEPT\n")),
+        (
+            "several addresses after -s",
+            rules("        - a: -s 10.0.0.1,10.0.0.2 -j ACCEPT\n"),
+        ),
+        (
+            "DROP in a nat rule",
+            chain(
+                "nat",
+                "PREROUTING",
+                "        rules:\n        - a: -j DROP\n",
+            ),
+        ),
+        (
+            "REJECT outside filter",
+            chain("raw", "OUTPUT", "        rules:\n        - a: -j REJECT\n"),
+        ),
+        (
+            "a rule naming a set starting with -",
+            rules("        - a: -m set --match-set -x src -j ACCEPT\n"),
+        ),
+        (
+            "a rule naming a set of the other family",
+            "pyfw_wishes:\n  ipsets:\n    s:\n      type: hash:ip\n      header: family inet6\n  iptables:\n    filter:\n      INPUT:\n        rules:\n        - a: -m set --match-set s src -j ACCEPT\n".into(),
+        ),
+        (
+            "more members than maxelem",
+            set("      type: hash:ip\n      header: maxelem 1\n      members_equal: [10.0.0.1, 10.0.0.2]\n"),
+        ),
+        (
+            "a bitmap member outside the range",
+            set("      type: bitmap:port\n      header: range 0-1024\n      members_equal: [2000]\n"),
+        ),
     ] {
         assert!(loader_accepts(&yaml).is_err(), "{kind}: loader accepts");
         let errors = schema_errors(&v, &yaml);
@@ -353,6 +394,13 @@ fn what_only_the_loader_catches() {
         "quoting",
         "--comment",
         "set members",
+        "the other family",
+        "more than one address",
+        "DROP in nat",
+        "REJECT outside filter",
+        "sets a rule names",
+        "maxelem",
+        "range",
     ] {
         assert!(
             described.contains(limit),

@@ -28,9 +28,9 @@ on_both_backends!(
 
 /// A new set is filled under a temporary name and renamed into place, so
 /// its name never holds a half-filled set: when the kernel refuses the
-/// 4,097th member of a set with `maxelem 4096`, the apply fails with the
-/// kernel's words, no set of that name (and no temporary set) is left, and
-/// nothing of it needed undoing member by member. With room for them, all
+/// 5,000th member (`0.0.0.0`: `Null-valued element`), the apply fails with
+/// the kernel's words, no set of that name (and no temporary set) is left,
+/// and nothing of it needed undoing member by member. Without it, all
 /// 5,000 members arrive.
 #[test]
 fn a_new_set_appears_whole_or_not_at_all() {
@@ -39,27 +39,27 @@ fn a_new_set_appears_whole_or_not_at_all() {
     };
     ns.ok(&["ipset", "create", "theirs", "hash:ip"], "ipset create");
     let dir = tempfile::tempdir().unwrap();
-    let members: String = (0..5000u32)
+    let members: String = (0..4999u32)
         .map(|i| format!("      - 10.1.{}.{}\n", i >> 8, i & 255))
         .collect();
-    let wishes = |maxelem: u32| {
+    let wishes = |last: &str| {
         write_wishes(
             dir.path(),
             &format!(
                 "pyfw_wishes:\n  ipsets:\n    allowed:\n      type: hash:ip\n      \
-                 header: maxelem {maxelem}\n      members_equal:\n{members}"
+                 header: maxelem 8192\n      members_equal:\n{members}      - {last}\n"
             ),
         )
     };
     let before = ns.ipset_save();
-    let out = ns.run_pyfw(&wishes(4096), &["apply"]);
+    let out = ns.run_pyfw(&wishes("0.0.0.0"), &["apply"]);
     assert_eq!(out.code(), Some(1), "{out}");
     assert!(
         out.stdout
             .contains("(a new set is filled under a temporary name, then renamed)"),
         "{out}"
     );
-    assert!(out.stderr.to_lowercase().contains("full"), "{out}");
+    assert!(out.stderr.contains("Null-valued element"), "{out}");
     assert!(
         !out.stdout.contains("Rolling back: ipset destroy allowed")
             && !out.stdout.contains("Rolling back: ipset del allowed"),
@@ -71,8 +71,8 @@ fn a_new_set_appears_whole_or_not_at_all() {
         &format!("sets after the failure\n{out}"),
     );
 
-    let out = ns.run_pyfw(&wishes(8192), &["apply"]);
-    out.expect_ok("apply with room for every member");
+    let out = ns.run_pyfw(&wishes("10.2.0.1"), &["apply"]);
+    out.expect_ok("apply with every member storable");
     let sets = pyfw::state::parse_ipset_save(&ns.ipset_save()).unwrap();
     assert_eq!(sets["allowed"].members.len(), 5000);
     assert!(

@@ -287,3 +287,214 @@ fn a_port_written_in_octal_is_named_with_a_warning() {
         ]
     );
 }
+
+/// The warnings a file loads with, as printed.
+fn warnings(yaml: &str) -> Vec<String> {
+    let w =
+        parse(yaml, Path::new("/etc/pyfw/wishes.yaml")).unwrap_or_else(|e| panic!("refused: {e}"));
+    w.warnings.iter().map(ToString::to_string).collect()
+}
+
+/// Policies and verdicts a table does not take are refused at load, so
+/// that `plan` and `check` say so too: iptables refuses DROP in nat (`-P`
+/// and `-j`), and the kernel REJECT outside filter (a bare `Invalid
+/// argument`). raw, mangle and security take DROP.
+#[test]
+fn policies_and_verdicts_a_table_does_not_take_are_refused() {
+    insta::assert_snapshot!(
+        error("pyfw_wishes:\n  iptables:\n    nat:\n      PREROUTING:\n        default_action: DROP\n"),
+        @"/etc/pyfw/wishes.yaml:5: nat/PREROUTING: the nat table takes only `default_action: ACCEPT`: it is not for filtering, and iptables refuses DROP there; drop packets in the filter, raw or mangle table"
+    );
+    insta::assert_snapshot!(
+        error("pyfw_wishes:\n  ip6tables:\n    nat:\n      OUTPUT:\n        rules:\n        - no: -p tcp -j DROP\n"),
+        @"/etc/pyfw/wishes.yaml:6: ip6tables:nat/OUTPUT/no: `-j DROP` in the nat table: it is not for filtering, and iptables refuses DROP there; drop packets in the filter, raw or mangle table"
+    );
+    insta::assert_snapshot!(
+        error("pyfw_wishes:\n  iptables:\n    raw:\n      PREROUTING:\n        rules:\n        - no: -p tcp -j REJECT --reject-with tcp-reset\n"),
+        @"/etc/pyfw/wishes.yaml:6: raw/PREROUTING/no: `-j REJECT` works only in the filter table (elsewhere the kernel refuses it with a bare `Invalid argument`); use DROP here, or reject in filter"
+    );
+    for table in ["raw", "mangle", "security"] {
+        let chain = pyfw::state::builtin_chains(table)[0];
+        let yaml = format!(
+            "pyfw_wishes:\n  iptables:\n    {table}:\n      {chain}:\n        default_action: DROP\n        rules:\n        - d: -p udp -j DROP\n"
+        );
+        assert!(parse(&yaml, Path::new("w")).is_ok(), "{yaml}");
+    }
+}
+
+/// A set a rule names is checked against the wishes: a name ipset would
+/// read as an option is refused, as is a set of the other family; one
+/// declared nowhere loads with a warning (another program may have made
+/// it; iptables refuses the rule otherwise).
+#[test]
+fn sets_named_in_rules_are_checked_at_load() {
+    let sets = "pyfw_wishes:\n  ipsets:\n    v6hosts:\n      type: hash:ip\n      header: family inet6\n    ports:\n      type: bitmap:port\n      header: range 0-1024\n";
+    insta::assert_snapshot!(
+        error(&format!("{sets}  iptables:\n    filter:\n      INPUT:\n        rules:\n        - a: -m set --match-set v6hosts src -j ACCEPT\n        - b: -m set --match-set ports dst -j ACCEPT\n")),
+        @r#"/etc/pyfw/wishes.yaml:13: filter/INPUT/a: `--match-set v6hosts`: the set holds IPv6 addresses (`family inet6`), and iptables refuses it in an IPv4 rule ("The protocol family of set v6hosts is IPv6, which is not applicable"); name it in an ip6tables rule, or name a set of family inet"#
+    );
+    insta::assert_snapshot!(
+        error("pyfw_wishes:\n  iptables:\n    filter:\n      INPUT:\n        rules:\n        - a: -m set --match-set -x src -j ACCEPT\n        - b: -j SET --add-set -exist src\n"),
+        @r"
+    /etc/pyfw/wishes.yaml:6: filter/INPUT/a: `--match-set -x`: ipset reads a set name starting with `-` as an option (`-exist`, `-q`, ...); no such set can be wished
+    /etc/pyfw/wishes.yaml:7: filter/INPUT/b: `--add-set -exist`: ipset reads a set name starting with `-` as an option (`-exist`, `-q`, ...); no such set can be wished
+    "
+    );
+    assert_eq!(
+        warnings(
+            "pyfw_wishes:\n  ipsets:\n    known:\n      type: hash:ip\n      header: family inet6\n    all:\n      type: list:set\n      members_equal: [known, f2b-sshd]\n  ip6tables:\n    filter:\n      INPUT:\n        rules:\n        - a: -m set --match-set known src -j ACCEPT\n        - b: -m set --match-set blocklist src -j DROP\n        - c: -j SET --map-set blocklist src --map-mark\n"
+        ),
+        [
+            "/etc/pyfw/wishes.yaml:8: ipset all: list:set member `f2b-sshd`: no set `f2b-sshd` is declared under `ipsets`; ipset refuses the member unless another program has made that set",
+            "/etc/pyfw/wishes.yaml:14: ip6tables:filter/INPUT/b: `--match-set blocklist`: no set `blocklist` is declared under `ipsets`; iptables refuses the rule unless another program has made that set",
+            "/etc/pyfw/wishes.yaml:15: ip6tables:filter/INPUT/c: `--map-set blocklist`: no set `blocklist` is declared under `ipsets`; iptables refuses the rule unless another program has made that set",
+        ]
+    );
+}
+
+/// A list:set member declared nowhere is named with its own line, in a
+/// block list too (the first pass over a file keeps no member's line).
+#[test]
+fn a_listed_set_declared_nowhere_is_named_with_its_line() {
+    assert_eq!(
+        warnings(
+            "pyfw_wishes:\n  ipsets:\n    all:\n      type: list:set\n      members_equal:\n      - elsewhere\n      - missing\n    elsewhere:\n      type: hash:net\n"
+        ),
+        [
+            "/etc/pyfw/wishes.yaml:7: ipset all: list:set member `missing`: no set `missing` is declared under `ipsets`; ipset refuses the member unless another program has made that set"
+        ]
+    );
+}
+
+/// Set names ipset would read as options (`-exist`, `-q`, `-s`: in an
+/// argument vector and in `ipset restore` lines alike) are refused where
+/// the set is declared and where a list:set names it.
+#[test]
+fn set_names_starting_with_a_dash_are_refused() {
+    insta::assert_snapshot!(
+        error("pyfw_wishes:\n  ipsets:\n    -exist:\n      type: hash:ip\n"),
+        @"/etc/pyfw/wishes.yaml:3: ipset -exist: bad set name `-exist`: ipset reads a word starting with `-` as an option (`-exist`, `-q`, ...), so no set name may start with one"
+    );
+    insta::assert_snapshot!(
+        error("pyfw_wishes:\n  ipsets:\n    all:\n      type: list:set\n      members_equal:\n      - -q\n"),
+        @"/etc/pyfw/wishes.yaml:6: ipset all: bad member for list:set: `-q` in `-q`: not a set name"
+    );
+}
+
+/// A set holds at most `maxelem` elements (65,536 unless the header says
+/// otherwise), counted as the kernel stores them: each address of a
+/// network or range in an address set, each network a range of a
+/// `hash:net` set splits into, each port of a port range. More is refused
+/// at load, naming the fix, rather than by the kernel half-way through an
+/// apply (`Hash is full`).
+#[test]
+fn members_over_maxelem_are_refused_with_the_fix() {
+    let set = |kind: &str, header: &str, members: &[&str]| {
+        let mut text = format!(
+            "pyfw_wishes:\n  ipsets:\n    s:\n      type: {kind}\n      header: '{header}'\n      members_equal:\n"
+        );
+        for m in members {
+            text.push_str(&format!("      - '{m}'\n"));
+        }
+        text
+    };
+    let mut many: Vec<String> = (0..65_537u32)
+        .map(|i| format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255))
+        .collect();
+    let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    insta::assert_snapshot!(
+        error(&set("hash:ip", "family inet", &refs)),
+        @"/etc/pyfw/wishes.yaml:3: ipset s: 65537 elements (as the kernel stores them) but the set holds at most 65536 (ipset's default maxelem): the kernel would refuse the rest (`Hash is full`); add `maxelem 131072` to the header"
+    );
+    many.pop();
+    let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    assert!(parse(&set("hash:ip", "family inet", &refs), Path::new("w")).is_ok());
+    insta::assert_snapshot!(
+        error(&set("hash:ip", "maxelem 4", &["10.0.0.0/30", "10.0.1.1"])),
+        @"/etc/pyfw/wishes.yaml:5: ipset s: 5 elements (as the kernel stores them) but `maxelem 4` holds at most 4: the kernel would refuse the rest (`Hash is full`); raise it to `maxelem 8`"
+    );
+    insta::assert_snapshot!(
+        error(&set("hash:net", "maxelem 4", &["10.0.0.1-10.0.0.10"])),
+        @"/etc/pyfw/wishes.yaml:5: ipset s: 5 elements (as the kernel stores them) but `maxelem 4` holds at most 4: the kernel would refuse the rest (`Hash is full`); raise it to `maxelem 8`"
+    );
+    insta::assert_snapshot!(
+        error(&set("hash:ip,port", "maxelem 10", &["10.0.0.1,tcp:80-90"])),
+        @"/etc/pyfw/wishes.yaml:5: ipset s: 11 elements (as the kernel stores them) but `maxelem 10` holds at most 10: the kernel would refuse the rest (`Hash is full`); raise it to `maxelem 16`"
+    );
+    assert!(
+        parse(
+            &set("hash:ip,port", "maxelem 11", &["10.0.0.1,tcp:80-90"]),
+            Path::new("w")
+        )
+        .is_ok()
+    );
+    assert!(
+        parse(
+            &set("hash:net", "maxelem 5", &["10.0.0.1-10.0.0.10"]),
+            Path::new("w")
+        )
+        .is_ok()
+    );
+}
+
+/// A bitmap set holds what its `range` says: a member outside it, or a
+/// `bitmap:ip` range of more than 65,536 addresses, is refused at load.
+#[test]
+fn bitmap_ranges_bound_their_members() {
+    insta::assert_snapshot!(
+        error("pyfw_wishes:\n  ipsets:\n    p:\n      type: bitmap:port\n      header: range 0-1024\n      members_equal: [22, 2000]\n"),
+        @"/etc/pyfw/wishes.yaml:6: ipset p: bad member for bitmap:port: `2000` is outside the set's `range 0-1024` (the kernel refuses it: `Element is out of the range of the set`)"
+    );
+    insta::assert_snapshot!(
+        error("pyfw_wishes:\n  ipsets:\n    b:\n      type: bitmap:ip\n      header: range 10.0.0.0/24\n      members_equal:\n      - 10.0.0.7\n      - 10.0.1.0/30\n"),
+        @"/etc/pyfw/wishes.yaml:8: ipset b: bad member for bitmap:ip: `10.0.1.0/30` is outside the set's `range 10.0.0.0/24` (the kernel refuses it: `Element is out of the range of the set`)"
+    );
+    insta::assert_snapshot!(
+        error("pyfw_wishes:\n  ipsets:\n    b:\n      type: bitmap:ip\n      header: range 10.0.0.0/8\n"),
+        @"/etc/pyfw/wishes.yaml:5: ipset b: `range 10.0.0.0/8` spans 16777216 addresses, and a bitmap:ip set at most 65536 (ipset: `The range you specified exceeds the size limit of the set type`); use hash:ip or hash:net"
+    );
+}
+
+/// `-6` in an iptables rule (and `-4` in an ip6tables one): `iptables -A`
+/// refuses it, and `iptables-restore` skips the rule without a word.
+#[test]
+fn a_rule_for_the_other_family_is_refused() {
+    insta::assert_snapshot!(
+        error(&wrap_rules("        - v6: -6 -p tcp --dport 22 -j ACCEPT\n")),
+        @"/etc/pyfw/wishes.yaml:6: filter/INPUT/v6: `-6` in an iptables (IPv4) rule: iptables refuses it, and iptables-restore skips the rule without a word; write the rule under `ip6tables`"
+    );
+    insta::assert_snapshot!(
+        error("pyfw_wishes:\n  ip6tables:\n    filter:\n      INPUT:\n        rules:\n        - v4: -p tcp --ipv4 -j ACCEPT\n"),
+        @"/etc/pyfw/wishes.yaml:6: ip6tables:filter/INPUT/v4: `--ipv4` in an ip6tables (IPv6) rule: ip6tables refuses it, and ip6tables-restore skips the rule without a word; write the rule under `iptables`"
+    );
+    // The family's own flag is harmless (iptables drops it).
+    assert!(
+        parse(
+            &wrap_rules("        - v4: -4 -p tcp -j ACCEPT\n"),
+            Path::new("w")
+        )
+        .is_ok()
+    );
+}
+
+/// `-s a,b` makes iptables add one rule per address, where a wish is one
+/// rule: refused, suggesting a set.
+#[test]
+fn several_addresses_in_one_rule_are_refused_with_a_set_suggested() {
+    insta::assert_snapshot!(
+        error(&wrap_rules("        - two: -s 10.0.0.1,10.0.0.2 -j ACCEPT\n")),
+        @"/etc/pyfw/wishes.yaml:6: filter/INPUT/two: `-s 10.0.0.1,10.0.0.2`: iptables makes a rule of each address, where a wish is one rule; put the addresses in a set (`type: hash:net`, `members_equal: [10.0.0.1, 10.0.0.2]`) and match it with `-m set --match-set NAME src`"
+    );
+    insta::assert_snapshot!(
+        error("pyfw_wishes:\n  ip6tables:\n    filter:\n      OUTPUT:\n        rules:\n        - two: --dst=2001:db8::1,2001:db8::/64 -j ACCEPT\n"),
+        @"/etc/pyfw/wishes.yaml:6: ip6tables:filter/OUTPUT/two: `--dst=2001:db8::1,2001:db8::/64`: ip6tables makes a rule of each address, where a wish is one rule; put the addresses in a set (`type: hash:net`, `header: family inet6`, `members_equal: [2001:db8::1, 2001:db8::/64]`) and match it with `-m set --match-set NAME dst`"
+    );
+    // A comma elsewhere is no address list.
+    assert!(
+        parse(
+            &wrap_rules("        - c: -p tcp -m multiport --dports 1,2 -s 10.0.0.0/8 -j ACCEPT\n"),
+            Path::new("w")
+        )
+        .is_ok()
+    );
+}

@@ -23,6 +23,12 @@ pub fn offline(cli: &Cli, command: &Cmd) -> Result<ExitCode, Error> {
     let wishes = crate::cli::load_wishes(&cli.wishes)?;
     let normalized = wishes.map_rules(|chain, r| canon::normalize(&r.rule, chain.family));
     let plan = crate::plan::plan(&normalized, &state);
+    // The dumps hold every chain: nothing more to read.
+    let warnings: Vec<_> = crate::plan::warnings::unreached(&normalized, &state)
+        .into_iter()
+        .map(|u| u.warning)
+        .collect();
+    crate::cli::print_plan_warnings(&wishes, &warnings);
     if plan_json(command) {
         let doc = PlanDoc::new(&wishes.path, Comparison::Builtin, true, &plan, |c| {
             c.program.name().to_string()

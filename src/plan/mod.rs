@@ -45,6 +45,7 @@ pub mod predict;
 pub mod record;
 pub mod revert;
 pub mod sets;
+pub mod warnings;
 
 pub use command::{Command, Plan, PrintedAs, Program};
 

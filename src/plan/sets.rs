@@ -480,10 +480,14 @@ mod tests {
             ["create big bitmap:ip range 10.0.0.0/16"]
         );
         // A replacement is filled at its size too.
-        let got = plan(&big_set("hash:ip", "", 100_000), &hash_net("big", &[]));
+        let header = "      header: maxelem 131072\n";
+        let got = plan(&big_set("hash:ip", header, 100_000), &hash_net("big", &[]));
         assert_eq!(got.len(), 2, "{got:?}");
         for create in got {
-            assert!(create.ends_with(" hash:ip hashsize 32768"), "{create}");
+            assert!(
+                create.ends_with(" hash:ip maxelem 131072 hashsize 32768"),
+                "{create}"
+            );
         }
     }
 

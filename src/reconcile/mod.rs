@@ -11,7 +11,7 @@
 //! written `-p tcp --dport 22` is not seen as drift from the
 //! `-p tcp -m tcp --dport 22` the kernel reports.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 pub mod apply;
 mod canonicalize;
@@ -64,14 +64,7 @@ pub struct Planned {
     pub warnings: Vec<PlanWarning>,
 }
 
-/// A finding about one wish, against the state read: said with the wish's
-/// file and line (see [`Wishes::locate`]), and applied all the same.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PlanWarning {
-    /// `table/chain/NAME`, `table/chain` or `ipset NAME`.
-    pub label: String,
-    pub message: String,
-}
+pub use crate::plan::warnings::PlanWarning;
 
 /// What an applying reconcile did.
 #[derive(Debug)]
@@ -102,7 +95,14 @@ pub struct Reconciler<B: Backend> {
     backend: B,
     canonical: HashMap<CanonKey, Rule>,
     interrupt: Interrupt,
+    /// Wished chains found reached by some jump once (see
+    /// [`Reconciler::unreached`]): not looked for again, so that a daemon
+    /// does not read a table whole on every run for a chain jumped to from
+    /// a chain it does not read.
+    reached: HashSet<ChainKey>,
 }
+
+type ChainKey = (Family, String, String);
 
 impl<B: Backend> Reconciler<B> {
     pub fn new(backend: B) -> Self {
@@ -110,6 +110,7 @@ impl<B: Backend> Reconciler<B> {
             backend,
             canonical: HashMap::new(),
             interrupt: Interrupt::new(),
+            reached: HashSet::new(),
         }
     }
 
@@ -232,14 +233,69 @@ impl<B: Backend> Reconciler<B> {
         self.drop_dead_scratch_chains(&state);
         let (canonical, deferred) = self.canonicalize(wishes, &state)?;
         let plan = plan::plan(&canonical, &state);
+        let warnings = self.unreached(&canonical, &state, &scope)?;
         Ok(Planned {
             state,
             plan,
             comparison: Comparison::Kernel,
             deferred,
             scope,
-            warnings: Vec::new(),
+            warnings,
         })
+    }
+
+    /// The wished chains nothing jumps to (see
+    /// [`plan::warnings::unreached`]). A table where one seems so, and of
+    /// which the plan read only some chains, is read whole first: a chain
+    /// the plan did not read may jump to it. That read costs one more
+    /// `iptables-save -t TABLE`, and only where a wished chain is not
+    /// reached from the chains read (a chain jumped to from FORWARD, when
+    /// the wishes do not name FORWARD), and once a chain is found reached,
+    /// it is not looked for again by this reconciler.
+    fn unreached(
+        &mut self,
+        wishes: &Wishes,
+        state: &State,
+        scope: &Scope,
+    ) -> Result<Vec<PlanWarning>, Error> {
+        let known = |u: &plan::warnings::Unreached| {
+            !self
+                .reached
+                .contains(&(u.family, u.table.clone(), u.chain.clone()))
+        };
+        let mut found: Vec<_> = (plan::warnings::unreached(wishes, state).into_iter())
+            .filter(known)
+            .collect();
+        let more = tables_not_read_whole(&found, scope);
+        if !more.is_empty() {
+            let extra = self.backend.read_state(more.clone()).map_err(Error::Read)?;
+            // Only the rules and pyfw's record matter here: no copy of the
+            // other sets' members.
+            let rules = State {
+                v4: state.v4.clone(),
+                v6: state.v6.clone(),
+                ipsets: (state.ipsets.get(RECORD_SET))
+                    .map(|r| (RECORD_SET.to_string(), r.clone()))
+                    .into_iter()
+                    .collect(),
+            };
+            let view = merge(rules, extra, &more);
+            // The view holds all that was read and more: what it finds
+            // unreached is all that is.
+            found = (plan::warnings::unreached(wishes, &view).into_iter())
+                .filter(known)
+                .collect();
+        }
+        for (family, table, chain) in plan::warnings::checked(wishes) {
+            let still = found
+                .iter()
+                .any(|u| u.family == family && u.table == table && u.chain == chain);
+            if !still {
+                self.reached
+                    .insert((family, table.to_string(), chain.to_string()));
+            }
+        }
+        Ok(found.into_iter().map(|u| u.warning).collect())
     }
 
     /// `read` (what `had` says was read) completed to `scope`: only what
@@ -307,6 +363,28 @@ impl<B: Backend> Reconciler<B> {
     pub fn interrupt(&self) -> Interrupt {
         self.interrupt.clone()
     }
+}
+
+/// A scope reading whole each table of `found` that `scope` did not.
+fn tables_not_read_whole(found: &[plan::warnings::Unreached], scope: &Scope) -> Scope {
+    let mut more = Scope::none();
+    for u in found {
+        let whole = match scope.rules(u.family) {
+            Rules::All => true,
+            Rules::Tables(t) => t.contains(&u.table),
+            Rules::Chains(_) | Rules::Skip => false,
+        };
+        if whole {
+            continue;
+        }
+        match more.rules_mut(u.family) {
+            Rules::Tables(t) => {
+                t.insert(u.table.clone());
+            }
+            other => *other = Rules::Tables(BTreeSet::from([u.table.clone()])),
+        }
+    }
+    more
 }
 
 #[cfg(test)]
@@ -515,6 +593,49 @@ mod tests {
         let reads = both_ways(&wishes(), host(&[made]));
         let tables = Rules::Tables(BTreeSet::from(["filter".to_string()]));
         assert_eq!(reads.last().map(|s| s.v4.clone()), Some(tables));
+    }
+
+    /// A wished chain reached only from a chain the plan does not read
+    /// costs a read of its table the first time, and no more once found
+    /// reached; a chain nothing jumps to is warned of every time.
+    #[test]
+    fn a_chain_found_reached_once_is_not_looked_for_again() {
+        let wishes = |chain: &str| {
+            let text = format!(
+                "pyfw_wishes:\n  iptables:\n    filter:\n      {chain}:\n        rules:\n        \
+                 - a: -p tcp -j ACCEPT\n"
+            );
+            crate::wishes::parse(&text, Path::new("w.yaml")).unwrap()
+        };
+        let state = State {
+            v4: crate::state::parse_iptables_save(
+                "*filter\n:INPUT ACCEPT [0:0]\n:THEIRS - [0:0]\n:MINE - [0:0]\n\
+                 -A INPUT -j THEIRS\n-A THEIRS -j MINE\nCOMMIT\n",
+            )
+            .unwrap(),
+            ..State::default()
+        };
+        let mut rec = Reconciler::new(Kernel {
+            state,
+            reads: Vec::new(),
+        });
+        let whole = |rec: &Reconciler<Kernel>| {
+            let reads = &rec.backend.reads;
+            reads
+                .iter()
+                .filter(|s| matches!(s.v4, Rules::Tables(_)))
+                .count()
+        };
+        for _ in 0..3 {
+            let planned = rec.plan(&wishes("MINE")).unwrap();
+            assert_eq!(planned.warnings, []);
+            assert_eq!(whole(&rec), 1);
+        }
+        for n in 2..4 {
+            let planned = rec.plan(&wishes("LONELY")).unwrap();
+            assert_eq!(planned.warnings.len(), 1, "{:?}", planned.warnings);
+            assert_eq!(whole(&rec), n);
+        }
     }
 
     #[test]

@@ -187,6 +187,67 @@ impl SetType {
             .collect())
     }
 
+    /// Whether the set's elements hold addresses, and so belong to one
+    /// family: iptables refuses such a set of the other family in a rule.
+    /// `bitmap:port`, `hash:mac` and `list:set` hold none.
+    pub fn holds_addresses(&self) -> bool {
+        self.parts.iter().any(|p| matches!(p, Part::Ip | Part::Net))
+    }
+
+    /// True for the hash types, which hold at most `maxelem` elements.
+    pub fn is_hash(&self) -> bool {
+        self.name.starts_with("hash:")
+    }
+
+    /// How many elements the kernel stores for one member, as
+    /// [`SetType::expand_member`] gives it: each address of a network or
+    /// range in an address part, each network a range in a `hash:net` part
+    /// splits into, each port of a port range; the product over the parts
+    /// (`10.0.0.0/31,tcp:1-2` is 4).
+    pub fn element_count(&self, member: &str) -> u128 {
+        let element = member.split(' ').next().unwrap_or(member);
+        if !element.contains(['-', '/']) {
+            return 1;
+        }
+        let mut count: u128 = 1;
+        for (part, text) in self.parts.iter().zip(element.split(',')) {
+            let n = match part {
+                Part::Ip => address_span(text).map_or(1, |(lo, hi, _)| hi - lo + 1),
+                Part::Net if !text.contains('/') => {
+                    address_span(text).map_or(1, |(lo, hi, bits)| cidr_count(lo, hi, bits))
+                }
+                Part::Port => port_span(text).map_or(1, |(lo, hi)| u128::from(hi - lo) + 1),
+                _ => 1,
+            };
+            count = count.saturating_mul(n);
+        }
+        count
+    }
+
+    /// The numbers a bitmap set's `range` option spans: addresses for
+    /// `bitmap:ip` and `bitmap:ip,mac` (`A-B` or `A/PREFIX`), ports for
+    /// `bitmap:port` (`P-Q`).
+    pub fn bitmap_range(&self, range: &str) -> Result<(u128, u128), String> {
+        let span = match self.parts.first() {
+            Some(Part::Port) => port_span(range).map(|(lo, hi)| (u128::from(lo), u128::from(hi))),
+            _ => address_span(range)
+                .filter(|(_, _, bits)| *bits == 32)
+                .map(|(lo, hi, _)| (lo, hi)),
+        };
+        span.ok_or_else(|| format!("`range {range}` is not a range this set type takes"))
+    }
+
+    /// The numbers a bitmap member's element spans (see
+    /// [`SetType::bitmap_range`]), when it can be read.
+    pub fn bitmap_span(&self, member: &str) -> Option<(u128, u128)> {
+        let element = member.split(' ').next().unwrap_or(member);
+        let first = element.split(',').next().unwrap_or(element);
+        match self.parts.first() {
+            Some(Part::Port) => port_span(first).map(|(lo, hi)| (u128::from(lo), u128::from(hi))),
+            _ => address_span(first).map(|(lo, hi, _)| (lo, hi)),
+        }
+    }
+
     /// Checks one member and returns it as written in `ipset` syntax, with
     /// each part normalised. Options after the element (`timeout 60`,
     /// `nomatch`) are kept as written.
@@ -306,6 +367,60 @@ pub fn member_words(member: &str) -> impl Iterator<Item = &str> {
 
 /// The most addresses one member of an address set may stand for.
 const MAX_EXPANSION: u128 = 65_536;
+
+/// The addresses `ADDR`, `ADDR/PREFIX` or `ADDR-ADDR` spans, as numbers,
+/// with the family's width in bits.
+fn address_span(text: &str) -> Option<(u128, u128, u32)> {
+    let bits = |ip: &IpAddr| if ip.is_ipv4() { 32 } else { 128 };
+    if let Some((lo, hi)) = text.split_once('-') {
+        let (lo, hi) = (lo.parse::<IpAddr>().ok()?, hi.parse::<IpAddr>().ok()?);
+        let (a, b) = (ip_bits(lo), ip_bits(hi));
+        return (a <= b && bits(&lo) == bits(&hi)).then_some((a, b, bits(&lo)));
+    }
+    let (addr, prefix) = match text.split_once('/') {
+        Some((a, p)) => (a.parse::<IpAddr>().ok()?, p.parse::<u32>().ok()?),
+        None => {
+            let ip = text.parse::<IpAddr>().ok()?;
+            (ip, bits(&ip))
+        }
+    };
+    let width = bits(&addr);
+    let host = width.checked_sub(prefix)?;
+    let size_less_one = 1u128.checked_shl(host).map_or(u128::MAX, |s| s - 1);
+    let base = ip_bits(addr) & !size_less_one;
+    Some((base, base.saturating_add(size_less_one), width))
+}
+
+/// The ports `[PROTO:]PORT[-PORT]` spans; an ICMP type is one element.
+fn port_span(text: &str) -> Option<(u16, u16)> {
+    let ports = match text.split_once(':') {
+        Some((proto, _)) if proto.starts_with("icmp") => return Some((0, 0)),
+        Some((_, ports)) => ports,
+        None => text,
+    };
+    let (lo, hi) = ports.split_once('-').unwrap_or((ports, ports));
+    let (lo, hi) = (lo.parse::<u16>().ok()?, hi.parse::<u16>().ok()?);
+    (lo <= hi).then_some((lo, hi))
+}
+
+/// How many networks ipset splits the range `lo..=hi` into: the fewest
+/// aligned blocks that cover it.
+fn cidr_count(mut lo: u128, hi: u128, bits: u32) -> u128 {
+    let mut count = 0;
+    loop {
+        // The largest block aligned at `lo` that ends at or before `hi`.
+        let mut size_bits = lo.trailing_zeros().min(bits);
+        while size_bits > 0 && (1u128 << size_bits.min(127)) - 1 > hi - lo {
+            size_bits -= 1;
+        }
+        count += 1;
+        let last = lo.saturating_add((1u128 << size_bits.min(127)) - 1);
+        if last >= hi || size_bits >= 128 {
+            return count;
+        }
+        lo = last + 1;
+    }
+}
 
 fn ip_bits(ip: IpAddr) -> u128 {
     match ip {
@@ -443,10 +558,15 @@ fn iface(text: &str) -> Result<String, String> {
 
 /// Set names are at most 31 characters (IPSET_MAXNAMELEN - 1) without blanks.
 ///
+/// A leading `-` is refused: ipset reads such a word as an option
+/// (`-exist`, `-q`, `-s`: in an argument vector and in `ipset restore`
+/// lines alike).
+///
 /// A `"` is refused: `ipset restore` reads it as the start or end of a
 /// quoted word, so no line of it can name such a set.
 pub fn valid_set_name(name: &str) -> bool {
     !name.is_empty()
+        && !name.starts_with('-')
         && name.len() <= 31
         && name
             .chars()
@@ -566,6 +686,53 @@ mod tests {
                 .contains("hash:net")
         );
         assert_eq!(norm("hash:net", "10.0.0.4/30").unwrap(), "10.0.0.4/30");
+    }
+
+    #[test]
+    fn counts_elements_as_the_kernel_stores_them() {
+        let count = |t: &str, m: &str| SetType::parse(t).unwrap().element_count(m);
+        assert_eq!(count("hash:ip", "10.0.0.1"), 1);
+        assert_eq!(count("hash:ip,port", "10.0.0.1,tcp:80-90"), 11);
+        assert_eq!(count("hash:ip,port", "10.0.0.0/30,udp:53"), 4);
+        assert_eq!(count("hash:ip,port", "10.0.0.1-10.0.0.2,udp:5-6"), 4);
+        assert_eq!(count("hash:ip,port", "10.0.0.1,icmp:echo-request"), 1);
+        // ipset splits 10.0.0.1-10.0.0.10 into .1, .2/31, .4/30, .8/31, .10.
+        assert_eq!(count("hash:net", "10.0.0.1-10.0.0.10"), 5);
+        assert_eq!(count("hash:net", "10.0.0.0/8"), 1);
+        assert_eq!(count("hash:net", "0.0.0.0-255.255.255.255"), 1);
+        assert_eq!(
+            count("hash:net", "::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"),
+            1
+        );
+        assert_eq!(count("hash:net", "::1-::2"), 2);
+        // ipset's own split of 10.1.0.0-10.1.0.2: 10.1.0.0/31 and 10.1.0.2.
+        assert_eq!(
+            count("hash:ip,port,net", "10.0.0.0/31,tcp:1-2,10.1.0.0-10.1.0.2"),
+            8
+        );
+        assert_eq!(count("hash:net,iface", "10.0.0.0/8,eth-0"), 1);
+    }
+
+    #[test]
+    fn bitmap_ranges_read_as_numbers() {
+        let t = SetType::parse("bitmap:ip").unwrap();
+        assert_eq!(
+            t.bitmap_range("10.0.0.0/24"),
+            Ok((0x0a00_0000, 0x0a00_00ff))
+        );
+        assert_eq!(
+            t.bitmap_range("10.0.0.1-10.0.0.2"),
+            Ok((0x0a00_0001, 0x0a00_0002))
+        );
+        assert!(t.bitmap_range("2001:db8::/64").is_err());
+        assert_eq!(
+            t.bitmap_span("10.0.1.0/30"),
+            Some((0x0a00_0100, 0x0a00_0103))
+        );
+        let p = SetType::parse("bitmap:port").unwrap();
+        assert_eq!(p.bitmap_range("0-1024"), Ok((0, 1024)));
+        assert_eq!(p.bitmap_span("10-20"), Some((10, 20)));
+        assert_eq!(p.bitmap_span("2000 timeout 5"), Some((2000, 2000)));
     }
 
     #[test]

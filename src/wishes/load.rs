@@ -86,11 +86,7 @@ fn parse_once(
     path: &Path,
     options: serde_saphyr::Options,
 ) -> Result<Wishes, LoadError> {
-    let mut v = Validator {
-        path: path.to_path_buf(),
-        errors: Vec::new(),
-        warnings: Vec::new(),
-    };
+    let mut v = Validator::new(path);
     if text.trim().is_empty() {
         v.error(
             0,
@@ -126,6 +122,11 @@ fn parse_once(
         return Err(LoadError { errors: v.errors });
     };
     let wishes = v.wishes(body);
+    if v.wants_lines && !MEMBER_LINES.get() {
+        // Loads, but a warning needs a member's line: the pass with lines
+        // says it.
+        return Err(LoadError { errors: v.errors });
+    }
     if v.errors.is_empty() {
         let mut wishes = wishes;
         wishes.warnings = std::mem::take(&mut v.warnings);

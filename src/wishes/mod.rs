@@ -16,6 +16,7 @@ use crate::state::Family;
 use crate::state::rule::Rule;
 use crate::state::set_type::{SetFamily, SetType};
 
+mod checks;
 pub(crate) mod lift;
 mod load;
 mod raw;

@@ -10,6 +10,7 @@ use crate::state::ownership::RECORD_SET;
 use crate::state::rule::Rule;
 use crate::state::set_type::{SetFamily, SetType, valid_set_name};
 use crate::state::{Family, TABLES, builtin_chains};
+use crate::wishes::checks::{self, Declared};
 use crate::wishes::raw::MEMBER_LINES;
 use crate::wishes::raw::*;
 use crate::wishes::*;
@@ -18,6 +19,25 @@ pub(crate) struct Validator {
     pub(crate) path: PathBuf,
     pub(crate) errors: Vec<WishError>,
     pub(crate) warnings: Vec<WishError>,
+    /// The sets the file declares, with their type and family once
+    /// validated: what its rules and list:set members may name.
+    pub(crate) declared: Declared,
+    /// A warning is about a member whose line this pass does not know:
+    /// the file is read again with every member's line (see
+    /// [`crate::wishes::parse`]).
+    pub(crate) wants_lines: bool,
+}
+
+impl Validator {
+    pub(crate) fn new(path: &std::path::Path) -> Validator {
+        Validator {
+            path: path.to_path_buf(),
+            errors: Vec::new(),
+            warnings: Vec::new(),
+            declared: Declared::new(),
+            wants_lines: false,
+        }
+    }
 }
 
 impl Validator {
@@ -41,11 +61,18 @@ impl Validator {
     }
 
     pub(crate) fn wishes(&mut self, body: RawWishes) -> Wishes {
+        let sets: Vec<_> = body.ipsets.into_iter().flat_map(|m| m.0).collect();
+        // A list:set may name a set declared after it.
+        self.declared = sets.iter().map(|(n, _)| (n.value.clone(), None)).collect();
         let mut ipsets = Vec::new();
-        for (name, set) in body.ipsets.into_iter().flat_map(|m| m.0) {
+        for (name, set) in sets {
             if let Some(wish) = self.ipset(name, set) {
                 ipsets.push(wish);
             }
+        }
+        for set in &ipsets {
+            self.declared
+                .insert(set.name.clone(), Some((set.kind.clone(), set.family)));
         }
         let mut out = Wishes {
             path: self.path.clone(),
@@ -83,7 +110,15 @@ impl Validator {
         let label = format!("ipset {}", name.value);
         let label = Some(label.as_str());
         let mut ok = true;
-        if !valid_set_name(&name.value) {
+        if name.value.starts_with('-') {
+            let msg = format!(
+                "bad set name `{}`: ipset reads a word starting with `-` as an option \
+                 (`-exist`, `-q`, ...), so no set name may start with one",
+                name.value
+            );
+            self.error(line, label, &msg);
+            ok = false;
+        } else if !valid_set_name(&name.value) {
             self.error(
                 line,
                 label,
@@ -111,16 +146,28 @@ impl Validator {
             .as_ref()
             .map(|h| h.value.split_whitespace().map(String::from).collect())
             .unwrap_or_default();
-        let family = match header_family(&header) {
-            Ok(f) => f,
+        let header_line = raw.header.as_ref().map_or(line, |h| h.referenced.line());
+        let options = match header_options(&header) {
+            Ok(o) => o,
             Err(msg) => {
-                let hl = raw.header.as_ref().map_or(line, |h| h.referenced.line());
-                self.error(hl, label, &msg);
+                self.error(header_line, label, &msg);
                 ok = false;
-                SetFamily::Inet
+                Options::default()
             }
         };
+        let family = options.family;
         let kind = kind?;
+        let range = match (kind.name().starts_with("bitmap:"), options.range) {
+            (true, Some(text)) => match checks::bitmap_range(&kind, text, options.netmask) {
+                Ok((lo, hi)) => Some((text, lo, hi)),
+                Err(msg) => {
+                    self.error(header_line, label, &msg);
+                    ok = false;
+                    None
+                }
+            },
+            _ => None,
+        };
         let mut members = None;
         if let Some(list) = raw.members_equal {
             // Only the pass with lines indexes members as they come.
@@ -144,6 +191,18 @@ impl Validator {
                 } else {
                     (kind.expand_into(text, family, &mut out), None)
                 };
+                if expanded.is_ok() {
+                    let written = text.as_deref();
+                    if let Some(why) = self.member_problem(&kind, &out[start..], written, range) {
+                        let msg = format!("bad member for {}: {why}", kind.name());
+                        self.error(mline, label, &msg);
+                        ok = false;
+                        continue;
+                    }
+                    if kind.name() == "list:set" {
+                        self.listed_set(&out[start..], m.line, mline, label);
+                    }
+                }
                 match expanded {
                     // Without lines (the first pass), duplicates are looked
                     // for once the list is whole (see `listed_twice`).
@@ -168,6 +227,19 @@ impl Validator {
                 // Only the pass with lines says which member and where.
                 self.error(list_line, label, "a member is listed twice");
                 ok = false;
+            }
+            if kind.is_hash() {
+                let count = element_count(&kind, &out);
+                let full = checks::over_maxelem(count, options.maxelem, options.forceadd);
+                if let Some(msg) = full {
+                    let at = if options.maxelem.is_some() {
+                        header_line
+                    } else {
+                        line
+                    };
+                    self.error(at, label, &msg);
+                    ok = false;
+                }
             }
             members = Some(out);
         }
@@ -214,13 +286,23 @@ impl Validator {
                 let msg = format!("`default_action` must be ACCEPT or DROP, not `{}`", p.value);
                 self.error(p.referenced.line(), Some(&label), &msg);
                 ok = false;
+            } else if p.value == "DROP" && table == "nat" {
+                let msg = format!(
+                    "the nat table takes only `default_action: ACCEPT`: {}",
+                    checks::NAT_DROP
+                );
+                self.error(p.referenced.line(), Some(&label), &msg);
+                ok = false;
             }
             p.value
         });
-        let rules = raw.rules.map(|r| self.rules(&label, r)).and_then(|r| {
-            ok &= r.is_some();
-            r
-        });
+        let rules = raw
+            .rules
+            .map(|r| self.rules(family, table, &label, r))
+            .and_then(|r| {
+                ok &= r.is_some();
+                r
+            });
         ok.then(|| ChainWish {
             family,
             table: table.to_string(),
@@ -231,7 +313,13 @@ impl Validator {
         })
     }
 
-    pub(crate) fn rules(&mut self, label: &str, raw: Spanned<Node>) -> Option<Vec<RuleItem>> {
+    pub(crate) fn rules(
+        &mut self,
+        family: Family,
+        table: &str,
+        label: &str,
+        raw: Spanned<Node>,
+    ) -> Option<Vec<RuleItem>> {
         let Node::Seq(items) = raw.value else {
             let msg = "`rules` must be a list of one-key maps (`- NAME: RULE`)";
             self.error(raw.referenced.line(), Some(label), msg);
@@ -318,6 +406,19 @@ impl Validator {
             if let Some(octal) = octal_port(&rule) {
                 self.warn(line, Some(&wish), &octal);
             }
+            let mut refused = checks::rule_errors(&rule, family, table);
+            let (set_errors, set_warnings) = checks::set_names(&rule, family, &self.declared);
+            refused.extend(set_errors);
+            for msg in &set_warnings {
+                self.warn(line, Some(&wish), msg);
+            }
+            if !refused.is_empty() {
+                for msg in &refused {
+                    self.error(line, Some(&wish), msg);
+                }
+                ok = false;
+                continue;
+            }
             let rule = rule.with_comment(&name);
             out.push(RuleItem::Named(NamedRule {
                 name,
@@ -328,6 +429,53 @@ impl Validator {
         }
         ok.then_some(out)
     }
+}
+
+impl Validator {
+    /// Why the elements one member stands for do not fit its set (a
+    /// bitmap set's `range`), if they do not.
+    fn member_problem(
+        &self,
+        kind: &SetType,
+        elements: &[String],
+        written: Option<&str>,
+        range: Option<(&str, u128, u128)>,
+    ) -> Option<String> {
+        let range = range?;
+        elements
+            .iter()
+            .find_map(|e| checks::outside_range(kind, e, written.unwrap_or(e), range))
+    }
+
+    /// Warns of a list:set member naming a set the file declares nowhere.
+    fn listed_set(&mut self, elements: &[String], line: Option<u64>, at: u64, label: Option<&str>) {
+        for e in elements {
+            let name = element(e);
+            if self.declared.contains_key(name) {
+                continue;
+            }
+            if line.is_none() {
+                // Said by the pass that knows the member's line.
+                self.wants_lines = true;
+                return;
+            }
+            let msg = format!(
+                "list:set member `{name}`: no set `{name}` is declared under `ipsets`; ipset \
+                 refuses the member unless another program has made that set"
+            );
+            self.warn(at, label, &msg);
+        }
+    }
+}
+
+/// How many elements the kernel stores for `members` (see
+/// [`SetType::element_count`]): one each in a set of single addresses,
+/// whose networks and ranges are already expanded.
+fn element_count(kind: &SetType, members: &[String]) -> u128 {
+    if kind.name() == "hash:ip" {
+        return members.len() as u128;
+    }
+    members.iter().map(|m| kind.element_count(m)).sum()
 }
 
 /// The elements of a set's members seen so far, by hash, each pointing at
@@ -390,7 +538,29 @@ fn element(member: &str) -> &str {
     member.split(' ').next().unwrap_or("")
 }
 
-fn header_family(header: &[String]) -> Result<SetFamily, String> {
+/// What a set's header says that its members must fit.
+struct Options<'h> {
+    family: SetFamily,
+    maxelem: Option<u128>,
+    /// A bitmap set's `range`, as written.
+    range: Option<&'h str>,
+    netmask: bool,
+    forceadd: bool,
+}
+
+impl Default for Options<'_> {
+    fn default() -> Self {
+        Options {
+            family: SetFamily::Inet,
+            maxelem: None,
+            range: None,
+            netmask: false,
+            forceadd: false,
+        }
+    }
+}
+
+fn header_options(header: &[String]) -> Result<Options<'_>, String> {
     // Options that take a value, and flags that do not (ipset(8)).
     const VALUED: &[&str] = &[
         "family",
@@ -405,10 +575,11 @@ fn header_family(header: &[String]) -> Result<SetFamily, String> {
         "initval",
     ];
     const FLAGS: &[&str] = &["counters", "comment", "skbinfo", "forceadd"];
-    let mut family = SetFamily::Inet;
+    let mut options = Options::default();
     let mut words = header.iter();
     while let Some(w) = words.next() {
         if FLAGS.contains(&w.as_str()) {
+            options.forceadd |= w == "forceadd";
             continue;
         }
         if !VALUED.contains(&w.as_str()) {
@@ -417,15 +588,25 @@ fn header_family(header: &[String]) -> Result<SetFamily, String> {
         let Some(value) = words.next() else {
             return Err(format!("create option `{w}` needs a value"));
         };
-        if w == "family" {
-            family = match value.as_str() {
-                "inet" => SetFamily::Inet,
-                "inet6" => SetFamily::Inet6,
-                other => return Err(format!("family must be inet or inet6, not `{other}`")),
-            };
+        match w.as_str() {
+            "family" => {
+                options.family = match value.as_str() {
+                    "inet" => SetFamily::Inet,
+                    "inet6" => SetFamily::Inet6,
+                    other => return Err(format!("family must be inet or inet6, not `{other}`")),
+                };
+            }
+            "maxelem" => {
+                let n = value.parse::<u128>().ok().filter(|n| *n > 0);
+                let n = n.ok_or_else(|| format!("`maxelem {value}` is not a positive number"))?;
+                options.maxelem = Some(n);
+            }
+            "range" => options.range = Some(value.as_str()),
+            "netmask" => options.netmask = true,
+            _ => {}
         }
     }
-    Ok(family)
+    Ok(options)
 }
 
 /// Chain names follow netfilter's limits: up to 28 characters without blanks,
