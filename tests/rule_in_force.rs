@@ -9,7 +9,10 @@ mod common;
 
 use common::{Backend, Netns};
 
-on_both_backends!(what_iptables_prints_lossily_is_installed_as_written);
+on_both_backends!(
+    what_iptables_prints_lossily_is_installed_as_written,
+    set_members_written_as_ranges_are_in_sync,
+);
 
 /// `-p tcp -m tcp ! --dport :` matches no packet; iptables prints it as
 /// `-p tcp -m tcp`, which accepts every TCP packet. `--ipcompspi :` prints
@@ -49,4 +52,28 @@ fn what_iptables_prints_lossily_is_installed_as_written(backend: Backend) {
     let again = ns.run_pyfw(&wishes, &["apply"]);
     again.expect_ok("a second apply");
     assert!(again.stdout.contains("Nothing to do"), "no churn\n{again}");
+}
+
+/// Members written as ranges or networks where ipset stores something else
+/// (each port of a port range, the networks that cover an address range in
+/// a `hash:net` part) are in sync after one apply: compared as ipset
+/// stores them, they never churn.
+fn set_members_written_as_ranges_are_in_sync(backend: Backend) {
+    let Some(ns) = Netns::new("set_ranges", backend) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let wishes = dir.path().join("wishes.yaml");
+    std::fs::write(
+        &wishes,
+        "pyfw_wishes:\n  ipsets:\n    ports:\n      type: hash:ip,port\n      \
+         members_equal: ['10.0.0.1,tcp:80-82', '10.0.0.0/31,udp:53']\n    nets:\n      \
+         type: hash:net\n      members_equal: [10.0.0.1-10.0.0.10, 192.168.1.0/24]\n    \
+         netports:\n      type: hash:net,port\n      members_equal: ['10.2.0.1-10.2.0.3,tcp:22-23']\n    \
+         bports:\n      type: bitmap:port\n      header: range 1-1000\n      members_equal: [80-82]\n",
+    )
+    .unwrap();
+    ns.run_pyfw(&wishes, &["apply"]).expect_ok("apply");
+    ns.run_pyfw(&wishes, &["check"])
+        .expect_ok("in sync after one apply");
 }

@@ -450,7 +450,7 @@ impl Rule {
     pub fn sets(&self) -> impl Iterator<Item = &str> {
         let mut prev: Option<&str> = None;
         self.tokens().filter(move |tok| {
-            let names_set = matches!(prev, Some("--match-set" | "--add-set" | "--del-set"));
+            let names_set = prev.is_some_and(names_a_set);
             prev = Some(tok);
             names_set
         })
@@ -460,7 +460,7 @@ impl Rule {
     pub fn with_set_renamed(&self, from: &str, to: &str) -> Rule {
         let mut prev: Option<&str> = None;
         Rule::from_tokens(self.tokens().map(|tok| {
-            let names_set = matches!(prev, Some("--match-set" | "--add-set" | "--del-set"));
+            let names_set = prev.is_some_and(names_a_set);
             prev = Some(tok);
             if names_set && tok == from { to } else { tok }
         }))
@@ -513,6 +513,15 @@ impl Rule {
         }
         Some(Rule::from_tokens(args))
     }
+}
+
+/// True for an option whose value is a set's name: the set match, and the
+/// SET target's three options.
+fn names_a_set(option: &str) -> bool {
+    matches!(
+        option,
+        "--match-set" | "--add-set" | "--del-set" | "--map-set"
+    )
 }
 
 /// [`Rule::comment`] read straight off the joined text, for the common
@@ -771,5 +780,18 @@ mod tests {
     fn bang_stays_bare() {
         let r = Rule::parse("'!' -i docker0").unwrap();
         assert_eq!(r.to_string(), "! -i docker0");
+    }
+
+    /// Every option that names a set is seen, `--map-set` (the SET
+    /// target's) too: the planner retargets and keeps such sets.
+    #[test]
+    fn every_option_naming_a_set_names_it() {
+        let r = Rule::parse(
+            "-m set --match-set a src -j SET --map-set b dst --map-mark --add-set c src",
+        )
+        .unwrap();
+        assert_eq!(r.sets().collect::<Vec<_>>(), ["a", "b", "c"]);
+        let moved = r.with_set_renamed("b", "t");
+        assert_eq!(moved.sets().collect::<Vec<_>>(), ["a", "t", "c"]);
     }
 }

@@ -141,50 +141,42 @@ impl SetType {
         family == SetFamily::Inet && self.parts == [Part::Ip] && member.parse::<Ipv4Addr>().is_ok()
     }
 
+    /// The elements ipset stores for one member, part by part: an address
+    /// part's network or range is each address; a network part's range is
+    /// the fewest aligned networks that cover it (a lone address bare, as
+    /// `ipset save` prints a /32); a port range is each port; the member's
+    /// elements are every combination of its parts', options after each.
     fn expand_member_slow(&self, member: &str, family: SetFamily) -> Result<Vec<String>, String> {
         let one = self.normalize_member(member, family)?;
-        if self.parts != [Part::Ip] {
-            return Ok(vec![one]);
-        }
         let (element, options) = match one.split_once(' ') {
-            Some((e, o)) => (e.to_string(), format!(" {o}")),
-            None => (one.clone(), String::new()),
+            Some((e, o)) => (e, format!(" {o}")),
+            None => (one.as_str(), String::new()),
         };
-        let range = if let Some((a, p)) = element.split_once('/') {
-            let (Ok(ip), Ok(prefix)) = (a.parse::<IpAddr>(), p.parse::<u32>()) else {
-                return Ok(vec![one]);
-            };
-            let bits = if ip.is_ipv4() { 32 } else { 128 };
-            let size = 1u128.checked_shl(bits - prefix).unwrap_or(u128::MAX);
-            let base = ip_bits(ip) & !(size.wrapping_sub(1));
-            (base, base.saturating_add(size - 1), ip.is_ipv4())
-        } else if let Some((lo, hi)) = element.split_once('-') {
-            let (Ok(lo), Ok(hi)) = (lo.parse::<IpAddr>(), hi.parse::<IpAddr>()) else {
-                return Ok(vec![one]);
-            };
-            (ip_bits(lo), ip_bits(hi), lo.is_ipv4())
-        } else {
-            return Ok(vec![one]);
-        };
-        let (lo, hi, v4) = range;
-        if hi - lo >= MAX_EXPANSION {
+        if !element.contains(['-', '/']) {
+            return Ok(vec![one.clone()]);
+        }
+        let count = self.element_count(element);
+        if count > MAX_EXPANSION {
             return Err(format!(
-                "`{element}` stands for {} addresses; a {} set stores each one, so use \
-                 hash:net for networks this large",
-                hi - lo + 1,
+                "`{element}` stands for {count} elements; a {} set stores each one, so use \
+                 hash:net for networks this large, or fewer ranges",
                 self.name
             ));
         }
-        Ok((lo..=hi)
-            .map(|n| {
-                let ip = if v4 {
-                    IpAddr::V4(Ipv4Addr::from(n as u32))
-                } else {
-                    IpAddr::V6(Ipv6Addr::from(n))
-                };
-                format!("{ip}{options}")
-            })
-            .collect())
+        let mut elements = vec![String::new()];
+        for (i, (part, text)) in self.parts.iter().zip(element.split(',')).enumerate() {
+            let pieces = expand_part(*part, text, self.is_bitmap());
+            elements = elements
+                .iter()
+                .flat_map(|head| {
+                    pieces.iter().map(move |piece| match i {
+                        0 => piece.clone(),
+                        _ => format!("{head},{piece}"),
+                    })
+                })
+                .collect();
+        }
+        Ok(elements.into_iter().map(|e| e + &options).collect())
     }
 
     /// Whether the set's elements hold addresses, and so belong to one
@@ -391,6 +383,47 @@ fn address_span(text: &str) -> Option<(u128, u128, u32)> {
     Some((base, base.saturating_add(size_less_one), width))
 }
 
+/// One part of an element as the elements ipset stores for it (see
+/// [`SetType::expand_member`]); a part that spans nothing is itself.
+fn expand_part(part: Part, text: &str, bitmap: bool) -> Vec<String> {
+    let one = || vec![text.to_string()];
+    match part {
+        Part::Ip if text.contains(['-', '/']) => match address_span(text) {
+            Some((lo, hi, bits)) => (lo..=hi).map(|n| address(n, bits)).collect(),
+            None => one(),
+        },
+        Part::Net if text.contains('-') => match address_span(text) {
+            Some((lo, hi, bits)) => cidrs(lo, hi, bits)
+                .into_iter()
+                .map(|(base, prefix)| match prefix == bits {
+                    true => address(base, bits),
+                    false => format!("{}/{prefix}", address(base, bits)),
+                })
+                .collect(),
+            None => one(),
+        },
+        Part::Port if text.contains('-') => {
+            let proto = text.split_once(':').map(|(p, _)| p);
+            match (port_span(text), proto) {
+                (Some((lo, hi)), Some(proto)) if !bitmap => {
+                    (lo..=hi).map(|p| format!("{proto}:{p}")).collect()
+                }
+                (Some((lo, hi)), _) => (lo..=hi).map(|p| p.to_string()).collect(),
+                (None, _) => one(),
+            }
+        }
+        _ => one(),
+    }
+}
+
+/// The address `n` of a family `bits` wide, as text.
+fn address(n: u128, bits: u32) -> String {
+    match bits {
+        32 => Ipv4Addr::from(n as u32).to_string(),
+        _ => Ipv6Addr::from(n).to_string(),
+    }
+}
+
 /// The ports `[PROTO:]PORT[-PORT]` spans; an ICMP type is one element.
 fn port_span(text: &str) -> Option<(u16, u16)> {
     let ports = match text.split_once(':') {
@@ -405,21 +438,30 @@ fn port_span(text: &str) -> Option<(u16, u16)> {
 
 /// How many networks ipset splits the range `lo..=hi` into: the fewest
 /// aligned blocks that cover it.
-fn cidr_count(mut lo: u128, hi: u128, bits: u32) -> u128 {
-    let mut count = 0;
-    loop {
-        // The largest block aligned at `lo` that ends at or before `hi`.
+fn cidr_count(lo: u128, hi: u128, bits: u32) -> u128 {
+    blocks(lo, hi, bits).count() as u128
+}
+
+/// The networks ipset splits the range `lo..=hi` into, as (base, prefix).
+fn cidrs(lo: u128, hi: u128, bits: u32) -> Vec<(u128, u32)> {
+    blocks(lo, hi, bits).collect()
+}
+
+/// The fewest aligned blocks that cover `lo..=hi`, in order, as (base,
+/// prefix): each the largest block aligned at where the last ended that
+/// ends at or before `hi`.
+fn blocks(lo: u128, hi: u128, bits: u32) -> impl Iterator<Item = (u128, u32)> {
+    let mut next = Some(lo);
+    std::iter::from_fn(move || {
+        let lo = next?;
         let mut size_bits = lo.trailing_zeros().min(bits);
         while size_bits > 0 && (1u128 << size_bits.min(127)) - 1 > hi - lo {
             size_bits -= 1;
         }
-        count += 1;
         let last = lo.saturating_add((1u128 << size_bits.min(127)) - 1);
-        if last >= hi || size_bits >= 128 {
-            return count;
-        }
-        lo = last + 1;
-    }
+        next = (last < hi && size_bits < 128).then(|| last + 1);
+        Some((lo, bits - size_bits))
+    })
 }
 
 fn ip_bits(ip: IpAddr) -> u128 {
@@ -745,5 +787,58 @@ mod tests {
         assert!(norm("hash:net", "10.0.0.0/33").is_err());
         assert!(norm("hash:mac", "aa:bb").is_err());
         assert!(norm("list:set", "a b c").is_ok()); // options after the element
+    }
+    /// Every part's ranges stored as ipset stores them (what `ipset save`
+    /// printed for these, ipset 7.17): so a set with ranges is in sync.
+    #[test]
+    fn ranges_in_any_part_expand_as_ipset_stores_them() {
+        let expand = |t: &str, m: &str| {
+            let mut v = SetType::parse(t)
+                .unwrap()
+                .expand_member(m, SetFamily::Inet)
+                .unwrap();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            expand("hash:ip,port", "10.0.0.1,tcp:80-82"),
+            ["10.0.0.1,tcp:80", "10.0.0.1,tcp:81", "10.0.0.1,tcp:82"]
+        );
+        assert_eq!(
+            expand("hash:ip,port", "10.0.0.0/31,udp:53"),
+            ["10.0.0.0,udp:53", "10.0.0.1,udp:53"]
+        );
+        assert_eq!(
+            expand("hash:net", "10.0.0.1-10.0.0.10"),
+            [
+                "10.0.0.1",
+                "10.0.0.10",
+                "10.0.0.2/31",
+                "10.0.0.4/30",
+                "10.0.0.8/31"
+            ]
+        );
+        assert_eq!(expand("bitmap:port", "80-82"), ["80", "81", "82"]);
+        assert_eq!(
+            expand("hash:net,port", "10.2.0.1-10.2.0.3,tcp:22-23"),
+            [
+                "10.2.0.1,tcp:22",
+                "10.2.0.1,tcp:23",
+                "10.2.0.2/31,tcp:22",
+                "10.2.0.2/31,tcp:23"
+            ]
+        );
+        assert_eq!(
+            expand("hash:net,iface", "10.3.0.0-10.3.0.2,eth0"),
+            ["10.3.0.0/31,eth0", "10.3.0.2,eth0"]
+        );
+        // Options follow every element.
+        assert_eq!(
+            SetType::parse("hash:ip,port")
+                .unwrap()
+                .expand_member("10.0.0.1,tcp:1-2 timeout 5", SetFamily::Inet)
+                .unwrap(),
+            ["10.0.0.1,tcp:1 timeout 5", "10.0.0.1,tcp:2 timeout 5"]
+        );
     }
 }
