@@ -97,8 +97,15 @@ fn failed(e: crate::reconcile::Error, wishes: &Wishes) -> Result<ExitCode, Strin
     }
     match e {
         // Before the first write: nothing can have changed.
-        crate::reconcile::Error::Read(_) | crate::reconcile::Error::Rejected { .. } => {
+        crate::reconcile::Error::Read(_) | crate::reconcile::Error::Learn { .. } => {
             Err(format!("{e}; nothing was changed"))
+        }
+        crate::reconcile::Error::Rejected { .. } => Err(crate::cli::refused(&e, wishes)),
+        // Wishes checked only at apply (they name what the plan created).
+        crate::reconcile::Error::Apply(ref a)
+            if matches!(a.kernel_error(), Some(crate::kernel::Error::Rejected(_))) =>
+        {
+            Err(crate::cli::refused(&e, wishes))
         }
         // A command the kernel refused is the wish's: its file and line.
         crate::reconcile::Error::Apply(ref a) => match a.refused() {

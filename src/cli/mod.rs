@@ -36,6 +36,37 @@ pub fn print_plan_warnings(wishes: &wishes::Wishes, warnings: &[crate::reconcile
     }
 }
 
+/// Says every wish the kernel tools refused in `e`, each as `pyfw: error:
+/// FILE:LINE: table/chain/NAME: words` on a line of its own, and returns
+/// the last line: what that left. Any other error, as it is.
+pub fn refused(e: &crate::reconcile::Error, wishes: &wishes::Wishes) -> String {
+    use crate::reconcile::Error;
+    let (lines, left): (Vec<String>, String) = match e {
+        Error::Rejected { path, refused } => (
+            refused.iter().map(|r| r.located(path)).collect(),
+            "nothing was changed".to_string(),
+        ),
+        Error::Apply(a) => match a.kernel_error() {
+            Some(crate::kernel::Error::Rejected(list)) => (
+                list.iter()
+                    .map(|r| format!("{}: {}", wishes.locate(&r.label), r.message))
+                    .collect(),
+                a.left.to_string(),
+            ),
+            _ => return e.to_string(),
+        },
+        _ => return e.to_string(),
+    };
+    for line in &lines {
+        eprintln!("pyfw: error: {line}");
+    }
+    format!(
+        "the kernel refuses {} of the wishes in {}; {left}",
+        lines.len(),
+        wishes.path.display()
+    )
+}
+
 /// Runs the command `cli` names; the process's exit status.
 pub fn main(cli: Cli) -> ExitCode {
     crate::wishes::secure::allow_insecure_wishes(cli.allow_insecure_wishes);

@@ -20,7 +20,7 @@ pub fn show(
 ) -> Result<ExitCode, String> {
     let planned = reconciler
         .plan_after(wishes, owning)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| crate::cli::refused(&e, wishes))?;
     crate::cli::print_plan_warnings(wishes, &planned.warnings);
     if plan_json(command) {
         let backend = reconciler.backend();

@@ -267,13 +267,13 @@ impl Bad {
 struct Untaken {
     /// The tools refused them: the same content would be refused again.
     refused: bool,
-    /// The wish the tools named, or whose commands failed (`table/chain/
-    /// NAME`, `ipset NAME`), when known.
-    label: Option<String>,
-    /// iptables refused a rule while pyfw learned its form.
+    /// iptables refused rules while pyfw learned their forms (or checked
+    /// them): each is a wish of its own, said on a line of its own.
     rejected: bool,
-    /// The tools' words, and what the apply left.
-    message: String,
+    /// Each wish the tools named, or whose commands failed (`table/chain/
+    /// NAME`, `ipset NAME`) when known, with the tools' words (and what
+    /// the apply left).
+    wishes: Vec<(Option<String>, String)>,
 }
 
 /// The wishes in force and the reconciler that enforces them.
@@ -666,37 +666,42 @@ impl<R: Reconcile> Core<R> {
         self.reported = Some(waiting);
     }
 
-    /// One error for wishes the kernel did not take: the file and line,
-    /// the wish, the tools' words, then `consequence`. Returns it.
+    /// One error for wishes the kernel did not take, for each wish it
+    /// names: the file and line, the wish, the tools' words, then
+    /// `consequence`. Returns them, a line each.
     fn log_untaken(&self, untaken: &Untaken, consequence: &str) -> String {
         let path = self.path.display().to_string();
-        let label = untaken.label.as_deref().unwrap_or("");
-        let line = locate_wish(&self.active.wishes, label);
-        let at = match line {
-            Some(l) => format!("{path}:{l}"),
-            None => path.clone(),
-        };
         let what = match (untaken.rejected, untaken.refused) {
-            (true, _) => "iptables rejects the rule",
+            (true, _) => "the kernel refuses this wish",
             (false, true) => "the kernel refused the new wishes",
             (false, false) => "the new wishes could not be applied",
         };
-        let message = match &untaken.label {
-            Some(label) => format!("{at}: {label}: {what}: {}; {consequence}", untaken.message),
-            None => format!("{at}: {what}: {}; {consequence}", untaken.message),
-        };
-        let at = Label::parse(label.split(", ").next().unwrap_or(""));
-        tracing::error!(
-            file = %path,
-            line,
-            family = at.family,
-            table = at.table,
-            chain = at.chain,
-            ipset = at.ipset,
-            wish = at.wish,
-            "{message}"
-        );
-        message
+        let mut all = Vec::new();
+        for (label, words) in &untaken.wishes {
+            let label_text = label.as_deref().unwrap_or("");
+            let line = locate_wish(&self.active.wishes, label_text);
+            let at = match line {
+                Some(l) => format!("{path}:{l}"),
+                None => path.clone(),
+            };
+            let message = match label {
+                Some(label) => format!("{at}: {label}: {what}: {words}; {consequence}"),
+                None => format!("{at}: {what}: {words}; {consequence}"),
+            };
+            let at = Label::parse(label_text.split(", ").next().unwrap_or(""));
+            tracing::error!(
+                file = %path,
+                line,
+                family = at.family,
+                table = at.table,
+                chain = at.chain,
+                ipset = at.ipset,
+                wish = at.wish,
+                "{message}"
+            );
+            all.push(message);
+        }
+        all.join("\n")
     }
 
     /// Reads, plans and, unless held back, applies. `Err` only for new
@@ -845,34 +850,18 @@ impl<R: Reconcile> Core<R> {
                 Ok(RunResult::Repaired { fixes, ran })
             }
             Err(e) => {
-                let cause = cause_of(&e);
-                let (result, exit_status) = match cause {
-                    Some(kernel::Error::Failed { status, .. }) => ("failed", exit_code(status)),
-                    Some(kernel::Error::Timeout { .. }) => ("timeout", None),
-                    Some(kernel::Error::Spawn { .. }) => ("not started", None),
-                    _ => ("failed", None),
-                };
-                let why = cause.map_or_else(|| e.to_string(), ToString::to_string);
-                let via = transaction
-                    .as_deref()
-                    .map(|t| format!(" (in `{t}`)"))
-                    .unwrap_or_default();
-                // Every command announced but not done failed with it.
-                for (index, total, line, command) in pending {
-                    let at = Label::parse(&command.target);
-                    tracing::error!(
-                        trigger,
-                        family = at.family,
-                        table = at.table,
-                        chain = at.chain,
-                        ipset = at.ipset,
-                        wish = command.wish.as_deref(),
-                        command = %line,
-                        result,
-                        exit_status,
-                        "failed {index}/{total}: {line}{via}: {why}"
-                    );
-                }
+                // One line for the attempt (see `Core::failure`), not one
+                // for each command of the transaction that failed: the
+                // tools named the one they refused, or said none.
+                tracing::debug!(
+                    trigger,
+                    "the apply failed{}: {e}",
+                    transaction
+                        .as_deref()
+                        .map(|t| format!(" (in `{t}`)"))
+                        .unwrap_or_default()
+                );
+                drop(pending);
                 // Commands are numbered from 1 in the events.
                 let failing = in_flight.start.saturating_sub(1)..in_flight.end.saturating_sub(1);
                 self.failure(e, name_wishes(serves.get(failing).unwrap_or_default()))
@@ -921,11 +910,35 @@ impl<R: Reconcile> Core<R> {
     /// wish whose commands failed, when known.
     fn failure(&self, e: reconcile::Error, label: Option<String>) -> Result<RunResult, Untaken> {
         if self.proven {
-            return Ok(RunResult::Failed(e.to_string()));
+            return Ok(RunResult::Failed(self.located(&e)));
         }
         match untaken(&e, label) {
             Some(u) if u.refused || self.fallback.is_some() => Err(u),
-            _ => Ok(RunResult::Failed(e.to_string())),
+            _ => Ok(RunResult::Failed(self.located(&e))),
+        }
+    }
+
+    /// A reconcile error with the file and line of each wish it names.
+    fn located(&self, e: &reconcile::Error) -> String {
+        let wishes = &self.active.wishes;
+        match e {
+            reconcile::Error::Rejected { .. } => one_line(&e.to_string().replace('\n', "; ")),
+            reconcile::Error::Apply(a) => match (a.refused(), a.kernel_error()) {
+                (Some(refused), _) => {
+                    let label = refused.label();
+                    let text = e.to_string();
+                    let rest = text.strip_prefix(&format!("{label}: ")).unwrap_or(&text);
+                    one_line(&format!("{}: {rest}", wishes.locate(&label)))
+                }
+                (None, Some(kernel::Error::Rejected(list))) => {
+                    let each: Vec<String> = (list.iter())
+                        .map(|r| format!("{}: {}", wishes.locate(&r.label), r.message))
+                        .collect();
+                    one_line(&format!("{}; {}", each.join("; "), a.left))
+                }
+                _ => one_line(&e.to_string()),
+            },
+            _ => one_line(&e.to_string()),
         }
     }
 }
@@ -934,18 +947,41 @@ impl<R: Reconcile> Core<R> {
 /// not for an interrupt (the daemon is stopping), nor for an apply that
 /// committed (only pyfw's record trim failed: the wishes are in force).
 fn untaken(e: &reconcile::Error, label: Option<String>) -> Option<Untaken> {
+    if let reconcile::Error::Rejected { refused, .. } = e {
+        return Some(Untaken {
+            refused: true,
+            rejected: true,
+            wishes: (refused.iter())
+                .map(|r| (Some(r.label.clone()), one_line(&r.message)))
+                .collect(),
+        });
+    }
     let cause = cause_of(e)?;
     if let reconcile::Error::Apply(a) = e
         && (matches!(a.left, Left::Applied) || matches!(a.cause, Cause::RecordAfter(_)))
     {
         return None;
     }
-    if let kernel::Error::Rejected { label, message } = cause {
+    if let kernel::Error::Rejected(list) = cause {
         return Some(Untaken {
             refused: true,
-            label: Some(label.clone()),
             rejected: true,
-            message: message.clone(),
+            wishes: (list.iter())
+                .map(|r| (Some(r.label.clone()), one_line(&r.message)))
+                .collect(),
+        });
+    }
+    if let reconcile::Error::Apply(a) = e
+        && let Some(refused) = a.refused()
+    {
+        // The command the tools refused names its wish.
+        let label = refused.label();
+        let text = e.to_string();
+        let rest = text.strip_prefix(&format!("{label}: ")).unwrap_or(&text);
+        return Some(Untaken {
+            refused: cause.is_refusal(),
+            rejected: false,
+            wishes: vec![(Some(label), one_line(rest))],
         });
     }
     let message = match e {
@@ -956,9 +992,8 @@ fn untaken(e: &reconcile::Error, label: Option<String>) -> Option<Untaken> {
     };
     Some(Untaken {
         refused: cause.is_refusal(),
-        label,
         rejected: false,
-        message: one_line(&message),
+        wishes: vec![(label, one_line(&message))],
     })
 }
 
@@ -1015,13 +1050,6 @@ fn cause_of(e: &reconcile::Error) -> Option<&kernel::Error> {
         source = s.source();
     }
     None
-}
-
-/// `exit status: 1` -> 1.
-fn exit_code(status: &str) -> Option<i32> {
-    status
-        .strip_prefix("exit status: ")
-        .and_then(|s| s.trim().parse().ok())
 }
 
 /// The line of rule `table/chain/NAME` (or `ip6tables:table/chain/NAME`),
@@ -1212,10 +1240,10 @@ pub(crate) mod fake {
                 stderr: stderr.into(),
             };
             if added.iter().any(|n| n == "bad") {
-                let e = kernel::Error::Rejected {
+                let e = kernel::Error::Rejected(vec![kernel::Rejection {
                     label: "filter/INPUT/bad".into(),
                     message: "iptables v1.8.9 (nf_tables): Bad ctstate \"BOGUS\"".into(),
-                };
+                }]);
                 return failing(&mut w, "bad", e);
             }
             if added.iter().any(|n| n == "refused") {
@@ -1847,11 +1875,5 @@ mod tests {
             "`iptables -w -I INPUT 1 -o lo` failed (exit status: 2): iptables v1.8.9 (nf_tables): \
              Can't use -o with INPUT; rolled back in 1 transaction(s)"
         );
-    }
-
-    #[test]
-    fn exit_codes_are_read_from_the_status() {
-        assert_eq!(exit_code("exit status: 1"), Some(1));
-        assert_eq!(exit_code("signal: 9 (SIGKILL)"), None);
     }
 }

@@ -4,7 +4,8 @@
 //! the choice of iptables variant in `variant.rs`; this file holds the
 //! struct and the trait's implementation.
 
-use crate::kernel::backend::{Backend, BatchError, Error, RuleCheck};
+use crate::kernel::backend::{Backend, BatchError, Error, Learned, RuleCheck, SetShape};
+use crate::kernel::learn::{Verdict, lacks};
 use crate::kernel::legacy_cache::LegacyCache;
 use crate::kernel::process::{Output, Runner, Sink};
 use crate::kernel::restore_script::{
@@ -12,7 +13,6 @@ use crate::kernel::restore_script::{
 };
 use crate::kernel::scope::Scope;
 use crate::plan::{Command, Program};
-use crate::state::rule::Rule;
 use crate::state::{Family, State};
 
 /// The real kernel tools, found on `PATH`.
@@ -112,6 +112,29 @@ impl System {
     }
 }
 
+impl System {
+    /// The rules the private namespace refused for lacking what the host
+    /// may have, learned (or refused) in the real tables instead.
+    fn settle_lacking(
+        &self,
+        rules: &[RuleCheck],
+        mut verdicts: Vec<Verdict>,
+    ) -> Result<Vec<Verdict>, Error> {
+        let again: Vec<usize> = (0..rules.len())
+            .filter(|&i| !rules[i].later)
+            .filter(|&i| matches!(&verdicts[i], Verdict::Refused { stderr, .. } if lacks(stderr)))
+            .collect();
+        if again.is_empty() {
+            return Ok(verdicts);
+        }
+        let subset: Vec<RuleCheck> = again.iter().map(|&i| rules[i].clone()).collect();
+        for (i, settled) in again.into_iter().zip(self.canonicalize_scratch(&subset)?) {
+            verdicts[i] = settled;
+        }
+        Ok(verdicts)
+    }
+}
+
 impl Backend for System {
     /// The families' rules and the sets are read side by side (see
     /// `parallel`).
@@ -125,22 +148,43 @@ impl Backend for System {
 
     /// In a private network namespace when pyfw may make one (empty tables:
     /// on legacy every commit and read costs the size of the table, and a
-    /// 50,000-rule table made this step three quarters of a second), else
-    /// in a scratch chain of the real tables.
-    fn canonicalize(&mut self, rules: &[RuleCheck], host: &State) -> Result<Vec<Rule>, Error> {
+    /// 50,000-rule table made this step three quarters of a second), each
+    /// rule in its real chain; else in a scratch chain of the real tables
+    /// (see `learn.rs` for what each catches). What the namespace lacks and
+    /// the host may have (a chain pyfw did not read) is settled in the real
+    /// tables.
+    fn canonicalize(
+        &mut self,
+        rules: &[RuleCheck],
+        host: &State,
+        new_sets: &[SetShape],
+    ) -> Result<Vec<Option<Learned>>, Error> {
         if rules.is_empty() {
             return Ok(Vec::new());
         }
-        match self.canonicalize_private(rules, host) {
-            Ok(learned) => return Ok(learned),
-            // Any failure, a refused rule included, is settled by the real
-            // tables: they give the authoritative verdict.
-            Err(e) => tracing::debug!(
-                "cannot learn rule forms in a private network namespace ({e}); using a \
-                 scratch chain"
-            ),
+        let verdicts = match self.canonicalize_private(rules, host, new_sets) {
+            Ok(verdicts) => self.settle_lacking(rules, verdicts)?,
+            Err(e) => {
+                tracing::debug!(
+                    "cannot learn rule forms in a private network namespace ({e}); using a \
+                     scratch chain"
+                );
+                self.canonicalize_scratch(rules)?
+            }
+        };
+        let mut rejected = Vec::new();
+        let mut learned = Vec::with_capacity(rules.len());
+        for (check, verdict) in rules.iter().zip(verdicts) {
+            match verdict {
+                Verdict::Learned(l) => learned.push(Some(l)),
+                Verdict::Deferred => learned.push(None),
+                Verdict::Refused { message, .. } => rejected.push(check.rejection(&message)),
+            }
         }
-        self.canonicalize_scratch(rules)
+        match rejected.is_empty() {
+            true => Ok(learned),
+            false => Err(Error::Rejected(rejected)),
+        }
     }
 
     fn drop_chain(&mut self, family: Family, table: &str, chain: &str) -> Result<(), Error> {
