@@ -9,6 +9,9 @@ use crate::state::rule::Rule;
 use crate::state::text::escape_untrusted;
 use crate::state::{self, Family, State};
 
+/// Scratch chains are named this plus the pid of the pyfw that made them.
+pub const SCRATCH_PREFIX: &str = "_pyfw_canon_";
+
 /// A wished rule for the kernel tools to check before anything changes.
 #[derive(Clone, Debug)]
 pub struct RuleCheck {
@@ -27,19 +30,6 @@ pub struct RuleCheck {
 }
 
 impl RuleCheck {
-    /// What the kernel tools said refusing this rule (`stderr`), in words.
-    pub fn words(&self, stderr: &str) -> String {
-        crate::kernel::words::rule_refused(
-            stderr,
-            crate::kernel::words::RuleAt {
-                family: self.family,
-                table: &self.table,
-                chain: &self.chain,
-                rule: &self.rule,
-            },
-        )
-    }
-
     /// This rule refused with `message`.
     pub fn rejection(&self, message: &str) -> Rejection {
         Rejection {

@@ -31,11 +31,11 @@ use std::collections::HashMap;
 use crate::kernel::backend::{Error, Form, Learned, RuleCheck, SetShape};
 use crate::kernel::restore_script::restore_error_line;
 use crate::kernel::system::System;
+use crate::kernel::words::check_refused;
 use crate::state::rule::{Rule, restore_line};
 use crate::state::{self, Family, State};
 
-/// Scratch chains are named this plus the pid of the pyfw that made them.
-pub const SCRATCH_PREFIX: &str = "_pyfw_canon_";
+pub use crate::kernel::backend::SCRATCH_PREFIX;
 
 /// Groups checks by family and table, keeping their order, as indexes.
 pub(crate) fn batches(checks: &[RuleCheck]) -> Vec<(Family, &str, Vec<usize>)> {
@@ -54,7 +54,7 @@ pub(crate) fn batches(checks: &[RuleCheck]) -> Vec<(Family, &str, Vec<usize>)> {
 
 /// What learning said of one rule.
 #[derive(Debug)]
-pub(crate) enum Verdict {
+enum Verdict {
     Learned(Learned),
     /// The kernel tools refused it: what they said (stderr, as printed,
     /// pyfw's scratch chain named as the rule's chain), and that in words.
@@ -70,7 +70,7 @@ pub(crate) enum Verdict {
 /// chain, a set, an extension or an object of the kernel's), which the
 /// host may well have: a private namespace's verdict of this kind is
 /// settled in the real tables.
-pub(crate) fn lacks(stderr: &str) -> bool {
+fn lacks(stderr: &str) -> bool {
     [
         "No such file or directory",
         "No chain/target/match by that name",
@@ -266,6 +266,63 @@ fn unsaid(stderr: &str) -> bool {
 }
 
 impl System {
+    /// Learns each rule's form: in a private network namespace when pyfw
+    /// may make one, each rule in its real chain; else in a scratch chain
+    /// of the real tables. What the namespace lacks and the host may have
+    /// (a chain pyfw did not read) is settled in the real tables. Every
+    /// refused rule comes back in one [`Error::Rejected`].
+    pub(crate) fn learn_forms(
+        &self,
+        rules: &[RuleCheck],
+        host: &State,
+        new_sets: &[SetShape],
+    ) -> Result<Vec<Option<Learned>>, Error> {
+        let verdicts = match self.canonicalize_private(rules, host, new_sets) {
+            Ok(verdicts) => self.settle_lacking(rules, verdicts)?,
+            Err(e) => {
+                tracing::debug!(
+                    "cannot learn rule forms in a private network namespace ({e}); using a \
+                     scratch chain"
+                );
+                self.canonicalize_scratch(rules)?
+            }
+        };
+        let mut rejected = Vec::new();
+        let mut learned = Vec::with_capacity(rules.len());
+        for (check, verdict) in rules.iter().zip(verdicts) {
+            match verdict {
+                Verdict::Learned(l) => learned.push(Some(l)),
+                Verdict::Deferred => learned.push(None),
+                Verdict::Refused { message, .. } => rejected.push(check.rejection(&message)),
+            }
+        }
+        match rejected.is_empty() {
+            true => Ok(learned),
+            false => Err(Error::Rejected(rejected)),
+        }
+    }
+
+    /// The rules the private namespace refused for lacking what the host
+    /// may have, learned (or refused) in the real tables instead.
+    fn settle_lacking(
+        &self,
+        rules: &[RuleCheck],
+        mut verdicts: Vec<Verdict>,
+    ) -> Result<Vec<Verdict>, Error> {
+        let again: Vec<usize> = (0..rules.len())
+            .filter(|&i| !rules[i].later)
+            .filter(|&i| matches!(&verdicts[i], Verdict::Refused { stderr, .. } if lacks(stderr)))
+            .collect();
+        if again.is_empty() {
+            return Ok(verdicts);
+        }
+        let subset: Vec<RuleCheck> = again.iter().map(|&i| rules[i].clone()).collect();
+        for (i, settled) in again.into_iter().zip(self.canonicalize_scratch(&subset)?) {
+            verdicts[i] = settled;
+        }
+        Ok(verdicts)
+    }
+
     /// Asks iptables whether it accepts every rule (`iptables-restore
     /// --test`), changing nothing; every rule it refuses comes back in one
     /// [`Error::Rejected`].
@@ -292,7 +349,7 @@ impl System {
                 .map(|&i| (i, rule_line("-A", &checks[i].chain, &checks[i].rule)))
                 .collect();
             for (i, stderr) in trial.sift(items)? {
-                rejected.push(checks[i].rejection(&checks[i].words(&stderr)));
+                rejected.push(checks[i].rejection(&check_refused(&stderr, &checks[i])));
             }
         }
         match rejected.is_empty() {
@@ -354,7 +411,7 @@ impl System {
     /// commit); then `iptables-restore --test` with each rule in its real
     /// chain. Rules that name a set or chain only the plan creates are
     /// [`Verdict::Deferred`].
-    pub(crate) fn canonicalize_scratch(&self, rules: &[RuleCheck]) -> Result<Vec<Verdict>, Error> {
+    fn canonicalize_scratch(&self, rules: &[RuleCheck]) -> Result<Vec<Verdict>, Error> {
         let mut out: Vec<Verdict> = rules.iter().map(|_| Verdict::Deferred).collect();
         // One scratch chain per process: two pyfw processes never collide,
         // and no hook jumps to it, so its rules never see a packet.
@@ -416,7 +473,7 @@ impl System {
             .map(|&i| (i, rule_line("-A", &rules[i].chain, &rules[i].rule)))
             .collect();
         for (i, stderr) in trial.sift(items)? {
-            let message = rules[i].words(&stderr);
+            let message = check_refused(&stderr, &rules[i]);
             out[i] = Verdict::Refused { stderr, message };
         }
         Ok(())
@@ -437,7 +494,7 @@ impl System {
     /// did not read, `DOCKER-USER`; an `nfacct` object, which is per
     /// namespace) comes back [`Verdict::Refused`] with words that
     /// [`lacks`] tells; the caller settles it in the real tables.
-    pub(crate) fn canonicalize_private(
+    fn canonicalize_private(
         &self,
         rules: &[RuleCheck],
         host: &State,
@@ -610,7 +667,7 @@ impl Place<'_> {
                 .system
                 .explain(self.family, self.table, chain, &r.rule, said);
             let stderr = self.in_words(&said, &r.chain);
-            let message = r.words(&stderr);
+            let message = check_refused(&stderr, r);
             out[i] = Verdict::Refused { stderr, message };
             good.retain(|&g| g != i);
         }

@@ -5,7 +5,6 @@
 //! struct and the trait's implementation.
 
 use crate::kernel::backend::{Backend, BatchError, Error, Learned, RuleCheck, SetShape};
-use crate::kernel::learn::{Verdict, lacks};
 use crate::kernel::legacy_cache::LegacyCache;
 use crate::kernel::process::{Output, Runner, Sink};
 use crate::kernel::restore_script::{
@@ -112,29 +111,6 @@ impl System {
     }
 }
 
-impl System {
-    /// The rules the private namespace refused for lacking what the host
-    /// may have, learned (or refused) in the real tables instead.
-    fn settle_lacking(
-        &self,
-        rules: &[RuleCheck],
-        mut verdicts: Vec<Verdict>,
-    ) -> Result<Vec<Verdict>, Error> {
-        let again: Vec<usize> = (0..rules.len())
-            .filter(|&i| !rules[i].later)
-            .filter(|&i| matches!(&verdicts[i], Verdict::Refused { stderr, .. } if lacks(stderr)))
-            .collect();
-        if again.is_empty() {
-            return Ok(verdicts);
-        }
-        let subset: Vec<RuleCheck> = again.iter().map(|&i| rules[i].clone()).collect();
-        for (i, settled) in again.into_iter().zip(self.canonicalize_scratch(&subset)?) {
-            verdicts[i] = settled;
-        }
-        Ok(verdicts)
-    }
-}
-
 impl Backend for System {
     /// The families' rules and the sets are read side by side (see
     /// `parallel`).
@@ -162,29 +138,7 @@ impl Backend for System {
         if rules.is_empty() {
             return Ok(Vec::new());
         }
-        let verdicts = match self.canonicalize_private(rules, host, new_sets) {
-            Ok(verdicts) => self.settle_lacking(rules, verdicts)?,
-            Err(e) => {
-                tracing::debug!(
-                    "cannot learn rule forms in a private network namespace ({e}); using a \
-                     scratch chain"
-                );
-                self.canonicalize_scratch(rules)?
-            }
-        };
-        let mut rejected = Vec::new();
-        let mut learned = Vec::with_capacity(rules.len());
-        for (check, verdict) in rules.iter().zip(verdicts) {
-            match verdict {
-                Verdict::Learned(l) => learned.push(Some(l)),
-                Verdict::Deferred => learned.push(None),
-                Verdict::Refused { message, .. } => rejected.push(check.rejection(&message)),
-            }
-        }
-        match rejected.is_empty() {
-            true => Ok(learned),
-            false => Err(Error::Rejected(rejected)),
-        }
+        self.learn_forms(rules, host, new_sets)
     }
 
     fn drop_chain(&mut self, family: Family, table: &str, chain: &str) -> Result<(), Error> {

@@ -4,8 +4,7 @@
 //! `Error in line 65539:`), pyfw's scratch chains, usage hints, or raw
 //! control characters.
 
-use crate::kernel::backend::Error;
-use crate::kernel::learn::SCRATCH_PREFIX;
+use crate::kernel::backend::{Error, RuleCheck, SCRATCH_PREFIX};
 use crate::state::Family;
 use crate::state::rule::Rule;
 use crate::state::text::escape_untrusted;
@@ -68,6 +67,19 @@ fn without_scratch_names(line: &str) -> String {
         out = format!("{}pyfw's scratch chain{}", &out[..at], &rest[digits..]);
     }
     out
+}
+
+/// What the kernel tools said refusing `check`'s rule (`stderr`), in words.
+pub fn check_refused(stderr: &str, check: &RuleCheck) -> String {
+    rule_refused(
+        stderr,
+        RuleAt {
+            family: check.family,
+            table: &check.table,
+            chain: &check.chain,
+            rule: &check.rule,
+        },
+    )
 }
 
 /// Where a refused rule was to go, for the words about it.
