@@ -58,6 +58,22 @@ pub fn cleaned(stderr: &str) -> String {
     escape_untrusted(&lines.join(" / ")).into_owned()
 }
 
+/// What `stderr` says of input line `n`: iptables-nft names each line the
+/// kernel refused (`line 3: ...`, `line 4: ...`); the others' words are
+/// about other rules.
+pub fn said_of_line(stderr: &str, n: usize) -> String {
+    let own = format!("line {n}");
+    let lines: Vec<&str> = (stderr.lines())
+        .filter(|l| {
+            let l = l.trim_start();
+            !l.starts_with("line ")
+                || l.starts_with(&format!("{own}:"))
+                || l.starts_with(&format!("{own} "))
+        })
+        .collect();
+    lines.join("\n")
+}
+
 /// `line` with any `_pyfw_canon_PID` said as what it is.
 fn without_scratch_names(line: &str) -> String {
     let mut out = line.to_string();
@@ -371,5 +387,144 @@ mod tests {
         );
         // Words that only look like it stay.
         assert_eq!(cleaned("deadline exceeded"), "deadline exceeded");
+    }
+
+    fn at<'a>(table: &'a str, chain: &'a str, rule: &'a Rule) -> RuleAt<'a> {
+        RuleAt {
+            family: Family::V4,
+            table,
+            chain,
+            rule,
+        }
+    }
+
+    fn rule(text: &str) -> Rule {
+        Rule::from_tokens(text.split(' '))
+    }
+
+    /// iptables 1.8.9's words, as each backend prints them.
+    #[test]
+    fn a_target_in_the_wrong_table_or_hook_says_where_it_belongs() {
+        let nft = "iptables-restore v1.8.9 (nf_tables): \nline 3: RULE_APPEND failed (Invalid \
+                   argument): rule in chain INPUT\n";
+        let dnat = rule("-p tcp -j DNAT --to-destination 10.0.0.1");
+        assert_eq!(
+            rule_refused(nft, at("filter", "INPUT", &dnat)),
+            "`-j DNAT` belongs in the nat table (nat/PREROUTING, nat/OUTPUT), not in \
+             filter/INPUT (the kernel tools said: iptables-restore v1.8.9 (nf_tables): \
+             RULE_APPEND failed (Invalid argument): rule in chain INPUT)"
+        );
+        // Legacy names only the line of COMMIT; `iptables -A` says more.
+        let masq = rule("-p tcp -j MASQUERADE");
+        assert_eq!(
+            rule_refused(
+                "iptables-restore: line 4 failed",
+                at("nat", "PREROUTING", &masq)
+            ),
+            "`-j MASQUERADE` belongs in nat/POSTROUTING, not in nat/PREROUTING"
+        );
+        let said = "iptables: Invalid argument. Run `dmesg' for more information.";
+        let reject = rule("-j REJECT");
+        assert!(
+            rule_refused(said, at("nat", "OUTPUT", &reject))
+                .starts_with("`-j REJECT` belongs in the filter table (filter/INPUT, filter/FORWARD, filter/OUTPUT), not in nat/OUTPUT (the kernel tools said: iptables: Invalid argument.")
+        );
+        // In a user chain of the right table, the hook is the jump's.
+        assert!(rule_refused(said, at("nat", "MYNAT", &masq)).starts_with(
+            "`-j MASQUERADE` belongs in nat/POSTROUTING: nat/MYNAT must be reached from there only"
+        ));
+        // In its place, the kernel's reason is another.
+        let out = rule_refused(nft, at("nat", "POSTROUTING", &masq));
+        assert!(
+            out.starts_with("the kernel refuses this rule in nat/POSTROUTING (Invalid argument)"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn what_the_kernel_lacks_is_named_with_its_module() {
+        let nfacct = rule("-m nfacct --nfacct-name foo -j ACCEPT");
+        let nft = "iptables-restore v1.8.9 (nf_tables): \nline 3: RULE_APPEND failed (No such file \
+                   or directory): rule in chain _pyfw_canon_31045\n";
+        let out = rule_refused(nft, at("filter", "INPUT", &nfacct));
+        assert_eq!(
+            out,
+            "the kernel lacks an extension this rule uses, or an object it names: -m nfacct \
+             (module xt_nfacct); its accounting object `foo` must exist: `nfacct add foo` (the \
+             kernel tools said: iptables-restore v1.8.9 (nf_tables): RULE_APPEND failed (No such \
+             file or directory): rule in chain pyfw's scratch chain)"
+        );
+        let legacy = "iptables: No chain/target/match by that name.";
+        assert!(rule_refused(legacy, at("filter", "INPUT", &nfacct)).contains("xt_nfacct"));
+        let v6 = RuleAt {
+            family: Family::V6,
+            ..at("filter", "INPUT", &nfacct)
+        };
+        let rpf = rule("-m rpfilter -j REJECT");
+        assert!(
+            rule_refused(legacy, RuleAt { rule: &rpf, ..v6 })
+                .contains("-m rpfilter (module ip6t_rpfilter), -j REJECT (module ip6t_REJECT)")
+        );
+    }
+
+    #[test]
+    fn a_missing_chain_or_set_is_named() {
+        let jump = rule("-j KUBE-NOPE");
+        for said in [
+            "iptables-restore v1.8.9 (nf_tables): Chain 'KUBE-NOPE' does not exist\nError \
+             occurred at line: 4\nTry `iptables-restore -h' or 'iptables-restore --help' for \
+             more information.",
+            "iptables-restore v1.8.9 (legacy): Couldn't load target `KUBE-NOPE':No such file or \
+             directory\n\nError occurred at line: 2",
+        ] {
+            let out = rule_refused(said, at("filter", "INPUT", &jump));
+            assert!(
+                out.starts_with(
+                    "jumps to chain KUBE-NOPE, which neither the wishes nor the kernel have (the \
+                     kernel tools said: iptables-restore v1.8.9"
+                ),
+                "{out}"
+            );
+            assert!(!out.contains("line"), "{out}");
+        }
+        let set = rule("-m set --match-set nope src -j ACCEPT");
+        let said = "iptables-restore v1.8.9 (nf_tables): Set nope doesn't exist.\n\nError occurred \
+                    at line: 2";
+        assert!(
+            rule_refused(said, at("filter", "INPUT", &set))
+                .starts_with("matches set nope, which neither the wishes nor the kernel have")
+        );
+    }
+
+    #[test]
+    fn other_words_are_the_tools_own() {
+        let out = rule("-o lo -j ACCEPT");
+        assert_eq!(
+            rule_refused(
+                "iptables-restore v1.8.9 (legacy): Can't use -o with INPUT\n\nError occurred at \
+                 line: 3\nTry `iptables-restore -h' or 'iptables-restore --help' for more \
+                 information.",
+                at("filter", "INPUT", &out)
+            ),
+            "iptables-restore v1.8.9 (legacy): Can't use -o with INPUT"
+        );
+        // Control characters a tool printed are shown escaped.
+        assert_eq!(cleaned("bad \u{1b}[31mred\u{7}"), "bad \\x1b[31mred\\x07");
+    }
+
+    #[test]
+    fn a_full_set_says_its_maxelem_and_the_header_that_fits() {
+        let said = "ipset v7.17: Error in line 65539: Hash is full, cannot add more elements";
+        let header: Vec<String> = ["family", "inet", "hashsize", "1024", "maxelem", "65536"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            set_full(said, &header, 100_000),
+            "the set holds at most 65536 members (maxelem 65536) and the wishes give it 100000: \
+             write `header: family inet maxelem 131072` in its wish (ipset said: ipset v7.17: \
+             Hash is full, cannot add more elements)"
+        );
+        // No maxelem written: ipset's default.
+        assert!(set_full(said, &[], 70_000).contains("(maxelem 65536)"));
     }
 }

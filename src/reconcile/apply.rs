@@ -176,13 +176,50 @@ pub fn refusal_words(
         return kernel::words::tool_said(error);
     };
     let set = command.target.strip_prefix("ipset ");
-    match set {
-        Some(name) if stderr.contains("Hash is full") => {
+    // A lone command's words are its own; in a transaction, those of the
+    // line the tool named (legacy names only COMMIT).
+    let single = !stderr.contains("iptables-restore");
+    let named = kernel::restore_script::restore_error_line(stderr);
+    match (set, command.program) {
+        (Some(name), _) if stderr.contains("Hash is full") => {
             let (header, wanted) = set_after(plan, snapshot, name);
             kernel::words::set_full(stderr, &header, wanted)
         }
+        (_, Program::Iptables(family)) => match rule_of(command) {
+            // Only a named line is this command's: legacy names COMMIT.
+            Some((table, chain, rule)) if single || named.is_some() => {
+                let said = match named {
+                    Some(n) => kernel::words::said_of_line(stderr, n),
+                    None => stderr.clone(),
+                };
+                let at = kernel::words::RuleAt {
+                    family,
+                    table,
+                    chain,
+                    rule: &rule,
+                };
+                kernel::words::rule_refused(&said, at)
+            }
+            _ => kernel::words::tool_said(error),
+        },
         _ => kernel::words::tool_said(error),
     }
+}
+
+/// The table, chain and rule of an iptables command that adds a rule
+/// (`-w -t TABLE -A|-I CHAIN [N] RULE...`).
+fn rule_of(command: &Command) -> Option<(&str, &str, crate::state::rule::Rule)> {
+    let args = &command.args;
+    let (table, op, chain) = (args.get(2)?, args.get(3)?, args.get(4)?);
+    if op != "-A" && op != "-I" {
+        return None;
+    }
+    let mut rest = &args[5..];
+    if op == "-I" && rest.first().is_some_and(|n| n.parse::<u64>().is_ok()) {
+        rest = &rest[1..];
+    }
+    let rule = crate::state::rule::Rule::from_tokens(rest.iter().map(String::as_str));
+    Some((table.as_str(), chain.as_str(), rule))
 }
 
 /// The create options of set `name` as the plan creates it (or as it is),
