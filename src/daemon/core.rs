@@ -288,6 +288,9 @@ pub struct Core<R> {
     /// the ones loaded before (`false`).
     fallback: Option<(Loaded, bool)>,
     reported: Option<Bad>,
+    /// The content whose plan warnings were logged: they are said once
+    /// per content (and again on SIGHUP).
+    warned: Option<Vec<u8>>,
     /// New content waiting to settle.
     settling: Settling,
     /// The lock held while netfilter is read and changed (`kernel::lock`).
@@ -306,6 +309,7 @@ impl<R: Reconcile> Core<R> {
             proven: false,
             fallback: None,
             reported: None,
+            warned: None,
             settling: Settling::default(),
             writer_lock,
             metrics: None,
@@ -733,6 +737,7 @@ impl<R: Reconcile> Core<R> {
             Ok(planned) => planned,
             Err(e) => return self.failure(e, None),
         };
+        self.warn_once(&planned.warnings, named == Some("sighup"));
         let plan = &planned.plan;
         if let Some(m) = &self.metrics {
             m.observe_plan(&self.active.wishes, plan);
@@ -867,6 +872,36 @@ impl<R: Reconcile> Core<R> {
                 self.failure(e, name_wishes(serves.get(failing).unwrap_or_default()))
             }
         }
+    }
+
+    /// Logs what the plan found likely not meant, each with its wish's
+    /// file and line: once per content of the file, and again when the
+    /// operator asks (`again`, SIGHUP).
+    fn warn_once(&mut self, warnings: &[reconcile::PlanWarning], again: bool) {
+        if warnings.is_empty() {
+            return;
+        }
+        let content = &self.active.text;
+        if !again && self.warned.as_ref() == Some(content) {
+            return;
+        }
+        let path = self.path.display().to_string();
+        for w in warnings {
+            let at = Label::parse(&w.label);
+            tracing::warn!(
+                file = %path,
+                line = self.active.wishes.line_of(&w.label),
+                family = at.family,
+                table = at.table,
+                chain = at.chain,
+                ipset = at.ipset,
+                wish = at.wish,
+                "{}: {}",
+                self.active.wishes.locate(&w.label),
+                w.message
+            );
+        }
+        self.warned = Some(content.clone());
     }
 
     /// Netfilter matches the wishes. Changes to pyfw's record alone (what a
@@ -1198,13 +1233,22 @@ pub(crate) mod fake {
                 w.kernel.retain(|n| n != "allow_ssh");
             }
             let plan = drift(&w, wishes);
+            // A wish named `lossy` is printed as another rule.
+            let warnings = names(wishes)
+                .into_iter()
+                .filter(|n| n == "lossy")
+                .map(|n| reconcile::PlanWarning {
+                    label: format!("filter/INPUT/{n}"),
+                    message: "iptables prints this rule as `-p tcp`, which is another rule".into(),
+                })
+                .collect();
             Ok(Planned {
                 state: Default::default(),
                 plan,
                 comparison: crate::state::canon::Comparison::Kernel,
                 deferred: Vec::new(),
                 scope: crate::kernel::Scope::none(),
-                warnings: Vec::new(),
+                warnings,
             })
         }
 
@@ -1252,6 +1296,31 @@ pub(crate) mod fake {
                     "iptables v1.8.9 (nf_tables): Can't use -o with INPUT",
                 );
                 return failing(&mut w, "refused", e);
+            }
+            if let Some(k) = added.iter().position(|n| n == "refused_tx") {
+                // The tool named the command it refused, in a transaction
+                // of all the plan's commands.
+                w.failed.push("refused_tx".into());
+                let command = &plan.commands[k];
+                return Err(reconcile::Error::Apply(ApplyError {
+                    cause: Cause::Refused {
+                        refused: Box::new(crate::reconcile::apply::Refused {
+                            index: k + 1,
+                            total,
+                            line: command.to_string(),
+                            target: command.target.clone(),
+                            wish: command.wish.clone(),
+                            transaction: 1..total + 1,
+                            words: "RULE_INSERT failed (Invalid argument)".into(),
+                        }),
+                        error: failed(
+                            "exit status: 4",
+                            "iptables-restore v1.8.9 (nf_tables): \nline 3: RULE_INSERT failed \
+                             (Invalid argument): rule in chain INPUT",
+                        ),
+                    },
+                    left: Left::RolledBack { transactions: 1 },
+                }));
             }
             if added.iter().any(|n| n == "busy") && w.busy > 0 {
                 w.busy -= 1;
@@ -1532,6 +1601,86 @@ mod tests {
     /// `content HASH` of what `path` holds.
     fn content_of(path: &Path) -> String {
         file::version(&std::fs::read(path).unwrap(), None)
+    }
+
+    /// A transaction the kernel refuses at one command is one error line
+    /// for the attempt, naming that command's wish with its file and line:
+    /// for new wishes (which fall back to the last good ones) and for the
+    /// wishes in force (retried).
+    #[test]
+    fn a_refused_transaction_is_one_error_naming_the_refused_wish() {
+        let mut s = setup(&["allow_ssh"]);
+        s.core.run(&job(&[Trigger::Startup]));
+        logged(|log| {
+            save(
+                &s.path,
+                &wishes_text(&["allow_ssh", "other", "refused_tx", "third"]),
+            );
+            let o = s.core.run(&job(&[Trigger::FileEvent]));
+            assert_eq!(o.result, RunResult::InSync, "back on the last good wishes");
+            let errors = log.errors();
+            assert_eq!(errors.len(), 1, "one line for the attempt\n{}", log.text());
+            for needle in [
+                &format!("{}:8: filter/INPUT/refused_tx: ", s.path.display()),
+                "command 2/3 failed",
+                "RULE_INSERT failed (Invalid argument)",
+                "its transaction (commands 1-3) changed nothing",
+                "wish=\"refused_tx\"",
+            ] {
+                assert!(errors[0].contains(needle), "{needle}: {}", errors[0]);
+            }
+            assert!(!errors[0].contains("other") && !errors[0].contains("third"));
+        });
+        // In force already (the fake's kernel took them some other way):
+        // the retried failure names the wish with its file and line too.
+        let mut s = setup(&["allow_ssh"]);
+        s.core.run(&job(&[Trigger::Startup]));
+        save(&s.path, &wishes_text(&["allow_ssh", "refused_tx"]));
+        s.fake.world().kernel.push("refused_tx".into());
+        s.core.run(&job(&[Trigger::FileEvent]));
+        s.fake.world().kernel.clear();
+        let o = s.core.run(&job(&[Trigger::Timer]));
+        let RunResult::Failed(message) = o.result else {
+            panic!("{o:?}");
+        };
+        assert!(
+            message.starts_with(&format!(
+                "{}:7: filter/INPUT/refused_tx: command",
+                s.path.display()
+            )),
+            "{message}"
+        );
+    }
+
+    /// What a plan finds likely not meant is logged once per content of
+    /// the file, with the wish's file and line, and again on SIGHUP.
+    #[test]
+    fn plan_warnings_are_logged_once_per_content() {
+        let mut s = setup(&["allow_ssh", "lossy"]);
+        logged(|log| {
+            let warned = || {
+                log.text()
+                    .lines()
+                    .filter(|l| l.contains("WARN") && l.contains("which is another rule"))
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            };
+            s.core.run(&job(&[Trigger::Startup]));
+            s.core.run(&job(&[Trigger::Timer]));
+            s.core.run(&job(&[Trigger::Timer]));
+            assert_eq!(warned().len(), 1, "{}", log.text());
+            let at = format!(
+                "{}:7: filter/INPUT/lossy: iptables prints",
+                s.path.display()
+            );
+            assert!(warned()[0].contains(&at), "{}", warned()[0]);
+            s.core.run(&job(&[Trigger::Sighup]));
+            assert_eq!(warned().len(), 2, "{}", log.text());
+            save(&s.path, &wishes_text(&["allow_http", "lossy"]));
+            s.core.run(&job(&[Trigger::FileEvent]));
+            s.core.run(&job(&[Trigger::Timer]));
+            assert_eq!(warned().len(), 3, "{}", log.text());
+        });
     }
 
     #[test]
