@@ -591,6 +591,22 @@ fn private_chains(
     head
 }
 
+/// The lines of `listing` (`iptables -S` of a table) about `chain`.
+fn chain_lines(listing: &str, chain: &str) -> String {
+    let mut out = String::new();
+    for line in listing.lines() {
+        let mut words = line.split(' ');
+        let (Some(op), Some(name)) = (words.next(), words.next()) else {
+            continue;
+        };
+        if matches!(op, "-P" | "-N" | "-A") && name == chain {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// Where one table's rules are learned: the private namespace's real
 /// chains, or one scratch chain.
 struct Place<'a> {
@@ -696,9 +712,20 @@ impl Place<'_> {
                 None => chains.push((chain, 1)),
             }
         }
+        // The real chains of the private namespace's table are read in one
+        // listing (the table holds nothing else); the scratch chain alone.
+        let listing = match self.chains.contains_key("") {
+            true => None,
+            false => Some(self.list_table()?),
+        };
         let mut by_chain: HashMap<&str, std::vec::IntoIter<Rule>> = HashMap::new();
         for (chain, expected) in chains {
-            by_chain.insert(chain, self.read_chain(chain, expected)?.into_iter());
+            let text = listing.as_ref().map(|all| chain_lines(all, chain));
+            by_chain.insert(
+                chain,
+                self.read_chain(chain, expected, text.as_deref())?
+                    .into_iter(),
+            );
         }
         let mut printed = Vec::with_capacity(good.len());
         for &i in good {
@@ -711,19 +738,37 @@ impl Place<'_> {
         Ok(printed)
     }
 
-    /// The rules of `chain` as iptables prints them (in the real tables,
-    /// only the scratch chain is pyfw's to read); exactly `expected`.
-    fn read_chain(&self, chain: &str, expected: usize) -> Result<Vec<Rule>, Error> {
+    /// `iptables -S` of the whole table.
+    fn list_table(&self) -> Result<String, Error> {
         let tool = self.system.tool(self.family, "");
-        let args = ["-w", "-t", self.table, "-S", chain].map(String::from);
-        let out = self.system.exec(&tool, &args, None)?;
+        let args = ["-w", "-t", self.table, "-S"].map(String::from);
+        Ok(self.system.exec(&tool, &args, None)?.stdout)
+    }
+
+    /// The rules of `chain` as iptables prints them (`listed`, from a
+    /// listing of the table, or read alone: in the real tables, only the
+    /// scratch chain is pyfw's to read); exactly `expected`.
+    fn read_chain(
+        &self,
+        chain: &str,
+        expected: usize,
+        listed: Option<&str>,
+    ) -> Result<Vec<Rule>, Error> {
+        let tool = self.system.tool(self.family, "");
+        let text = match listed {
+            Some(text) => text.to_string(),
+            None => {
+                let args = ["-w", "-t", self.table, "-S", chain].map(String::from);
+                self.system.exec(&tool, &args, None)?.stdout
+            }
+        };
         let shown = match self.chains.contains_key("") {
             true => "(pyfw's scratch chain)",
             false => chain,
         };
         let command = || format!("{tool} -t {} -S {shown}", self.table);
         // Read as every listing is: names as printed, values as quoted.
-        let printed = state::parse_chain_listing(&out.stdout, chain)
+        let printed = state::parse_chain_listing(&text, chain)
             .map_err(|source| Error::Parse {
                 command: command(),
                 source,
@@ -751,14 +796,22 @@ impl Place<'_> {
         printed: &[Rule],
     ) -> Result<Vec<Form>, Error> {
         let mut forms: Vec<Form> = good.iter().map(|_| Form::Stable).collect();
+        // A rule printed as written loads back as itself (it is what the
+        // wish loaded as): only the others are checked.
+        let check: Vec<usize> = (0..good.len())
+            .filter(|&k| printed[k] != rules[good[k]].rule)
+            .collect();
+        if check.is_empty() {
+            return Ok(forms);
+        }
         let line = |k: usize| rule_line("-A", self.chain(&rules[good[k]].chain), &printed[k]);
-        let items = (0..good.len()).map(|k| (k, line(k))).collect();
+        let items = check.iter().map(|&k| (k, line(k))).collect();
         for (k, said) in self.trial(self.head.clone()).sift(items)? {
             forms[k] = Form::Unloadable(crate::kernel::words::cleaned(
                 &self.in_words(&said, &rules[good[k]].chain),
             ));
         }
-        let loads: Vec<usize> = (0..good.len())
+        let loads: Vec<usize> = (check.iter().copied())
             .filter(|&k| forms[k] == Form::Stable)
             .collect();
         if loads.is_empty() {
@@ -773,7 +826,7 @@ impl Place<'_> {
         let mut head = self.head.clone();
         head.extend(loads.iter().map(|&k| line(k)));
         let deletes = (loads.iter())
-            .filter(|&&k| forms[k] == Form::Stable && printed[k] != rules[good[k]].rule)
+            .filter(|&&k| forms[k] == Form::Stable)
             .map(|&k| {
                 (
                     k,
