@@ -123,17 +123,8 @@ impl Trial<'_> {
     /// Runs the transaction with `items` (item, line). `Err` for a failure
     /// that is no refusal (a tool that cannot start, times out).
     fn run(&self, items: &[(usize, String)]) -> Result<Outcome, Error> {
-        let mut text = format!("*{}\n", self.table);
-        for line in self.head.iter().chain(items.iter().map(|(_, l)| l)) {
-            text.push_str(line);
-            text.push('\n');
-        }
-        text.push_str("COMMIT\n");
-        let mut args = self.args.clone();
-        args.push("--wait".into());
-        let program = self.system.tool(self.family, "-restore");
-        match self.system.exec(&program, &args, Some(&text)) {
-            Ok(_) => Ok(Outcome::Passed),
+        match self.exec(items) {
+            Ok(()) => Ok(Outcome::Passed),
             Err(e) if !e.is_refusal() => Err(e),
             Err(Error::Failed { stderr, .. }) => {
                 // Line 1 is `*table`, then the head, then the items.
@@ -152,12 +143,27 @@ impl Trial<'_> {
         }
     }
 
+    /// The transaction with `items`, run.
+    fn exec(&self, items: &[(usize, String)]) -> Result<(), Error> {
+        let mut text = format!("*{}\n", self.table);
+        for line in self.head.iter().chain(items.iter().map(|(_, l)| l)) {
+            text.push_str(line);
+            text.push('\n');
+        }
+        text.push_str("COMMIT\n");
+        let mut args = self.args.clone();
+        args.push("--wait".into());
+        let program = self.system.tool(self.family, "-restore");
+        self.system.exec(&program, &args, Some(&text)).map(|_| ())
+    }
+
     /// Runs the transaction with `items`; when the tools refuse it, finds
     /// every item they refuse and runs it again without them. Returns the
     /// refused items with what the tools said; the last run, which loaded
     /// the others, passed.
     fn sift(&self, mut items: Vec<(usize, String)>) -> Result<Vec<(usize, String)>, Error> {
         let mut refused = Vec::new();
+        let mut probed = false;
         loop {
             let found = match self.run(&items)? {
                 Outcome::Passed => return Ok(refused),
@@ -165,7 +171,16 @@ impl Trial<'_> {
                     item: Some(i),
                     stderr,
                 } => vec![(i, stderr)],
-                Outcome::Refused { item: None, stderr } => self.isolate(&items, stderr)?,
+                Outcome::Refused { item: None, stderr } => {
+                    // A tool that refuses the transaction without any of
+                    // the rules refuses no rule: its failure is said as
+                    // it is, not blamed on each rule in turn.
+                    if !probed {
+                        probed = true;
+                        self.exec(&[])?;
+                    }
+                    self.isolate(&items, stderr)?
+                }
             };
             if found.is_empty() {
                 // Refused, and no item can be blamed: said as it is.
