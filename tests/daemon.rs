@@ -1892,3 +1892,66 @@ fn a_fifo_at_the_wishes_path_is_refused_and_enforcement_goes_on() {
     );
     daemon.assert_alive();
 }
+
+/// A valid edit with two wishes the kernel refuses (DNAT in filter, and
+/// MASQUERADE in PREROUTING, which only a hooked chain refuses): one error
+/// line for each, with the file, the line and the wish in words, and none
+/// naming pyfw's scratch chain or a restore-input line; nothing changes,
+/// and the last good wishes stay enforced.
+#[test]
+fn each_wish_of_a_refused_edit_is_logged_with_its_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let wishes = dir.path().join("wishes.yaml");
+    std::fs::write(&wishes, spec("wishes.yaml")).unwrap();
+    let Some((ns, mut daemon)) = started("refused_edit_lines", &wishes, FAST) else {
+        return;
+    };
+    let good = spec("after-apply.save");
+    let text = wishes_with("dnat_here", 80).replace(
+        "-p tcp -m tcp --dport 80 -m comment --comment dnat_here -j ACCEPT",
+        "-p tcp --dport 80 -j DNAT --to-destination 10.0.0.1",
+    ) + "    nat:\n      PREROUTING:\n        rules:\n        \
+         - masquerade_early: -p tcp --dport 82 -j MASQUERADE\n";
+    let shown = wishes.display().to_string();
+    let mark = daemon.log().len();
+    editor_save(&wishes, &text);
+    let errors = || {
+        daemon.log()[mark..]
+            .lines()
+            .filter(|l| l.contains("ERROR"))
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    wait_until("two errors", || errors().len() >= 2, || daemon.log());
+    for (needle, label, words) in [
+        (
+            "dnat_here",
+            "filter/INPUT/dnat_here",
+            "`-j DNAT` belongs in the nat table",
+        ),
+        (
+            "masquerade_early",
+            "nat/PREROUTING/masquerade_early",
+            "`-j MASQUERADE` belongs in nat/POSTROUTING",
+        ),
+    ] {
+        let at = format!("{shown}:{}: {label}: ", line_of(&text, needle));
+        let line = errors()
+            .into_iter()
+            .find(|l| l.contains(&at))
+            .unwrap_or_else(|| panic!("no error names `{at}`\n{}", daemon.log()));
+        assert!(line.contains(words), "{line}");
+        assert!(
+            line.contains("still enforcing the last wishes that applied"),
+            "{line}"
+        );
+    }
+    daemon.wait_polls(2);
+    let errors = errors();
+    assert_eq!(errors.len(), 2, "one line per refused wish:\n{errors:#?}");
+    for e in &errors {
+        assert!(!e.contains("_pyfw_") && !e.contains("line 3"), "{e}");
+    }
+    assert_eq!(ns.rules(), normalize(&good), "nothing changed");
+    daemon.assert_alive();
+}

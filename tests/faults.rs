@@ -635,16 +635,18 @@ fn the_daemon_survives_faults_and_converges() {
     ));
     daemon.wait_for("ready: netfilter matches", 1);
     let drift = || {
-        // Another program deletes two wished rules (with the real tools):
-        // their repair is one iptables-restore transaction.
-        for rule in [
-            "-p tcp -m tcp --dport 22 -m comment --comment allow_ssh -j ACCEPT",
-            "-s 172.17.0.0/24 -i docker0 -m comment --comment allow_inter_docker -j ACCEPT",
-        ] {
-            let mut args = vec!["-D", "INPUT"];
-            args.extend(rule.split(' '));
-            ns.iptables(&args);
-        }
+        // Another program deletes two wished rules at once (with the real
+        // tools, in one transaction: two deletes in a row can be repaired
+        // one at a time, each by a single `iptables`): their repair is one
+        // iptables-restore transaction.
+        ns.run_with_input(
+            &["iptables-restore", "-w", "--noflush"],
+            "*filter\n\
+             -D INPUT -p tcp -m tcp --dport 22 -m comment --comment allow_ssh -j ACCEPT\n\
+             -D INPUT -s 172.17.0.0/24 -i docker0 -m comment --comment allow_inter_docker \
+             -j ACCEPT\nCOMMIT\n",
+        )
+        .expect_ok("iptables-restore --noflush");
     };
     for (tool, mode, cause) in [
         ("iptables", "fail", "injected failure"),

@@ -13,7 +13,7 @@ use std::path::Path;
 use pyfw::kernel::{self, Backend, RuleCheck, Rules, Scope, Sets};
 use pyfw::plan::lint::{self, Kind, SshConnection};
 use pyfw::reconcile::Reconciler;
-use pyfw::state::{Family, Rule, Ruleset, State, Table, parse_iptables_save};
+use pyfw::state::{Family, Ruleset, State, Table, parse_iptables_save};
 use pyfw::wishes::Wishes;
 
 /// A kernel in memory: each read gets the part of `state` its scope names.
@@ -65,8 +65,17 @@ impl Backend for Kernel {
     fn check_rules(&mut self, _: &[RuleCheck]) -> Result<(), kernel::Error> {
         Ok(())
     }
-    fn canonicalize(&mut self, rules: &[RuleCheck], _: &State) -> Result<Vec<Rule>, kernel::Error> {
-        Ok(rules.iter().map(|c| c.rule.clone()).collect())
+    fn canonicalize(
+        &mut self,
+        rules: &[RuleCheck],
+        _: &State,
+        _: &[kernel::SetShape],
+    ) -> Result<Vec<Option<kernel::Learned>>, kernel::Error> {
+        let learned = |c: &RuleCheck| kernel::Learned {
+            printed: c.rule.clone(),
+            form: kernel::Form::Stable,
+        };
+        Ok(rules.iter().map(|c| Some(learned(c))).collect())
     }
     fn drop_chain(&mut self, _: Family, _: &str, _: &str) -> Result<(), kernel::Error> {
         Ok(())

@@ -97,7 +97,7 @@ impl Recorder {
             "#!/bin/sh\n\
              log={log}\n\
              input=$(cat)\n\
-             printf '=== iptables-restore %s\\n%s\\n' \"$*\" \"$input\" >> \"$log\"\n\
+             printf '=== iptables-restore %s in %s\\n%s\\n' \"$*\" \"$(readlink /proc/self/ns/net)\" \"$input\" >> \"$log\"\n\
              PATH=${{PATH#*:}}\n\
              printf '%s\\n' \"$input\" | exec iptables-restore \"$@\"\n",
             log = log.display()
@@ -116,7 +116,7 @@ impl Recorder {
     }
 
     /// Every input pyfw gave `iptables-restore`, each headed by its
-    /// arguments.
+    /// arguments and its network namespace (`in net:[INODE]`).
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("restore.log")).unwrap_or_default()
     }
@@ -164,12 +164,15 @@ fn table(ns: &Netns, name: &str) -> String {
     normalize_rules(&ns.ok(&["iptables-save", "-t", name], "iptables-save -t"))
 }
 
-/// Wishes in two tables. In `nat`, the second of three new PREROUTING
-/// rules is one the kernel refuses only when it is committed: MASQUERADE
-/// belongs to POSTROUTING. iptables accepts it in pyfw's unhooked scratch
-/// chain and under `--test`, so the failure comes from the kernel, at the
-/// second command of the nat transaction, after the filter transaction
-/// committed. Then:
+/// Wishes in two tables. In `nat`, the second of three new rules in the
+/// DOCKER chain is one the kernel refuses only when it is committed:
+/// MASQUERADE belongs to POSTROUTING, and another program's rule jumps to
+/// DOCKER from PREROUTING. Learning the rule's form, in a private namespace
+/// (where DOCKER is a chain of its own, reached from nowhere) or in pyfw's
+/// unhooked scratch chain, cannot see that jump, so the failure comes from
+/// the kernel, at the second command of the nat transaction, after the
+/// filter transaction committed. (MASQUERADE written in PREROUTING itself
+/// is refused before anything runs: `tests/kernel_refusals.rs`.) Then:
 /// - nat is exactly as before, and no nat command is rolled back (there was
 ///   nothing to undo: its transaction changed nothing);
 /// - filter, whose transaction had committed, is rolled back to exactly as
@@ -194,7 +197,7 @@ fn a_failure_inside_a_table_leaves_that_table_as_it_was(backend: Backend) {
          - allow_ssh: -p tcp --dport 22 -j ACCEPT\n        \
          - allow_trusted: -m set --match-set trusted src -j ACCEPT\n      FORWARD:\n        rules:\n        \
          - allow_established: -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n    \
-         nat:\n      PREROUTING:\n        rules:\n        \
+         nat:\n      DOCKER:\n        rules:\n        \
          - first: -p tcp --dport 81 -j ACCEPT\n        \
          - refused_on_commit: -p tcp --dport 82 -j MASQUERADE\n        \
          - third: -p tcp --dport 83 -j ACCEPT\n",
@@ -226,12 +229,20 @@ fn a_failure_inside_a_table_leaves_that_table_as_it_was(backend: Backend) {
     // and the error says so.
     let named = match backend {
         Backend::Nft => format!(
-            "{}:{line}: nat/PREROUTING/refused_on_commit: ",
+            "{}:{line}: nat/DOCKER/refused_on_commit: command 8/9 failed: ",
             wishes.display()
         ),
         Backend::Legacy => "refused the transaction without saying which of its commands".into(),
     };
     assert!(out.stderr.contains(&named), "want `{named}`\n{out}");
+    if backend == Backend::Nft {
+        for words in [
+            "`-j MASQUERADE` belongs in nat/POSTROUTING: nat/DOCKER must be reached from there only",
+            "its transaction (commands 7-9) changed nothing",
+        ] {
+            assert!(out.stderr.contains(words), "want `{words}`\n{out}");
+        }
+    }
     assert!(
         !out.stderr.contains("line 3") && !out.stderr.contains("line 5"),
         "no line numbers of the restore input\n{out}"
@@ -324,21 +335,27 @@ fn foreign_chains_are_never_flushed(backend: Backend) {
         log.contains("=== iptables-restore") && log.contains("--noflush"),
         "pyfw must have written through iptables-restore --noflush:\n{log}"
     );
+    // What pyfw sends in the host's namespace; it learns rule forms in a
+    // private one of its own, whose tables hold nothing of anyone's.
+    let own = ns.ok(&["readlink", "/proc/self/ns/net"], "readlink");
     let mut declared = Vec::new();
+    let mut elsewhere = 0;
     for input in log.split("=== iptables-restore").skip(1) {
-        declared.extend(chains(input));
+        let head = input.lines().next().unwrap_or("");
+        match head.ends_with(&format!(" in {}", own.trim())) {
+            true => declared.extend(chains(input)),
+            false => elsewhere += 1,
+        }
     }
+    assert!(
+        elsewhere > 0,
+        "rule forms are learned in a private namespace\n{log}"
+    );
     let foreign: Vec<&String> = declared.iter().filter(|c| existing.contains(c)).collect();
     assert!(
         foreign.is_empty(),
         "pyfw declared chains that existed before it ran (under --noflush that flushes \
          them): {foreign:?}\n{log}"
-    );
-    assert!(
-        declared
-            .iter()
-            .any(|c| c.starts_with("filter/_pyfw_canon_")),
-        "the recorder saw pyfw's scratch chain being declared: {declared:?}"
     );
 
     // Every foreign rule is still there, in its order.

@@ -118,15 +118,22 @@ pub fn warn_lockouts(reconciler: &mut Reconciler<System>, wishes: &Wishes, state
 /// signal's number), refused at a wish (with its file and line), or failed
 /// otherwise, each saying what netfilter holds.
 fn failed(e: crate::reconcile::Error, wishes: &Wishes) -> Result<ExitCode, Error> {
-    let crate::reconcile::Error::Apply(a) = &e else {
+    use crate::reconcile::Error as R;
+    let a = match &e {
         // Before the first write: nothing can have changed.
-        return Err(Error::Unchanged(e));
+        R::Read(_) | R::Learn { .. } => return Err(Error::Unchanged(e)),
+        R::Rejected { .. } => return Err(crate::cli::refused(&e, wishes)),
+        R::Apply(a) => a,
     };
     if let Cause::Interrupted(signo) = a.cause {
         return Err(Error::Interrupted {
             signo,
             message: e.to_string(),
         });
+    }
+    // Wishes checked only at apply (they name what the plan created).
+    if matches!(a.kernel_error(), Some(crate::kernel::Error::Rejected(_))) {
+        return Err(crate::cli::refused(&e, wishes));
     }
     // A command the kernel refused is the wish's: its file and line.
     let Some(refused) = a.refused() else {

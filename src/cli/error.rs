@@ -34,6 +34,10 @@ pub enum Error {
     /// refused wish's `FILE:LINE: label`, when a tool named one.
     #[error("{}{}", .at.as_deref().map(|a| format!("{a}: ")).unwrap_or_default(), .message)]
     Apply { at: Option<String>, message: String },
+    /// Wishes the kernel tools refuse: each `FILE:LINE: wish: words`, then
+    /// what that left. Each line is a message of its own.
+    #[error("{}", refused_lines(.lines, .summary))]
+    Refused { lines: Vec<String>, summary: String },
     /// An apply a signal stopped: what happened, and the signal's number.
     #[error("{message}")]
     Interrupted { signo: i32, message: String },
@@ -50,6 +54,18 @@ pub enum Error {
     Signals(std::io::Error),
     #[error("{0}")]
     Confirm(String),
+}
+
+/// Each refused wish on a line of its own, as `pyfw: error: ` begins the
+/// first, then the summary.
+fn refused_lines(lines: &[String], summary: &str) -> String {
+    let mut out = String::new();
+    for line in lines {
+        out.push_str(line);
+        out.push_str("\npyfw: error: ");
+    }
+    out.push_str(summary);
+    out
 }
 
 impl Error {

@@ -39,6 +39,39 @@ pub fn print_plan_warnings(wishes: &wishes::Wishes, warnings: &[crate::reconcile
     }
 }
 
+/// Every wish the kernel tools refused in `e`, each `FILE:LINE:
+/// table/chain/NAME: words` on a line of its own, then what that left.
+/// Any other error, as it is.
+pub fn refused(e: &crate::reconcile::Error, wishes: &wishes::Wishes) -> Error {
+    use crate::reconcile::Error as R;
+    let as_it_is = || Error::Apply {
+        at: None,
+        message: e.to_string(),
+    };
+    let (lines, left): (Vec<String>, String) = match e {
+        R::Rejected { path, refused } => (
+            refused.iter().map(|r| r.located(path)).collect(),
+            "nothing was changed".to_string(),
+        ),
+        R::Apply(a) => match a.kernel_error() {
+            Some(crate::kernel::Error::Rejected(list)) => (
+                list.iter()
+                    .map(|r| format!("{}: {}", wishes.locate(&r.label), r.message))
+                    .collect(),
+                a.left.to_string(),
+            ),
+            _ => return as_it_is(),
+        },
+        _ => return as_it_is(),
+    };
+    let summary = format!(
+        "the kernel refuses {} of the wishes in {}; {left}",
+        lines.len(),
+        wishes.path.display()
+    );
+    Error::Refused { lines, summary }
+}
+
 /// Runs the command `cli` names: the exit status of a command that ran,
 /// or why it failed (`main.rs` maps that to its status).
 pub fn main(cli: Cli) -> Result<ExitCode, Error> {

@@ -20,7 +20,13 @@ pub fn show(
     owning: Option<Owning>,
     command: &Cmd,
 ) -> Result<ExitCode, Error> {
-    let mut planned = reconciler.plan_after(wishes, owning)?;
+    let mut planned = match reconciler.plan_after(wishes, owning) {
+        Ok(planned) => planned,
+        Err(e @ crate::reconcile::Error::Rejected { .. }) => {
+            return Err(crate::cli::refused(&e, wishes));
+        }
+        Err(e) => return Err(e.into()),
+    };
     crate::cli::print_plan_warnings(wishes, &planned.warnings);
     if matches!(command, Cmd::Plan(_)) {
         crate::cli::apply::warn_lockouts(reconciler, wishes, &mut planned.state);

@@ -267,13 +267,13 @@ impl Bad {
 struct Untaken {
     /// The tools refused them: the same content would be refused again.
     refused: bool,
-    /// The wish the tools named, or whose commands failed (`table/chain/
-    /// NAME`, `ipset NAME`), when known.
-    label: Option<String>,
-    /// iptables refused a rule while pyfw learned its form.
+    /// iptables refused rules while pyfw learned their forms (or checked
+    /// them): each is a wish of its own, said on a line of its own.
     rejected: bool,
-    /// The tools' words, and what the apply left.
-    message: String,
+    /// Each wish the tools named, or whose commands failed (`table/chain/
+    /// NAME`, `ipset NAME`) when known, with the tools' words (and what
+    /// the apply left).
+    wishes: Vec<(Option<String>, String)>,
 }
 
 /// The wishes in force and the reconciler that enforces them.
@@ -288,6 +288,9 @@ pub struct Core<R> {
     /// the ones loaded before (`false`).
     fallback: Option<(Loaded, bool)>,
     reported: Option<Bad>,
+    /// The content whose plan warnings were logged: they are said once
+    /// per content (and again on SIGHUP).
+    warned: Option<Vec<u8>>,
     /// New content waiting to settle.
     settling: Settling,
     /// The lock held while netfilter is read and changed (`kernel::lock`).
@@ -306,6 +309,7 @@ impl<R: Reconcile> Core<R> {
             proven: false,
             fallback: None,
             reported: None,
+            warned: None,
             settling: Settling::default(),
             writer_lock,
             metrics: None,
@@ -675,37 +679,42 @@ impl<R: Reconcile> Core<R> {
         self.reported = Some(waiting);
     }
 
-    /// One error for wishes the kernel did not take: the file and line,
-    /// the wish, the tools' words, then `consequence`. Returns it.
+    /// One error for wishes the kernel did not take, for each wish it
+    /// names: the file and line, the wish, the tools' words, then
+    /// `consequence`. Returns them, a line each.
     fn log_untaken(&self, untaken: &Untaken, consequence: &str) -> String {
         let path = self.path.display().to_string();
-        let label = untaken.label.as_deref().unwrap_or("");
-        let line = locate_wish(&self.active.wishes, label);
-        let at = match line {
-            Some(l) => format!("{path}:{l}"),
-            None => path.clone(),
-        };
         let what = match (untaken.rejected, untaken.refused) {
-            (true, _) => "iptables rejects the rule",
+            (true, _) => "the kernel refuses this wish",
             (false, true) => "the kernel refused the new wishes",
             (false, false) => "the new wishes could not be applied",
         };
-        let message = match &untaken.label {
-            Some(label) => format!("{at}: {label}: {what}: {}; {consequence}", untaken.message),
-            None => format!("{at}: {what}: {}; {consequence}", untaken.message),
-        };
-        let at = Label::parse(label.split(", ").next().unwrap_or(""));
-        tracing::error!(
-            file = %path,
-            line,
-            family = at.family,
-            table = at.table,
-            chain = at.chain,
-            ipset = at.ipset,
-            wish = at.wish,
-            "{message}"
-        );
-        message
+        let mut all = Vec::new();
+        for (label, words) in &untaken.wishes {
+            let label_text = label.as_deref().unwrap_or("");
+            let line = locate_wish(&self.active.wishes, label_text);
+            let at = match line {
+                Some(l) => format!("{path}:{l}"),
+                None => path.clone(),
+            };
+            let message = match label {
+                Some(label) => format!("{at}: {label}: {what}: {words}; {consequence}"),
+                None => format!("{at}: {what}: {words}; {consequence}"),
+            };
+            let at = Label::parse(label_text.split(", ").next().unwrap_or(""));
+            tracing::error!(
+                file = %path,
+                line,
+                family = at.family,
+                table = at.table,
+                chain = at.chain,
+                ipset = at.ipset,
+                wish = at.wish,
+                "{message}"
+            );
+            all.push(message);
+        }
+        all.join("\n")
     }
 
     /// Reads, plans and, unless held back, applies. `Err` only for new
@@ -737,6 +746,7 @@ impl<R: Reconcile> Core<R> {
             Ok(planned) => planned,
             Err(e) => return self.failure(e, None),
         };
+        self.warn_once(&planned.warnings, named == Some("sighup"));
         let plan = &planned.plan;
         if let Some(m) = &self.metrics {
             m.observe_plan(&self.active.wishes, plan);
@@ -854,39 +864,53 @@ impl<R: Reconcile> Core<R> {
                 Ok(RunResult::Repaired { fixes, ran })
             }
             Err(e) => {
-                let cause = cause_of(&e);
-                let (result, exit_status) = match cause {
-                    Some(kernel::Error::Failed { status, .. }) => ("failed", exit_code(status)),
-                    Some(kernel::Error::Timeout { .. }) => ("timeout", None),
-                    Some(kernel::Error::Spawn { .. }) => ("not started", None),
-                    _ => ("failed", None),
-                };
-                let why = cause.map_or_else(|| e.to_string(), ToString::to_string);
-                let via = transaction
-                    .as_deref()
-                    .map(|t| format!(" (in `{t}`)"))
-                    .unwrap_or_default();
-                // Every command announced but not done failed with it.
-                for (index, total, line, command) in pending {
-                    let at = Label::parse(&command.target);
-                    tracing::error!(
-                        trigger,
-                        family = at.family,
-                        table = at.table,
-                        chain = at.chain,
-                        ipset = at.ipset,
-                        wish = command.wish.as_deref(),
-                        command = %line,
-                        result,
-                        exit_status,
-                        "failed {index}/{total}: {line}{via}: {why}"
-                    );
-                }
+                // One line for the attempt (see `Core::failure`), not one
+                // for each command of the transaction that failed: the
+                // tools named the one they refused, or said none.
+                tracing::debug!(
+                    trigger,
+                    "the apply failed{}: {e}",
+                    transaction
+                        .as_deref()
+                        .map(|t| format!(" (in `{t}`)"))
+                        .unwrap_or_default()
+                );
+                drop(pending);
                 // Commands are numbered from 1 in the events.
                 let failing = in_flight.start.saturating_sub(1)..in_flight.end.saturating_sub(1);
                 self.failure(e, name_wishes(serves.get(failing).unwrap_or_default()))
             }
         }
+    }
+
+    /// Logs what the plan found likely not meant, each with its wish's
+    /// file and line: once per content of the file, and again when the
+    /// operator asks (`again`, SIGHUP).
+    fn warn_once(&mut self, warnings: &[reconcile::PlanWarning], again: bool) {
+        if warnings.is_empty() {
+            return;
+        }
+        let content = &self.active.text;
+        if !again && self.warned.as_ref() == Some(content) {
+            return;
+        }
+        let path = self.path.display().to_string();
+        for w in warnings {
+            let at = Label::parse(&w.label);
+            tracing::warn!(
+                file = %path,
+                line = self.active.wishes.line_of(&w.label),
+                family = at.family,
+                table = at.table,
+                chain = at.chain,
+                ipset = at.ipset,
+                wish = at.wish,
+                "{}: {}",
+                self.active.wishes.locate(&w.label),
+                w.message
+            );
+        }
+        self.warned = Some(content.clone());
     }
 
     /// Netfilter matches the wishes. Changes to pyfw's record alone (what a
@@ -930,11 +954,35 @@ impl<R: Reconcile> Core<R> {
     /// wish whose commands failed, when known.
     fn failure(&self, e: reconcile::Error, label: Option<String>) -> Result<RunResult, Untaken> {
         if self.proven {
-            return Ok(RunResult::Failed(e.to_string()));
+            return Ok(RunResult::Failed(self.located(&e)));
         }
         match untaken(&e, label) {
             Some(u) if u.refused || self.fallback.is_some() => Err(u),
-            _ => Ok(RunResult::Failed(e.to_string())),
+            _ => Ok(RunResult::Failed(self.located(&e))),
+        }
+    }
+
+    /// A reconcile error with the file and line of each wish it names.
+    fn located(&self, e: &reconcile::Error) -> String {
+        let wishes = &self.active.wishes;
+        match e {
+            reconcile::Error::Rejected { .. } => one_line(&e.to_string().replace('\n', "; ")),
+            reconcile::Error::Apply(a) => match (a.refused(), a.kernel_error()) {
+                (Some(refused), _) => {
+                    let label = refused.label();
+                    let text = e.to_string();
+                    let rest = text.strip_prefix(&format!("{label}: ")).unwrap_or(&text);
+                    one_line(&format!("{}: {rest}", wishes.locate(&label)))
+                }
+                (None, Some(kernel::Error::Rejected(list))) => {
+                    let each: Vec<String> = (list.iter())
+                        .map(|r| format!("{}: {}", wishes.locate(&r.label), r.message))
+                        .collect();
+                    one_line(&format!("{}; {}", each.join("; "), a.left))
+                }
+                _ => one_line(&e.to_string()),
+            },
+            _ => one_line(&e.to_string()),
         }
     }
 }
@@ -943,18 +991,41 @@ impl<R: Reconcile> Core<R> {
 /// not for an interrupt (the daemon is stopping), nor for an apply that
 /// committed (only pyfw's record trim failed: the wishes are in force).
 fn untaken(e: &reconcile::Error, label: Option<String>) -> Option<Untaken> {
+    if let reconcile::Error::Rejected { refused, .. } = e {
+        return Some(Untaken {
+            refused: true,
+            rejected: true,
+            wishes: (refused.iter())
+                .map(|r| (Some(r.label.clone()), one_line(&r.message)))
+                .collect(),
+        });
+    }
     let cause = cause_of(e)?;
     if let reconcile::Error::Apply(a) = e
         && (matches!(a.left, Left::Applied) || matches!(a.cause, Cause::RecordAfter(_)))
     {
         return None;
     }
-    if let kernel::Error::Rejected { label, message } = cause {
+    if let kernel::Error::Rejected(list) = cause {
         return Some(Untaken {
             refused: true,
-            label: Some(label.clone()),
             rejected: true,
-            message: message.clone(),
+            wishes: (list.iter())
+                .map(|r| (Some(r.label.clone()), one_line(&r.message)))
+                .collect(),
+        });
+    }
+    if let reconcile::Error::Apply(a) = e
+        && let Some(refused) = a.refused()
+    {
+        // The command the tools refused names its wish.
+        let label = refused.label();
+        let text = e.to_string();
+        let rest = text.strip_prefix(&format!("{label}: ")).unwrap_or(&text);
+        return Some(Untaken {
+            refused: cause.is_refusal(),
+            rejected: false,
+            wishes: vec![(Some(label), one_line(rest))],
         });
     }
     let message = match e {
@@ -965,9 +1036,8 @@ fn untaken(e: &reconcile::Error, label: Option<String>) -> Option<Untaken> {
     };
     Some(Untaken {
         refused: cause.is_refusal(),
-        label,
         rejected: false,
-        message: one_line(&message),
+        wishes: vec![(label, one_line(&message))],
     })
 }
 
@@ -1024,13 +1094,6 @@ fn cause_of(e: &reconcile::Error) -> Option<&kernel::Error> {
         source = s.source();
     }
     None
-}
-
-/// `exit status: 1` -> 1.
-fn exit_code(status: &str) -> Option<i32> {
-    status
-        .strip_prefix("exit status: ")
-        .and_then(|s| s.trim().parse().ok())
 }
 
 /// The line of rule `table/chain/NAME` (or `ip6tables:table/chain/NAME`),
@@ -1179,13 +1242,22 @@ pub(crate) mod fake {
                 w.kernel.retain(|n| n != "allow_ssh");
             }
             let plan = drift(&w, wishes);
+            // A wish named `lossy` is printed as another rule.
+            let warnings = names(wishes)
+                .into_iter()
+                .filter(|n| n == "lossy")
+                .map(|n| reconcile::PlanWarning {
+                    label: format!("filter/INPUT/{n}"),
+                    message: "iptables prints this rule as `-p tcp`, which is another rule".into(),
+                })
+                .collect();
             Ok(Planned {
                 state: Default::default(),
                 plan,
                 comparison: crate::state::canon::Comparison::Kernel,
                 deferred: Vec::new(),
                 scope: crate::kernel::Scope::none(),
-                warnings: Vec::new(),
+                warnings,
             })
         }
 
@@ -1221,10 +1293,10 @@ pub(crate) mod fake {
                 stderr: stderr.into(),
             };
             if added.iter().any(|n| n == "bad") {
-                let e = kernel::Error::Rejected {
+                let e = kernel::Error::Rejected(vec![kernel::Rejection {
                     label: "filter/INPUT/bad".into(),
                     message: "iptables v1.8.9 (nf_tables): Bad ctstate \"BOGUS\"".into(),
-                };
+                }]);
                 return failing(&mut w, "bad", e);
             }
             if added.iter().any(|n| n == "refused") {
@@ -1233,6 +1305,31 @@ pub(crate) mod fake {
                     "iptables v1.8.9 (nf_tables): Can't use -o with INPUT",
                 );
                 return failing(&mut w, "refused", e);
+            }
+            if let Some(k) = added.iter().position(|n| n == "refused_tx") {
+                // The tool named the command it refused, in a transaction
+                // of all the plan's commands.
+                w.failed.push("refused_tx".into());
+                let command = &plan.commands[k];
+                return Err(reconcile::Error::Apply(ApplyError {
+                    cause: Cause::Refused {
+                        refused: Box::new(crate::reconcile::apply::Refused {
+                            index: k + 1,
+                            total,
+                            line: command.to_string(),
+                            target: command.target.clone(),
+                            wish: command.wish.clone(),
+                            transaction: 1..total + 1,
+                            words: "RULE_INSERT failed (Invalid argument)".into(),
+                        }),
+                        error: failed(
+                            "exit status: 4",
+                            "iptables-restore v1.8.9 (nf_tables): \nline 3: RULE_INSERT failed \
+                             (Invalid argument): rule in chain INPUT",
+                        ),
+                    },
+                    left: Left::RolledBack { transactions: 1 },
+                }));
             }
             if added.iter().any(|n| n == "busy") && w.busy > 0 {
                 w.busy -= 1;
@@ -1513,6 +1610,86 @@ mod tests {
     /// `content HASH` of what `path` holds.
     fn content_of(path: &Path) -> String {
         file::version(&std::fs::read(path).unwrap(), None)
+    }
+
+    /// A transaction the kernel refuses at one command is one error line
+    /// for the attempt, naming that command's wish with its file and line:
+    /// for new wishes (which fall back to the last good ones) and for the
+    /// wishes in force (retried).
+    #[test]
+    fn a_refused_transaction_is_one_error_naming_the_refused_wish() {
+        let mut s = setup(&["allow_ssh"]);
+        s.core.run(&job(&[Trigger::Startup]));
+        logged(|log| {
+            save(
+                &s.path,
+                &wishes_text(&["allow_ssh", "other", "refused_tx", "third"]),
+            );
+            let o = s.core.run(&job(&[Trigger::FileEvent]));
+            assert_eq!(o.result, RunResult::InSync, "back on the last good wishes");
+            let errors = log.errors();
+            assert_eq!(errors.len(), 1, "one line for the attempt\n{}", log.text());
+            for needle in [
+                &format!("{}:8: filter/INPUT/refused_tx: ", s.path.display()),
+                "command 2/3 failed",
+                "RULE_INSERT failed (Invalid argument)",
+                "its transaction (commands 1-3) changed nothing",
+                "wish=\"refused_tx\"",
+            ] {
+                assert!(errors[0].contains(needle), "{needle}: {}", errors[0]);
+            }
+            assert!(!errors[0].contains("other") && !errors[0].contains("third"));
+        });
+        // In force already (the fake's kernel took them some other way):
+        // the retried failure names the wish with its file and line too.
+        let mut s = setup(&["allow_ssh"]);
+        s.core.run(&job(&[Trigger::Startup]));
+        save(&s.path, &wishes_text(&["allow_ssh", "refused_tx"]));
+        s.fake.world().kernel.push("refused_tx".into());
+        s.core.run(&job(&[Trigger::FileEvent]));
+        s.fake.world().kernel.clear();
+        let o = s.core.run(&job(&[Trigger::Timer]));
+        let RunResult::Failed(message) = o.result else {
+            panic!("{o:?}");
+        };
+        assert!(
+            message.starts_with(&format!(
+                "{}:7: filter/INPUT/refused_tx: command",
+                s.path.display()
+            )),
+            "{message}"
+        );
+    }
+
+    /// What a plan finds likely not meant is logged once per content of
+    /// the file, with the wish's file and line, and again on SIGHUP.
+    #[test]
+    fn plan_warnings_are_logged_once_per_content() {
+        let mut s = setup(&["allow_ssh", "lossy"]);
+        logged(|log| {
+            let warned = || {
+                log.text()
+                    .lines()
+                    .filter(|l| l.contains("WARN") && l.contains("which is another rule"))
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            };
+            s.core.run(&job(&[Trigger::Startup]));
+            s.core.run(&job(&[Trigger::Timer]));
+            s.core.run(&job(&[Trigger::Timer]));
+            assert_eq!(warned().len(), 1, "{}", log.text());
+            let at = format!(
+                "{}:7: filter/INPUT/lossy: iptables prints",
+                s.path.display()
+            );
+            assert!(warned()[0].contains(&at), "{}", warned()[0]);
+            s.core.run(&job(&[Trigger::Sighup]));
+            assert_eq!(warned().len(), 2, "{}", log.text());
+            save(&s.path, &wishes_text(&["allow_http", "lossy"]));
+            s.core.run(&job(&[Trigger::FileEvent]));
+            s.core.run(&job(&[Trigger::Timer]));
+            assert_eq!(warned().len(), 3, "{}", log.text());
+        });
     }
 
     #[test]
@@ -1856,11 +2033,5 @@ mod tests {
             "`iptables -w -I INPUT 1 -o lo` failed (exit status: 2): iptables v1.8.9 (nf_tables): \
              Can't use -o with INPUT; rolled back in 1 transaction(s)"
         );
-    }
-
-    #[test]
-    fn exit_codes_are_read_from_the_status() {
-        assert_eq!(exit_code("exit status: 1"), Some(1));
-        assert_eq!(exit_code("signal: 9 (SIGKILL)"), None);
     }
 }

@@ -9,6 +9,9 @@ use crate::state::rule::Rule;
 use crate::state::text::escape_untrusted;
 use crate::state::{self, Family, State};
 
+/// Scratch chains are named this plus the pid of the pyfw that made them.
+pub const SCRATCH_PREFIX: &str = "_pyfw_canon_";
+
 /// A wished rule for the kernel tools to check before anything changes.
 #[derive(Clone, Debug)]
 pub struct RuleCheck {
@@ -21,6 +24,58 @@ pub struct RuleCheck {
     pub rule: Rule,
     /// `table/chain/NAME`, for the message.
     pub label: String,
+    /// It names a set or chain that only the plan creates: the real tables
+    /// cannot load it before the plan ran (a private namespace can).
+    pub later: bool,
+}
+
+impl RuleCheck {
+    /// This rule refused with `message`.
+    pub fn rejection(&self, message: &str) -> Rejection {
+        Rejection {
+            label: self.label.clone(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// A wish the kernel tools refuse, in words.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// `table/chain/NAME`, `ip6tables:table/chain/NAME`.
+    pub label: String,
+    pub message: String,
+}
+
+/// How iptables prints a rule, and what that form does when loaded again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Learned {
+    /// What pyfw compares the kernel's rules with.
+    pub printed: Rule,
+    pub form: Form,
+}
+
+/// What the printed form of a rule loads back as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Form {
+    /// The same rule, printed the same.
+    Stable,
+    /// A rule printed otherwise: this.
+    Reloads(Rule),
+    /// Another rule than the one wished: reading the rules back cannot
+    /// tell the wish from it.
+    Lossy,
+    /// Nothing: iptables refuses it, with these words.
+    Unloadable(String),
+}
+
+/// A set as it is created: what a private namespace needs to create a
+/// wished set the host does not have yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetShape {
+    pub name: String,
+    pub kind: String,
+    pub options: Vec<String>,
 }
 
 /// A failure at the I/O edge. Each names the command and the tool's words.
@@ -61,8 +116,18 @@ pub enum Error {
     /// would have pyfw add every wished rule again.
     #[error("`{command}` exited 0 but printed no {expected}; refusing to read that as empty")]
     Empty { command: String, expected: String },
-    #[error("{label}: iptables rejects the rule: {}", escape_untrusted(.message))]
-    Rejected { label: String, message: String },
+    /// Wishes the kernel tools refuse, each in words; never empty.
+    #[error("{}", rejections(.0))]
+    Rejected(Vec<Rejection>),
+}
+
+/// `label: message` for each, joined with `; `.
+fn rejections(list: &[Rejection]) -> String {
+    let each: Vec<String> = list
+        .iter()
+        .map(|r| format!("{}: {}", r.label, escape_untrusted(&r.message)))
+        .collect();
+    each.join("; ")
 }
 
 /// Words of the kernel tools that mean "not now" rather than "no": the
@@ -103,7 +168,7 @@ impl Error {
     /// name a passing cause.
     pub fn is_refusal(&self) -> bool {
         match self {
-            Error::Rejected { .. } => true,
+            Error::Rejected(_) => true,
             Error::Failed { status, stderr, .. } => {
                 let exited = status.starts_with("exit status: ");
                 let said = stderr.to_lowercase();
@@ -127,11 +192,18 @@ pub trait Backend {
     /// Asks the kernel tools whether they accept every rule, changing
     /// nothing. Sets the rules name must exist already.
     fn check_rules(&mut self, checks: &[RuleCheck]) -> Result<(), Error>;
-    /// Learns how iptables prints each rule, in order. This is also the
-    /// kernel's verdict on each wish: a rule iptables refuses comes back as
-    /// [`Error::Rejected`] naming it, and nothing is left behind. `host` is
-    /// the state just read: the sets and chains the rules name, as they are.
-    fn canonicalize(&mut self, rules: &[RuleCheck], host: &State) -> Result<Vec<Rule>, Error>;
+    /// Learns how iptables prints each rule, in order (`None` for one that
+    /// cannot be learned before the plan runs: see [`RuleCheck::later`]).
+    /// This is also the kernel's verdict on each wish: the rules iptables
+    /// refuses come back together as [`Error::Rejected`], and nothing is
+    /// left behind. `host` is the state just read: the sets and chains the
+    /// rules name, as they are; `new_sets` the wished sets it lacks.
+    fn canonicalize(
+        &mut self,
+        rules: &[RuleCheck],
+        host: &State,
+        new_sets: &[SetShape],
+    ) -> Result<Vec<Option<Learned>>, Error>;
     /// Flushes and deletes a chain pyfw made for itself (a scratch chain
     /// left by a pyfw that died).
     fn drop_chain(&mut self, family: Family, table: &str, chain: &str) -> Result<(), Error>;
@@ -233,10 +305,10 @@ mod tests {
                  argument): rule in chain INPUT",
             ),
             failed("exit status: 1", "iptables-restore: line 4 failed"),
-            Error::Rejected {
+            Error::Rejected(vec![Rejection {
                 label: "filter/INPUT/bad".into(),
                 message: "Bad ctstate".into(),
-            },
+            }]),
         ];
         for e in &refused {
             assert!(e.is_refusal(), "{e}");

@@ -39,7 +39,10 @@ pub mod variant;
 pub mod words;
 pub mod xtlock;
 
-pub use backend::{Backend, BatchError, Error, RuleCheck, SetSummary, transactions};
+pub use backend::{
+    Backend, BatchError, Error, Form, Learned, Rejection, RuleCheck, SetShape, SetSummary,
+    transactions,
+};
 pub use process::{COMMAND_TIMEOUT_ENV, MAX_OUTPUT_ENV, Output, REMEMBER_CHILDREN, started_here};
 pub use scope::{Rules, Scope, Sets};
 pub use system::System;

@@ -40,18 +40,6 @@ pub(crate) fn command_at_line(text: &str, line: usize, commands: &[&Command]) ->
         .position(|c| crate::state::rule::restore_line(c.args.get(3..).unwrap_or(&[])) == wanted)
 }
 
-/// What an `iptables-restore` failure says, in one line: its first line,
-/// or, when that is only the version banner (`iptables-restore v1.8.9
-/// (nf_tables): ` before a commit error on the next line), the two.
-pub(crate) fn restore_error_message(stderr: &str) -> String {
-    let mut lines = stderr.lines().map(str::trim).filter(|l| !l.is_empty());
-    let first = lines.next().unwrap_or("");
-    match (first.ends_with(':'), lines.next()) {
-        (true, Some(next)) => format!("{first} {next}"),
-        _ => first.to_string(),
-    }
-}
-
 /// The program and arguments that run `commands` as one batch.
 pub(crate) fn batch_program(
     restore: impl Fn(Family) -> String,
@@ -584,17 +572,5 @@ mod tests {
             Some(3)
         );
         assert_eq!(restore_error_line("something else"), None);
-        assert_eq!(
-            restore_error_message(
-                "iptables-restore v1.8.9 (nf_tables): \nline 3: RULE_APPEND failed (Invalid \
-                 argument): rule in chain X\n"
-            ),
-            "iptables-restore v1.8.9 (nf_tables): line 3: RULE_APPEND failed (Invalid argument): \
-             rule in chain X"
-        );
-        assert_eq!(
-            restore_error_message("iptables v1.8.9 (nf_tables): Bad ctstate \"BOGUS\"\nTry"),
-            "iptables v1.8.9 (nf_tables): Bad ctstate \"BOGUS\""
-        );
     }
 }

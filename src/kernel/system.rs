@@ -4,7 +4,7 @@
 //! the choice of iptables variant in `variant.rs`; this file holds the
 //! struct and the trait's implementation.
 
-use crate::kernel::backend::{Backend, BatchError, Error, RuleCheck};
+use crate::kernel::backend::{Backend, BatchError, Error, Learned, RuleCheck, SetShape};
 use crate::kernel::legacy_cache::LegacyCache;
 use crate::kernel::process::{Output, Runner, Sink};
 use crate::kernel::restore_script::{
@@ -12,7 +12,6 @@ use crate::kernel::restore_script::{
 };
 use crate::kernel::scope::Scope;
 use crate::plan::{Command, Program};
-use crate::state::rule::Rule;
 use crate::state::{Family, State};
 
 /// The real kernel tools, found on `PATH`.
@@ -125,22 +124,21 @@ impl Backend for System {
 
     /// In a private network namespace when pyfw may make one (empty tables:
     /// on legacy every commit and read costs the size of the table, and a
-    /// 50,000-rule table made this step three quarters of a second), else
-    /// in a scratch chain of the real tables.
-    fn canonicalize(&mut self, rules: &[RuleCheck], host: &State) -> Result<Vec<Rule>, Error> {
+    /// 50,000-rule table made this step three quarters of a second), each
+    /// rule in its real chain; else in a scratch chain of the real tables
+    /// (see `learn.rs` for what each catches). What the namespace lacks and
+    /// the host may have (a chain pyfw did not read) is settled in the real
+    /// tables.
+    fn canonicalize(
+        &mut self,
+        rules: &[RuleCheck],
+        host: &State,
+        new_sets: &[SetShape],
+    ) -> Result<Vec<Option<Learned>>, Error> {
         if rules.is_empty() {
             return Ok(Vec::new());
         }
-        match self.canonicalize_private(rules, host) {
-            Ok(learned) => return Ok(learned),
-            // Any failure, a refused rule included, is settled by the real
-            // tables: they give the authoritative verdict.
-            Err(e) => tracing::debug!(
-                "cannot learn rule forms in a private network namespace ({e}); using a \
-                 scratch chain"
-            ),
-        }
-        self.canonicalize_scratch(rules)
+        self.learn_forms(rules, host, new_sets)
     }
 
     fn drop_chain(&mut self, family: Family, table: &str, chain: &str) -> Result<(), Error> {

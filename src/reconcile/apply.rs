@@ -107,6 +107,11 @@ pub struct Refused {
     pub target: String,
     /// The wished rule or set it serves, if any.
     pub wish: Option<String>,
+    /// The commands of its transaction (1-based, as `index`), none of
+    /// which took effect.
+    pub transaction: std::ops::Range<usize>,
+    /// What the tool said, in words (see [`refusal_words`]).
+    pub words: String,
 }
 
 impl Refused {
@@ -127,9 +132,9 @@ pub enum Cause {
     Kernel(kernel::Error),
     /// A transaction failed at one command: the tool said which.
     #[error(
-        "{}: command {}/{} failed: `{}`: {}",
-        .refused.label(), .refused.index, .refused.total, .refused.line,
-        kernel::words::tool_said(.error)
+        "{}: command {}/{} failed: `{}`: {}; {}",
+        .refused.label(), .refused.index, .refused.total, .refused.line, .refused.words,
+        untouched(&.refused.transaction)
     )]
     Refused {
         /// Boxed: errors travel in `Result`s, which stay small this way.
@@ -142,6 +147,103 @@ pub enum Cause {
     RecordAhead(kernel::Error),
     #[error("cannot trim pyfw's ownership record after the change: {0}")]
     RecordAfter(kernel::Error),
+}
+
+/// That a refused transaction took no effect.
+fn untouched(commands: &std::ops::Range<usize>) -> String {
+    match commands.len() {
+        0 | 1 => "it changed nothing".to_string(),
+        n => format!(
+            "its transaction (commands {}-{}) changed nothing: the {n} commands go to the kernel \
+             as one",
+            commands.start,
+            commands.end - 1
+        ),
+    }
+}
+
+/// What the tools said refusing `command` of `plan`, in words: for a set
+/// that is full, its maxelem, how many members the wishes give it, and the
+/// header that fits; else the tool's words without restore-input line
+/// numbers.
+pub fn refusal_words(
+    plan: &Plan,
+    snapshot: &Snapshot,
+    command: &Command,
+    error: &kernel::Error,
+) -> String {
+    let kernel::Error::Failed { stderr, .. } = error else {
+        return kernel::words::tool_said(error);
+    };
+    let set = command.target.strip_prefix("ipset ");
+    // A lone command's words are its own; in a transaction, those of the
+    // line the tool named (legacy names only COMMIT).
+    let single = !stderr.contains("iptables-restore");
+    let named = kernel::restore_script::restore_error_line(stderr);
+    match (set, command.program) {
+        (Some(name), _) if stderr.contains("Hash is full") => {
+            let (header, wanted) = set_after(plan, snapshot, name);
+            kernel::words::set_full(stderr, &header, wanted)
+        }
+        (_, Program::Iptables(family)) => match rule_of(command) {
+            // Only a named line is this command's: legacy names COMMIT.
+            Some((table, chain, rule)) if single || named.is_some() => {
+                let said = match named {
+                    Some(n) => kernel::words::said_of_line(stderr, n),
+                    None => stderr.clone(),
+                };
+                let at = kernel::words::RuleAt {
+                    family,
+                    table,
+                    chain,
+                    rule: &rule,
+                };
+                kernel::words::rule_refused(&said, at)
+            }
+            _ => kernel::words::tool_said(error),
+        },
+        _ => kernel::words::tool_said(error),
+    }
+}
+
+/// The table, chain and rule of an iptables command that adds a rule
+/// (`-w -t TABLE -A|-I CHAIN [N] RULE...`).
+fn rule_of(command: &Command) -> Option<(&str, &str, crate::state::rule::Rule)> {
+    let args = &command.args;
+    let (table, op, chain) = (args.get(2)?, args.get(3)?, args.get(4)?);
+    if op != "-A" && op != "-I" {
+        return None;
+    }
+    let mut rest = &args[5..];
+    if op == "-I" && rest.first().is_some_and(|n| n.parse::<u64>().is_ok()) {
+        rest = &rest[1..];
+    }
+    let rule = crate::state::rule::Rule::from_tokens(rest.iter().map(String::as_str));
+    Some((table.as_str(), chain.as_str(), rule))
+}
+
+/// The create options of set `name` as the plan creates it (or as it is),
+/// and how many members it holds once the plan ran.
+fn set_after(plan: &Plan, snapshot: &Snapshot, name: &str) -> (Vec<String>, usize) {
+    let before = snapshot.sets.get(name).and_then(Option::as_ref);
+    let mut header: Vec<String> = before.map(|s| s.options.clone()).unwrap_or_default();
+    let mut members: usize = before.map_or(0, |s| s.members.len());
+    for c in plan.commands.iter().filter(|c| c.program == Program::Ipset) {
+        if c.args.get(1).map(String::as_str) != Some(name) {
+            continue;
+        }
+        match c.args.first().map(String::as_str) {
+            Some("create") => {
+                header = c.args.iter().skip(3).cloned().collect();
+                members = 0;
+            }
+            Some("add") => members += 1,
+            Some("del") => members = members.saturating_sub(1),
+            Some("flush") => members = 0,
+            _ => {}
+        }
+    }
+    (header, members)
 }
 
 /// A tool's failure as the user reads it: the command, and the tool's
@@ -344,6 +446,8 @@ fn run_transactions(
                         line: command_line(backend, command),
                         target: command.target.clone(),
                         wish: command.wish.clone(),
+                        transaction: range.start + 1..range.end + 1,
+                        words: refusal_words(plan, undo.snapshot, command, &e.cause),
                     }),
                     error: e.cause,
                 },

@@ -5,17 +5,27 @@ use std::collections::{HashMap, HashSet};
 
 use crate::kernel::learn::SCRATCH_PREFIX;
 use crate::kernel::process::ProcessName;
-use crate::kernel::{Backend, RuleCheck};
-use crate::reconcile::{Error, Reconciler};
+use crate::kernel::{self, Backend, Form, Learned, Rejection, RuleCheck, SetShape};
+use crate::reconcile::{Error, PlanWarning, Reconciler, Refusal};
 use crate::state::canon;
 use crate::state::rule::Rule;
 use crate::state::{Family, State};
-use crate::wishes::Wishes;
+use crate::wishes::{RuleItem, Wishes};
+
+/// The wishes in iptables' form, and what learning it found.
+pub(crate) struct Canonical {
+    pub wishes: Wishes,
+    /// Rules that could not be learned before the plan creates what they
+    /// name: checked at apply.
+    pub deferred: Vec<RuleCheck>,
+    /// Rules whose printed form does not load back as the wish.
+    pub warnings: Vec<PlanWarning>,
+}
 
 impl<B: Backend> Reconciler<B> {
-    /// Wishes with every rule in iptables' own form. Rules that name a set
-    /// or chain that does not exist yet cannot be in the kernel either; they
-    /// go through the built-in normaliser and are checked later.
+    /// Wishes with every rule in iptables' own form, learned from iptables
+    /// (and cached by wish text). Every wish the kernel tools refuse is
+    /// reported at once, as [`Error::Rejected`], before anything changes.
     ///
     /// A wished rule written exactly as a rule the kernel printed in the
     /// same table is in iptables' form already (what `iptables-save` prints
@@ -25,9 +35,64 @@ impl<B: Backend> Reconciler<B> {
         &mut self,
         wishes: &Wishes,
         state: &State,
-    ) -> Result<(Wishes, Vec<RuleCheck>), Error> {
+    ) -> Result<Canonical, Error> {
+        let (learn, mut rejected) = self.wished_checks(wishes, state);
+        let new_sets: Vec<SetShape> = (wishes.ipsets.iter())
+            .filter(|w| !state.ipsets.contains_key(&w.name))
+            .map(|w| SetShape {
+                name: w.name.clone(),
+                kind: w.kind.name().to_string(),
+                options: w.header.clone(),
+            })
+            .collect();
+        let mut deferred = Vec::new();
+        match self.backend.canonicalize(&learn, state, &new_sets) {
+            Ok(learned) => {
+                for (check, learned) in learn.into_iter().zip(learned) {
+                    match learned {
+                        Some(l) => {
+                            self.canonical.insert(key_of(&check), l);
+                        }
+                        None => deferred.push(check),
+                    }
+                }
+            }
+            Err(kernel::Error::Rejected(list)) => rejected.extend(list),
+            Err(source) => {
+                return Err(Error::Learn {
+                    path: wishes.path.display().to_string(),
+                    source,
+                });
+            }
+        }
+        if !rejected.is_empty() {
+            return Err(rejected_in(wishes, rejected));
+        }
+        let canonical = wishes.map_rules(|chain, r| {
+            let key = (chain.family, chain.table.clone(), r.rule.args().to_vec());
+            match self.canonical.get(&key) {
+                Some(l) => l.printed.clone(),
+                None => canon::normalize(&r.rule, chain.family),
+            }
+        });
+        let warnings = self.form_warnings(wishes);
+        Ok(Canonical {
+            wishes: canonical,
+            deferred,
+            warnings,
+        })
+    }
+
+    /// The wished rules to learn (not cached, not printed by the kernel as
+    /// written), and those refused without asking the kernel: a set that
+    /// neither the wishes nor the kernel have.
+    fn wished_checks(
+        &mut self,
+        wishes: &Wishes,
+        state: &State,
+    ) -> (Vec<RuleCheck>, Vec<Rejection>) {
         let mut learn: Vec<RuleCheck> = Vec::new();
-        let mut deferred: Vec<RuleCheck> = Vec::new();
+        let mut rejected: Vec<Rejection> = Vec::new();
         // What the kernel printed, by family and table, built on first use.
         // Rules compare by their tokens, so no rule's argv is built here.
         // (`Rule` caches its argv in a cell, which takes no part in its
@@ -38,7 +103,7 @@ impl<B: Backend> Reconciler<B> {
             let ruleset = state.ruleset(chain.family);
             let chain_missing = ruleset.chain(&chain.table, &chain.chain).is_none();
             for item in chain.rules.iter().flatten() {
-                let crate::wishes::RuleItem::Named(r) = item else {
+                let RuleItem::Named(r) = item else {
                     continue;
                 };
                 let key = (chain.family, chain.table.clone(), r.rule.args().to_vec());
@@ -58,7 +123,24 @@ impl<B: Backend> Reconciler<B> {
                             .collect()
                     });
                 if kernel.contains(&r.rule) {
-                    self.canonical.insert(key, r.rule.clone());
+                    let learned = Learned {
+                        printed: r.rule.clone(),
+                        form: Form::Stable,
+                    };
+                    self.canonical.insert(key, learned);
+                    continue;
+                }
+                let label = format!("{}/{}", chain.label(), r.name);
+                let wished_set = |s: &str| wishes.ipsets.iter().any(|w| w.name == s);
+                if let Some(set) =
+                    (r.rule.sets()).find(|s| !state.ipsets.contains_key(*s) && !wished_set(s))
+                {
+                    rejected.push(Rejection {
+                        label,
+                        message: format!(
+                            "matches set {set}, which neither the wishes nor the kernel have"
+                        ),
+                    });
                     continue;
                 }
                 let missing_set = r.rule.sets().any(|s| !state.ipsets.contains_key(s));
@@ -73,44 +155,42 @@ impl<B: Backend> Reconciler<B> {
                     creates.push(chain.chain.clone());
                 }
                 creates.extend(missing_target.map(String::from));
-                let check = RuleCheck {
+                learn.push(RuleCheck {
                     family: chain.family,
                     table: chain.table.clone(),
                     chain: chain.chain.clone(),
                     creates,
                     rule: r.rule.clone(),
-                    label: format!("{}/{}", chain.label(), r.name),
+                    label,
+                    later: missing_set || missing_target.is_some(),
+                });
+            }
+        }
+        (learn, rejected)
+    }
+
+    /// A warning for each wished rule whose printed form does not load
+    /// back as itself, or as the wish.
+    fn form_warnings(&self, wishes: &Wishes) -> Vec<PlanWarning> {
+        let mut out = Vec::new();
+        for chain in &wishes.chains {
+            for item in chain.rules.iter().flatten() {
+                let RuleItem::Named(r) = item else {
+                    continue;
                 };
-                if missing_set || missing_target.is_some() {
-                    deferred.push(check);
-                } else {
-                    learn.push(check);
+                let key = (chain.family, chain.table.clone(), r.rule.args().to_vec());
+                let Some(learned) = self.canonical.get(&key) else {
+                    continue;
+                };
+                if let Some(message) = form_words(learned) {
+                    out.push(PlanWarning {
+                        label: format!("{}/{}", chain.label(), r.name),
+                        message,
+                    });
                 }
             }
         }
-        let learned =
-            self.backend
-                .canonicalize(&learn, state)
-                .map_err(|source| Error::Rejected {
-                    path: wishes.path.display().to_string(),
-                    source,
-                })?;
-        for (check, rule) in learn.iter().zip(learned) {
-            let key = (
-                check.family,
-                check.table.clone(),
-                check.rule.args().to_vec(),
-            );
-            self.canonical.insert(key, rule);
-        }
-        let canonical = wishes.map_rules(|chain, r| {
-            let key = (chain.family, chain.table.clone(), r.rule.args().to_vec());
-            match self.canonical.get(&key) {
-                Some(rule) => rule.clone(),
-                None => canon::normalize(&r.rule, chain.family),
-            }
-        });
-        Ok((canonical, deferred))
+        out
     }
 
     /// Removes scratch chains whose pyfw died before it could.
@@ -136,5 +216,53 @@ impl<B: Backend> Reconciler<B> {
                 }
             }
         }
+    }
+}
+
+/// The cache key of a check.
+fn key_of(check: &RuleCheck) -> (Family, String, Vec<String>) {
+    (
+        check.family,
+        check.table.clone(),
+        check.rule.args().to_vec(),
+    )
+}
+
+/// What a learned form that does not load back as the wish means.
+fn form_words(learned: &Learned) -> Option<String> {
+    let l = &learned.printed;
+    match &learned.form {
+        Form::Stable => None,
+        Form::Reloads(again) => Some(format!(
+            "iptables prints this rule as `{l}`, which loads back as `{again}`: pyfw installs \
+             your text and compares with `{l}`; restoring an iptables-save of this host would \
+             change it"
+        )),
+        Form::Lossy => Some(format!(
+            "iptables prints this rule as `{l}`, which is another rule: pyfw installs your \
+             text, but cannot tell it from `{l}` when it reads the rules back"
+        )),
+        Form::Unloadable(said) => Some(format!(
+            "iptables prints this rule as `{l}`, which iptables refuses to load ({said}): pyfw \
+             installs your text and compares with `{l}`; restoring an iptables-save of this \
+             host would fail"
+        )),
+    }
+}
+
+/// The refused wishes, each with its line in `wishes`, in file order.
+pub(crate) fn rejected_in(wishes: &Wishes, list: Vec<Rejection>) -> Error {
+    let mut refused: Vec<Refusal> = list
+        .into_iter()
+        .map(|r| Refusal {
+            line: wishes.line_of(&r.label),
+            label: r.label,
+            message: r.message,
+        })
+        .collect();
+    refused.sort_by_key(|r| r.line.unwrap_or(u64::MAX));
+    Error::Rejected {
+        path: wishes.path.display().to_string(),
+        refused,
     }
 }

@@ -29,7 +29,6 @@ use crate::plan::{self, Plan};
 use crate::reconcile::apply::{ApplyError, Event, Interrupt};
 use crate::state::canon::Comparison;
 use crate::state::ownership::{self, Owned, RECORD_SET};
-use crate::state::rule::Rule;
 use crate::state::{Family, State};
 use crate::wishes::Wishes;
 
@@ -38,14 +37,45 @@ use crate::wishes::Wishes;
 pub enum Error {
     #[error("reading netfilter state: {0}")]
     Read(#[source] kernel::Error),
-    #[error("{path}: {source}")]
-    Rejected {
+    /// Learning the wished rules' forms failed, for another reason than a
+    /// refusal.
+    #[error("{path}: learning how iptables prints the wished rules: {source}")]
+    Learn {
         path: String,
         #[source]
         source: kernel::Error,
     },
+    /// Wishes the kernel tools refuse: every one, before anything changed.
+    #[error("{}", refusals(.path, .refused))]
+    Rejected { path: String, refused: Vec<Refusal> },
     #[error(transparent)]
     Apply(#[from] ApplyError),
+}
+
+/// A wish the kernel tools refuse, where it is in the file, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// `table/chain/NAME`, `ipset NAME`.
+    pub label: String,
+    pub line: Option<u64>,
+    pub message: String,
+}
+
+impl Refusal {
+    /// `FILE:LINE: LABEL: MESSAGE`.
+    pub fn located(&self, path: &str) -> String {
+        let message = crate::state::text::escape_untrusted(&self.message);
+        match self.line {
+            Some(line) => format!("{path}:{line}: {}: {message}", self.label),
+            None => format!("{path}: {}: {message}", self.label),
+        }
+    }
+}
+
+/// Each refusal on a line of its own.
+fn refusals(path: &str, refused: &[Refusal]) -> String {
+    let lines: Vec<String> = refused.iter().map(|r| r.located(path)).collect();
+    lines.join("\n")
 }
 
 /// What a plan-only reconcile saw.
@@ -93,7 +123,7 @@ pub struct Owning {
 /// Runs reconciles against one backend, remembering canonical rule forms.
 pub struct Reconciler<B: Backend> {
     backend: B,
-    canonical: HashMap<CanonKey, Rule>,
+    canonical: HashMap<CanonKey, kernel::Learned>,
     interrupt: Interrupt,
     /// Wished chains found reached by some jump once (see
     /// [`Reconciler::unreached`]): not looked for again, so that a daemon
@@ -231,14 +261,15 @@ impl<B: Backend> Reconciler<B> {
             scope.sets = had.sets;
         }
         self.drop_dead_scratch_chains(&state);
-        let (canonical, deferred) = self.canonicalize(wishes, &state)?;
-        let plan = plan::plan(&canonical, &state);
-        let warnings = self.unreached(&canonical, &state, &scope)?;
+        let canonical = self.canonicalize(wishes, &state)?;
+        let plan = plan::plan(&canonical.wishes, &state);
+        let mut warnings = canonical.warnings;
+        warnings.extend(self.unreached(&canonical.wishes, &state, &scope)?);
         Ok(Planned {
             state,
             plan,
             comparison: Comparison::Kernel,
-            deferred,
+            deferred: canonical.deferred,
             scope,
             warnings,
         })
@@ -449,8 +480,17 @@ mod tests {
             &mut self,
             rules: &[RuleCheck],
             _: &State,
-        ) -> Result<Vec<Rule>, kernel::Error> {
-            Ok(rules.iter().map(|c| c.rule.clone()).collect())
+            _: &[kernel::SetShape],
+        ) -> Result<Vec<Option<kernel::Learned>>, kernel::Error> {
+            Ok(rules
+                .iter()
+                .map(|c| {
+                    Some(kernel::Learned {
+                        printed: c.rule.clone(),
+                        form: kernel::Form::Stable,
+                    })
+                })
+                .collect())
         }
         fn drop_chain(&mut self, _: Family, _: &str, _: &str) -> Result<(), kernel::Error> {
             Ok(())
