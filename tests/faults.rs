@@ -31,6 +31,7 @@ on_both_backends!(
     a_kill_9_between_commit_and_record_leaves_nothing_unrecorded,
     a_refused_command_is_named_with_its_wish_and_line,
     a_read_that_prints_nothing_is_an_error_not_an_empty_state,
+    a_tools_binary_stderr_reaches_the_user_as_text,
 );
 
 /// The tools the fakes stand in for.
@@ -79,6 +80,8 @@ case "$action" in die-half|half-hang)
 real() { PATH=${PATH#*:} "$tool" "$@"; }
 case "$action" in
 fail) echo "fake $tool: injected failure at call $n" >&2; exit 4 ;;
+# Fails with an escape sequence, a bell and bytes that are not UTF-8.
+fail-binary) printf 'fake %s: bad \033[31mred\007 \377\376 bytes\n' "$tool" >&2; exit 4 ;;
 hang) exec sleep 600 ;;
 garbage) case "$tool $*" in
     *-save*|*" -S"*|"ipset save"*) echo "this is not what $tool prints"; exit 0 ;; esac ;;
@@ -175,6 +178,46 @@ impl Fakes {
     fn run(&self, ns: &Netns, argv: &[&str], env: &[(&str, &str)]) -> Out {
         let cmd = self.command(ns, argv, env);
         run_command(cmd, argv.iter().map(|s| s.to_string()).collect(), None)
+    }
+}
+
+/// A tool that fails with an escape sequence, a bell and bytes that are
+/// not UTF-8 in its stderr, at a read and at a commit: pyfw's message
+/// quotes it as text (`\x1b`, `\x07`, `\xff`), never the raw bytes, which
+/// would paint or beep the user's terminal and forge log lines.
+fn a_tools_binary_stderr_reaches_the_user_as_text(backend: Backend) {
+    let Some(ns) = Netns::new("binary_stderr", backend) else {
+        return;
+    };
+    let fakes = Fakes::new();
+    let dir = tempfile::tempdir().unwrap();
+    let wishes = wishes(dir.path());
+    reset(&ns);
+    let before = exact_state(&ns);
+    let (reader, writer) = match backend {
+        Backend::Nft => ("iptables", "iptables-restore"),
+        Backend::Legacy => ("iptables-save", "iptables-restore"),
+    };
+    for tool in [reader, writer, "ipset"] {
+        fakes.set_all("pass");
+        fakes.set(tool, "fail-binary");
+        let argv = [PYFW, "--wishes", arg(&wishes), "apply"];
+        let out = fakes.command(&ns, &argv, &[]).output().unwrap();
+        let stderr = &out.stderr;
+        let shown = String::from_utf8_lossy(stderr);
+        assert_eq!(out.status.code(), Some(1), "{tool}\n{shown}");
+        assert!(
+            std::str::from_utf8(stderr).is_ok(),
+            "{tool}: stderr must be UTF-8 text\n{shown}"
+        );
+        for raw in [0x1b_u8, 0x07] {
+            assert!(!stderr.contains(&raw), "{tool}: raw byte {raw:#x}\n{shown}");
+        }
+        assert!(
+            shown.contains("bad \\x1b[31mred\\x07 \\xff\\xfe bytes"),
+            "{tool}: the tool's words must be quoted as text\n{shown}"
+        );
+        assert_text_eq(&exact_state(&ns), &before, &format!("{tool}\n{shown}"));
     }
 }
 

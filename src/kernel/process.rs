@@ -204,7 +204,7 @@ impl Runner {
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 let stderr = match stderr.is_finished() {
-                    true => stderr.join().map(|(s, _)| lossy(&s)).unwrap_or_default(),
+                    true => stderr.join().map(|(s, _)| as_text(&s)).unwrap_or_default(),
                     false => String::new(),
                 };
                 return Err(Error::Timeout {
@@ -222,7 +222,7 @@ impl Runner {
             source: std::io::Error::other("the thread reading its output panicked"),
         };
         let (stdout, too_large) = stdout.join().map_err(|_| panicked())?;
-        let stderr = stderr.join().map(|(s, _)| lossy(&s)).unwrap_or_default();
+        let stderr = stderr.join().map(|(s, _)| as_text(&s)).unwrap_or_default();
         if too_large {
             return Err(Error::TooLarge {
                 command,
@@ -345,9 +345,10 @@ impl Sink for Vec<u8> {
     }
 }
 
-/// What a tool printed, as text (bytes that are not UTF-8 replaced).
-pub(crate) fn lossy(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+/// What a tool printed on stderr, as text (bytes that are not UTF-8
+/// written `\xNN`).
+pub(crate) fn as_text(bytes: &[u8]) -> String {
+    crate::state::text::from_bytes(bytes)
 }
 
 /// Reads a tool's output a line at a time; see [`Lines`].

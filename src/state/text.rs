@@ -14,7 +14,8 @@ use std::fmt::Write as _;
 /// separator and bidirectional formatting character escaped: `\n`, `\r`,
 /// `\t`, `\x1b` (below U+0080), `\u{85}` (above). Text without any is
 /// returned as it is, without a copy. (Bytes that were not UTF-8 were
-/// already replaced when the text was read.)
+/// already written as `\xNN` by [`from_bytes`], or replaced when the text
+/// was read.)
 pub fn escape_untrusted(text: &str) -> Cow<'_, str> {
     let Some(first) = text.find(needs_escape) else {
         return Cow::Borrowed(text);
@@ -38,6 +39,20 @@ pub fn escape_untrusted(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// A tool's words as text: valid UTF-8 as it is, each byte that is not
+/// written `\xNN`, so that an error shows what the tool printed rather
+/// than U+FFFD. (Control characters are left to [`escape_untrusted`].)
+pub fn from_bytes(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
+}
+
 /// Whether `c` must not reach a log line as it is.
 fn needs_escape(c: char) -> bool {
     c.is_control()
@@ -54,6 +69,15 @@ fn needs_escape(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_written_as_escapes() {
+        assert_eq!(
+            from_bytes(b"ok \xc3\xa9 \xff\xfe!"),
+            "ok \u{e9} \\xff\\xfe!"
+        );
+        assert_eq!(from_bytes(b"cut \xe2\x82"), "cut \\xe2\\x82");
+    }
 
     #[test]
     fn every_c0_control_and_del_is_escaped() {
