@@ -299,7 +299,6 @@ fn follow(
     closes: &AtomicU64,
     on_close: &mut impl FnMut(u64) -> bool,
 ) -> Option<String> {
-    use std::os::fd::AsRawFd;
     let mut buf = [0u8; 4096];
     // When the next call may be made.
     let mut next_call: Option<Instant> = None;
@@ -319,52 +318,16 @@ fn follow(
             next_call = Instant::now().checked_add(started.elapsed().saturating_mul(CHECK_SHARE));
             continue;
         }
-        let timeout = due.map_or(-1, |d| {
-            libc::c_int::try_from(d.as_millis().saturating_add(1)).unwrap_or(libc::c_int::MAX)
-        });
-        let mut fds = libc::pollfd {
-            fd: inotify.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
+        match readable(inotify, due) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => return Some(e),
+        }
+        let gone = match read_events(inotify, &mut buf) {
+            Ok(Some(gone)) => gone,
+            Ok(None) => continue,
+            Err(e) => return Some(e),
         };
-        // SAFETY: poll(2) on one pollfd that lives across the call.
-        let ready = unsafe { libc::poll(&mut fds, 1, timeout) };
-        if ready < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Some(e.to_string());
-        }
-        if ready == 0 {
-            continue;
-        }
-        let mut gone = false;
-        match inotify.read_events(&mut buf) {
-            Ok(events) => {
-                for event in events {
-                    // The file was removed or replaced (the watch ends
-                    // with IGNORED); an overflow lost events: either way,
-                    // count it as a close.
-                    if event
-                        .mask
-                        .intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF)
-                        || event.mask.contains(EventMask::IGNORED)
-                    {
-                        gone = true;
-                    }
-                }
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
-                ) =>
-            {
-                continue;
-            }
-            Err(e) => return Some(e.to_string()),
-        }
         closes.fetch_add(1, Ordering::SeqCst);
         owed = true;
         if gone {
@@ -374,6 +337,52 @@ fn follow(
                 return Some(format!("cannot watch it again after it was removed: {e}"));
             }
         }
+    }
+}
+
+/// Waits up to `due` (for ever when `None`) for events: whether there are
+/// any (`false` also when a signal cut the wait short).
+fn readable(inotify: &Inotify, due: Option<Duration>) -> Result<bool, String> {
+    use std::os::fd::AsRawFd;
+    let timeout = due.map_or(-1, |d| {
+        libc::c_int::try_from(d.as_millis().saturating_add(1)).unwrap_or(libc::c_int::MAX)
+    });
+    let mut fds = libc::pollfd {
+        fd: inotify.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll(2) on one pollfd that lives across the call.
+    let ready = unsafe { libc::poll(&mut fds, 1, timeout) };
+    if ready < 0 {
+        let e = io::Error::last_os_error();
+        return match e.kind() {
+            io::ErrorKind::Interrupted => Ok(false),
+            _ => Err(e.to_string()),
+        };
+    }
+    Ok(ready > 0)
+}
+
+/// Reads the pending events: `Some(gone)` when there were some, `gone`
+/// when the file was removed or replaced (the watch ends with IGNORED) or
+/// an overflow lost events; `None` when a signal or a spurious wake-up
+/// left nothing to read.
+fn read_events(inotify: &mut Inotify, buf: &mut [u8]) -> Result<Option<bool>, String> {
+    match inotify.read_events(buf) {
+        Ok(events) => Ok(Some(events.into_iter().any(|event| {
+            (event.mask).intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF)
+                || event.mask.contains(EventMask::IGNORED)
+        }))),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e.to_string()),
     }
 }
 

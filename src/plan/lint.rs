@@ -816,68 +816,84 @@ impl Matches {
         let mut i = 0;
         let mut negate = false;
         while i < args.len() {
-            let a = args[i].as_str();
-            if a == "!" {
-                negate = true;
-                i += 1;
-                continue;
-            }
-            // The value, and a `!` written after the option (old syntax).
-            let value = |i: &mut usize| -> (bool, String) {
-                let mut neg = negate;
-                let mut v = args.get(*i + 1).cloned().unwrap_or_default();
-                if v == "!" {
-                    neg = !neg;
-                    *i += 1;
-                    v = args.get(*i + 1).cloned().unwrap_or_default();
-                }
-                *i += 2;
-                (neg, v)
-            };
-            match a {
-                "-p" | "--protocol" => m.protocol = Some(value(&mut i)),
-                "-s" | "--source" | "--src" => m.source = Some(value(&mut i)),
-                "-d" | "--destination" | "--dst" => m.destination = Some(value(&mut i)),
-                "-i" | "--in-interface" => m.in_interface = Some(value(&mut i)),
-                "-o" | "--out-interface" => m.out_interface = Some(value(&mut i)),
-                "--dport" | "--destination-port" | "--dports" | "--destination-ports" => {
-                    m.dports = Some(value(&mut i))
-                }
-                "--sport" | "--source-port" | "--sports" | "--source-ports" => {
-                    m.sports = Some(value(&mut i))
-                }
-                "--ctstate" | "--state" => m.states = Some(value(&mut i)),
-                "-j" | "--jump" => m.target = Some(value(&mut i).1),
-                "-g" | "--goto" => {
-                    m.target = Some(value(&mut i).1);
-                    m.goto = true;
-                }
-                "-m" | "--match" => {
-                    let (_, name) = value(&mut i);
-                    if !matches!(
-                        name.as_str(),
-                        "tcp" | "udp" | "multiport" | "conntrack" | "state" | "comment"
-                    ) {
-                        m.unknown = true;
-                    }
-                }
-                "--comment" => {
-                    let _ = value(&mut i);
-                }
-                _ if a.starts_with('-') => {
-                    // Another match's option, or after the target one of
-                    // its options (`--reject-with`): skip it and its values.
-                    m.unknown |= m.target.is_none();
+            match args[i].as_str() {
+                "!" => {
+                    negate = true;
                     i += 1;
-                    while i < args.len() && !args[i].starts_with('-') && args[i] != "!" {
-                        i += 1;
-                    }
+                    continue;
                 }
+                a if a.starts_with('-') => i = m.take(args, i, negate),
                 _ => i += 1,
             }
             negate = false;
         }
         m
+    }
+
+    /// Reads the option `args[i]` and its values (`negate` when a `!` came
+    /// before it); returns the index past them.
+    fn take(&mut self, args: &[String], mut i: usize, negate: bool) -> usize {
+        // The value, and a `!` written after the option (old syntax).
+        let value = |i: &mut usize| -> (bool, String) {
+            let mut neg = negate;
+            let mut v = args.get(*i + 1).cloned().unwrap_or_default();
+            if v == "!" {
+                neg = !neg;
+                *i += 1;
+                v = args.get(*i + 1).cloned().unwrap_or_default();
+            }
+            *i += 2;
+            (neg, v)
+        };
+        let option = args[i].as_str();
+        if let Some(field) = self.field(option) {
+            *field = Some(value(&mut i));
+            return i;
+        }
+        match option {
+            "-j" | "--jump" => self.target = Some(value(&mut i).1),
+            "-g" | "--goto" => {
+                self.target = Some(value(&mut i).1);
+                self.goto = true;
+            }
+            "-m" | "--match" => {
+                let (_, name) = value(&mut i);
+                self.unknown |= !matches!(
+                    name.as_str(),
+                    "tcp" | "udp" | "multiport" | "conntrack" | "state" | "comment"
+                );
+            }
+            "--comment" => {
+                let _ = value(&mut i);
+            }
+            _ => {
+                // Another match's option, or after the target one of its
+                // options (`--reject-with`): skip it and its values.
+                self.unknown |= self.target.is_none();
+                i += 1;
+                while i < args.len() && !args[i].starts_with('-') && args[i] != "!" {
+                    i += 1;
+                }
+            }
+        }
+        i
+    }
+
+    /// Where the value of a match the lint understands goes.
+    fn field(&mut self, option: &str) -> Option<&mut Option<(bool, String)>> {
+        Some(match option {
+            "-p" | "--protocol" => &mut self.protocol,
+            "-s" | "--source" | "--src" => &mut self.source,
+            "-d" | "--destination" | "--dst" => &mut self.destination,
+            "-i" | "--in-interface" => &mut self.in_interface,
+            "-o" | "--out-interface" => &mut self.out_interface,
+            "--dport" | "--destination-port" | "--dports" | "--destination-ports" => {
+                &mut self.dports
+            }
+            "--sport" | "--source-port" | "--sports" | "--source-ports" => &mut self.sports,
+            "--ctstate" | "--state" => &mut self.states,
+            _ => return None,
+        })
     }
 
     /// The chain this rule jumps or goes to, if any.

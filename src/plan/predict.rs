@@ -19,7 +19,7 @@
 use crate::plan::revert::Snapshot;
 use crate::plan::{Plan, Program};
 use crate::state::rule::Rule;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::state::{Chain, Family, State, Table, builtin_chains};
 
@@ -64,82 +64,8 @@ pub fn chains_after(before: &Snapshot, plan: &Plan) -> Result<State, String> {
         let Program::Iptables(family) = c.program else {
             continue;
         };
-        let a = &c.args;
-        let cannot = |why: &str| format!("cannot follow `{c}`: {why}");
-        let (Some(table), Some(op), Some(name)) = (a.get(2), a.get(3), a.get(4)) else {
-            return Err(cannot("too few arguments"));
-        };
-        let key = (family, table.clone(), name.clone());
-        let slot = chains
-            .get_mut(&key)
-            .ok_or_else(|| cannot("its chain is not in the snapshot"))?;
-        if op == "-N" {
-            if slot.is_some() {
-                return Err(cannot("the chain exists"));
-            }
-            *slot = Some(Chain {
-                policy: None,
-                rules: Vec::new(),
-            });
-            continue;
-        }
-        if op == "-X" {
-            match slot.take() {
-                Some(chain) if chain.rules.is_empty() => continue,
-                _ => return Err(cannot("the chain is missing or not empty")),
-            }
-        }
-        // A built-in chain of a table not yet in use comes with the table.
-        if slot.is_none() && builtin_chains(table).contains(&name.as_str()) {
-            *slot = Some(Chain {
-                policy: Some("ACCEPT".into()),
-                rules: Vec::new(),
-            });
-        }
-        let chain = slot.as_mut().ok_or_else(|| cannot("no such chain"))?;
-        let number = |at: usize| -> Result<Option<usize>, String> {
-            match a.get(at).map(|n| n.parse::<usize>()) {
-                Some(Ok(n)) if n >= 1 => Ok(Some(n - 1)),
-                Some(Ok(_)) => Err(cannot("rule numbers start at 1")),
-                _ => Ok(None),
-            }
-        };
-        let rule_from = |at: usize| {
-            let rule = Rule::from_args(a.get(at..).unwrap_or_default().to_vec());
-            printed.as_printed(family, table, rule)
-        };
-        match op.as_str() {
-            "-P" => {
-                let policy = a.get(5).ok_or_else(|| cannot("no policy"))?;
-                chain.policy = Some(policy.clone());
-            }
-            "-A" => chain.rules.push(rule_from(5)),
-            "-I" => {
-                let (at, spec) = match number(5)? {
-                    Some(at) => (at, 6),
-                    None => (0, 5),
-                };
-                if at > chain.rules.len() {
-                    return Err(cannot("the position is past the chain's end"));
-                }
-                chain.rules.insert(at, rule_from(spec));
-            }
-            "-D" => {
-                let at = match number(5)? {
-                    Some(at) => at,
-                    None => {
-                        let rule = rule_from(5);
-                        (chain.rules.iter().position(|r| *r == rule))
-                            .ok_or_else(|| cannot("no such rule"))?
-                    }
-                };
-                if at >= chain.rules.len() {
-                    return Err(cannot("no rule at that number"));
-                }
-                chain.rules.remove(at);
-            }
-            _ => return Err(cannot("not a command pyfw plans")),
-        }
+        follow(&mut chains, &printed, family, &c.args)
+            .map_err(|why| format!("cannot follow `{c}`: {why}"))?;
     }
     let mut state = State::default();
     for ((family, table, name), chain) in chains {
@@ -148,4 +74,95 @@ pub fn chains_after(before: &Snapshot, plan: &Plan) -> Result<State, String> {
         table.chains.push((name, chain));
     }
     Ok(state)
+}
+
+/// The chains of a snapshot: present (`Some`) or known to be absent.
+type Chains = BTreeMap<(Family, String, String), Option<Chain>>;
+
+/// Runs one iptables command (`-w -t TABLE OP CHAIN ...`) on `chains`.
+fn follow(
+    chains: &mut Chains,
+    printed: &Printed,
+    family: Family,
+    a: &[String],
+) -> Result<(), &'static str> {
+    let (Some(table), Some(op), Some(name)) = (a.get(2), a.get(3), a.get(4)) else {
+        return Err("too few arguments");
+    };
+    let slot = (chains.get_mut(&(family, table.clone(), name.clone())))
+        .ok_or("its chain is not in the snapshot")?;
+    match op.as_str() {
+        "-N" if slot.is_some() => return Err("the chain exists"),
+        "-N" => {
+            *slot = Some(Chain {
+                policy: None,
+                rules: Vec::new(),
+            });
+            return Ok(());
+        }
+        "-X" => {
+            return match slot.take() {
+                Some(chain) if chain.rules.is_empty() => Ok(()),
+                _ => Err("the chain is missing or not empty"),
+            };
+        }
+        _ => {}
+    }
+    // A built-in chain of a table not yet in use comes with the table.
+    if slot.is_none() && builtin_chains(table).contains(&name.as_str()) {
+        *slot = Some(Chain {
+            policy: Some("ACCEPT".into()),
+            rules: Vec::new(),
+        });
+    }
+    let chain = slot.as_mut().ok_or("no such chain")?;
+    let rule_from = |at: usize| {
+        let rule = Rule::from_args(a.get(at..).unwrap_or_default().to_vec());
+        printed.as_printed(family, table, rule)
+    };
+    edit(chain, op, a, rule_from)
+}
+
+/// Runs a command on one chain's policy or rules: `-P`, `-A`, `-I [N]`,
+/// `-D N` or `-D RULE`. `rule_from(i)` is the rule spelled from argument
+/// `i` on, as iptables prints it.
+fn edit(
+    chain: &mut Chain,
+    op: &str,
+    a: &[String],
+    rule_from: impl Fn(usize) -> Rule,
+) -> Result<(), &'static str> {
+    let number = |at: usize| -> Result<Option<usize>, &'static str> {
+        match a.get(at).map(|n| n.parse::<usize>()) {
+            Some(Ok(n)) if n >= 1 => Ok(Some(n - 1)),
+            Some(Ok(_)) => Err("rule numbers start at 1"),
+            _ => Ok(None),
+        }
+    };
+    match op {
+        "-P" => chain.policy = Some(a.get(5).ok_or("no policy")?.clone()),
+        "-A" => chain.rules.push(rule_from(5)),
+        "-I" => {
+            let (at, spec) = number(5)?.map_or((0, 5), |at| (at, 6));
+            if at > chain.rules.len() {
+                return Err("the position is past the chain's end");
+            }
+            chain.rules.insert(at, rule_from(spec));
+        }
+        "-D" => {
+            let at = match number(5)? {
+                Some(at) => at,
+                None => {
+                    let rule = rule_from(5);
+                    (chain.rules.iter().position(|r| *r == rule)).ok_or("no such rule")?
+                }
+            };
+            if at >= chain.rules.len() {
+                return Err("no rule at that number");
+            }
+            chain.rules.remove(at);
+        }
+        _ => return Err("not a command pyfw plans"),
+    }
+    Ok(())
 }

@@ -10,7 +10,7 @@ use crate::reconcile::{Error, PlanWarning, Reconciler, Refusal};
 use crate::state::canon;
 use crate::state::rule::Rule;
 use crate::state::{Family, State};
-use crate::wishes::{RuleItem, Wishes};
+use crate::wishes::{ChainWish, NamedRule, RuleItem, Wishes};
 
 /// The wishes in iptables' form, and what learning it found.
 pub(crate) struct Canonical {
@@ -101,7 +101,6 @@ impl<B: Backend> Reconciler<B> {
         let mut printed: HashMap<(Family, &str), HashSet<&Rule>> = HashMap::new();
         for chain in &wishes.chains {
             let ruleset = state.ruleset(chain.family);
-            let chain_missing = ruleset.chain(&chain.table, &chain.chain).is_none();
             for item in chain.rules.iter().flatten() {
                 let RuleItem::Named(r) = item else {
                     continue;
@@ -130,40 +129,10 @@ impl<B: Backend> Reconciler<B> {
                     self.canonical.insert(key, learned);
                     continue;
                 }
-                let label = format!("{}/{}", chain.label(), r.name);
-                let wished_set = |s: &str| wishes.ipsets.iter().any(|w| w.name == s);
-                if let Some(set) =
-                    (r.rule.sets()).find(|s| !state.ipsets.contains_key(*s) && !wished_set(s))
-                {
-                    rejected.push(Rejection {
-                        label,
-                        message: format!(
-                            "matches set {set}, which neither the wishes nor the kernel have"
-                        ),
-                    });
-                    continue;
+                match rule_check(wishes, state, chain, r) {
+                    Ok(check) => learn.push(check),
+                    Err(refused) => rejected.push(refused),
                 }
-                let missing_set = r.rule.sets().any(|s| !state.ipsets.contains_key(s));
-                let missing_target = r.rule.target().filter(|t| {
-                    ruleset.chain(&chain.table, t).is_none()
-                        && wishes.chains.iter().any(|c| {
-                            c.family == chain.family && c.table == chain.table && c.chain == *t
-                        })
-                });
-                let mut creates = Vec::new();
-                if chain_missing {
-                    creates.push(chain.chain.clone());
-                }
-                creates.extend(missing_target.map(String::from));
-                learn.push(RuleCheck {
-                    family: chain.family,
-                    table: chain.table.clone(),
-                    chain: chain.chain.clone(),
-                    creates,
-                    rule: r.rule.clone(),
-                    label,
-                    later: missing_set || missing_target.is_some(),
-                });
             }
         }
         (learn, rejected)
@@ -265,4 +234,44 @@ pub(crate) fn rejected_in(wishes: &Wishes, list: Vec<Rejection>) -> Error {
         path: wishes.path.display().to_string(),
         refused,
     }
+}
+
+/// What to learn of wished rule `r` of `chain`, or why the kernel is not
+/// even asked: it matches a set that neither the wishes nor the kernel
+/// have.
+fn rule_check(
+    wishes: &Wishes,
+    state: &State,
+    chain: &ChainWish,
+    r: &NamedRule,
+) -> Result<RuleCheck, Rejection> {
+    let label = format!("{}/{}", chain.label(), r.name);
+    let wished_set = |s: &str| wishes.ipsets.iter().any(|w| w.name == s);
+    if let Some(set) = (r.rule.sets()).find(|s| !state.ipsets.contains_key(*s) && !wished_set(s)) {
+        return Err(Rejection {
+            label,
+            message: format!("matches set {set}, which neither the wishes nor the kernel have"),
+        });
+    }
+    let ruleset = state.ruleset(chain.family);
+    let missing_set = r.rule.sets().any(|s| !state.ipsets.contains_key(s));
+    let missing_target = r.rule.target().filter(|t| {
+        ruleset.chain(&chain.table, t).is_none()
+            && (wishes.chains.iter())
+                .any(|c| c.family == chain.family && c.table == chain.table && c.chain == *t)
+    });
+    let mut creates = Vec::new();
+    if ruleset.chain(&chain.table, &chain.chain).is_none() {
+        creates.push(chain.chain.clone());
+    }
+    creates.extend(missing_target.map(String::from));
+    Ok(RuleCheck {
+        family: chain.family,
+        table: chain.table.clone(),
+        chain: chain.chain.clone(),
+        creates,
+        rule: r.rule.clone(),
+        label,
+        later: missing_set || missing_target.is_some(),
+    })
 }

@@ -16,16 +16,11 @@ pub fn scope_for(wishes: &Wishes, sets: &State) -> Scope {
     let mut chains: HashMap<Family, BTreeSet<(String, String)>> = HashMap::new();
     let mut tables: HashMap<Family, BTreeSet<String>> = HashMap::new();
     for c in &wishes.chains {
-        chains
-            .entry(c.family)
-            .or_default()
-            .insert((c.table.clone(), c.chain.clone()));
+        let chain = (c.table.clone(), c.chain.clone());
+        chains.entry(c.family).or_default().insert(chain);
     }
     let wished_chain = |f: Family, t: &str, ch: &str| {
-        wishes
-            .chains
-            .iter()
-            .find(|c| c.family == f && c.table == t && c.chain == ch)
+        (wishes.chains.iter()).find(|c| c.family == f && c.table == t && c.chain == ch)
     };
     for entry in ownership::read(sets) {
         match entry {
@@ -68,16 +63,23 @@ pub fn scope_for(wishes: &Wishes, sets: &State) -> Scope {
     }
     let mut scope = Scope::none();
     for family in [Family::V4, Family::V6] {
-        let mut whole = tables.remove(&family).unwrap_or_default();
-        let some = chains.remove(&family).unwrap_or_default();
-        *scope.rules_mut(family) = if !whole.is_empty() {
-            whole.extend(some.into_iter().map(|(t, _)| t));
-            Rules::Tables(whole)
-        } else if !some.is_empty() {
-            Rules::Chains(some)
-        } else {
-            Rules::Skip
-        };
+        *scope.rules_mut(family) = rules(
+            tables.remove(&family).unwrap_or_default(),
+            chains.remove(&family).unwrap_or_default(),
+        );
     }
     scope
+}
+
+/// What to read of one family: `whole` tables (with the tables of the
+/// chains, which they hold), else `some` chains, else nothing.
+fn rules(mut whole: BTreeSet<String>, some: BTreeSet<(String, String)>) -> Rules {
+    if !whole.is_empty() {
+        whole.extend(some.into_iter().map(|(t, _)| t));
+        Rules::Tables(whole)
+    } else if !some.is_empty() {
+        Rules::Chains(some)
+    } else {
+        Rules::Skip
+    }
 }
