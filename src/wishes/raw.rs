@@ -39,6 +39,7 @@ pub(crate) struct RawWishes {
     pub(crate) ipsets: Option<Map<Spanned<RawIpset>>>,
     pub(crate) iptables: Option<Map<Map<Spanned<Option<RawChain>>>>>,
     pub(crate) ip6tables: Option<Map<Map<Spanned<Option<RawChain>>>>>,
+    pub(crate) nftables: Option<Map<Spanned<Option<crate::wishes::nft::RawNftTable>>>>,
 }
 
 #[derive(Deserialize)]

@@ -345,6 +345,7 @@ pub fn scenario(data: &[u8]) -> Scenario {
             path: PathBuf::from("fuzz.yaml"),
             ipsets: ipsets.into(),
             chains,
+            nftables: Default::default(),
             warnings: Vec::new(),
         },
         state,
