@@ -115,9 +115,11 @@ fn run(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
             .backend_mut()
             .read_state(Scope::all())
             .map_err(|e| e.to_string())?;
+        let tables = crate::reconcile::nft::owned_tables(reconciler.backend_mut(), &state)
+            .map_err(|e| e.to_string())?;
         print!(
             "{}",
-            crate::cli::formats::render_state(&state, args.format)?
+            crate::cli::formats::render_state_with(&state, &tables, args.format)?
         );
         return Ok(ExitCode::SUCCESS);
     }

@@ -172,9 +172,11 @@ impl<'a> Label<'a> {
                 ..Label::default()
             };
         }
-        let (family, rest) = match label.strip_prefix("ip6tables:") {
-            Some(rest) => ("ipv6", rest),
-            None => ("ipv4", label),
+        let (family, rest) = match (label.strip_prefix("ip6tables:"), label.strip_prefix("nft ")) {
+            (Some(rest), _) => ("ipv6", rest),
+            // An owned nftables table: `nft inet pyfw/CHAIN/RULE`.
+            (_, Some(rest)) => ("nft", rest),
+            _ => ("ipv4", label),
         };
         let mut parts = rest.splitn(3, '/');
         Label {
@@ -949,6 +951,11 @@ fn untaken(e: &reconcile::Error, label: Option<String>) -> Option<Untaken> {
     {
         return None;
     }
+    // nft named the wish it refused: a rule or set of the table.
+    let label = match cause {
+        kernel::Error::NftRejected { label, .. } => Some(label.clone()),
+        _ => label,
+    };
     if let kernel::Error::Rejected { label, message } = cause {
         return Some(Untaken {
             refused: true,
@@ -1042,6 +1049,9 @@ fn locate_wish(wishes: &Wishes, label: &str) -> Option<u64> {
         return (wishes.ipsets.iter())
             .find(|s| s.name == name)
             .map(|s| s.line);
+    }
+    if label.starts_with("nft ") {
+        return wishes.line_of(label);
     }
     wishes.chains.iter().find_map(|chain| {
         chain.rules.iter().flatten().find_map(|item| match item {
@@ -1186,6 +1196,7 @@ pub(crate) mod fake {
                 deferred: Vec::new(),
                 scope: crate::kernel::Scope::none(),
                 warnings: Vec::new(),
+                nft: Default::default(),
             })
         }
 

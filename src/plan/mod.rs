@@ -41,6 +41,7 @@ use crate::wishes::{ChainWish, IpsetWish, RuleItem, Wishes};
 pub mod chain;
 pub mod command;
 pub mod lint;
+pub mod nft;
 pub mod predict;
 pub mod record;
 pub mod revert;
@@ -69,6 +70,14 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
         }
         keep.insert(Owned::Set {
             name: set.name.clone(),
+        });
+    }
+    // Owned nftables tables: planned by `reconcile::nft`, recorded here
+    // with the rest (written ahead, trimmed after).
+    for table in wishes.nftables.iter() {
+        keep.insert(Owned::NftTable {
+            family: table.family,
+            name: table.name.clone(),
         });
     }
 
@@ -435,7 +444,7 @@ fn sets_in_use<'a>(
 fn group_tables(commands: &mut [Command]) {
     let table = |c: &Command| match c.program {
         Program::Iptables(f) => Some((f, c.args.get(2).cloned().unwrap_or_default())),
-        Program::Ipset => None,
+        Program::Ipset | Program::Nft => None,
     };
     let mut start = 0;
     while start < commands.len() {

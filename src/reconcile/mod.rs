@@ -16,6 +16,7 @@ use std::collections::{BTreeSet, HashMap};
 pub mod apply;
 mod canonicalize;
 pub mod confirm;
+pub mod nft;
 pub mod reach;
 pub mod rollback;
 pub mod scope;
@@ -62,6 +63,8 @@ pub struct Planned {
     /// What the wishes say that holds against this kernel but is likely
     /// not what was meant, by the label of the wish it is about.
     pub warnings: Vec<PlanWarning>,
+    /// The owned nftables tables' part of the plan.
+    pub nft: nft::NftPlanned,
 }
 
 /// A finding about one wish, against the state read: said with the wish's
@@ -102,6 +105,9 @@ pub struct Reconciler<B: Backend> {
     backend: B,
     canonical: HashMap<CanonKey, Rule>,
     interrupt: Interrupt,
+    /// The kernel's renderings of owned nftables tables, and which were
+    /// last found as wished.
+    nft: nft::Memory,
 }
 
 impl<B: Backend> Reconciler<B> {
@@ -110,6 +116,7 @@ impl<B: Backend> Reconciler<B> {
             backend,
             canonical: HashMap::new(),
             interrupt: Interrupt::new(),
+            nft: nft::Memory::default(),
         }
     }
 
@@ -160,6 +167,8 @@ impl<B: Backend> Reconciler<B> {
                 Owned::Set { name } => {
                     sets.insert(name);
                 }
+                // Read by the nftables part of the plan (see `nft`).
+                Owned::NftTable { .. } => {}
             }
         }
         if !sets.is_empty() {
@@ -231,7 +240,10 @@ impl<B: Backend> Reconciler<B> {
         }
         self.drop_dead_scratch_chains(&state);
         let (canonical, deferred) = self.canonicalize(wishes, &state)?;
-        let plan = plan::plan(&canonical, &state);
+        let mut plan = plan::plan(&canonical, &state);
+        let record = ownership::read(&state);
+        let nft = nft::plan_tables(&mut self.backend, &mut self.nft, wishes, &record, &mut plan)
+            .map_err(Error::Read)?;
         Ok(Planned {
             state,
             plan,
@@ -239,6 +251,7 @@ impl<B: Backend> Reconciler<B> {
             deferred,
             scope,
             warnings: Vec::new(),
+            nft,
         })
     }
 
@@ -279,9 +292,11 @@ impl<B: Backend> Reconciler<B> {
             plan,
             deferred,
             comparison,
+            nft: nft_planned,
             ..
         } = planned;
-        let snapshot = Snapshot::of(&plan, state);
+        let mut snapshot = Snapshot::of(&plan, state);
+        snapshot.nft = nft_planned.before.clone();
         let ran = match plan.is_empty() && plan.record.is_empty() {
             true => 0,
             false => apply::apply(
@@ -293,6 +308,7 @@ impl<B: Backend> Reconciler<B> {
                 on,
             )?,
         };
+        nft::applied(&mut self.backend, &mut self.nft, &nft_planned);
         Ok(Applied {
             plan,
             snapshot,
@@ -300,6 +316,12 @@ impl<B: Backend> Reconciler<B> {
             comparison,
             ran,
         })
+    }
+
+    /// Asks the kernel whether it takes every owned nftables table the
+    /// plan would load (`nft -c`), committing nothing.
+    pub fn check_nft(&mut self, planned: &Planned) -> Result<(), kernel::Error> {
+        nft::check(&mut self.backend, &planned.plan)
     }
 
     /// What stops an apply of this reconciler at its next transaction (a

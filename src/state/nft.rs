@@ -17,6 +17,62 @@ use std::hash::Hasher;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// An nftables address family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NftFamily {
+    Ip,
+    Ip6,
+    Inet,
+    Arp,
+    Bridge,
+    Netdev,
+}
+
+impl NftFamily {
+    pub const ALL: [NftFamily; 6] = [
+        NftFamily::Ip,
+        NftFamily::Ip6,
+        NftFamily::Inet,
+        NftFamily::Arp,
+        NftFamily::Bridge,
+        NftFamily::Netdev,
+    ];
+
+    /// As nft writes it.
+    pub fn word(self) -> &'static str {
+        match self {
+            NftFamily::Ip => "ip",
+            NftFamily::Ip6 => "ip6",
+            NftFamily::Inet => "inet",
+            NftFamily::Arp => "arp",
+            NftFamily::Bridge => "bridge",
+            NftFamily::Netdev => "netdev",
+        }
+    }
+
+    pub fn parse(word: &str) -> Option<NftFamily> {
+        NftFamily::ALL.into_iter().find(|f| f.word() == word)
+    }
+}
+
+impl std::fmt::Display for NftFamily {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.word())
+    }
+}
+
+/// An owned table as `pyfw state` shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TableState {
+    pub family: NftFamily,
+    pub name: String,
+    /// As `nft -s list table` prints it (text that loads back).
+    pub text: String,
+    /// As `nft -j list table` prints it, less nft's metainfo: nft's own
+    /// JSON objects, handles and counters included.
+    pub objects: Vec<Value>,
+}
+
 /// A 64-bit FNV-1a digest of a normalised JSON value.
 pub type Digest = u64;
 

@@ -28,74 +28,29 @@
 //! (or `/#N` for the N-th rule, when it has no name) and
 //! `nft FAMILY TABLE/set NAME`.
 
-use std::fmt;
-
-use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use crate::wishes::raw::{Map, Members, Node};
+use crate::wishes::raw::{Map, Members, Node, RawNftChain, RawNftSet, RawNftTable};
 use crate::wishes::validate::{Validator, check_rule_name};
 
-/// An nftables address family.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum NftFamily {
-    Ip,
-    Ip6,
-    Inet,
-    Arp,
-    Bridge,
-    Netdev,
-}
+pub use crate::state::nft::NftFamily;
 
-impl NftFamily {
-    pub const ALL: [NftFamily; 6] = [
-        NftFamily::Ip,
-        NftFamily::Ip6,
-        NftFamily::Inet,
-        NftFamily::Arp,
-        NftFamily::Bridge,
-        NftFamily::Netdev,
-    ];
-
-    /// As nft writes it.
-    pub fn word(self) -> &'static str {
-        match self {
-            NftFamily::Ip => "ip",
-            NftFamily::Ip6 => "ip6",
-            NftFamily::Inet => "inet",
-            NftFamily::Arp => "arp",
-            NftFamily::Bridge => "bridge",
-            NftFamily::Netdev => "netdev",
+/// The hooks a base chain of `family` may use.
+fn hooks(family: NftFamily) -> &'static [&'static str] {
+    match family {
+        NftFamily::Ip | NftFamily::Ip6 | NftFamily::Bridge => {
+            &["prerouting", "input", "forward", "output", "postrouting"]
         }
-    }
-
-    pub fn parse(word: &str) -> Option<NftFamily> {
-        NftFamily::ALL.into_iter().find(|f| f.word() == word)
-    }
-
-    /// The hooks a base chain of this family may use.
-    fn hooks(self) -> &'static [&'static str] {
-        match self {
-            NftFamily::Ip | NftFamily::Ip6 | NftFamily::Bridge => {
-                &["prerouting", "input", "forward", "output", "postrouting"]
-            }
-            NftFamily::Inet => &[
-                "prerouting",
-                "input",
-                "forward",
-                "output",
-                "postrouting",
-                "ingress",
-            ],
-            NftFamily::Arp => &["input", "output"],
-            NftFamily::Netdev => &["ingress", "egress"],
-        }
-    }
-}
-
-impl fmt::Display for NftFamily {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.word())
+        NftFamily::Inet => &[
+            "prerouting",
+            "input",
+            "forward",
+            "output",
+            "postrouting",
+            "ingress",
+        ],
+        NftFamily::Arp => &["input", "output"],
+        NftFamily::Netdev => &["ingress", "egress"],
     }
 }
 
@@ -208,45 +163,6 @@ pub fn line_of(tables: &[NftTableWish], label: &str) -> Option<u64> {
         .enumerate()
         .find(|(i, r)| !rule.is_empty() && r.tag(*i) == rule);
     Some(found.map_or(c.line, |(_, r)| r.line))
-}
-
-// ---- raw serde stage -------------------------------------------------------
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawNftTable {
-    pub(crate) sets: Option<Map<Spanned<Option<RawNftSet>>>>,
-    pub(crate) chains: Option<Map<Spanned<Option<RawNftChain>>>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawNftChain {
-    #[serde(rename = "type")]
-    pub(crate) kind: Option<Spanned<String>>,
-    pub(crate) hook: Option<Spanned<String>>,
-    pub(crate) device: Option<Spanned<String>>,
-    pub(crate) priority: Option<Spanned<String>>,
-    pub(crate) policy: Option<Spanned<String>>,
-    pub(crate) rules: Option<Spanned<Node>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawNftSet {
-    #[serde(rename = "type")]
-    pub(crate) kind: Option<Spanned<String>>,
-    #[serde(rename = "typeof")]
-    pub(crate) type_of: Option<Spanned<String>>,
-    pub(crate) flags: Option<Spanned<Node>>,
-    pub(crate) timeout: Option<Spanned<String>>,
-    pub(crate) gc_interval: Option<Spanned<String>>,
-    pub(crate) size: Option<Spanned<String>>,
-    pub(crate) policy: Option<Spanned<String>>,
-    pub(crate) counter: Option<Spanned<bool>>,
-    pub(crate) auto_merge: Option<Spanned<bool>>,
-    pub(crate) comment: Option<Spanned<String>>,
-    pub(crate) elements: Option<Spanned<Members>>,
 }
 
 // ---- checks ----------------------------------------------------------------
@@ -545,7 +461,7 @@ impl Validator {
         check(&raw.kind, &|v| {
             one_of("`type`", v, &["filter", "nat", "route"])
         });
-        check(&raw.hook, &|v| one_of("`hook`", v, family.hooks()));
+        check(&raw.hook, &|v| one_of("`hook`", v, hooks(family)));
         check(&raw.priority, &check_priority);
         check(&raw.policy, &|v| one_of("`policy`", v, &["accept", "drop"]));
         check(&raw.device, &|v| {
