@@ -29,6 +29,10 @@ pub fn apply(
     xtables: Option<Held>,
 ) -> Result<ExitCode, String> {
     let mut out = Printer::new();
+    if cli.confirm.is_some() {
+        // Unconfirmed, even a table whose replacement committed goes back.
+        reconciler.keep_every_nft_snapshot();
+    }
     let mut planned = match reconciler.plan_after(&wishes, owning) {
         Ok(planned) => planned,
         Err(e) => return failed(e, &wishes),

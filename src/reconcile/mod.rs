@@ -318,6 +318,12 @@ impl<B: Backend> Reconciler<B> {
         })
     }
 
+    /// Keeps every replaced nftables table's old text in the snapshot, for
+    /// a revert after the apply committed (`apply --confirm`).
+    pub fn keep_every_nft_snapshot(&mut self) {
+        self.nft.keep_every_snapshot();
+    }
+
     /// Asks the kernel whether it takes every owned nftables table the
     /// plan would load (`nft -c`), committing nothing.
     pub fn check_nft(&mut self, planned: &Planned) -> Result<(), kernel::Error> {

@@ -49,9 +49,71 @@ type TableId = (NftFamily, String);
 pub struct Memory {
     /// Renderings by key.
     renderings: HashMap<String, Rendering>,
-    /// Tables last found as wished: the generation read before they were
-    /// listed, and their wish's key.
-    in_sync: HashMap<TableId, (u32, String)>,
+    /// What each table was last known to be, and when.
+    marks: HashMap<TableId, Option<Mark>>,
+    /// Keep every replaced table's text, even when nothing after its
+    /// replacement can fail (see [`Memory::keep_every_snapshot`]).
+    every_snapshot: bool,
+}
+
+impl Memory {
+    /// Keeps the text of every table a plan replaces, for a revert asked
+    /// for after the apply committed (`apply --confirm`). Without it, a
+    /// replacement that is a plan's last transaction keeps none: nft
+    /// commits it whole or not at all, and nothing after it can fail.
+    pub fn keep_every_snapshot(&mut self) {
+        self.every_snapshot = true;
+    }
+
+    /// The table's mark, from memory or its file.
+    fn mark(&mut self, id: &TableId) -> Option<Mark> {
+        self.marks
+            .entry(id.clone())
+            .or_insert_with(|| load(&mark_file(id.0, &id.1)))
+            .clone()
+    }
+
+    /// Notes (and keeps in the state directory) what the table is now.
+    fn set_mark(&mut self, id: &TableId, mark: Option<Mark>) {
+        if self.mark(id) == mark {
+            return;
+        }
+        match &mark {
+            Some(m) => save(&mark_file(id.0, &id.1), m, &id.1),
+            None => kernel::state_dir::remove(&mark_file(id.0, &id.1)),
+        }
+        self.marks.insert(id.clone(), mark);
+    }
+
+    /// The kernel's rendering of the script of `key`, from memory or the
+    /// table's file.
+    fn rendering(&mut self, id: &TableId, key: &str) -> Option<Rendering> {
+        if let Some(r) = self.renderings.get(key) {
+            return Some(r.clone());
+        }
+        let entry: Entry = load(&rendering_file(id.0, &id.1))?;
+        let r = entry.rendering.filter(|_| entry.key == key)?;
+        self.renderings.insert(key.to_string(), r.clone());
+        Some(r)
+    }
+
+    /// Keeps the rendering of `key`'s script, in memory and in the table's
+    /// file.
+    fn keep(&mut self, id: &TableId, key: &str, rendering: Rendering) {
+        let entry = Entry {
+            key: key.to_string(),
+            rendering: Some(rendering),
+        };
+        save(&rendering_file(id.0, &id.1), &entry, &id.1);
+        self.renderings
+            .insert(key.to_string(), entry.rendering.unwrap_or_default());
+    }
+
+    fn forget(&mut self, id: &TableId) {
+        self.marks.insert(id.clone(), None);
+        kernel::state_dir::remove(&mark_file(id.0, &id.1));
+        kernel::state_dir::remove(&rendering_file(id.0, &id.1));
+    }
 }
 
 /// What a plan found for the owned tables.
@@ -72,53 +134,68 @@ pub struct NftPlanned {
 pub struct Replaced {
     pub family: NftFamily,
     pub name: String,
+    /// The digest of its script.
+    pub script: String,
+    /// The key of its rendering (the script's digest and its renderer).
     pub key: String,
     /// The kernel's rendering of its wish was known when planned.
     pub known: bool,
 }
 
-/// What a table's state file holds.
+/// The kernel's rendering of a table's script, as its file keeps it.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Entry {
     key: String,
     rendering: Option<Rendering>,
-    /// pyfw committed this key's script at this generation and has not
-    /// read it back yet.
-    pending: Option<Pending>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Pending {
-    /// The network namespace it was committed in (a generation means
-    /// nothing in another).
+/// What a table was at a generation: exactly what loading the script of
+/// this digest makes, whether pyfw had just committed it or had read it
+/// and found it so. While the generation stays, no transaction has been
+/// committed since, so it still is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Mark {
+    script: String,
+    /// The network namespace (a generation means nothing in another).
     netns: String,
     generation: u32,
 }
 
-fn file_name(family: NftFamily, name: &str) -> String {
+fn rendering_file(family: NftFamily, name: &str) -> String {
     format!("nft-{family}-{name}.json")
 }
 
-fn load_entry(family: NftFamily, name: &str) -> Option<Entry> {
-    let text = kernel::state_dir::read(&file_name(family, name))?;
-    serde_json::from_str(&text).ok()
+fn mark_file(family: NftFamily, name: &str) -> String {
+    format!("nft-{family}-{name}.mark")
 }
 
-fn save_entry(family: NftFamily, name: &str, entry: &Entry) {
-    let saved = serde_json::to_string(entry)
+fn load<T: serde::de::DeserializeOwned>(file: &str) -> Option<T> {
+    serde_json::from_str(&kernel::state_dir::read(file)?).ok()
+}
+
+fn save(file: &str, value: &impl Serialize, table: &str) {
+    let saved = serde_json::to_string(value)
         .map_err(|e| e.to_string())
-        .and_then(|text| kernel::state_dir::write(&file_name(family, name), &text));
+        .and_then(|text| kernel::state_dir::write(file, &text));
     if let Err(e) = saved {
         tracing::warn!(
-            "cannot keep the kernel's rendering of nft {family} {name} for the next run ({e}); \
+            "cannot keep what pyfw knows of nftables table {table} for the next run ({e}); \
              a restart learns it again"
         );
     }
 }
 
-/// The key of the network namespace this thread is in.
+/// This boot and the network namespace this thread is in: where a
+/// generation means something (a namespace's cookie, and its generations,
+/// start over at a reboot).
 fn netns() -> String {
-    kernel::netns::netns_key().unwrap_or_default()
+    static BOOT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let boot = BOOT.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|b| b.trim().to_string())
+            .unwrap_or_default()
+    });
+    format!("{boot}/{}", kernel::netns::netns_key().unwrap_or_default())
 }
 
 /// Reads the owned tables (the wished ones, and those pyfw's record names
@@ -153,15 +230,18 @@ pub fn plan_tables(
     let generation = backend.nft_generation();
     let renderer = backend.nft_version();
     let mut replace = Vec::new();
+    let mut present = Vec::new();
     for table in wishes.nftables.iter() {
         let mut planner = TablePlanner {
             backend: &mut *backend,
             memory: &mut *memory,
             table,
+            id: (table.family, table.name.clone()),
             generation,
         };
-        if let Some(c) = planner.plan(&renderer, &mut out)? {
+        if let Some((c, exists)) = planner.plan(&renderer, &mut out)? {
             replace.push(c);
+            present.push((table.family, table.name.clone(), exists));
         }
     }
     let mut delete = Vec::new();
@@ -182,6 +262,20 @@ pub fn plan_tables(
         .iter()
         .position(|c| c.program != Program::Ipset)
         .unwrap_or(plan.commands.len());
+    // What a rollback needs: the replaced tables' text, unless their
+    // replacement is the plan's last transaction (a 10,000-rule table's
+    // listing costs about what its replacement does).
+    let later = at < plan.commands.len() || !delete.is_empty() || memory.every_snapshot;
+    for (family, name, exists) in present {
+        if exists && !later {
+            continue;
+        }
+        let text = match exists {
+            true => backend.nft_list(family, &name, Listing::Text)?,
+            false => None,
+        };
+        out.before.insert((family, name), text);
+    }
     plan.commands.splice(at..at, replace);
     plan.commands.extend(delete);
     Ok(out)
@@ -192,37 +286,55 @@ struct TablePlanner<'a> {
     backend: &'a mut dyn Backend,
     memory: &'a mut Memory,
     table: &'a NftTableWish,
+    id: TableId,
     /// The generation read before any table was listed.
     generation: Option<u32>,
 }
 
 impl TablePlanner<'_> {
-    /// The command that replaces the table, if it differs from its wish.
+    /// The command that replaces the table, if it differs from its wish,
+    /// and whether the table is there now.
     fn plan(
         &mut self,
         renderer: &str,
         out: &mut NftPlanned,
-    ) -> Result<Option<Command>, kernel::Error> {
+    ) -> Result<Option<(Command, bool)>, kernel::Error> {
         let t = self.table;
-        let id = (t.family, t.name.clone());
-        let script = plan::nft::script(t);
-        let key = plan::nft::key(&script, renderer);
-        if let (Some(now), Some((seen, seen_key))) = (self.generation, self.memory.in_sync.get(&id))
-            && now == *seen
-            && key == *seen_key
-        {
-            return Ok(None);
+        let text = plan::nft::script(t);
+        let script = plan::nft::key(&text, "");
+        let key = plan::nft::key(&text, renderer);
+        let replace = |reason: String, known: bool, exists: bool, out: &mut NftPlanned| {
+            out.replaced.push(Replaced {
+                family: t.family,
+                name: t.name.clone(),
+                script: script.clone(),
+                key: key.clone(),
+                known,
+            });
+            let command = plan::nft::command(text.clone(), reason, t.label());
+            Ok(Some((command, exists)))
+        };
+        // Nothing committed since the table was last known: no listing.
+        if let Some(mark) = self.unchanged() {
+            if mark.script == script {
+                return Ok(None);
+            }
+            let known = self.memory.rendering(&self.id, &key).is_some();
+            let reason = format!("{}: the wishes changed", t.label());
+            return replace(reason, known, true, out);
         }
-        self.memory.in_sync.remove(&id);
         let live = self.read()?;
-        let expected = self.expected(&script, &key, live.as_ref());
+        let expected = self.expected(&text, &key, live.is_some());
         let reason = match &expected {
             Some(want) => {
                 let drift = drift(want, live.as_ref());
                 if drift.is_empty() {
-                    if let Some(g) = self.generation {
-                        self.memory.in_sync.insert(id, (g, key));
-                    }
+                    let mark = self.generation.map(|generation| Mark {
+                        script,
+                        netns: netns(),
+                        generation,
+                    });
+                    self.memory.set_mark(&self.id, mark);
                     return Ok(None);
                 }
                 plan::nft::reason(t, &drift)
@@ -234,18 +346,16 @@ impl TablePlanner<'_> {
                 t.label()
             ),
         };
-        let before = match live {
-            Some(_) => self.backend.nft_list(t.family, &t.name, Listing::Text)?,
-            None => None,
-        };
-        out.before.insert(id, before);
-        out.replaced.push(Replaced {
-            family: t.family,
-            name: t.name.clone(),
-            key,
-            known: expected.is_some(),
-        });
-        Ok(Some(plan::nft::command(script, reason, t.label())))
+        replace(reason, expected.is_some(), live.is_some(), out)
+    }
+
+    /// The table's mark, when the generation says nothing was committed
+    /// since it was made.
+    fn unchanged(&mut self) -> Option<Mark> {
+        let now = self.generation?;
+        self.memory
+            .mark(&self.id)
+            .filter(|m| m.generation == now && m.netns == netns())
     }
 
     /// The table as the kernel renders it now; `None` when absent.
@@ -262,48 +372,28 @@ impl TablePlanner<'_> {
         Ok(Some(rendering(&objects)))
     }
 
-    /// The kernel's rendering of `script` (the table's wish), when known
-    /// or learned; `live` is the table as read.
-    fn expected(&mut self, script: &str, key: &str, live: Option<&Rendering>) -> Option<Rendering> {
-        let t = self.table;
-        if let Some(r) = self.memory.renderings.get(key) {
-            return Some(r.clone());
-        }
-        let entry = load_entry(t.family, &t.name).filter(|e| e.key == key);
-        if let Some(r) = entry.as_ref().and_then(|e| e.rendering.clone()) {
-            self.memory.renderings.insert(key.to_string(), r.clone());
+    /// The kernel's rendering of `text` (the table's script), when kept or
+    /// learned; not learned for a table that is not there (it is made
+    /// whatever the rendering, and learned after).
+    fn expected(&mut self, text: &str, key: &str, exists: bool) -> Option<Rendering> {
+        if let Some(r) = self.memory.rendering(&self.id, key) {
             return Some(r);
         }
-        // Absent: replaced whatever its rendering; learned after.
-        let live = live?;
-        let adopted = match entry.and_then(|e| e.pending) {
-            Some(p) => self.own_commit(&p).then(|| live.clone()),
-            None => None,
-        };
-        let learned = adopted.or_else(|| self.learn(script));
-        if let Some(r) = &learned {
-            self.keep(key, r.clone());
+        if !exists {
+            return None;
         }
-        learned
+        let learned = self.learn(text)?;
+        self.memory.keep(&self.id, key, learned.clone());
+        Some(learned)
     }
 
-    /// Whether the table as just listed is exactly what pyfw committed at
-    /// `pending`: no transaction was committed since, before or after the
-    /// listing.
-    fn own_commit(&mut self, pending: &Pending) -> bool {
-        let after = self.backend.nft_generation();
-        pending.netns == netns()
-            && Some(pending.generation) == self.generation
-            && after == self.generation
-    }
-
-    /// The kernel's rendering of `script`, learned in a private namespace.
-    fn learn(&mut self, script: &str) -> Option<Rendering> {
+    /// The kernel's rendering of `text`, learned in a private namespace.
+    fn learn(&mut self, text: &str) -> Option<Rendering> {
         let t = self.table;
         if !self.backend.nft_can_learn() {
             return None;
         }
-        let scripts = [(t.family, t.name.clone(), script.to_string())];
+        let scripts = [(t.family, t.name.clone(), text.to_string())];
         let learned = self.backend.nft_learn(&scripts).and_then(|mut json| {
             let json = json.pop().unwrap_or_default();
             objects(&json).map_err(|message| kernel::Error::Failed {
@@ -324,54 +414,33 @@ impl TablePlanner<'_> {
             }
         }
     }
-
-    fn keep(&mut self, key: &str, r: Rendering) {
-        let t = self.table;
-        let entry = Entry {
-            key: key.to_string(),
-            rendering: Some(r.clone()),
-            pending: None,
-        };
-        save_entry(t.family, &t.name, &entry);
-        self.memory.renderings.insert(key.to_string(), r);
-    }
 }
 
-/// After an apply that committed `planned`: learns the rendering of each
-/// table replaced without one (now, by reading it back, where pyfw cannot
-/// learn in a namespace; else at the next run), and forgets deleted
-/// tables. Never fails: what it cannot learn, a later run learns.
+/// After an apply that committed `planned`: marks each replaced table as
+/// its script's at the generation pyfw's commit made (when the generation
+/// proves the commit was pyfw's alone), learns the rendering of a table
+/// replaced without one where it cannot be learned in a namespace later
+/// (by reading it back now, while that generation stands), and forgets
+/// deleted tables. Never fails: what it cannot learn, a later run learns.
 pub fn applied(backend: &mut dyn Backend, memory: &mut Memory, planned: &NftPlanned) {
     let committed = backend.nft_committed();
-    for r in planned.replaced.iter().filter(|r| !r.known) {
-        let pending = committed.map(|generation| Pending {
+    for r in &planned.replaced {
+        let id = (r.family, r.name.clone());
+        let mark = committed.map(|generation| Mark {
+            script: r.script.clone(),
             netns: netns(),
             generation,
         });
-        let read_back = match (backend.nft_can_learn(), committed) {
-            (false, Some(g)) => read_back(backend, r, g),
-            _ => None,
-        };
-        let entry = match read_back {
-            Some(rendering) => {
-                memory.renderings.insert(r.key.clone(), rendering.clone());
-                Entry {
-                    key: r.key.clone(),
-                    rendering: Some(rendering),
-                    pending: None,
-                }
-            }
-            None => Entry {
-                key: r.key.clone(),
-                rendering: None,
-                pending,
-            },
-        };
-        save_entry(r.family, &r.name, &entry);
+        memory.set_mark(&id, mark);
+        if r.known || backend.nft_can_learn() {
+            continue;
+        }
+        if let Some(rendering) = committed.and_then(|g| read_back(backend, r, g)) {
+            memory.keep(&id, &r.key, rendering);
+        }
     }
-    for (family, name) in &planned.deleted {
-        memory.in_sync.remove(&(*family, name.clone()));
-        kernel::state_dir::remove(&file_name(*family, name));
+    for id in &planned.deleted {
+        memory.forget(id);
     }
 }
 
