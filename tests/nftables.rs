@@ -59,6 +59,9 @@ const WISHES: &str = "pyfw_wishes:
 struct Host {
     ns: Netns,
     dir: tempfile::TempDir,
+    /// Runs pyfw without CAP_SYS_ADMIN, as the systemd unit does: it
+    /// cannot make a private network namespace to learn renderings in.
+    confined: bool,
 }
 
 impl Host {
@@ -68,8 +71,13 @@ impl Host {
 
     fn on(test: &str, backend: Backend) -> Option<Host> {
         let ns = Netns::new(test, backend)?;
-        let dir = tempfile::tempdir().unwrap();
-        Some(Host { ns, dir })
+        // Named after the namespace: a revert's mark names the wishes file.
+        let dir = tempfile::Builder::new().prefix(&ns.name).tempdir().unwrap();
+        Some(Host {
+            ns,
+            dir,
+            confined: false,
+        })
     }
 
     fn state_dir(&self) -> PathBuf {
@@ -86,7 +94,11 @@ impl Host {
     /// `pyfw ARGS` with the wishes file and this host's state directory.
     fn pyfw(&self, args: &[&str]) -> Out {
         let wishes = self.dir.path().join("wishes.yaml");
-        let mut argv = vec![PYFW, "--wishes", wishes.to_str().unwrap()];
+        let mut argv = match self.confined {
+            true => vec!["setpriv", "--bounding-set=-sys_admin", "--"],
+            false => Vec::new(),
+        };
+        argv.extend([PYFW, "--wishes", wishes.to_str().unwrap()]);
         argv.extend_from_slice(args);
         let mut cmd = self.ns.command_for(&argv);
         cmd.env("PYFW_STATE_DIR", self.state_dir());
@@ -163,11 +175,28 @@ fn without_counters(text: &str) -> String {
         .join("\n")
 }
 
-#[test]
-fn a_table_is_applied_whole_then_stays_in_sync_with_rules_typed_otherwise() {
-    let Some(host) = Host::new("nft_sync") else {
+/// Applied whole, then left alone however often pyfw looks: applies that
+/// find the generation unchanged, and applies after other programs'
+/// commits, which list the table and compare it with the kernel's
+/// rendering of the wishes (learned in a private namespace, or, `confined`
+/// as under the systemd unit, read back after pyfw's own commit).
+fn applied_whole_then_in_sync(test: &str, confined: bool) {
+    let Some(mut host) = Host::new(test) else {
         return;
     };
+    host.confined = confined;
+    if confined {
+        // The confinement holds: no namespace of its own.
+        let out = host.ns.run(&[
+            "setpriv",
+            "--bounding-set=-sys_admin",
+            "--",
+            "unshare",
+            "-n",
+            "true",
+        ]);
+        assert!(!out.success(), "{out}");
+    }
     host.wishes(WISHES);
     let first = host.apply();
     assert!(
@@ -190,18 +219,35 @@ fn a_table_is_applied_whole_then_stays_in_sync_with_rules_typed_otherwise() {
     assert!(counted > 0, "{}", host.pyfw_table().unwrap());
     // Nothing to do, again and again: the table is not replaced (its
     // counters would start over).
-    for _ in 0..3 {
+    for k in 0..4 {
+        if k % 2 == 1 {
+            // Another program commits: the generation moves on.
+            host.nft(&["add", "table", "ip", &format!("other{k}")]);
+        }
         let again = host.apply();
         assert!(again.stdout.contains("Nothing to do"), "{again}");
     }
     host.pyfw(&["check"]).expect_ok("check in sync");
     assert_eq!(host.output_packets(), counted, "the table was replaced");
+    if confined {
+        return;
+    }
     // A pyfw with no memory of the table (another state directory) learns
     // its rendering again, and still leaves it alone.
     std::fs::remove_dir_all(host.state_dir()).unwrap();
     let fresh = host.apply();
     assert!(fresh.stdout.contains("Nothing to do"), "{fresh}");
     assert_eq!(host.output_packets(), counted, "the table was replaced");
+}
+
+#[test]
+fn a_table_is_applied_whole_then_stays_in_sync_with_rules_typed_otherwise() {
+    applied_whole_then_in_sync("nft_sync", false);
+}
+
+#[test]
+fn without_cap_sys_admin_the_table_stays_in_sync_too() {
+    applied_whole_then_in_sync("nft_sync_conf", true);
 }
 
 #[test]
@@ -385,6 +431,33 @@ fn a_later_iptables_failure_rolls_the_table_back_too() {
     assert!(out.stderr.contains("rolled back"), "{out}");
     assert!(out.stderr.contains("netfilter is as it was"), "{out}");
     assert_eq!(host.nft(&["-s", "list", "table", "inet", "pyfw"]), before);
+}
+
+#[test]
+fn an_unconfirmed_apply_puts_the_table_back() {
+    let Some(host) = Host::new("nft_confirm") else {
+        return;
+    };
+    host.wishes(WISHES);
+    host.apply();
+    let before = host.nft(&["-s", "list", "table", "inet", "pyfw"]);
+    host.wishes(&WISHES.replace("tcp dport ssh accept", "tcp dport 2222 accept"));
+    let out = host.pyfw(&["apply", "--confirm", "1s"]);
+    // The revert's mark (for the daemon) names the wishes file.
+    if let Ok(entries) = std::fs::read_dir("/run/pyfw") {
+        for e in entries.flatten() {
+            if std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(&host.ns.name)) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    assert_eq!(out.code(), Some(3), "an unconfirmed apply exits 3\n{out}");
+    assert!(out.stdout.contains("replaces table inet pyfw"), "{out}");
+    assert_eq!(
+        host.nft(&["-s", "list", "table", "inet", "pyfw"]),
+        before,
+        "{out}"
+    );
 }
 
 #[test]
@@ -619,4 +692,94 @@ fn a_restarted_daemon_leaves_an_unchanged_table_and_its_counters() {
         counted,
         "the table was replaced\n{log}"
     );
+}
+
+/// The metrics count an owned table's drift and its replacement by table.
+#[test]
+fn metrics_say_which_owned_table_drifted() {
+    use pyfw::daemon::metrics::{Metrics, ReconcileResult};
+    let wishes = pyfw::wishes::parse(WISHES, Path::new("w.yaml")).unwrap();
+    let table = &wishes.nftables[0];
+    let mut plan = pyfw::plan::Plan::default();
+    plan.commands.push(pyfw::plan::nft::command(
+        pyfw::plan::nft::script(table),
+        "nft inet pyfw: table missing".into(),
+        table.label(),
+    ));
+    let metrics = Metrics::new();
+    metrics.observe_plan(&wishes, &plan);
+    let series = "pyfw_nft_table_drift{table=\"inet pyfw\"} 1";
+    assert!(metrics.encode().contains(series), "{}", metrics.encode());
+    metrics.observe_correction(&plan.commands[0]);
+    metrics.observe_reconcile("startup", ReconcileResult::Repaired);
+    let after = metrics.encode();
+    assert!(
+        after.contains("pyfw_nft_table_drift{table=\"inet pyfw\"} 0"),
+        "{after}"
+    );
+    assert!(
+        after.contains(
+            "pyfw_corrections_total{family=\"nft\",table=\"inet pyfw\",chain=\"\",wish=\"\"} 1"
+        ),
+        "{after}"
+    );
+}
+
+/// The README's wishes for Docker's nftables backend load beside Docker's
+/// own table, and are then in sync.
+#[test]
+fn the_readme_docker_story_for_the_nftables_backend_applies() {
+    let Some(host) = Host::new("nft_readme") else {
+        return;
+    };
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let at = readme
+        .find("**Docker's nftables backend**")
+        .expect("the README's nftables story");
+    let block = &readme[at..];
+    let start = block.find("```yaml\n").unwrap() + 8;
+    let end = start + block[start..].find("```").unwrap();
+    host.load(&foreign_tables());
+    host.wishes(&block[start..end]);
+    host.apply();
+    let table = host.pyfw_table().unwrap();
+    assert!(
+        table.contains("priority filter - 1; policy accept;"),
+        "{table}"
+    );
+    let again = host.apply();
+    assert!(again.stdout.contains("Nothing to do"), "{again}");
+}
+
+/// New wishes nft refuses change nothing in the daemon: one error names the
+/// file, the line and the wish, and the last wishes stay enforced.
+#[test]
+fn the_daemon_keeps_the_last_table_when_nft_refuses_new_wishes() {
+    let Some(host) = Host::new("nft_drefuse") else {
+        return;
+    };
+    host.wishes(WISHES);
+    let daemon = Daemon::start(&host);
+    let before = host.nft(&["-s", "list", "table", "inet", "pyfw"]);
+    let bad = WISHES.replace(
+        "          - ip saddr 10.0.0.1/32 accept\n",
+        "          - ip saddr 10.0.0.1/32 accept\n          - tcp dport 23 jump nosuchchain\n",
+    );
+    let line = bad.lines().position(|l| l.contains("nosuchchain")).unwrap() + 1;
+    // Written beside, then renamed: one finished version of the file.
+    let path = host.dir.path().join("wishes.yaml");
+    std::fs::write(host.dir.path().join("new.yaml"), &bad).unwrap();
+    std::fs::rename(host.dir.path().join("new.yaml"), &path).unwrap();
+    daemon.wait_log(&format!(
+        "{}:{line}: nft inet pyfw/input/#4",
+        path.display()
+    ));
+    // The old table stays, and is still enforced: a deleted rule comes back.
+    assert_eq!(host.nft(&["-s", "list", "table", "inet", "pyfw"]), before);
+    host.nft(&["flush", "chain", "inet", "pyfw", "output"]);
+    daemon.wait_until("the old wishes enforced", || {
+        host.nft(&["-s", "list", "table", "inet", "pyfw"]) == before
+    });
+    daemon.stop();
 }
