@@ -203,6 +203,12 @@ fn applied_whole_then_in_sync(test: &str, confined: bool) {
         first.stdout.contains("nft -f - (replaces table inet pyfw"),
         "{first}"
     );
+    assert!(
+        first
+            .stdout
+            .contains("~ nft table inet pyfw replaced whole: table missing"),
+        "{first}"
+    );
     let table = host.pyfw_table().expect("the table is there");
     // nft prints what was typed otherwise.
     for printed in [

@@ -733,6 +733,49 @@ mod tests {
         );
     }
 
+    /// Anything in an owned table, in any family, by anyone else: one
+    /// change naming the table; other tables, and pyfw's own commits, none.
+    #[test]
+    fn owned_tables_are_watched_whole() {
+        let tables = WatchedTables::from([(NftFamily::Inet, "pyfw".to_string())]);
+        let notes = |datagram: &[u8], with_tables: bool| {
+            let mut notes = Vec::new();
+            parse_with(datagram, &mut notes, with_tables);
+            notes
+        };
+        let changes = |datagram: &[u8], own: &[u32]| {
+            let mut filter = Filter::default();
+            notes(datagram, true)
+                .into_iter()
+                .filter_map(|n| filter.note_with(n, &Watched::new(), &tables, |p| own.contains(&p)))
+                .collect::<Vec<_>>()
+        };
+        // NEWSETELEM (12) in inet pyfw, DELOBJ (20), a rule in Docker's
+        // table (ip), then the commit.
+        let mut buf = message(12, 1, &[(ATTR_TABLE, b"pyfw\0"), (2, b"allowed\0")]);
+        buf.extend(message(20, 1, &[(ATTR_TABLE, b"pyfw\0")]));
+        buf.extend(rule(NFPROTO_IPV4, "docker-bridges", "filter-FORWARD"));
+        buf.extend(generation(300, "nft"));
+        assert_eq!(
+            changes(&buf, &[]),
+            [Change::Touched {
+                what: vec!["nft inet pyfw".into()],
+                by: "nft (pid 300)".into()
+            }]
+        );
+        assert_eq!(changes(&buf, &[300]), []);
+        // The same table name in another family is another table.
+        let mut other = message(NFT_MSG_DELTABLE, 10, &[(ATTR_TABLE, b"pyfw\0")]);
+        other.extend(generation(301, "nft"));
+        assert_eq!(changes(&other, &[]), []);
+        // Without owned tables to watch, no table notes are made.
+        assert!(
+            !notes(&buf, false)
+                .iter()
+                .any(|n| matches!(n, Note::Table { .. }))
+        );
+    }
+
     #[test]
     fn the_registry_knows_pyfws_children() {
         let system = crate::kernel::System::default();

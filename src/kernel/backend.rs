@@ -206,7 +206,7 @@ pub trait Backend {
     fn nft_generation(&mut self) -> Option<u32> {
         None
     }
-    /// The nft that renders the tables (`nftables v1.0.6 ...`).
+    /// What renders the tables: nft's version and the kernel's release.
     fn nft_version(&mut self) -> String {
         String::new()
     }

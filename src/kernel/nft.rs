@@ -86,17 +86,20 @@ pub fn load(runner: &Runner, script: &str, check: bool) -> Result<(), Error> {
     runner.exec("nft", &args, Some(script)).map(|_| ())
 }
 
-/// The first line of `nft --version` (`nftables v1.0.6 (Lester Gooch
-/// #5)`), read once per process; empty when nft cannot say.
+/// What renders a table: the first line of `nft --version` (`nftables
+/// v1.0.6 (Lester Gooch #5)`) and the kernel's release, read once per
+/// process; parts that cannot be read are empty.
 pub fn version(runner: &Runner) -> String {
     static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     VERSION
         .get_or_init(|| {
             let args = ["--version".to_string()];
-            match runner.exec("nft", &args, None) {
+            let nft = match runner.exec("nft", &args, None) {
                 Ok(out) => out.stdout.lines().next().unwrap_or("").trim().to_string(),
                 Err(_) => String::new(),
-            }
+            };
+            let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+            format!("{nft} / Linux {}", kernel.trim())
         })
         .clone()
 }
@@ -308,6 +311,29 @@ mod tests {
                 pair("ip6", "docker-bridges")
             ]
         );
+    }
+
+    #[test]
+    fn the_generation_is_read_from_newgen_and_errors_are_none() {
+        let mut msg = Vec::new();
+        let body = [
+            [0u8, 0, 0, 0].as_slice(),
+            &8u16.to_ne_bytes(),
+            &1u16.to_ne_bytes(),
+            &42u32.to_be_bytes(),
+        ]
+        .concat();
+        msg.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+        msg.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN).to_ne_bytes());
+        msg.extend_from_slice(&[0; 10]);
+        msg.extend_from_slice(&body);
+        assert_eq!(parse_generation(&msg), Some(Some(42)));
+        let mut error = Vec::new();
+        error.extend_from_slice(&20u32.to_ne_bytes());
+        error.extend_from_slice(&(libc::NLMSG_ERROR as u16).to_ne_bytes());
+        error.extend_from_slice(&[0; 14]);
+        assert_eq!(parse_generation(&error), Some(None));
+        assert_eq!(parse_generation(&msg[..10]), None);
     }
 
     #[test]

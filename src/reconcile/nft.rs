@@ -247,6 +247,8 @@ pub fn plan_tables(
     let mut delete = Vec::new();
     for (family, name) in withdrawn {
         let Some(text) = backend.nft_list(family, &name, Listing::Text)? else {
+            // Gone already: nothing to delete, nothing to remember.
+            memory.forget(&(family, name));
             continue;
         };
         delete.push(plan::nft::command(
