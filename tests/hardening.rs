@@ -624,6 +624,51 @@ fn pyfw_and_the_tools_work_in_the_units_sandbox(backend: Backend) {
     daemon.stop();
 }
 
+/// An owned nftables table in the unit's sandbox: applied, then in sync
+/// after another program's commit. The sandbox forbids private network
+/// namespaces, so pyfw reads the table back after its own commit to learn
+/// the kernel's rendering, and never replaces it again for that.
+#[test]
+fn an_owned_nftables_table_works_in_the_units_sandbox() {
+    let Some(ns) = Netns::new("sandboxnft", Backend::Nft) else {
+        return;
+    };
+    let Some(sandbox) = Sandbox::of_the_unit("an_owned_nftables_table_works_in_the_units_sandbox")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let wishes = dir.path().join("wishes.yaml");
+    std::fs::write(
+        &wishes,
+        "pyfw_wishes:\n  nftables:\n    inet pyfw:\n      chains:\n        input:\n          \
+         type: filter\n          hook: input\n          priority: filter - 1\n          \
+         rules:\n          - tcp dport ssh counter accept\n",
+    )
+    .unwrap();
+    let state = format!("PYFW_STATE_DIR={}", dir.path().join("state").display());
+    let pyfw = |args: &[&str]| {
+        let mut argv = vec!["env", &state, PYFW, "--wishes", wishes.to_str().unwrap()];
+        argv.extend_from_slice(args);
+        sandbox.run(&ns, &argv)
+    };
+    let unshare = sandbox.run(&ns, &["unshare", "-n", "true"]);
+    assert!(
+        !unshare.success(),
+        "the sandbox makes namespaces: {unshare}"
+    );
+    pyfw(&["apply"]).expect_ok("pyfw apply of an nftables table in the sandbox");
+    let table = ns.ok(&["nft", "list", "table", "inet", "pyfw"], "nft list");
+    assert!(table.contains("tcp dport 22 counter"), "{table}");
+    ns.ok(
+        &["nft", "add", "table", "ip", "other"],
+        "another program's commit",
+    );
+    let again = pyfw(&["apply"]);
+    again.expect_ok("pyfw apply again");
+    assert!(again.stdout.contains("Nothing to do"), "{again}");
+}
+
 /// A daemon in the sandbox, its log collected as it comes.
 struct Daemon {
     child: Child,

@@ -105,11 +105,13 @@ fn each_family_and_table_is_one_transaction() {
         let key = match first.program {
             Program::Iptables(f) => (format!("{f:?}"), first.args[2].clone()),
             Program::Ipset => ("ipset".into(), String::new()),
+            Program::Nft => ("nft".into(), String::new()),
         };
         for c in &p.commands[range.clone()] {
             let k = match c.program {
                 Program::Iptables(f) => (format!("{f:?}"), c.args[2].clone()),
                 Program::Ipset => ("ipset".into(), String::new()),
+                Program::Nft => ("nft".into(), String::new()),
             };
             assert_eq!(k, key, "one transaction holds one family and table");
         }

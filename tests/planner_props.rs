@@ -130,6 +130,7 @@ fn wishes_of(items: &[Item]) -> Wishes {
         .collect();
     Wishes {
         path: PathBuf::from("props.yaml"),
+        nftables: Default::default(),
         warnings: Vec::new(),
         ipsets: Vec::new().into(),
         chains: vec![ChainWish {

@@ -140,6 +140,10 @@ fn valid_examples() -> Vec<(String, String)> {
             "sets",
             "pyfw_wishes:\n  ipsets:\n    p:\n      type: bitmap:port\n      header: range 0-1024\n      members_equal: [22, 80]\n    v6:\n      type: hash:net\n      header: ' family inet6  maxelem 1048576 counters '\n      members_equal: ['2001:db8::/64']\n    empty:\n      type: hash:ip\n      header: ''\n      members_equal: []\n    exists-only:\n      type: list:set\n",
         ),
+        (
+            "nftables tables",
+            "pyfw_wishes:\n  nftables:\n    inet pyfw:\n      sets:\n        allowed:\n          type: ipv4_addr\n          flags: [interval]\n          elements: [10.0.0.0/8, 192.168.1.1]\n        seen:\n          typeof: ip saddr\n          flags: dynamic, timeout\n          timeout: 1h\n          size: 65535\n          counter: true\n        ports:\n          type: inet_service\n          elements: [22, 80]\n      chains:\n        forward:\n          type: filter\n          hook: forward\n          priority: filter - 1\n          policy: accept\n          rules:\n          - ct state established,related accept\n          - named: ip saddr != @allowed drop\n        other:\n        empty: {}\n        input:\n          type: filter\n          hook: input\n          priority: -1\n          rules: []\n    netdev edge:\n      chains:\n        in:\n          type: filter\n          hook: ingress\n          device: eth0\n          priority: 0\n    ip6 pyfw6:\n",
+        ),
     ] {
         out.push((name.to_string(), yaml.to_string()));
     }
@@ -284,7 +288,65 @@ fn broken_examples() -> Vec<(&'static str, String)> {
             "member not a single value",
             set("      type: hash:ip\n      members_equal:\n      - [10.0.0.1, 10.0.0.2]\n"),
         ),
+        ("nft table without a family", nft("pyfw", "")),
+        ("nft table of an unknown family", nft("ipv4 pyfw", "")),
+        ("nft table name with a blank", nft("inet 'a b'", "")),
+        ("nft table iptables-nft's", nft("ip filter", "")),
+        ("nft table Docker's", nft("ip6 docker-bridges", "")),
+        ("nft table firewalld's", nft("inet firewalld", "")),
+        ("nft table reserved", nft("inet _pyfw_x", "")),
+        ("nft unknown table key", nft("inet pyfw", "      rules: []\n")),
+        ("nft chain name with a blank", nft("inet pyfw", "      chains:\n        'a b': {}\n")),
+        (
+            "nft base chain without a priority",
+            nft_chain("          type: filter\n          hook: input\n"),
+        ),
+        (
+            "nft policy on a regular chain",
+            nft_chain("          policy: drop\n"),
+        ),
+        (
+            "nft unknown chain type",
+            nft_chain("          type: filtre\n          hook: input\n          priority: 0\n"),
+        ),
+        (
+            "nft bad priority",
+            nft_chain("          type: filter\n          hook: input\n          priority: filtre\n"),
+        ),
+        (
+            "nft policy in capitals",
+            nft_chain("          type: filter\n          hook: input\n          priority: 0\n          policy: DROP\n"),
+        ),
+        ("nft rules a map", nft_chain("          rules:\n            a: accept\n")),
+        ("nft rule a list", nft_chain("          rules:\n          - [accept]\n")),
+        ("nft rule with two names", nft_chain("          rules:\n          - a: accept\n            b: drop\n")),
+        ("nft rule name with a blank", nft_chain("          rules:\n          - 'a b': accept\n")),
+        ("nft rule empty", nft_chain("          rules:\n          - ''\n")),
+        ("nft set without a type", nft_set("          flags: [interval]\n")),
+        ("nft set with type and typeof", nft_set("          type: ipv4_addr\n          typeof: ip saddr\n")),
+        ("nft unknown set flag", nft_set("          type: ipv4_addr\n          flags: [intervall]\n")),
+        ("nft bad set timeout", nft_set("          type: ipv4_addr\n          timeout: 1 hour\n")),
+        ("nft unknown set key", nft_set("          type: ipv4_addr\n          members: []\n")),
+        ("nft element not a single value", nft_set("          type: ipv4_addr\n          elements:\n          - [10.0.0.1]\n")),
     ]
+}
+
+fn nft(table: &str, body: &str) -> String {
+    format!("pyfw_wishes:\n  nftables:\n    {table}:\n{body}")
+}
+
+fn nft_chain(body: &str) -> String {
+    nft(
+        "inet pyfw",
+        &format!("      chains:\n        input:\n{body}"),
+    )
+}
+
+fn nft_set(body: &str) -> String {
+    nft(
+        "inet pyfw",
+        &format!("      sets:\n        allowed:\n{body}"),
+    )
 }
 
 #[test]
@@ -335,6 +397,29 @@ fn what_only_the_loader_catches() {
         (
             "member listed twice",
             set("      type: hash:ip\n      members_equal: [10.0.0.1, 10.0.0.1]\n"),
+        ),
+        (
+            "nft rule that would end its chain",
+            nft_chain("          rules:\n          - accept } table ip evil {\n"),
+        ),
+        (
+            "nft rule with a `;`",
+            nft_chain("          rules:\n          - accept; add table ip evil\n"),
+        ),
+        (
+            "nft element with a comma",
+            nft_set("          type: ipv4_addr\n          elements: ['10.0.0.1, 10.0.0.2']\n"),
+        ),
+        (
+            "nft hook the family lacks",
+            nft(
+                "arp pyfw",
+                "      chains:\n        f:\n          type: filter\n          hook: forward\n          priority: 0\n",
+            ),
+        ),
+        (
+            "nft duplicate rule name",
+            nft_chain("          rules:\n          - a: accept\n          - a: drop\n"),
         ),
         (
             "member comment with a double quote",
@@ -397,6 +482,8 @@ fn what_only_the_loader_catches() {
         "sets a rule names",
         "maxelem",
         "range",
+        "nftables tables",
+        "rule and element text",
     ] {
         assert!(
             described.contains(limit),

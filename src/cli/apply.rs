@@ -30,6 +30,10 @@ pub fn apply(
     xtables: Option<Held>,
 ) -> Result<ExitCode, Error> {
     let mut out = Printer::new();
+    if cli.confirm.is_some() {
+        // Unconfirmed, even a table whose replacement committed goes back.
+        reconciler.keep_every_nft_snapshot();
+    }
     let mut planned = match reconciler.plan_after(&wishes, owning) {
         Ok(planned) => planned,
         Err(e) => return failed(e, &wishes),
@@ -237,6 +241,7 @@ fn show_changes(
     // Others may write again; pyfw's own runs (a revert) wait their turn.
     drop(xtables);
     reconciler.backend_mut().use_lockfile(None);
+    print_tables(&mut out.out, &applied.plan);
     match after {
         Ok((after, terse)) => print_changes(&mut out.out, &applied.snapshot, &after, &big, &terse),
         Err(e) => {
@@ -247,6 +252,27 @@ fn show_changes(
         }
     }
     out.flush();
+}
+
+/// The owned nftables tables the plan replaced (whole: listing them would
+/// cost what loading them did) or deleted, each with why.
+fn print_tables(out: &mut impl std::io::Write, plan: &crate::plan::Plan) {
+    for c in &plan.commands {
+        let Some(script) = crate::plan::nft::script_of(c) else {
+            continue;
+        };
+        let why = c
+            .reason
+            .strip_prefix(&format!("{}: ", c.target))
+            .unwrap_or(&c.reason);
+        for (family, name) in crate::plan::nft::tables_of(script) {
+            let done = match script.lines().count() <= 2 {
+                true => "deleted",
+                false => "replaced whole",
+            };
+            let _ = writeln!(out, "~ nft table {family} {name} {done}: {why}");
+        }
+    }
 }
 
 /// The apply's progress on stdout.

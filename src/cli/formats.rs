@@ -15,6 +15,7 @@ use serde::ser::{SerializeMap, SerializeSeq, SerializeStruct, Serializer};
 
 use crate::plan::{Command, Plan};
 use crate::state::canon::Comparison;
+use crate::state::nft::TableState;
 use crate::state::rule::{Rule, display_args};
 use crate::state::{Chain, Ipset, Ruleset, State, Table};
 
@@ -47,10 +48,31 @@ pub enum PlanFormat {
 
 /// Renders the state in `format`, ending with a newline.
 pub fn render_state(state: &State, format: StateFormat) -> Result<String, crate::cli::Error> {
+    render_state_with(state, &[], format)
+}
+
+/// [`render_state`] with the owned nftables tables: after the rest under
+/// `# nftables` as `nft -s list table` prints them, or as the document's
+/// `nftables`.
+pub fn render_state_with(
+    state: &State,
+    tables: &[TableState],
+    format: StateFormat,
+) -> Result<String, crate::cli::Error> {
+    let doc = StateDoc(state, tables);
     match format {
-        StateFormat::IptablesSave => Ok(state.to_string()),
-        StateFormat::Json => to_json(&StateDoc(state)),
-        StateFormat::Yaml => serde_saphyr::to_string_with_options(&StateDoc(state), yaml_options())
+        StateFormat::IptablesSave => {
+            let mut out = state.to_string();
+            if !tables.is_empty() {
+                out.push_str("# nftables (the tables pyfw owns)\n");
+                for t in tables {
+                    out.push_str(&t.text);
+                }
+            }
+            Ok(out)
+        }
+        StateFormat::Json => to_json(&doc),
+        StateFormat::Yaml => serde_saphyr::to_string_with_options(&doc, yaml_options())
             .map(|mut s| {
                 if !s.ends_with('\n') {
                     s.push('\n');
@@ -80,17 +102,48 @@ fn to_json(value: &impl Serialize) -> Result<String, crate::cli::Error> {
         })
 }
 
-/// The state document: `{format, version, iptables, ip6tables, ipsets}`.
-pub struct StateDoc<'a>(pub &'a State);
+/// The state document:
+/// `{format, version, iptables, ip6tables, ipsets, nftables}`.
+pub struct StateDoc<'a>(pub &'a State, pub &'a [TableState]);
 
 impl Serialize for StateDoc<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_struct("State", 5)?;
+        let mut m = s.serialize_struct("State", 6)?;
         m.serialize_field("format", "pyfw-state")?;
         m.serialize_field("version", &VERSION)?;
         m.serialize_field("iptables", &RulesetDoc(&self.0.v4))?;
         m.serialize_field("ip6tables", &RulesetDoc(&self.0.v6))?;
         m.serialize_field("ipsets", &IpsetsDoc(&self.0.ipsets))?;
+        m.serialize_field("nftables", &NftTablesDoc(self.1))?;
+        m.end()
+    }
+}
+
+/// Owned nftables tables by `FAMILY NAME`, in that order.
+struct NftTablesDoc<'a>(&'a [TableState]);
+
+impl Serialize for NftTablesDoc<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut tables: Vec<&TableState> = self.0.iter().collect();
+        tables.sort_by_key(|t| (t.family, t.name.clone()));
+        let mut m = s.serialize_map(Some(tables.len()))?;
+        for t in tables {
+            m.serialize_entry(&format!("{} {}", t.family, t.name), &NftTableDoc(t))?;
+        }
+        m.end()
+    }
+}
+
+/// `{family, name, text, objects}`.
+struct NftTableDoc<'a>(&'a TableState);
+
+impl Serialize for NftTableDoc<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_struct("NftTable", 4)?;
+        m.serialize_field("family", self.0.family.word())?;
+        m.serialize_field("name", &self.0.name)?;
+        m.serialize_field("text", &self.0.text)?;
+        m.serialize_field("objects", &self.0.objects)?;
         m.end()
     }
 }
@@ -196,7 +249,7 @@ pub struct PlanDoc<'a> {
     pub commands: Vec<CommandDoc<'a>>,
 }
 
-/// One command: `{command, argv, reason, target, wish}`.
+/// One command: `{command, argv, input, reason, target, wish}`.
 pub struct CommandDoc<'a> {
     /// The binary that runs it (`iptables`, `iptables-legacy`, `ipset`).
     pub binary: String,
@@ -261,15 +314,22 @@ impl Serialize for PlanDoc<'_> {
 impl Serialize for CommandDoc<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let c = self.command;
+        // An nft command's script is its input, not an argument.
+        let input = crate::plan::nft::script_of(c);
+        let args = match input {
+            Some(_) => &c.args[..c.args.len() - 1],
+            None => &c.args[..],
+        };
         let argv: Vec<&str> = std::iter::once(self.binary.as_str())
-            .chain(c.args.iter().map(String::as_str))
+            .chain(args.iter().map(String::as_str))
             .collect();
-        let mut m = s.serialize_struct("Command", 5)?;
+        let mut m = s.serialize_struct("Command", 6)?;
         m.serialize_field(
             "command",
-            &format!("{} {}", self.binary, display_args(&c.args)),
+            &format!("{} {}", self.binary, display_args(args)),
         )?;
         m.serialize_field("argv", &argv)?;
+        m.serialize_field("input", &input)?;
         m.serialize_field("reason", &c.reason)?;
         m.serialize_field("target", &c.target)?;
         m.serialize_field("wish", &c.wish)?;

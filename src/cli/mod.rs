@@ -136,9 +136,10 @@ fn run(cli: &Cli, command: &Cmd) -> Result<ExitCode, Error> {
     let mut reconciler = Reconciler::new(backend);
     if let Cmd::State(args) = command {
         let state = reconciler.backend_mut().read_state(Scope::all())?;
+        let tables = crate::reconcile::nft::owned_tables(reconciler.backend_mut(), &state)?;
         print!(
             "{}",
-            crate::cli::formats::render_state(&state, args.format)?
+            crate::cli::formats::render_state_with(&state, &tables, args.format)?
         );
         return Ok(ExitCode::SUCCESS);
     }

@@ -21,6 +21,13 @@ pub fn offline(cli: &Cli, command: &Cmd) -> Result<ExitCode, Error> {
         return Ok(ExitCode::SUCCESS);
     }
     let wishes = crate::cli::load_wishes(&cli.wishes)?;
+    if !wishes.nftables.is_empty() {
+        eprintln!(
+            "pyfw: warning: the nftables tables of {} are not planned from saved dumps (there \
+             is no dump of them)",
+            wishes.path.display()
+        );
+    }
     let normalized = wishes.map_rules(|chain, r| canon::normalize(&r.rule, chain.family));
     let plan = crate::plan::plan(&normalized, &state);
     // The dumps hold every chain: nothing more to read.

@@ -27,6 +27,11 @@ pub fn show(
         }
         Err(e) => return Err(e.into()),
     };
+    // What an apply would load, checked by the kernel without a commit:
+    // a table nft refuses is the news, with its wish's file and line.
+    reconciler
+        .check_nft(&planned)
+        .map_err(|e| nft_refused(wishes, e))?;
     crate::cli::print_plan_warnings(wishes, &planned.warnings);
     if matches!(command, Cmd::Plan(_)) {
         crate::cli::apply::warn_lockouts(reconciler, wishes, &mut planned.state);
@@ -43,10 +48,29 @@ pub fn show(
         print!("{}", doc.to_json()?);
         return Ok(ExitCode::SUCCESS);
     }
-    let lines = plan_lines(&planned.plan, |c| {
-        crate::reconcile::apply::command_line(reconciler.backend(), c)
+    let lines = plan_lines(&planned.plan, |c| match crate::plan::nft::script_of(c) {
+        Some(script) => crate::plan::nft::heredoc(&reconciler.backend().binary(c.program), script),
+        None => crate::reconcile::apply::command_line(reconciler.backend(), c),
     });
     Ok(report(wishes, &lines, command, planned.comparison, false))
+}
+
+/// An error of nft's check, with the file and line of the wish it is
+/// about when nft named one.
+pub fn nft_refused(wishes: &Wishes, e: crate::kernel::Error) -> Error {
+    match e {
+        crate::kernel::Error::NftRejected { label, message } => Error::Apply {
+            at: Some(wishes.locate(&label)),
+            message: format!(
+                "nft refuses it: {}; nothing was changed",
+                crate::state::text::escape_untrusted(&message)
+            ),
+        },
+        other => Error::Apply {
+            at: None,
+            message: format!("{other}; nothing was changed"),
+        },
+    }
 }
 
 /// True for `plan --format json`, which prints the plan document.
@@ -60,7 +84,8 @@ pub fn plan_json(command: &Cmd) -> bool {
 }
 
 /// A plan as printed: each command's reason (when it changes) as a `#`
-/// line, then the command as the backend would run it.
+/// line, then the command as the backend would run it (an nft script, on
+/// the lines after its command, as one entry).
 pub fn plan_lines(plan: &Plan, show: impl Fn(&crate::plan::Command) -> String) -> Vec<String> {
     let mut out = Vec::new();
     let mut last_reason = "";

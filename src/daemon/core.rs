@@ -172,9 +172,11 @@ impl<'a> Label<'a> {
                 ..Label::default()
             };
         }
-        let (family, rest) = match label.strip_prefix("ip6tables:") {
-            Some(rest) => ("ipv6", rest),
-            None => ("ipv4", label),
+        let (family, rest) = match (label.strip_prefix("ip6tables:"), label.strip_prefix("nft ")) {
+            (Some(rest), _) => ("ipv6", rest),
+            // An owned nftables table: `nft inet pyfw/CHAIN/RULE`.
+            (_, Some(rest)) => ("nft", rest),
+            _ => ("ipv4", label),
         };
         let mut parts = rest.splitn(3, '/');
         Label {
@@ -1106,6 +1108,9 @@ fn locate_wish(wishes: &Wishes, label: &str) -> Option<u64> {
             .find(|s| s.name == name)
             .map(|s| s.line);
     }
+    if label.starts_with("nft ") {
+        return wishes.line_of(label);
+    }
     wishes.chains.iter().find_map(|chain| {
         chain.rules.iter().flatten().find_map(|item| match item {
             RuleItem::Named(r) if format!("{}/{}", chain.label(), r.name) == label => Some(r.line),
@@ -1258,6 +1263,7 @@ pub(crate) mod fake {
                 deferred: Vec::new(),
                 scope: crate::kernel::Scope::none(),
                 warnings,
+                nft: Default::default(),
             })
         }
 

@@ -45,11 +45,16 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 
 use crate::state::Family;
+use crate::state::nft::NftFamily;
 use crate::state::text::escape_untrusted;
 use crate::wishes::Wishes;
 
 /// The chains whose changes trigger a reconcile: (family, table, chain).
 pub type Watched = BTreeSet<(Family, String, String)>;
+
+/// The owned nftables tables whose changes (to anything in them: a rule,
+/// a chain, a set, an element, an object, the table) trigger a reconcile.
+pub type WatchedTables = BTreeSet<(NftFamily, String)>;
 
 /// The chains `wishes` names.
 pub fn watched(wishes: &Wishes) -> Watched {
@@ -57,6 +62,15 @@ pub fn watched(wishes: &Wishes) -> Watched {
         .chains
         .iter()
         .map(|c| (c.family, c.table.clone(), c.chain.clone()))
+        .collect()
+}
+
+/// The nftables tables `wishes` owns.
+pub fn watched_tables(wishes: &Wishes) -> WatchedTables {
+    wishes
+        .nftables
+        .iter()
+        .map(|t| (t.family, t.name.clone()))
         .collect()
 }
 
@@ -87,25 +101,39 @@ impl std::fmt::Display for Change {
     }
 }
 
-/// The daemon's end of the subscription: changes, and the chains to watch.
+/// The daemon's end of the subscription: changes, and the chains and
+/// tables to watch.
 pub struct Events {
     changes: UnboundedReceiver<Change>,
     watched: Arc<Mutex<Watched>>,
+    tables: Arc<Mutex<WatchedTables>>,
 }
 
 impl Events {
     /// Subscribes to nf_tables changes in this network namespace, watching
-    /// `watched`. The error says why it cannot.
-    pub fn start(watched: Watched) -> Result<Events, String> {
-        let socket = subscribe()?;
+    /// `watched` and `tables`. The error says why it cannot.
+    pub fn start(watched: Watched, tables: WatchedTables) -> Result<Events, String> {
         let (tx, changes) = mpsc::unbounded_channel();
         let watched = Arc::new(Mutex::new(watched));
-        let shared = watched.clone();
-        std::thread::Builder::new()
-            .name("nf-events".into())
-            .spawn(move || listen(socket, shared, tx))
-            .map_err(|e| format!("cannot start the event thread: {e}"))?;
-        Ok(Events { changes, watched })
+        let tables = Arc::new(Mutex::new(tables));
+        spawn_listener(watched.clone(), tables.clone(), tx)?;
+        Ok(Events {
+            changes,
+            watched,
+            tables,
+        })
+    }
+
+    /// Also follows nf_tables changes to the owned tables (`tables`),
+    /// sending them on `tx`: on legacy iptables, whose chains are followed
+    /// by the xtables lock instead (see [`Events::from_channel_watching`]).
+    pub fn follow_tables(
+        &mut self,
+        tx: UnboundedSender<Change>,
+        tables: WatchedTables,
+    ) -> Result<(), String> {
+        self.watch_tables(tables);
+        spawn_listener(Arc::default(), self.tables.clone(), tx)
     }
 
     /// Events fed from a channel instead of the nf_tables socket: a
@@ -120,13 +148,24 @@ impl Events {
         changes: UnboundedReceiver<Change>,
         watched: Arc<Mutex<Watched>>,
     ) -> Events {
-        Events { changes, watched }
+        Events {
+            changes,
+            watched,
+            tables: Arc::default(),
+        }
     }
 
     /// Watches these chains from now on.
     pub fn watch(&self, chains: Watched) {
         if let Ok(mut w) = self.watched.lock() {
             *w = chains;
+        }
+    }
+
+    /// Watches these owned tables from now on.
+    pub fn watch_tables(&self, tables: WatchedTables) {
+        if let Ok(mut w) = self.tables.lock() {
+            *w = tables;
         }
     }
 
@@ -221,8 +260,27 @@ fn subscribe() -> Result<OwnedFd, String> {
     Ok(socket)
 }
 
+/// Subscribes and starts the thread that listens.
+fn spawn_listener(
+    watched: Arc<Mutex<Watched>>,
+    tables: Arc<Mutex<WatchedTables>>,
+    tx: UnboundedSender<Change>,
+) -> Result<(), String> {
+    let socket = subscribe()?;
+    std::thread::Builder::new()
+        .name("nf-events".into())
+        .spawn(move || listen(socket, watched, tables, tx))
+        .map(|_| ())
+        .map_err(|e| format!("cannot start the event thread: {e}"))
+}
+
 /// Reads notifications until the daemon goes away or the socket fails.
-fn listen(socket: OwnedFd, watched: Arc<Mutex<Watched>>, tx: UnboundedSender<Change>) {
+fn listen(
+    socket: OwnedFd,
+    watched: Arc<Mutex<Watched>>,
+    tables: Arc<Mutex<WatchedTables>>,
+    tx: UnboundedSender<Change>,
+) {
     let mut buf = vec![0u8; 1 << 18];
     let mut filter = Filter::default();
     let mut notes = Vec::new();
@@ -265,12 +323,16 @@ fn listen(socket: OwnedFd, watched: Arc<Mutex<Watched>>, tx: UnboundedSender<Cha
             continue;
         }
         notes.clear();
-        parse(&buf[..n], &mut notes);
-        let Ok(watched) = watched.lock().map(|w| w.clone()) else {
+        let (Ok(watched), Ok(tables)) = (
+            watched.lock().map(|w| w.clone()),
+            tables.lock().map(|t| t.clone()),
+        ) else {
             return;
         };
+        parse_with(&buf[..n], &mut notes, !tables.is_empty());
         for note in notes.drain(..) {
-            if let Some(change) = filter.note(note, &watched, crate::kernel::started_here)
+            let change = filter.note_with(note, &watched, &tables, crate::kernel::started_here);
+            if let Some(change) = change
                 && tx.send(change).is_err()
             {
                 return;
@@ -294,11 +356,20 @@ pub enum Note {
         pid: Option<u32>,
         name: Option<String>,
     },
+    /// Something in nftables table `table` of `family` changed (a rule,
+    /// chain, set, element, object or flowtable, or the table itself).
+    Table { family: NftFamily, table: String },
 }
 
 /// The notes in one datagram of netlink messages. Messages pyfw has no use
 /// for (sets, objects, other families) are skipped.
 pub fn parse(buf: &[u8], out: &mut Vec<Note>) {
+    parse_with(buf, out, false)
+}
+
+/// [`parse`], and with `tables` a [`Note::Table`] for every message about
+/// something in a table, of any family.
+pub fn parse_with(buf: &[u8], out: &mut Vec<Note>, tables: bool) {
     let mut off = 0;
     while off + 16 <= buf.len() {
         let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap_or_default()) as usize;
@@ -323,6 +394,12 @@ pub fn parse(buf: &[u8], out: &mut Vec<Note>) {
             })
         };
         let msg = kind & 0xff;
+        if tables
+            && TABLE_MESSAGES.contains(&msg)
+            && let (Some(family), Some(table)) = (nft_family(payload[0]), text(ATTR_TABLE))
+        {
+            out.push(Note::Table { family, table });
+        }
         let note = match msg {
             NFT_MSG_NEWGEN => Some(Note::Generation {
                 pid: attrs()
@@ -358,6 +435,24 @@ pub fn parse(buf: &[u8], out: &mut Vec<Note>) {
             _ => None,
         };
         out.extend(note);
+    }
+}
+
+/// Messages about something in a table, whose attribute 1 names it:
+/// NEWTABLE..DELRULE (0-8), NEWSET..DELSETELEM (9-14), NEWOBJ..DELOBJ
+/// (18-20), NEWFLOWTABLE..DELFLOWTABLE (22-24).
+const TABLE_MESSAGES: &[u16] = &[0, 2, 3, 5, 6, 8, 9, 11, 12, 14, 18, 20, 22, 24];
+
+/// An nftables family from `nfgen_family` (NFPROTO_*).
+fn nft_family(proto: u8) -> Option<NftFamily> {
+    match proto {
+        1 => Some(NftFamily::Inet),
+        2 => Some(NftFamily::Ip),
+        3 => Some(NftFamily::Arp),
+        5 => Some(NftFamily::Netdev),
+        7 => Some(NftFamily::Bridge),
+        10 => Some(NftFamily::Ip6),
+        _ => None,
     }
 }
 
@@ -400,7 +495,24 @@ impl Filter {
         watched: &Watched,
         own: impl Fn(u32) -> bool,
     ) -> Option<Change> {
+        self.note_with(note, watched, &WatchedTables::new(), own)
+    }
+
+    /// [`Filter::note`], watching owned tables too.
+    pub fn note_with(
+        &mut self,
+        note: Note,
+        watched: &Watched,
+        tables: &WatchedTables,
+        own: impl Fn(u32) -> bool,
+    ) -> Option<Change> {
         match note {
+            Note::Table { family, table } => {
+                if tables.contains(&(family, table.clone())) {
+                    self.touched.insert(format!("nft {family} {table}"));
+                }
+                None
+            }
             Note::Touch {
                 family,
                 table,
@@ -618,6 +730,49 @@ mod tests {
                 what: vec!["filter".into()],
                 by: "nft (pid 300)".into()
             }]
+        );
+    }
+
+    /// Anything in an owned table, in any family, by anyone else: one
+    /// change naming the table; other tables, and pyfw's own commits, none.
+    #[test]
+    fn owned_tables_are_watched_whole() {
+        let tables = WatchedTables::from([(NftFamily::Inet, "pyfw".to_string())]);
+        let notes = |datagram: &[u8], with_tables: bool| {
+            let mut notes = Vec::new();
+            parse_with(datagram, &mut notes, with_tables);
+            notes
+        };
+        let changes = |datagram: &[u8], own: &[u32]| {
+            let mut filter = Filter::default();
+            notes(datagram, true)
+                .into_iter()
+                .filter_map(|n| filter.note_with(n, &Watched::new(), &tables, |p| own.contains(&p)))
+                .collect::<Vec<_>>()
+        };
+        // NEWSETELEM (12) in inet pyfw, DELOBJ (20), a rule in Docker's
+        // table (ip), then the commit.
+        let mut buf = message(12, 1, &[(ATTR_TABLE, b"pyfw\0"), (2, b"allowed\0")]);
+        buf.extend(message(20, 1, &[(ATTR_TABLE, b"pyfw\0")]));
+        buf.extend(rule(NFPROTO_IPV4, "docker-bridges", "filter-FORWARD"));
+        buf.extend(generation(300, "nft"));
+        assert_eq!(
+            changes(&buf, &[]),
+            [Change::Touched {
+                what: vec!["nft inet pyfw".into()],
+                by: "nft (pid 300)".into()
+            }]
+        );
+        assert_eq!(changes(&buf, &[300]), []);
+        // The same table name in another family is another table.
+        let mut other = message(NFT_MSG_DELTABLE, 10, &[(ATTR_TABLE, b"pyfw\0")]);
+        other.extend(generation(301, "nft"));
+        assert_eq!(changes(&other, &[]), []);
+        // Without owned tables to watch, no table notes are made.
+        assert!(
+            !notes(&buf, false)
+                .iter()
+                .any(|n| matches!(n, Note::Table { .. }))
         );
     }
 

@@ -19,6 +19,7 @@
 //! | `pyfw_apply_duration_seconds` | histogram | |
 //! | `pyfw_drift` | gauge (0/1) | `family`, `table`, `chain` |
 //! | `pyfw_ipset_drift` | gauge (0/1) | `ipset` |
+//! | `pyfw_nft_table_drift` | gauge (0/1) | `table` (`inet pyfw`) |
 //! | `pyfw_wishes_loaded` | gauge (0/1) | |
 //! | `pyfw_wishes_load_failures_total` | counter | |
 //! | `pyfw_build_info` | info | `version` |
@@ -107,6 +108,12 @@ struct SetLabels {
     ipset: String,
 }
 
+/// An owned nftables table, as the wishes name it: `inet pyfw`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct TableLabels {
+    table: String,
+}
+
 /// The daemon's metrics. Cheap to update from any thread.
 pub struct Metrics {
     registry: Registry,
@@ -118,13 +125,21 @@ pub struct Metrics {
     apply_duration: Histogram,
     drift: Family<ChainLabels, Gauge>,
     ipset_drift: Family<SetLabels, Gauge>,
-    /// The chains and sets in `drift` and `ipset_drift`, to zero them.
-    known: Mutex<(BTreeSet<ChainLabels>, BTreeSet<SetLabels>)>,
+    nft_drift: Family<TableLabels, Gauge>,
+    /// The chains, sets and tables in `drift`, `ipset_drift` and
+    /// `nft_drift`, to zero them.
+    known: Mutex<Known>,
     wishes_loaded: Gauge,
     wishes_load_failures: Counter,
     /// Why the metrics are not being served, when they are not.
     unserved: Mutex<Option<String>>,
 }
+
+type Known = (
+    BTreeSet<ChainLabels>,
+    BTreeSet<SetLabels>,
+    BTreeSet<TableLabels>,
+);
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -144,8 +159,8 @@ impl Metrics {
         let corrections = Family::<CorrectionLabels, Counter>::default();
         registry.register(
             "corrections",
-            "Commands run to repair drift, by chain (family ipv4/ipv6) or set (family ipset) \
-             and the wish they serve",
+            "Commands run to repair drift, by chain (family ipv4/ipv6), set (family ipset) or \
+             owned nftables table (family nft, table `inet pyfw`) and the wish they serve",
             corrections.clone(),
         );
         let seconds_since_success = Gauge::<f64, AtomicU64>::default();
@@ -182,6 +197,12 @@ impl Metrics {
             "1 when the set differed from the wishes at the last read, else 0",
             ipset_drift.clone(),
         );
+        let nft_drift = Family::<TableLabels, Gauge>::default();
+        registry.register(
+            "nft_table_drift",
+            "1 when the owned nftables table differed from the wishes at the last read, else 0",
+            nft_drift.clone(),
+        );
         let wishes_loaded = Gauge::default();
         registry.register(
             "wishes_loaded",
@@ -210,6 +231,7 @@ impl Metrics {
             apply_duration,
             drift,
             ipset_drift,
+            nft_drift,
             known: Mutex::new(Default::default()),
             wishes_loaded,
             wishes_load_failures,
@@ -251,6 +273,9 @@ impl Metrics {
             for set in &known.1 {
                 self.ipset_drift.get_or_create(set).set(0);
             }
+            for table in &known.2 {
+                self.nft_drift.get_or_create(table).set(0);
+            }
         }
     }
 
@@ -274,8 +299,16 @@ impl Metrics {
                 ipset: s.name.clone(),
             })
             .collect();
+        let mut tables: BTreeSet<TableLabels> = wishes
+            .nftables
+            .iter()
+            .map(|t| TableLabels {
+                table: format!("{} {}", t.family, t.name),
+            })
+            .collect();
         let mut drifted_chains = BTreeSet::new();
         let mut drifted_sets = BTreeSet::new();
+        let mut drifted_tables = BTreeSet::new();
         for c in &plan.commands {
             match target(c) {
                 Target::Chain(labels) => {
@@ -285,6 +318,10 @@ impl Metrics {
                 Target::Set(labels) => {
                     sets.insert(labels.clone());
                     drifted_sets.insert(labels);
+                }
+                Target::Table(labels) => {
+                    tables.insert(labels.clone());
+                    drifted_tables.insert(labels);
                 }
             }
         }
@@ -299,7 +336,12 @@ impl Metrics {
             let drifted = drifted_sets.contains(set);
             self.ipset_drift.get_or_create(set).set(i64::from(drifted));
         }
-        *known = (chains, sets);
+        self.nft_drift.clear();
+        for table in &tables {
+            let drifted = drifted_tables.contains(table);
+            self.nft_drift.get_or_create(table).set(i64::from(drifted));
+        }
+        *known = (chains, sets, tables);
     }
 
     /// One command of a plan ran successfully: one correction.
@@ -307,6 +349,7 @@ impl Metrics {
         let (family, table, chain) = match target(command) {
             Target::Chain(c) => (c.family, c.table, c.chain),
             Target::Set(_) => ("ipset".to_string(), String::new(), String::new()),
+            Target::Table(t) => ("nft".to_string(), t.table, String::new()),
         };
         self.corrections
             .get_or_create(&CorrectionLabels {
@@ -357,6 +400,7 @@ fn family_label(family: IpFamily) -> &'static str {
 enum Target {
     Chain(ChainLabels),
     Set(SetLabels),
+    Table(TableLabels),
 }
 
 /// What a command changes, from its program and its target label
@@ -378,6 +422,13 @@ fn target(c: &Command) -> Target {
                 ipset: name.to_string(),
             })
         }
+        Program::Nft => Target::Table(TableLabels {
+            table: c
+                .target
+                .strip_prefix("nft ")
+                .unwrap_or(&c.target)
+                .to_string(),
+        }),
     }
 }
 

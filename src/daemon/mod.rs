@@ -362,6 +362,7 @@ fn follow_netfilter(
     if !system.is_nft() {
         let path = crate::kernel::xtlock::path();
         let (tx, rx) = mpsc::unbounded_channel();
+        let tables_tx = tx.clone();
         let watched = Arc::new(std::sync::Mutex::new(events::watched(wishes)));
         let tables = watched.clone();
         // Every iptables run on the host releases the lock, reads
@@ -416,7 +417,9 @@ fn follow_netfilter(
                      released, and by the poll every {every}",
                     path.display()
                 );
-                (Some(Events::from_channel_watching(rx, watched)), Some(lock))
+                let mut events = Events::from_channel_watching(rx, watched);
+                follow_owned_tables(&mut events, tables_tx, wishes, interval);
+                (Some(events), Some(lock))
             }
             Err(e) => {
                 tracing::warn!(
@@ -428,7 +431,7 @@ fn follow_netfilter(
             }
         };
     }
-    match Events::start(events::watched(wishes)) {
+    match Events::start(events::watched(wishes), events::watched_tables(wishes)) {
         Ok(events) => {
             tracing::info!(
                 "following netfilter changes: drift in a wished chain is repaired at once (and \
@@ -442,6 +445,23 @@ fn follow_netfilter(
             );
             (None, None)
         }
+    }
+}
+
+/// On legacy iptables: nf_tables still announces its changes to the owned
+/// nftables tables, which the events follow as on nft.
+fn follow_owned_tables(
+    events: &mut Events,
+    tx: mpsc::UnboundedSender<events::Change>,
+    wishes: &crate::wishes::Wishes,
+    interval: Duration,
+) {
+    if let Err(e) = events.follow_tables(tx, events::watched_tables(wishes)) {
+        tracing::warn!(
+            "cannot follow nf_tables changes to the owned nftables tables ({e}); their drift \
+             is found by the poll every {}",
+            humantime::format_duration(interval)
+        );
     }
 }
 
@@ -673,6 +693,7 @@ pub async fn run<R: Reconcile, N: Notifier>(
                 last_status = status;
                 if let Some(e) = &events {
                     e.watch(events::watched(core.wishes()));
+                    e.watch_tables(events::watched_tables(core.wishes()));
                 }
                 give_back_memory();
                 idle = Some(core);

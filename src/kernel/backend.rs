@@ -8,6 +8,7 @@ use crate::plan::{Command, Program};
 use crate::state::rule::Rule;
 use crate::state::text::escape_untrusted;
 use crate::state::{self, Family, State};
+use crate::wishes::nft::NftFamily;
 
 /// Scratch chains are named this plus the pid of the pyfw that made them.
 pub const SCRATCH_PREFIX: &str = "_pyfw_canon_";
@@ -78,6 +79,17 @@ pub struct SetShape {
     pub options: Vec<String>,
 }
 
+/// How to list a table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listing {
+    /// `nft -j list table`: what pyfw compares.
+    Json,
+    /// `nft -s list table`: text that `nft -f` loads back as it was (JSON
+    /// does not always: docs/nftables.md), without counter values: what a
+    /// rollback puts back.
+    Text,
+}
+
 /// A failure at the I/O edge. Each names the command and the tool's words.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -119,6 +131,10 @@ pub enum Error {
     /// Wishes the kernel tools refuse, each in words; never empty.
     #[error("{}", rejections(.0))]
     Rejected(Vec<Rejection>),
+    /// nft refused a script pyfw wrote for owned tables; `label` is the
+    /// wish on the line nft named (`nft inet pyfw/input/NAME`).
+    #[error("{label}: nft refuses it: {}", escape_untrusted(.message))]
+    NftRejected { label: String, message: String },
 }
 
 /// `label: message` for each, joined with `; `.
@@ -168,7 +184,7 @@ impl Error {
     /// name a passing cause.
     pub fn is_refusal(&self) -> bool {
         match self {
-            Error::Rejected(_) => true,
+            Error::Rejected(_) | Error::NftRejected { .. } => true,
             Error::Failed { status, stderr, .. } => {
                 let exited = status.starts_with("exit status: ");
                 let said = stderr.to_lowercase();
@@ -233,6 +249,59 @@ pub trait Backend {
     fn binary(&self, program: Program) -> String {
         program.name().to_string()
     }
+    /// The owned nftables table `family name` as `listing` prints it;
+    /// `None` when it does not exist. A backend without nftables has none
+    /// to read, and says so.
+    fn nft_list(
+        &mut self,
+        family: NftFamily,
+        name: &str,
+        listing: Listing,
+    ) -> Result<Option<String>, Error> {
+        let _ = (family, name, listing);
+        Err(no_nft())
+    }
+    /// Asks the kernel whether it takes `script` (`nft -c`), committing
+    /// nothing; a refusal names the wish on the line nft names.
+    fn nft_check(&mut self, script: &str) -> Result<(), Error> {
+        let _ = script;
+        Err(no_nft())
+    }
+    /// The kernel's rendering of each (family, name, script), as `nft -j
+    /// list table` prints it, learned where no packet sees it.
+    fn nft_learn(&mut self, scripts: &[(NftFamily, String, String)]) -> Result<Vec<String>, Error> {
+        let _ = scripts;
+        Err(no_nft())
+    }
+    /// The nf_tables ruleset's generation (see [`crate::kernel::nft::generation`]);
+    /// `None` when it cannot be read.
+    fn nft_generation(&mut self) -> Option<u32> {
+        None
+    }
+    /// What renders the tables: nft's version and the kernel's release.
+    fn nft_version(&mut self) -> String {
+        String::new()
+    }
+    /// The generation pyfw's last nft script committed, when nothing else
+    /// committed between the generations read before and after it.
+    fn nft_committed(&mut self) -> Option<u32> {
+        None
+    }
+    /// Whether [`Backend::nft_learn`] can make its private namespace here.
+    fn nft_can_learn(&mut self) -> bool {
+        false
+    }
+}
+
+/// What a backend without nftables answers.
+fn no_nft() -> Error {
+    Error::Spawn {
+        command: "nft".into(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "this backend has no nftables",
+        ),
+    }
 }
 
 /// A set as `ipset list -terse` shows it: no members, only their count.
@@ -253,12 +322,15 @@ pub struct BatchError {
 }
 
 /// Groups a plan's commands into transactions: each maximal run of
-/// iptables commands for one family and table, and each run of ipset
-/// commands. Returns index ranges into `commands`.
+/// iptables commands for one family and table, each run of ipset
+/// commands, and each run of nft scripts. Returns index ranges into `commands`.
 pub fn transactions(commands: &[Command]) -> Vec<std::ops::Range<usize>> {
+    // nft scripts of consecutive commands go to one `nft -f`: one
+    // transaction for every table they replace.
     let key = |c: &Command| match c.program {
-        Program::Iptables(f) => Some((f, c.args.get(2).cloned().unwrap_or_default())),
-        Program::Ipset => None,
+        Program::Iptables(f) => (0, Some(f), c.args.get(2).cloned().unwrap_or_default()),
+        Program::Ipset => (1, None, String::new()),
+        Program::Nft => (2, None, String::new()),
     };
     let mut out: Vec<std::ops::Range<usize>> = Vec::new();
     for (i, c) in commands.iter().enumerate() {

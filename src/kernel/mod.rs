@@ -19,7 +19,9 @@
 //! - [`netns`], [`run_dir`], [`lock`], [`privilege`]: the namespace, the
 //!   root-only directory of pyfw's own locks, the locks,
 //!   and whether this process may act;
-//! - [`nft`]: the host's nftables tables (`nft list tables`), for the lint.
+//! - [`nft`]: the `nft` tool (tables, listings, scripts, a private
+//!   namespace to learn renderings in) and nf_tables' generation;
+//! - [`state_dir`]: what pyfw keeps between runs (`/var/lib/pyfw`).
 
 pub mod backend;
 pub mod fingerprint;
@@ -34,6 +36,7 @@ pub mod read;
 pub mod restore_script;
 pub mod run_dir;
 pub mod scope;
+pub mod state_dir;
 pub mod system;
 pub mod variant;
 pub mod words;

@@ -54,6 +54,10 @@ pub(crate) fn batch_program(
             "ipset".to_string(),
             ["restore", "-exist"].map(String::from).to_vec(),
         ),
+        Program::Nft => (
+            "nft".to_string(),
+            crate::plan::nft::SCRIPT_ARGS.map(String::from).to_vec(),
+        ),
     }
 }
 
@@ -70,6 +74,13 @@ pub(crate) fn batch_input(
         Program::Ipset => {
             let (program, args) = batch_program(restore, commands);
             (program, args, RestoreScript::new(commands).text)
+        }
+        Program::Nft => {
+            let (program, args) = batch_program(restore, commands);
+            let scripts = commands
+                .iter()
+                .filter_map(|c| crate::plan::nft::script_of(c));
+            (program, args, scripts.collect())
         }
     }
 }

@@ -4,7 +4,7 @@
 //! the choice of iptables variant in `variant.rs`; this file holds the
 //! struct and the trait's implementation.
 
-use crate::kernel::backend::{Backend, BatchError, Error, Learned, RuleCheck, SetShape};
+use crate::kernel::backend::{Backend, BatchError, Error, Learned, Listing, RuleCheck, SetShape};
 use crate::kernel::legacy_cache::LegacyCache;
 use crate::kernel::process::{Output, Runner, Sink};
 use crate::kernel::restore_script::{
@@ -13,6 +13,7 @@ use crate::kernel::restore_script::{
 use crate::kernel::scope::Scope;
 use crate::plan::{Command, Program};
 use crate::state::{Family, State};
+use crate::wishes::nft::NftFamily;
 
 /// The real kernel tools, found on `PATH`.
 #[derive(Clone, Debug)]
@@ -27,6 +28,9 @@ pub struct System {
     /// Legacy chains last read, kept with their table's fingerprint; only
     /// for a long-running reader (see [`System::remember_legacy_reads`]).
     pub(crate) legacy_cache: Option<LegacyCache>,
+    /// The generation pyfw's last nft script committed (see
+    /// [`Backend::nft_committed`]).
+    nft_commit: Option<u32>,
 }
 
 impl Default for System {
@@ -37,6 +41,7 @@ impl Default for System {
             v6: "ip6tables".into(),
             nft: true,
             legacy_cache: None,
+            nft_commit: None,
         }
     }
 }
@@ -146,6 +151,9 @@ impl Backend for System {
     }
 
     fn run(&mut self, command: &Command) -> Result<(), Error> {
+        if command.program == Program::Nft {
+            return self.run_nft(&[command]).map_err(|e| e.cause);
+        }
         self.exec(&self.binary(command.program), &command.args, None)
             .map(|_| ())
     }
@@ -154,6 +162,9 @@ impl Backend for System {
         let Some(first) = commands.first() else {
             return Ok(());
         };
+        if first.program == Program::Nft {
+            return self.run_nft(commands);
+        }
         if commands.len() == 1 {
             return self.run(first).map_err(|cause| BatchError {
                 failed_at: Some(0),
@@ -182,6 +193,7 @@ impl Backend for System {
                 }
                 line.and_then(|l| script.command_at(l))
             }
+            Program::Nft => None,
         };
         Err(BatchError { failed_at, cause })
     }
@@ -209,6 +221,92 @@ impl Backend for System {
         match program {
             Program::Iptables(f) => self.tool(f, ""),
             Program::Ipset => "ipset".to_string(),
+            Program::Nft => "nft".to_string(),
         }
     }
+
+    fn nft_list(
+        &mut self,
+        family: NftFamily,
+        name: &str,
+        listing: Listing,
+    ) -> Result<Option<String>, Error> {
+        crate::kernel::nft::list(&self.runner, family, name, listing)
+    }
+
+    fn nft_check(&mut self, script: &str) -> Result<(), Error> {
+        crate::kernel::nft::load(&self.runner, script, true)
+            .map_err(|e| nft_refusal(&[script], e).1)
+    }
+
+    fn nft_learn(&mut self, scripts: &[(NftFamily, String, String)]) -> Result<Vec<String>, Error> {
+        crate::kernel::nft::learn(&self.runner, scripts)
+    }
+
+    fn nft_generation(&mut self) -> Option<u32> {
+        crate::kernel::nft::generation()
+    }
+
+    fn nft_version(&mut self) -> String {
+        crate::kernel::nft::version(&self.runner)
+    }
+
+    fn nft_committed(&mut self) -> Option<u32> {
+        self.nft_commit
+    }
+
+    fn nft_can_learn(&mut self) -> bool {
+        crate::kernel::nft::can_learn()
+    }
+}
+
+impl System {
+    /// Runs nft commands' scripts as one `nft -f -`: one transaction for
+    /// every table they replace. A refusal names the command and the wish
+    /// on the line nft names.
+    fn run_nft(&mut self, commands: &[&Command]) -> Result<(), BatchError> {
+        let scripts: Vec<&str> = commands
+            .iter()
+            .filter_map(|c| crate::plan::nft::script_of(c))
+            .collect();
+        let text: String = scripts.concat();
+        let before = crate::kernel::nft::generation();
+        let loaded = crate::kernel::nft::load(&self.runner, &text, false);
+        // One commit, and only this one, since `before`: its generation.
+        let after = crate::kernel::nft::generation();
+        self.nft_commit = match (before, after) {
+            (Some(b), Some(a)) if loaded.is_ok() && a == b.wrapping_add(1) => Some(a),
+            _ => None,
+        };
+        let Err(e) = loaded else {
+            return Ok(());
+        };
+        let (failed_at, cause) = nft_refusal(&scripts, e);
+        Err(BatchError { failed_at, cause })
+    }
+}
+
+/// The script (an index into `scripts`, fed to nft one after the other)
+/// and the wish nft's error is about, from the line it names: the error
+/// as [`Error::NftRejected`], or as it was when nft named no line.
+fn nft_refusal(scripts: &[&str], e: Error) -> (Option<usize>, Error) {
+    let Error::Failed { stderr, .. } = &e else {
+        return (None, e);
+    };
+    let Some(mut line) = crate::plan::nft::error_line(stderr) else {
+        return (None, e);
+    };
+    for (k, script) in scripts.iter().enumerate() {
+        let lines = script.lines().count();
+        if line <= lines {
+            let label = crate::plan::nft::label_at(script, line);
+            let message = crate::plan::nft::error_message(stderr);
+            return match label {
+                Some(label) => (Some(k), Error::NftRejected { label, message }),
+                None => (Some(k), e),
+            };
+        }
+        line -= lines;
+    }
+    (None, e)
 }

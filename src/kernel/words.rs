@@ -25,6 +25,10 @@ pub fn tool_said(error: &Error) -> String {
                 ),
             }
         }
+        Error::NftRejected { message, .. } => format!(
+            "nft refuses it: {}",
+            crate::state::text::escape_untrusted(message)
+        ),
         other => other.to_string(),
     }
 }

@@ -4,6 +4,7 @@
 use std::fmt;
 
 use crate::state::Family;
+use crate::state::nft::NftFamily;
 use crate::state::rule::{Rule, display_args};
 
 /// The program a command runs.
@@ -11,6 +12,9 @@ use crate::state::rule::{Rule, display_args};
 pub enum Program {
     Iptables(Family),
     Ipset,
+    /// `nft -f -`, a whole script on stdin: the command's last argument
+    /// (see [`crate::plan::nft`]).
+    Nft,
 }
 
 impl Program {
@@ -18,6 +22,7 @@ impl Program {
         match self {
             Program::Iptables(f) => f.command(),
             Program::Ipset => "ipset",
+            Program::Nft => "nft",
         }
     }
 }
@@ -46,6 +51,9 @@ impl Command {
     /// are joined straight into the line; any other goes through
     /// [`crate::state::rule::display_args`]. A test holds the two to the same text.
     pub fn line(&self, binary: &str) -> String {
+        if let Some(script) = script_of(self) {
+            return line(binary, script);
+        }
         let plain = !self.args.is_empty()
             && self.args.iter().all(|a| {
                 !a.is_empty()
@@ -73,6 +81,9 @@ impl Command {
 
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if script_of(self).is_some() {
+            return f.write_str(&self.line(self.program.name()));
+        }
         write!(f, "{} {}", self.program.name(), display_args(&self.args))
     }
 }
@@ -104,6 +115,51 @@ impl Plan {
     /// True when netfilter already matches the wishes.
     pub fn is_empty(&self) -> bool {
         self.commands.is_empty()
+    }
+}
+
+// ---- nft commands (see `plan::nft`) ------------------------------------------
+
+/// The arguments of every nft command before its script: the script is
+/// the last argument, fed on stdin.
+pub const SCRIPT_ARGS: [&str; 2] = ["-f", "-"];
+
+/// The script a command of [`Program::Nft`] feeds nft.
+pub fn script_of(c: &Command) -> Option<&str> {
+    match (c.program, c.args.as_slice()) {
+        (Program::Nft, [f, dash, script]) if *f == SCRIPT_ARGS[0] && *dash == SCRIPT_ARGS[1] => {
+            Some(script)
+        }
+        _ => None,
+    }
+}
+
+/// The tables a script replaces or deletes, in order: its `delete table`
+/// lines.
+pub fn tables_of(script: &str) -> Vec<(NftFamily, String)> {
+    script
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.strip_prefix("delete table ")?.split_whitespace();
+            let family = NftFamily::parse(words.next()?)?;
+            Some((family, words.next()?.to_string()))
+        })
+        .collect()
+}
+
+/// How a command line shows an nft command: its script summarised.
+pub fn line(binary: &str, script: &str) -> String {
+    let tables: Vec<String> = tables_of(script)
+        .iter()
+        .map(|(f, n)| format!("{f} {n}"))
+        .collect();
+    let lines = script.lines().count();
+    match lines <= 2 {
+        true => format!("{binary} -f - (deletes table {})", tables.join(", ")),
+        false => format!(
+            "{binary} -f - (replaces table {} in one transaction: a script of {lines} lines)",
+            tables.join(", ")
+        ),
     }
 }
 

@@ -41,6 +41,7 @@ use crate::wishes::{ChainWish, IpsetWish, RuleItem, Wishes};
 pub mod chain;
 pub mod command;
 pub mod lint;
+pub mod nft;
 pub mod predict;
 pub mod record;
 pub mod revert;
@@ -49,12 +50,14 @@ pub mod warnings;
 
 pub use command::{Command, Plan, PrintedAs, Program};
 
-/// Plans the commands that make `state` match `wishes`: sets, then chains
+/// Plans the commands that make `state` match `wishes`: sets (and the
+/// owned nftables tables' record entries), then chains
 /// and their rules, then sets whose type changes under their rules, then
 /// chains withdrawn, policies, sets withdrawn, and the record's changes.
 pub fn plan(wishes: &Wishes, state: &State) -> Plan {
     let mut p = Planner::new(wishes, state);
     let retargets = p.sets();
+    p.nft_tables();
     let (chains, withdrawn) = p.chains_to_plan();
     p.create_chains(&chains);
     p.chain_rules(&chains, &withdrawn);
@@ -99,6 +102,17 @@ impl<'a> Planner<'a> {
             out: Plan::default(),
             last: Vec::new(),
             planned: HashMap::new(),
+        }
+    }
+
+    /// Owned nftables tables: planned by `reconcile::nft`, recorded here
+    /// with the rest (written ahead, trimmed after).
+    fn nft_tables(&mut self) {
+        for table in self.wishes.nftables.iter() {
+            self.keep.insert(Owned::NftTable {
+                family: table.family,
+                name: table.name.clone(),
+            });
         }
     }
 
@@ -529,7 +543,7 @@ fn sets_in_use<'a>(
 fn group_tables(commands: &mut [Command]) {
     let table = |c: &Command| match c.program {
         Program::Iptables(f) => Some((f, c.args.get(2).cloned().unwrap_or_default())),
-        Program::Ipset => None,
+        Program::Ipset | Program::Nft => None,
     };
     let mut start = 0;
     while start < commands.len() {

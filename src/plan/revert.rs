@@ -8,6 +8,7 @@ use crate::kernel::scope::{Rules, Scope, Sets};
 use crate::plan::{Command, Plan, Program};
 use crate::state::rule::Rule;
 use crate::state::{Chain, Family, Ipset, State};
+use crate::wishes::nft::NftFamily;
 
 /// What a plan touched, as it was before it ran.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -16,6 +17,11 @@ pub struct Snapshot {
     pub chains: BTreeMap<(Family, String, String), Option<Chain>>,
     /// Each touched set; `None` when it did not exist.
     pub sets: BTreeMap<String, Option<Ipset>>,
+    /// Each owned nftables table a plan replaces or deletes, as `nft -s
+    /// list table` printed it before (text that loads back; see
+    /// `reconcile::nft`); `None` when it did not exist. Filled by the
+    /// reconciler, which read it: a [`State`] holds no nftables tables.
+    pub nft: BTreeMap<(NftFamily, String), Option<String>>,
 }
 
 impl Snapshot {
@@ -62,6 +68,8 @@ impl Snapshot {
                         }
                     }
                 }
+                // See `Snapshot::nft`.
+                Program::Nft => {}
             }
         }
         snap
@@ -86,7 +94,7 @@ impl Snapshot {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.chains.is_empty() && self.sets.is_empty()
+        self.chains.is_empty() && self.sets.is_empty() && self.nft.is_empty()
     }
 }
 

@@ -444,8 +444,16 @@ fn run_transactions(
                         index: range.start + k + 1,
                         total,
                         line: command_line(backend, command),
-                        target: command.target.clone(),
-                        wish: command.wish.clone(),
+                        // nft names the line, and so the wish, it refused:
+                        // a rule or set of the table the command replaces.
+                        target: match &e.cause {
+                            kernel::Error::NftRejected { label, .. } => label.clone(),
+                            _ => command.target.clone(),
+                        },
+                        wish: match &e.cause {
+                            kernel::Error::NftRejected { .. } => None,
+                            _ => command.wish.clone(),
+                        },
                         transaction: range.start + 1..range.end + 1,
                         words: refusal_words(plan, undo.snapshot, command, &e.cause),
                     }),

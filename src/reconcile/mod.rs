@@ -16,6 +16,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 pub mod apply;
 mod canonicalize;
 pub mod confirm;
+pub mod nft;
 pub mod reach;
 pub mod rollback;
 pub mod scope;
@@ -92,6 +93,8 @@ pub struct Planned {
     /// What the wishes say that holds against this kernel but is likely
     /// not what was meant, by the label of the wish it is about.
     pub warnings: Vec<PlanWarning>,
+    /// The owned nftables tables' part of the plan.
+    pub nft: nft::NftPlanned,
 }
 
 pub use crate::plan::warnings::PlanWarning;
@@ -130,6 +133,9 @@ pub struct Reconciler<B: Backend> {
     /// does not read a table whole on every run for a chain jumped to from
     /// a chain it does not read.
     reached: HashSet<ChainKey>,
+    /// The kernel's renderings of owned nftables tables, and which were
+    /// last found as wished.
+    nft: nft::Memory,
 }
 
 type ChainKey = (Family, String, String);
@@ -141,6 +147,7 @@ impl<B: Backend> Reconciler<B> {
             canonical: HashMap::new(),
             interrupt: Interrupt::new(),
             reached: HashSet::new(),
+            nft: nft::Memory::default(),
         }
     }
 
@@ -191,6 +198,8 @@ impl<B: Backend> Reconciler<B> {
                 Owned::Set { name } => {
                     sets.insert(name);
                 }
+                // Read by the nftables part of the plan (see `nft`).
+                Owned::NftTable { .. } => {}
             }
         }
         if !sets.is_empty() {
@@ -262,9 +271,12 @@ impl<B: Backend> Reconciler<B> {
         }
         self.drop_dead_scratch_chains(&state);
         let canonical = self.canonicalize(wishes, &state)?;
-        let plan = plan::plan(&canonical.wishes, &state);
+        let mut plan = plan::plan(&canonical.wishes, &state);
         let mut warnings = canonical.warnings;
         warnings.extend(self.unreached(&canonical.wishes, &state, &scope)?);
+        let record = ownership::read(&state);
+        let nft = nft::plan_tables(&mut self.backend, &mut self.nft, wishes, &record, &mut plan)
+            .map_err(Error::Read)?;
         Ok(Planned {
             state,
             plan,
@@ -272,6 +284,7 @@ impl<B: Backend> Reconciler<B> {
             deferred: canonical.deferred,
             scope,
             warnings,
+            nft,
         })
     }
 
@@ -366,9 +379,11 @@ impl<B: Backend> Reconciler<B> {
             plan,
             deferred,
             comparison,
+            nft: nft_planned,
             ..
         } = planned;
-        let snapshot = Snapshot::of(&plan, state);
+        let mut snapshot = Snapshot::of(&plan, state);
+        snapshot.nft = nft_planned.before.clone();
         let ran = match plan.is_empty() && plan.record.is_empty() {
             true => 0,
             false => apply::apply(
@@ -380,6 +395,7 @@ impl<B: Backend> Reconciler<B> {
                 on,
             )?,
         };
+        nft::applied(&mut self.backend, &mut self.nft, &nft_planned);
         Ok(Applied {
             plan,
             snapshot,
@@ -387,6 +403,18 @@ impl<B: Backend> Reconciler<B> {
             comparison,
             ran,
         })
+    }
+
+    /// Keeps every replaced nftables table's old text in the snapshot, for
+    /// a revert after the apply committed (`apply --confirm`).
+    pub fn keep_every_nft_snapshot(&mut self) {
+        self.nft.keep_every_snapshot();
+    }
+
+    /// Asks the kernel whether it takes every owned nftables table the
+    /// plan would load (`nft -c`), committing nothing.
+    pub fn check_nft(&mut self, planned: &Planned) -> Result<(), kernel::Error> {
+        nft::check(&mut self.backend, &planned.plan)
     }
 
     /// What stops an apply of this reconciler at its next transaction (a

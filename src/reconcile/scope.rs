@@ -51,6 +51,8 @@ pub fn scope_for(wishes: &Wishes, sets: &State) -> Scope {
                     return Scope::all();
                 }
             }
+            // Read by the nftables part of a plan (`reconcile::nft`).
+            Owned::NftTable { .. } => {}
         }
     }
     let type_change = wishes.ipsets.iter().any(|w| {

@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 pub mod canon;
+pub mod nft;
 pub mod ownership;
 pub mod parse;
 pub mod render;

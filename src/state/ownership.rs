@@ -14,6 +14,7 @@
 use std::hash::Hasher;
 use std::net::Ipv6Addr;
 
+use crate::state::nft::NftFamily;
 use crate::state::rule::Rule;
 use crate::state::{Family, State};
 
@@ -46,6 +47,9 @@ pub enum Owned {
     },
     /// A set pyfw manages.
     Set { name: String },
+    /// An nftables table pyfw owns wholly (`nftables:` wishes): deleted
+    /// when no longer wished.
+    NftTable { family: NftFamily, name: String },
 }
 
 fn family_word(f: Family) -> &'static str {
@@ -85,6 +89,7 @@ impl Owned {
                 chain,
             } => format!("chain {} {table} {chain}", family_word(*family)),
             Owned::Set { name } => format!("set {name}"),
+            Owned::NftTable { family, name } => format!("nft {family} {name}"),
         }
     }
 
@@ -110,6 +115,10 @@ impl Owned {
                 chain: chain.to_string(),
             }),
             ["set", name] => Some(Owned::Set {
+                name: name.to_string(),
+            }),
+            ["nft", family, name] => Some(Owned::NftTable {
+                family: NftFamily::parse(family)?,
                 name: name.to_string(),
             }),
             _ => None,
@@ -199,6 +208,10 @@ mod tests {
             },
             Owned::Set {
                 name: "allowed_hosts".into(),
+            },
+            Owned::NftTable {
+                family: NftFamily::Inet,
+                name: "pyfw".into(),
             },
         ] {
             assert_eq!(Owned::parse(&o.key()), Some(o.clone()));

@@ -19,6 +19,7 @@ use crate::state::set_type::{SetFamily, SetType};
 mod checks;
 pub(crate) mod lift;
 mod load;
+pub mod nft;
 mod raw;
 pub mod secure;
 mod validate;
@@ -37,6 +38,9 @@ pub struct Wishes {
     /// the rules to canonical form) must not copy 100,000 members.
     pub ipsets: std::sync::Arc<[IpsetWish]>,
     pub chains: Vec<ChainWish>,
+    /// The nftables tables pyfw owns wholly (`nftables:`); shared, as
+    /// `ipsets` is.
+    pub nftables: std::sync::Arc<[nft::NftTableWish]>,
     /// What the file says that loads, but is likely not what was meant
     /// (a chain nothing jumps to, a port written in octal): said with the
     /// file, the line and the wish, and applied all the same.
@@ -67,8 +71,12 @@ impl Wishes {
 
     /// The line of the wish a message names by its label:
     /// `table/chain/NAME` (or `ip6tables:table/chain/NAME`) for a rule,
-    /// `table/chain` for a chain, `ipset NAME` for a set.
+    /// `table/chain` for a chain, `ipset NAME` for a set, and
+    /// `nft FAMILY TABLE[/...]` for an nftables wish (see [`nft`]).
     pub fn line_of(&self, label: &str) -> Option<u64> {
+        if label.starts_with("nft ") {
+            return nft::line_of(&self.nftables, label);
+        }
         if let Some(name) = label.strip_prefix("ipset ") {
             return self.ipsets.iter().find(|s| s.name == name).map(|s| s.line);
         }

@@ -39,6 +39,7 @@ pub(crate) struct RawWishes {
     pub(crate) ipsets: Option<Map<Spanned<RawIpset>>>,
     pub(crate) iptables: Option<Map<Map<Spanned<Option<RawChain>>>>>,
     pub(crate) ip6tables: Option<Map<Map<Spanned<Option<RawChain>>>>>,
+    pub(crate) nftables: Option<Map<Spanned<Option<RawNftTable>>>>,
 }
 
 #[derive(Deserialize)]
@@ -115,6 +116,45 @@ impl<'de> Deserialize<'de> for Members {
 pub(crate) struct RawChain {
     pub(crate) default_action: Option<Spanned<String>>,
     pub(crate) rules: Option<Spanned<Node>>,
+}
+
+/// A table of the `nftables:` section (see `wishes::nft`).
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawNftTable {
+    pub(crate) sets: Option<Map<Spanned<Option<RawNftSet>>>>,
+    pub(crate) chains: Option<Map<Spanned<Option<RawNftChain>>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawNftChain {
+    #[serde(rename = "type")]
+    pub(crate) kind: Option<Spanned<String>>,
+    pub(crate) hook: Option<Spanned<String>>,
+    pub(crate) device: Option<Spanned<String>>,
+    pub(crate) priority: Option<Spanned<String>>,
+    pub(crate) policy: Option<Spanned<String>>,
+    pub(crate) rules: Option<Spanned<Node>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawNftSet {
+    #[serde(rename = "type")]
+    pub(crate) kind: Option<Spanned<String>>,
+    #[serde(rename = "typeof")]
+    pub(crate) type_of: Option<Spanned<String>>,
+    pub(crate) flags: Option<Spanned<Node>>,
+    pub(crate) timeout: Option<Spanned<String>>,
+    pub(crate) gc_interval: Option<Spanned<String>>,
+    pub(crate) size: Option<Spanned<String>>,
+    pub(crate) policy: Option<Spanned<String>>,
+    pub(crate) counter: Option<Spanned<bool>>,
+    pub(crate) auto_merge: Option<Spanned<bool>>,
+    pub(crate) comment: Option<Spanned<String>>,
+    pub(crate) elements: Option<Spanned<Members>>,
 }
 
 /// A YAML mapping that keeps its keys' order and lines.

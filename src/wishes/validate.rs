@@ -78,6 +78,7 @@ impl Validator {
             path: self.path.clone(),
             ipsets: ipsets.into(),
             chains: Vec::new(),
+            nftables: Default::default(),
             warnings: Vec::new(),
         };
         for (family, tables) in [(Family::V4, body.iptables), (Family::V6, body.ip6tables)] {
@@ -97,6 +98,9 @@ impl Validator {
                     }
                 }
             }
+        }
+        if let Some(tables) = body.nftables {
+            out.nftables = self.nft_tables(tables).into();
         }
         out
     }
