@@ -353,7 +353,9 @@ fn the_docker_story_holds_on_dockers_nftables_backend_across_restarts_and_a_flus
     // The daemon repaired once, the flushed table, and nothing else: no
     // Docker restart ever looked like drift to it.
     assert!(
-        daemon.stop(Duration::from_secs(10)).is_some_and(|s| s.success()),
+        daemon
+            .stop(Duration::from_secs(10))
+            .is_some_and(|s| s.success()),
         "`pyfw daemon` did not stop cleanly on SIGTERM\n{}",
         daemon.log()
     );

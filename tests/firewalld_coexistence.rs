@@ -59,8 +59,7 @@ const WISHES: &str = "pyfw_wishes:
 /// firewalld's table, as recorded (file header comments and all).
 fn firewalld_table() -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/firewalld/firewalld.nft");
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 
 /// A namespace with firewalld's table, the wishes and pyfw's state
@@ -328,7 +327,10 @@ fn pyfw_refuses_to_own_firewallds_table_and_leaves_it_as_it_is() {
         "pyfw_wishes:\n  nftables:\n    inet firewalld:\n      chains:\n        input:\n          type: filter\n          hook: input\n          priority: filter\n          rules:\n          - accept\n",
     );
     let out = host.pyfw(&["apply"]);
-    assert!(!out.success(), "pyfw applied a wish for inet firewalld\n{out}");
+    assert!(
+        !out.success(),
+        "pyfw applied a wish for inet firewalld\n{out}"
+    );
     let expected = format!(
         "{}:3: nft inet firewalld: pyfw cannot own this table: it is firewalld's",
         path.display()
