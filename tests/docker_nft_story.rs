@@ -374,7 +374,7 @@ fn the_docker_story_holds_on_dockers_nftables_backend_across_restarts_and_a_flus
 fn the_readme_shows_the_wishes_this_story_proves() {
     let readme = read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"));
     let at = readme
-        .find("**Docker's nftables backend**")
+        .find("```yaml\npyfw_wishes:\n  nftables:\n")
         .expect("the README's nftables story");
     let block = &readme[at..];
     let start = block.find("```yaml\n").expect("a yaml block") + 8;

@@ -85,6 +85,8 @@ fn tables_are_family_and_name_and_never_another_programs() {
         @"/etc/pyfw/wishes.yaml:3: nft ip docker-bridges: pyfw cannot own this table: it is Docker's (its nftables firewall backend); pick another name");
     insta::assert_snapshot!(error("pyfw_wishes:\n  nftables:\n    inet firewalld: {}\n"),
         @"/etc/pyfw/wishes.yaml:3: nft inet firewalld: pyfw cannot own this table: it is firewalld's; pick another name");
+    insta::assert_snapshot!(error("pyfw_wishes:\n  nftables:\n    inet firewalld_policy_drop: {}\n"),
+        @"/etc/pyfw/wishes.yaml:3: nft inet firewalld_policy_drop: pyfw cannot own this table: it is firewalld's (its reload and panic mode); pick another name");
     insta::assert_snapshot!(error("pyfw_wishes:\n  nftables:\n    inet 'my table': {}\n"),
         @"/etc/pyfw/wishes.yaml:3: a table is `FAMILY NAME` (such as `inet pyfw`), not `inet 'my table'`");
     insta::assert_snapshot!(error("pyfw_wishes:\n  nftables:\n    inet _pyfw_x: {}\n"),

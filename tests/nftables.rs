@@ -741,33 +741,6 @@ fn metrics_say_which_owned_table_drifted() {
     );
 }
 
-/// The README's wishes for Docker's nftables backend load beside Docker's
-/// own table, and are then in sync.
-#[test]
-fn the_readme_docker_story_for_the_nftables_backend_applies() {
-    let Some(host) = Host::new("nft_readme") else {
-        return;
-    };
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let at = readme
-        .find("```yaml\npyfw_wishes:\n  nftables:\n")
-        .expect("the README's nftables story");
-    let block = &readme[at..];
-    let start = block.find("```yaml\n").unwrap() + 8;
-    let end = start + block[start..].find("```").unwrap();
-    host.load(&foreign_tables());
-    host.wishes(&block[start..end]);
-    host.apply();
-    let table = host.pyfw_table().unwrap();
-    assert!(
-        table.contains("priority filter - 1; policy accept;"),
-        "{table}"
-    );
-    let again = host.apply();
-    assert!(again.stdout.contains("Nothing to do"), "{again}");
-}
-
 /// New wishes nft refuses change nothing in the daemon: one error names the
 /// file, the line and the wish, and the last wishes stay enforced.
 #[test]

@@ -188,6 +188,9 @@ fn foreign_table(family: NftFamily, name: &str) -> Option<&'static str> {
         (Bridge, "filter" | "nat" | "broute") => Some("ebtables-nft keeps its rules there"),
         (Ip | Ip6, "docker-bridges") => Some("it is Docker's (its nftables firewall backend)"),
         (Inet | Ip | Ip6, "firewalld") => Some("it is firewalld's"),
+        // The drop-everything table firewalld holds during a reload and in
+        // panic mode.
+        (Inet, "firewalld_policy_drop") => Some("it is firewalld's (its reload and panic mode)"),
         _ => None,
     }
 }
