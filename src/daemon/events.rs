@@ -382,59 +382,81 @@ pub fn parse_with(buf: &[u8], out: &mut Vec<Note>, tables: bool) {
         if kind >> 8 != NFNL_SUBSYS_NFTABLES || payload.len() < 4 {
             continue;
         }
-        let family = match payload[0] {
+        let message = Message {
+            kind: kind & 0xff,
+            payload,
+        };
+        if tables && let Some(note) = message.table_note() {
+            out.push(note);
+        }
+        out.extend(message.note());
+    }
+}
+
+/// One nf_tables message: its type and its payload (nfgenmsg, then
+/// attributes).
+struct Message<'b> {
+    kind: u16,
+    payload: &'b [u8],
+}
+
+impl Message<'_> {
+    fn attrs(&self) -> impl Iterator<Item = (u16, &[u8])> {
+        attributes(&self.payload[4..])
+    }
+
+    /// The string attribute `want`, up to its NUL.
+    fn text(&self, want: u16) -> Option<String> {
+        self.attrs().find(|(t, _)| *t == want).map(|(_, v)| {
+            String::from_utf8_lossy(v.split(|b| *b == 0).next().unwrap_or(v)).into_owned()
+        })
+    }
+
+    /// A [`Note::Table`] for a message about something in a table.
+    fn table_note(&self) -> Option<Note> {
+        if !TABLE_MESSAGES.contains(&self.kind) {
+            return None;
+        }
+        let family = nft_family(self.payload[0])?;
+        let table = self.text(ATTR_TABLE)?;
+        Some(Note::Table { family, table })
+    }
+
+    /// What the message says of the iptables families: a new generation,
+    /// a table, chain or rule touched.
+    fn note(&self) -> Option<Note> {
+        let family = match self.payload[0] {
             NFPROTO_IPV4 => Some(Family::V4),
             NFPROTO_IPV6 => Some(Family::V6),
             _ => None,
         };
-        let attrs = || attributes(&payload[4..]);
-        let text = |want: u16| {
-            attrs().find(|(t, _)| *t == want).map(|(_, v)| {
-                String::from_utf8_lossy(v.split(|b| *b == 0).next().unwrap_or(v)).into_owned()
-            })
-        };
-        let msg = kind & 0xff;
-        if tables
-            && TABLE_MESSAGES.contains(&msg)
-            && let (Some(family), Some(table)) = (nft_family(payload[0]), text(ATTR_TABLE))
-        {
-            out.push(Note::Table { family, table });
-        }
-        let note = match msg {
+        match self.kind {
             NFT_MSG_NEWGEN => Some(Note::Generation {
-                pid: attrs()
+                pid: self
+                    .attrs()
                     .find(|(t, _)| *t == NFTA_GEN_PROC_PID)
                     .and_then(|(_, v)| v.get(..4)?.try_into().ok())
                     .map(u32::from_be_bytes),
-                name: text(NFTA_GEN_PROC_NAME),
+                name: self.text(NFTA_GEN_PROC_NAME),
             }),
-            NFT_MSG_NEWTABLE | NFT_MSG_DELTABLE => {
-                family
-                    .zip(text(ATTR_TABLE))
-                    .map(|(family, table)| Note::Touch {
-                        family,
-                        table,
-                        chain: None,
-                    })
-            }
+            NFT_MSG_NEWTABLE | NFT_MSG_DELTABLE => Some(Note::Touch {
+                family: family?,
+                table: self.text(ATTR_TABLE)?,
+                chain: None,
+            }),
             NFT_MSG_NEWCHAIN | NFT_MSG_DELCHAIN | NFT_MSG_NEWRULE | NFT_MSG_DELRULE => {
-                let chain_attr = if msg >= NFT_MSG_NEWRULE {
-                    NFTA_RULE_CHAIN
-                } else {
-                    NFTA_CHAIN_NAME
+                let chain = match self.kind >= NFT_MSG_NEWRULE {
+                    true => NFTA_RULE_CHAIN,
+                    false => NFTA_CHAIN_NAME,
                 };
-                match (family, text(ATTR_TABLE), text(chain_attr)) {
-                    (Some(family), Some(table), Some(chain)) => Some(Note::Touch {
-                        family,
-                        table,
-                        chain: Some(chain),
-                    }),
-                    _ => None,
-                }
+                Some(Note::Touch {
+                    family: family?,
+                    table: self.text(ATTR_TABLE)?,
+                    chain: Some(self.text(chain)?),
+                })
             }
             _ => None,
-        };
-        out.extend(note);
+        }
     }
 }
 
