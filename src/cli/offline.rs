@@ -23,6 +23,7 @@ pub fn offline(cli: &Cli, command: &Cmd) -> Result<ExitCode, String> {
     let normalized = wishes.map_rules(|chain, r| canon::normalize(&r.rule, chain.family));
     let plan = crate::plan::plan(&normalized, &state);
     if plan_json(command) {
+        let plan = plan.expanded();
         let doc = PlanDoc::new(&wishes.path, Comparison::Builtin, true, &plan, |c| {
             c.program.name().to_string()
         });

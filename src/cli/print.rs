@@ -69,8 +69,8 @@ pub fn print_changes(
 }
 
 /// More member changes than this in one set are summarised in "State
-/// changes" rather than listed.
-const LIST_MAX: usize = 1000;
+/// changes" rather than listed (as many as make a run of commands).
+const LIST_MAX: usize = crate::plan::RUN_OVER;
 
 /// The sets whose members `plan` changes more than [`LIST_MAX`] times,
 /// with how many members it adds and removes.
@@ -86,8 +86,8 @@ pub fn big_set_changes(plan: &Plan) -> BTreeMap<String, (usize, usize)> {
             continue;
         };
         let (added, removed) = match op.as_str() {
-            "add" => (1, 0),
-            "del" => (0, 1),
+            "add" => (c.count(), 0),
+            "del" => (0, c.count()),
             _ => continue,
         };
         // The name is copied once per set, not per member.

@@ -64,6 +64,9 @@ pub trait Reconcile: Send + 'static {
     /// What stops an apply in flight at its next transaction, putting back
     /// what ran.
     fn interrupt(&self) -> Interrupt;
+    /// The next plan reads every wished set in full, not trusting any
+    /// summary (SIGHUP: the operator asked for a fresh look).
+    fn read_all_sets_next(&mut self) {}
 }
 
 impl<B: Backend + Send + 'static> Reconcile for Reconciler<B> {
@@ -81,6 +84,10 @@ impl<B: Backend + Send + 'static> Reconcile for Reconciler<B> {
 
     fn interrupt(&self) -> Interrupt {
         Reconciler::interrupt(self)
+    }
+
+    fn read_all_sets_next(&mut self) {
+        Reconciler::read_all_sets_next(self)
     }
 }
 
@@ -438,6 +445,9 @@ impl<R: Reconcile> Core<R> {
         } else {
             "timer"
         };
+        if sighup {
+            self.rec.read_all_sets_next();
+        }
         let mut retry_new = false;
         loop {
             match self.reconcile(named, &job.held) {
@@ -773,14 +783,16 @@ impl<R: Reconcile> Core<R> {
         }
         // New wishes: what each command serves, to name the wish whose
         // transaction the kernel refuses.
-        let serves: Vec<String> = match self.proven {
+        let serves: Vec<(usize, String)> = match self.proven {
             true => Vec::new(),
-            false => plan.commands.iter().map(serves).collect(),
+            false => numbered(plan).map(|(at, c)| (at, serves(c))).collect(),
         };
         let started = Instant::now();
         // Commands announced and not yet reported: a transaction announces
         // all its commands, runs them at once, then reports each as done.
-        let mut pending: VecDeque<(usize, usize, String, Command)> = VecDeque::new();
+        // Each is known by its command's address: a run of 100,000
+        // members is not copied to be matched.
+        let mut pending: VecDeque<Announced> = VecDeque::new();
         let mut transaction: Option<String> = None;
         let mut in_flight: Range<usize> = 0..0;
         let metrics = self.metrics.as_deref();
@@ -804,27 +816,36 @@ impl<R: Reconcile> Core<R> {
             Event::Executing {
                 index,
                 total,
+                count,
                 command,
                 line,
-            } => pending.push_back((index, total, line, command.clone())),
+            } => pending.push_back(Announced {
+                address: std::ptr::from_ref(command) as usize,
+                numbers: numbers(index, count, total),
+                line,
+                target: command.target.clone(),
+                wish: command.wish.clone(),
+            }),
             Event::Done { command } => {
                 if let Some(m) = metrics {
                     m.observe_correction(command);
                 }
-                let at = pending.iter().position(|p| p.3 == *command).unwrap_or(0);
-                if let Some((index, total, line, command)) = pending.remove(at) {
-                    let at = Label::parse(&command.target);
+                let address = std::ptr::from_ref(command) as usize;
+                let at = pending.iter().position(|p| p.address == address);
+                if let Some(done) = pending.remove(at.unwrap_or(0)) {
+                    let at = Label::parse(&done.target);
+                    let (numbers, line) = (&done.numbers, &done.line);
                     tracing::info!(
                         trigger,
                         family = at.family,
                         table = at.table,
                         chain = at.chain,
                         ipset = at.ipset,
-                        wish = command.wish.as_deref(),
+                        wish = done.wish.as_deref(),
                         command = %line,
                         result = "ok",
                         exit_status = 0,
-                        "ran {index}/{total}: {line}"
+                        "ran {numbers}: {line}"
                     );
                 }
             }
@@ -867,24 +888,29 @@ impl<R: Reconcile> Core<R> {
                     .map(|t| format!(" (in `{t}`)"))
                     .unwrap_or_default();
                 // Every command announced but not done failed with it.
-                for (index, total, line, command) in pending {
-                    let at = Label::parse(&command.target);
+                for done in pending {
+                    let at = Label::parse(&done.target);
+                    let (numbers, line) = (&done.numbers, &done.line);
                     tracing::error!(
                         trigger,
                         family = at.family,
                         table = at.table,
                         chain = at.chain,
                         ipset = at.ipset,
-                        wish = command.wish.as_deref(),
+                        wish = done.wish.as_deref(),
                         command = %line,
                         result,
                         exit_status,
-                        "failed {index}/{total}: {line}{via}: {why}"
+                        "failed {numbers}: {line}{via}: {why}"
                     );
                 }
                 // Commands are numbered from 1 in the events.
                 let failing = in_flight.start.saturating_sub(1)..in_flight.end.saturating_sub(1);
-                self.failure(e, name_wishes(serves.get(failing).unwrap_or_default()))
+                let named: Vec<String> = (serves.into_iter())
+                    .filter(|(at, _)| failing.contains(at))
+                    .map(|(_, label)| label)
+                    .collect();
+                self.failure(e, name_wishes(&named))
             }
         }
     }
@@ -993,6 +1019,35 @@ fn serves(c: &Command) -> String {
         Some(w) if !c.target.starts_with("ipset ") => format!("{}/{w}", c.target),
         _ => c.target.clone(),
     }
+}
+
+/// A command announced by an apply and not yet reported done: known by
+/// its address, with what its log line says.
+struct Announced {
+    address: usize,
+    /// `i/N`, or `i-j/N` for a run.
+    numbers: String,
+    line: String,
+    target: String,
+    wish: Option<String>,
+}
+
+/// `index/total`, or `index-last/total` for a run of `count` commands.
+fn numbers(index: usize, count: usize, total: usize) -> String {
+    match count {
+        0 | 1 => format!("{index}/{total}"),
+        n => format!("{index}-{}/{total}", index + n - 1),
+    }
+}
+
+/// Each command of `plan` with the number (0-based) of the first command
+/// it stands for, a run counting as its members.
+fn numbered(plan: &Plan) -> impl Iterator<Item = (usize, &Command)> {
+    plan.commands.iter().scan(0, |next, c| {
+        let at = *next;
+        *next += c.count();
+        Some((at, c))
+    })
 }
 
 /// The distinct wishes `serves` names, as one label (`a, b, c and 2
@@ -1151,6 +1206,7 @@ pub(crate) mod fake {
                 reason: format!("filter/INPUT: {name} missing"),
                 target: "filter/INPUT".into(),
                 wish: Some(name),
+                members: Default::default(),
             })
             .collect();
         Plan {
@@ -1247,6 +1303,7 @@ pub(crate) mod fake {
                 on(Event::Executing {
                     index: i + 1,
                     total,
+                    count: 1,
                     command,
                     line: command.to_string(),
                 });

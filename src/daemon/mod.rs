@@ -273,8 +273,11 @@ fn start(path: &Path, variant: Variant, args: &Args) -> Result<ExitCode, String>
     // Polls of an unchanged legacy table skip the read (its fingerprint),
     // and while the xtables lock stays quiet, the fingerprint too.
     let system = system.remember_legacy_reads(lock);
+    // Big sets are checked by their summary each poll, and read in full on
+    // a longer period (see `reconcile::set_checks`).
+    let checks = crate::reconcile::set_checks::SetChecks::for_interval(args.interval);
     let mut core = Core::new(
-        Reconciler::new(system),
+        Reconciler::new(system).checking_sets(checks),
         path.to_path_buf(),
         loaded,
         Some(crate::kernel::lock::WRITER.to_string()),

@@ -161,15 +161,28 @@ pub trait Backend {
     fn binary(&self, program: Program) -> String {
         program.name().to_string()
     }
+    /// Every set's summary, without members (`ipset list -terse`: one
+    /// process, a few milliseconds whatever the sets hold), by name;
+    /// `None` when this backend cannot tell, and the sets must be read.
+    fn set_summaries(
+        &mut self,
+    ) -> Result<Option<std::collections::BTreeMap<String, SetSummary>>, Error> {
+        Ok(None)
+    }
 }
 
 /// A set as `ipset list -terse` shows it: no members, only their count.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SetSummary {
     pub kind: String,
-    /// Create options, as `ipset save` prints them.
+    /// Create options, as `ipset save` prints them. A set made again has
+    /// another `initval` (the kernel picks one at random), so this tells
+    /// a recreated set from the one before.
     pub options: Vec<String>,
     pub members: usize,
+    /// The kernel's `Size in memory`: it moves with most member changes,
+    /// and never on its own.
+    pub memory: Option<u64>,
 }
 
 /// A batch that failed, and which of its commands (an index into the

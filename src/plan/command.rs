@@ -37,15 +37,132 @@ pub struct Command {
     pub target: String,
     /// The wished rule or set name it serves, if any.
     pub wish: Option<String>,
+    /// Empty, but for a run: the commands `args MEMBER` for each of these
+    /// members of a set (`add SET` with wished members, `del SET` with
+    /// elements), in one. A set's member changes of one kind come in a run
+    /// when there are more than [`RUN_OVER`]: 100,000 commands with their
+    /// undo, reason and target cost 50 MB, these members 1.6. A run is
+    /// numbered, run, and printed where it counts as its members, one
+    /// command each ([`Command::count`], [`Command::expand`]); its `undo`
+    /// is that of every member, given the member's element (`del SET`
+    /// for `add SET`).
+    pub members: Members,
+}
+
+/// More member changes of one kind than this, in one set, make a run (see
+/// [`Command::members`]); "State changes" summarises such a set instead
+/// of listing its members, and `apply` prints one line for the run.
+pub const RUN_OVER: usize = 1000;
+
+/// A set's members, compactly: their texts end to end, and where each
+/// ends (one allocation for all, where a `Vec<String>` takes one each).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Members {
+    text: String,
+    ends: Vec<usize>,
+}
+
+impl Members {
+    /// Room for `members` members of `bytes` bytes in all.
+    pub fn with_capacity(members: usize, bytes: usize) -> Members {
+        Members {
+            text: String::with_capacity(bytes),
+            ends: Vec::with_capacity(members),
+        }
+    }
+
+    pub fn push(&mut self, member: &str) {
+        self.text.push_str(member);
+        self.ends.push(self.text.len());
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn get(&self, i: usize) -> Option<&str> {
+        let end = *self.ends.get(i)?;
+        let start = match i {
+            0 => 0,
+            _ => self.ends[i - 1],
+        };
+        self.text.get(start..end)
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        (0..self.len()).map(|i| self.get(i).unwrap_or_default())
+    }
+}
+
+impl<'a> FromIterator<&'a str> for Members {
+    fn from_iter<I: IntoIterator<Item = &'a str>>(iter: I) -> Members {
+        let mut out = Members::default();
+        for m in iter {
+            out.push(m);
+        }
+        out
+    }
 }
 
 impl Command {
+    /// How many commands this stands for: a run's members, else one.
+    pub fn count(&self) -> usize {
+        self.members.len().max(1)
+    }
+
+    /// Whether this is a run of member commands.
+    pub fn is_run(&self) -> bool {
+        !self.members.is_empty()
+    }
+
+    /// The arguments of the command a run's `member` stands for.
+    pub fn member_args(&self, member: &str) -> Vec<String> {
+        let mut args = self.args.clone();
+        args.extend(crate::state::set_type::member_words(member).map(String::from));
+        args
+    }
+
+    /// The `k`th command this stands for (0-based): a run's member, or
+    /// this command itself.
+    pub fn nth(&self, k: usize) -> Option<Command> {
+        if !self.is_run() {
+            return (k == 0).then(|| self.clone());
+        }
+        let member = self.members.get(k)?;
+        let element = crate::plan::sets::element(member);
+        Some(Command {
+            program: self.program,
+            args: self.member_args(member),
+            undo: self.undo.as_ref().map(|undo| {
+                let mut undo = undo.clone();
+                undo.push(element.to_string());
+                undo
+            }),
+            reason: self.reason.clone(),
+            target: self.target.clone(),
+            wish: self.wish.clone(),
+            members: Members::default(),
+        })
+    }
+
+    /// The commands this stands for, one by one.
+    pub fn expand(&self) -> Vec<Command> {
+        (0..self.count()).filter_map(|k| self.nth(k)).collect()
+    }
+
     /// The command line as `binary` runs it, for output and audit logs.
     ///
     /// Arguments that need no quoting (every one of a set's members, mostly)
     /// are joined straight into the line; any other goes through
     /// [`crate::state::rule::display_args`]. A test holds the two to the same text.
     pub fn line(&self, binary: &str) -> String {
+        if self.is_run() {
+            return self.run_line(binary);
+        }
         let plain = !self.args.is_empty()
             && self.args.iter().all(|a| {
                 !a.is_empty()
@@ -71,9 +188,31 @@ impl Command {
     }
 }
 
+impl Command {
+    /// A run in one line: its first and last commands, and how many.
+    fn run_line(&self, binary: &str) -> String {
+        let n = self.members.len();
+        let one = |k: usize| {
+            let member = self.members.get(k).unwrap_or_default();
+            let mut line = binary.to_string();
+            line.push(' ');
+            line.push_str(&display_args(&self.member_args(member)));
+            line
+        };
+        format!(
+            "{} ... {} ({n} commands, one per member)",
+            one(0),
+            one(n.saturating_sub(1))
+        )
+    }
+}
+
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.program.name(), display_args(&self.args))
+        match self.is_run() {
+            true => write!(f, "{}", self.run_line(self.program.name())),
+            false => write!(f, "{} {}", self.program.name(), display_args(&self.args)),
+        }
     }
 }
 
@@ -105,6 +244,21 @@ impl Plan {
     pub fn is_empty(&self) -> bool {
         self.commands.is_empty()
     }
+
+    /// How many commands the plan runs, a run counting as its members.
+    pub fn count(&self) -> usize {
+        self.commands.iter().map(Command::count).sum()
+    }
+
+    /// The same plan with each run expanded into its commands, one per
+    /// member: what `plan` lists.
+    pub fn expanded(&self) -> Plan {
+        Plan {
+            commands: self.commands.iter().flat_map(Command::expand).collect(),
+            record: self.record.clone(),
+            printed: self.printed.clone(),
+        }
+    }
 }
 
 pub(crate) fn ipt_args<'a>(table: &str, rest: impl IntoIterator<Item = &'a str>) -> Vec<String> {
@@ -127,6 +281,7 @@ pub(crate) fn ipset_cmd(
         reason,
         target: format!("ipset {set}"),
         wish: Some(set.to_string()),
+        members: Members::default(),
     }
 }
 
@@ -158,6 +313,7 @@ mod tests {
                     reason: String::new(),
                     target: String::new(),
                     wish: None,
+                    members: Members::default(),
                 };
                 let want = format!("ipset {}", display_args(&command.args));
                 assert_eq!(command.line("ipset"), want, "{w:?}");

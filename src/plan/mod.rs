@@ -46,10 +46,17 @@ pub mod record;
 pub mod revert;
 pub mod sets;
 
-pub use command::{Command, Plan, PrintedAs, Program};
+pub use command::{Command, Members, Plan, PrintedAs, Program, RUN_OVER};
 
 /// Plans the commands that make `state` match `wishes`.
 pub fn plan(wishes: &Wishes, state: &State) -> Plan {
+    plan_leaving(wishes, state, &BTreeSet::new())
+}
+
+/// [`plan`], leaving alone the wished sets `trusted` (known to be as
+/// wished; `state` holds their type and options, not their members: see
+/// `reconcile::set_checks`).
+pub fn plan_leaving(wishes: &Wishes, state: &State, trusted: &BTreeSet<String>) -> Plan {
     let mut out = Plan::default();
     let mut last = Vec::new();
     let record = ownership::read(state);
@@ -59,6 +66,12 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
     let mut sets: Vec<&IpsetWish> = wishes.ipsets.iter().collect();
     sets.sort_by_key(|s| s.kind.name() == "list:set");
     for set in sets {
+        if trusted.contains(&set.name) {
+            keep.insert(Owned::Set {
+                name: set.name.clone(),
+            });
+            continue;
+        }
         if let SetChange::Retarget { tmp } = plan_ipset(
             set,
             state.ipsets.get(&set.name),
@@ -161,6 +174,7 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
                 reason: format!("{}: chain missing", wish.label()),
                 target: wish.label(),
                 wish: None,
+                members: Default::default(),
             });
             keep.insert(owned);
         } else if record.contains(&owned) && is_wished(wish) {
@@ -238,9 +252,7 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
                 format!("ipset {name}: rebuild as {}", wish.kind.name()),
             ));
             let rebuild = MemberCmds::new(&fresh, &fresh, "rebuild");
-            for m in keep {
-                out.commands.push(rebuild.add(m));
-            }
+            rebuild.adds(keep.iter().map(String::as_str), &mut out.commands);
             out.commands.push(ipset_cmd(
                 name,
                 &["destroy", name],
@@ -303,6 +315,7 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
             reason: format!("{label}: withdrawn from the wishes; pyfw created it, and it is empty and unreferenced"),
             target: label,
             wish: None,
+            members: Default::default(),
         });
     }
 
@@ -322,6 +335,7 @@ pub fn plan(wishes: &Wishes, state: &State) -> Plan {
                 reason: format!("{}: policy is {current}, wished {policy}", wish.label()),
                 target: wish.label(),
                 wish: None,
+                members: Default::default(),
             });
         }
     }

@@ -106,6 +106,7 @@ fn ipset(args: Vec<String>, set: &str, why: &str) -> Command {
         reason: format!("revert ipset {set}: {why}"),
         target: format!("ipset {set}"),
         wish: None,
+        members: Default::default(),
     }
 }
 
@@ -304,6 +305,7 @@ impl TableCmds<'_> {
             reason: format!("revert {label}"),
             target: label,
             wish: None,
+            members: Default::default(),
         }
     }
 }
@@ -488,6 +490,7 @@ mod tests {
             reason: String::new(),
             target: String::new(),
             wish: None,
+            members: Default::default(),
         }
     }
 

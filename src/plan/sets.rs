@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::plan::chain::ChainSim;
-use crate::plan::command::{Command, Program, ipset_cmd};
+use crate::plan::command::{Command, Members, Program, RUN_OVER, ipset_cmd};
 use crate::state::rule::{Rule, TEMP_PREFIX};
 use crate::state::{Family, Ipset};
 use crate::wishes::IpsetWish;
@@ -122,11 +122,8 @@ pub(crate) fn plan_ipset(
             Some(&["destroy", name]),
             format!("ipset {name}: missing"),
         ));
-        out.reserve(members.len());
         let missing = MemberCmds::new(name, name, "missing");
-        for m in members {
-            out.push(missing.add(m));
-        }
+        missing.adds(members.iter().map(String::as_str), out);
         return SetChange::None;
     };
     if have.kind != wish.kind.name() || !options_match(wish, have) {
@@ -148,11 +145,8 @@ pub(crate) fn plan_ipset(
             why.clone(),
         ));
         let keep = fill.unwrap_or(&have.members);
-        out.reserve(keep.len());
         let fill = MemberCmds::new(&tmp, name, "fill the replacement");
-        for m in keep {
-            out.push(fill.add(m));
-        }
+        fill.adds(keep.iter().map(String::as_str), out);
         let same_family = have_family(have).is_none_or(|f| f == family_word(wish));
         if same_family && wish.kind.swappable_with(&have.kind) {
             out.push(ipset_cmd(
@@ -178,12 +172,8 @@ pub(crate) fn plan_ipset(
     };
     let (gone, missing) = member_diff(&have.members, wished);
     let cmds = MemberCmds::new(name, name, "member missing");
-    for i in gone {
-        out.push(cmds.del(&have.members[i]));
-    }
-    for i in missing {
-        out.push(cmds.add(&wished[i]));
-    }
+    cmds.dels(gone.iter().map(|&i| have.members[i].as_str()), out);
+    cmds.adds(missing.iter().map(|&i| wished[i].as_str()), out);
     SetChange::None
 }
 
@@ -351,7 +341,43 @@ impl<'a> MemberCmds<'a> {
             reason,
             target: self.target.clone(),
             wish: Some(self.wish.to_string()),
+            members: Members::default(),
         }
+    }
+
+    /// [`MemberCmds::add`] for each of `members`, onto `out`: one run when
+    /// there are more than [`RUN_OVER`] (see [`Command::members`]).
+    pub(crate) fn adds<'m>(
+        &self,
+        members: impl ExactSizeIterator<Item = &'m str> + Clone,
+        out: &mut Vec<Command>,
+    ) {
+        if members.len() <= RUN_OVER {
+            out.extend(members.map(|m| self.add(m)));
+            return;
+        }
+        let ops = |op: &str| [op, self.set].map(String::from).to_vec();
+        let mut run = self.command(ops("add"), ops("del"), self.reason.clone());
+        run.members = compact(members);
+        out.push(run);
+    }
+
+    /// [`MemberCmds::del`] for each of `elements`, onto `out`: one run when
+    /// there are more than [`RUN_OVER`].
+    pub(crate) fn dels<'m>(
+        &self,
+        elements: impl ExactSizeIterator<Item = &'m str> + Clone,
+        out: &mut Vec<Command>,
+    ) {
+        if elements.len() <= RUN_OVER {
+            out.extend(elements.map(|e| self.del(e)));
+            return;
+        }
+        let ops = |op: &str| [op, self.set].map(String::from).to_vec();
+        let why = format!("ipset {}: {} members not wished", self.wish, elements.len());
+        let mut run = self.command(ops("del"), ops("add"), why);
+        run.members = compact(elements);
+        out.push(run);
     }
 
     /// `add SET MEMBER...`, undone by deleting its element.
@@ -380,6 +406,14 @@ impl<'a> MemberCmds<'a> {
         let reason = format!("ipset {}: member {element} not wished", self.wish);
         self.command(args, undo, reason)
     }
+}
+
+/// `members`, compactly, sized once.
+fn compact<'m>(members: impl ExactSizeIterator<Item = &'m str> + Clone) -> Members {
+    let bytes = members.clone().map(str::len).sum();
+    let mut out = Members::with_capacity(members.len(), bytes);
+    members.for_each(|m| out.push(m));
+    out
 }
 
 /// Points every rule that names set `from` at set `to` instead: each copy
@@ -509,6 +543,62 @@ mod tests {
                 "add _pyfw_new_s 10.0.0.1",
                 "add _pyfw_new_s 10.0.0.2"
             ]
+        );
+    }
+
+    /// More than a thousand member changes of one kind in one set are one
+    /// run, which stands for the same commands, in the same order, as the
+    /// members one by one; fewer are commands of their own.
+    #[test]
+    fn many_member_changes_are_one_run_of_the_same_commands() {
+        let none = State::default();
+        let made = plan(&big_set("hash:ip", "", 5000), &none);
+        assert_eq!(made.commands.len(), 2);
+        assert_eq!(made.count(), 5001);
+        let run = &made.commands[1];
+        assert_eq!((run.args.join(" "), run.count()), ("add big".into(), 5000));
+        let each = made.expanded();
+        assert_eq!(each.commands.len(), 5001);
+        let last = &each.commands[5000];
+        assert_eq!(last.args.join(" "), "add big 10.0.19.135");
+        assert_eq!(
+            last.undo.as_ref().map(|u| u.join(" ")),
+            Some("del big 10.0.19.135".into())
+        );
+        assert_eq!(
+            (last.reason.as_str(), last.target.as_str()),
+            ("ipset big: missing", "ipset big")
+        );
+        assert!(each.commands.iter().all(|c| !c.is_run()));
+        // Half the members replaced: 2,500 go and 2,500 come, each a run.
+        let mut have = hash_net("big", &[]);
+        let set = have.ipsets.get_mut("big").unwrap();
+        set.kind = "hash:ip".into();
+        set.members = (0..5000)
+            .map(|i| {
+                format!(
+                    "10.{}.{}.{}",
+                    (i + 2500) >> 16,
+                    ((i + 2500) >> 8) & 255,
+                    (i + 2500) & 255
+                )
+            })
+            .collect();
+        let change = plan(&big_set("hash:ip", "", 5000), &have);
+        let ops: Vec<(String, usize)> = (change.commands.iter())
+            .map(|c| (c.args.join(" "), c.count()))
+            .collect();
+        assert_eq!(ops, [("del big".into(), 2500), ("add big".into(), 2500)]);
+        let del = change.commands[0].nth(0).unwrap();
+        assert_eq!(del.args.join(" "), "del big 10.0.19.136");
+        assert_eq!(
+            del.undo.map(|u| u.join(" ")),
+            Some("add big 10.0.19.136".into())
+        );
+        // A thousand are commands of their own.
+        assert_eq!(
+            plan(&big_set("hash:ip", "", 1000), &none).commands.len(),
+            1001
         );
     }
 

@@ -693,6 +693,7 @@ impl Kernel {
                 reason: String::new(),
                 target: String::new(),
                 wish: None,
+                members: Default::default(),
             };
             self.line(&c, &mut t)
                 .map_err(|e| format!("line {}: {e}", n + 2))?;
