@@ -114,6 +114,7 @@ impl System {
     }
 
     fn save(&self, family: Family, table: Option<&str>) -> Result<state::Ruleset, Error> {
+        let _one = (!self.nft).then(crate::kernel::fingerprint::one_table_copy);
         let program = self.tool(family, "-save");
         let args: Vec<String> = match table {
             Some(t) => vec!["-t".into(), t.into()],
@@ -153,9 +154,11 @@ impl System {
         wanted: &BTreeSet<String>,
     ) -> Result<state::Ruleset, Error> {
         let program = self.tool(family, "-save");
+        let one = (!self.nft).then(crate::kernel::fingerprint::one_table_copy);
         let out = self.exec(&program, &["-t".into(), table.into()], None)?;
         if out.stderr.contains("incompatible") {
             // Let the full parse say what is wrong, as `save` does.
+            drop(one);
             return self.save(family, Some(table));
         }
         let command = format!("{program} -t {table}");
