@@ -485,7 +485,7 @@ mod tests {
         );
         let sets = reading.each.reader.finish();
         assert_eq!(sets["s"].members.len(), 3000);
-        assert_eq!(sets["s"].members[2999], "10.0.11.183");
+        assert_eq!(&sets["s"].members[2999], "10.0.11.183");
     }
 
     #[test]

@@ -3,8 +3,8 @@
 
 use std::fmt;
 
-use crate::state::Family;
 use crate::state::rule::{Rule, display_args};
+use crate::state::{Family, Members};
 
 /// The program a command runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,60 +53,6 @@ pub struct Command {
 /// [`Command::members`]); "State changes" summarises such a set instead
 /// of listing its members, and `apply` prints one line for the run.
 pub const RUN_OVER: usize = 1000;
-
-/// A set's members, compactly: their texts end to end, and where each
-/// ends (one allocation for all, where a `Vec<String>` takes one each).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Members {
-    text: String,
-    ends: Vec<usize>,
-}
-
-impl Members {
-    /// Room for `members` members of `bytes` bytes in all.
-    pub fn with_capacity(members: usize, bytes: usize) -> Members {
-        Members {
-            text: String::with_capacity(bytes),
-            ends: Vec::with_capacity(members),
-        }
-    }
-
-    pub fn push(&mut self, member: &str) {
-        self.text.push_str(member);
-        self.ends.push(self.text.len());
-    }
-
-    pub fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
-
-    pub fn get(&self, i: usize) -> Option<&str> {
-        let end = *self.ends.get(i)?;
-        let start = match i {
-            0 => 0,
-            _ => self.ends[i - 1],
-        };
-        self.text.get(start..end)
-    }
-
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
-        (0..self.len()).map(|i| self.get(i).unwrap_or_default())
-    }
-}
-
-impl<'a> FromIterator<&'a str> for Members {
-    fn from_iter<I: IntoIterator<Item = &'a str>>(iter: I) -> Members {
-        let mut out = Members::default();
-        for m in iter {
-            out.push(m);
-        }
-        out
-    }
-}
 
 impl Command {
     /// How many commands this stands for: a run's members, else one.

@@ -46,7 +46,7 @@ pub mod record;
 pub mod revert;
 pub mod sets;
 
-pub use command::{Command, Members, Plan, PrintedAs, Program, RUN_OVER};
+pub use command::{Command, Plan, PrintedAs, Program, RUN_OVER};
 
 /// Plans the commands that make `state` match `wishes`.
 pub fn plan(wishes: &Wishes, state: &State) -> Plan {
@@ -241,8 +241,9 @@ pub fn plan_leaving(wishes: &Wishes, state: &State, trusted: &BTreeSet<String>) 
             let fresh = spare_name("_pyfw_new_", name);
             // The members the replacement was filled with: the wished
             // ones, or (when the wish leaves membership alone) the set's.
-            let have = state.ipsets.get(name).map_or(&[][..], |h| &h.members);
-            let keep = wish.members.as_deref().unwrap_or(have);
+            let none = crate::state::Members::new();
+            let have = state.ipsets.get(name).map_or(&none, |h| &h.members);
+            let keep = wish.members.as_ref().unwrap_or(have);
             let sized = hash_size(wish, keep.len());
             let create = create_args(&fresh, wish, &sized);
             out.commands.push(ipset_cmd(
@@ -252,7 +253,7 @@ pub fn plan_leaving(wishes: &Wishes, state: &State, trusted: &BTreeSet<String>) 
                 format!("ipset {name}: rebuild as {}", wish.kind.name()),
             ));
             let rebuild = MemberCmds::new(&fresh, &fresh, "rebuild");
-            rebuild.adds(keep.iter().map(String::as_str), &mut out.commands);
+            rebuild.adds(keep.iter(), &mut out.commands);
             out.commands.push(ipset_cmd(
                 name,
                 &["destroy", name],

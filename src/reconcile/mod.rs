@@ -434,7 +434,7 @@ fn stand_in(state: &mut State, c: &Checking) {
             .or_insert_with(|| crate::state::Ipset {
                 kind: summary.kind.clone(),
                 options: summary.options.clone(),
-                members: Vec::new(),
+                members: crate::state::Members::new(),
                 comments: Default::default(),
             });
     }

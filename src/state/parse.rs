@@ -489,7 +489,7 @@ impl IpsetSaveReader {
             && let Some((name, element)) = plain_add(raw)
             && let Some(set) = sets.get_mut(name)
         {
-            set.members.push(element.to_string());
+            set.members.push(element);
             return Ok(());
         }
         // `body` keeps what a comment running on over lines ends with.
@@ -504,7 +504,7 @@ impl IpsetSaveReader {
             let set = Ipset {
                 kind: kind.to_string(),
                 options: options.map(String::from).collect(),
-                members: Vec::new(),
+                members: crate::state::Members::new(),
                 comments: BTreeMap::new(),
             };
             if sets.insert(name.to_string(), set).is_some() {
@@ -532,7 +532,7 @@ impl IpsetSaveReader {
         let Some(set) = sets.get_mut(&name) else {
             return Err(err(n, line, format!("member for unknown set {name}")));
         };
-        set.members.push(element.to_string());
+        set.members.push(element);
         // ` comment "` follows the element and its plain options
         // (`timeout 30 packets 0 bytes 0`): the first one after the
         // element is it.

@@ -125,33 +125,27 @@ impl Validator {
         if let Some(list) = raw.members_equal {
             // Only the pass with lines indexes members as they come.
             let lines = MEMBER_LINES.get();
-            let mut seen = Elements::with_capacity(if lines { list.value.0.len() } else { 0 });
-            let mut out: Vec<String> = Vec::with_capacity(list.value.0.len());
+            let count = list.value.len();
+            let mut seen = Elements::with_capacity(if lines { count } else { 0 });
+            // Compactly: a copy per member that is already as ipset prints
+            // it, no allocation (see `state::Members`).
+            let mut out = crate::state::Members::with_capacity(count, 0);
             let list_line = list.referenced.line();
-            for m in list.value.0 {
-                let mline = m.line.unwrap_or(list_line);
-                let Some(text) = m.text else {
+            for (text, line) in list.value.iter() {
+                let mline = line.unwrap_or(list_line);
+                let Some(text) = text else {
                     self.error(mline, label, "a member must be a single value");
                     ok = false;
                     continue;
                 };
-                // The text is needed again only for a message, and only
-                // messages from the pass with lines are shown.
                 let start = out.len();
-                let (expanded, text) = if m.line.is_some() {
-                    let expanded = kind.expand_member(&text, family);
-                    (expanded.map(|e| out.extend(e)), Some(text))
-                } else {
-                    (kind.expand_into(text, family, &mut out), None)
-                };
-                match expanded {
+                match kind.expand_into(text, family, &mut out) {
                     // Without lines (the first pass), duplicates are looked
                     // for once the list is whole (see `listed_twice`).
                     Ok(()) if !lines => {}
                     Ok(()) => {
                         for k in start..out.len() {
                             if seen.insert(&out, k) {
-                                let text = text.as_deref().unwrap_or(out[k].as_str());
                                 self.error(mline, label, &format!("member `{text}` listed twice"));
                                 ok = false;
                             }
@@ -169,6 +163,7 @@ impl Validator {
                 self.error(list_line, label, "a member is listed twice");
                 ok = false;
             }
+            out.shrink_to_fit();
             members = Some(out);
         }
         ok.then_some(IpsetWish {
@@ -344,7 +339,7 @@ impl Elements {
 
     /// Notes the element of `members[k]`; true when an earlier member has
     /// the same element.
-    pub(crate) fn insert(&mut self, members: &[String], k: usize) -> bool {
+    pub(crate) fn insert(&mut self, members: &crate::state::Members, k: usize) -> bool {
         let Some(member) = members.get(k) else {
             return false;
         };
@@ -360,7 +355,10 @@ impl Elements {
         match members.get(first) {
             Some(m) if element(m) == element(member) => true,
             // Two elements with one hash: rare enough to settle by a scan.
-            _ => members[..k].iter().any(|m| element(m) == element(member)),
+            _ => members
+                .iter()
+                .take(k)
+                .any(|m| element(m) == element(member)),
         }
     }
 }
@@ -371,7 +369,7 @@ impl Elements {
 /// every insert. The first pass over a file (without lines) asks this once
 /// per list; when it says yes, the pass with lines names each member
 /// listed twice by [`Elements`].
-fn listed_twice(members: &[String]) -> bool {
+fn listed_twice(members: &crate::state::Members) -> bool {
     let mut keys: Vec<(u64, usize)> = (members.iter().enumerate())
         .map(|(i, m)| (crate::state::rule::text_key(element(m).as_bytes()), i))
         .collect();
