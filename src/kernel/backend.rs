@@ -161,12 +161,14 @@ pub trait Backend {
     fn binary(&self, program: Program) -> String {
         program.name().to_string()
     }
-    /// Every set's summary, without members (`ipset list -terse`: one
-    /// process, a few milliseconds whatever the sets hold), by name;
-    /// `None` when this backend cannot tell, and the sets must be read.
+    /// The summaries, without members, of the sets `names` that exist
+    /// (`ipset list -terse`), by name; `None` when this backend cannot
+    /// tell, and the sets must be read.
     fn set_summaries(
         &mut self,
+        names: &std::collections::BTreeSet<String>,
     ) -> Result<Option<std::collections::BTreeMap<String, SetSummary>>, Error> {
+        let _ = names;
         Ok(None)
     }
 }

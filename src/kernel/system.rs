@@ -229,8 +229,9 @@ impl Backend for System {
 
     fn set_summaries(
         &mut self,
+        names: &std::collections::BTreeSet<String>,
     ) -> Result<Option<std::collections::BTreeMap<String, crate::kernel::SetSummary>>, Error> {
-        self.ipset_summaries().map(Some)
+        self.ipset_summaries(names).map(Some)
     }
 
     /// The variant's binary: `iptables`, or `iptables-legacy` where plain

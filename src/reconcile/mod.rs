@@ -297,7 +297,8 @@ impl<B: Backend> Reconciler<B> {
         }
         let cpu = kernel::process::cpu_used();
         let now = std::time::Instant::now();
-        let summaries = match self.backend.set_summaries() {
+        let names = wishes.ipsets.iter().map(|s| s.name.clone()).collect();
+        let summaries = match self.backend.set_summaries(&names) {
             Ok(Some(summaries)) => summaries,
             Ok(None) => return None,
             Err(e) => {
