@@ -1955,3 +1955,144 @@ fn each_wish_of_a_refused_edit_is_logged_with_its_file_and_line() {
     assert_eq!(ns.rules(), normalize(&good), "nothing changed");
     daemon.assert_alive();
 }
+
+/// The spec's wishes with an unreferenced set `blocked` of three networks.
+fn wishes_with_blocked() -> String {
+    spec("wishes.yaml").replacen(
+        "  ipsets:\n",
+        "  ipsets:\n    blocked:\n      type: hash:net\n      members_equal:\n      \
+         - 192.0.2.0/24\n      - 198.51.100.0/24\n      - 203.0.113.0/24\n",
+        1,
+    )
+}
+
+/// The members of set `name`, sorted (empty when it does not exist).
+fn members_of(ns: &Ns, name: &str) -> Vec<String> {
+    let prefix = format!("add {name} ");
+    let mut members: Vec<String> = (ns.ipsets().lines())
+        .filter_map(|l| l.strip_prefix(&prefix).map(String::from))
+        .collect();
+    members.sort();
+    members
+}
+
+/// `Size in memory` of set `name`, as `ipset list -terse` says it.
+fn set_memory(ns: &Ns, name: &str) -> String {
+    let out = ns.ok(&["ipset", "list", "-terse", name]);
+    let line = out.lines().find(|l| l.starts_with("Size in memory:"));
+    line.unwrap_or_default().to_string()
+}
+
+/// What the seconds of the last "full resync in ..." the daemon logged
+/// for set `name` say (humantime: `1m 30s`, `54s`).
+fn resync_in(daemon: &Daemon, name: &str) -> Duration {
+    let needle = format!("ipset {name}: unchanged since its last full read");
+    let lines = daemon.log_lines_with(&needle);
+    let last = lines.last().expect("a poll that trusted the set");
+    let text = last.rsplit("full resync in ").next().unwrap_or_default();
+    let text = text
+        .split_whitespace()
+        .take_while(|w| w.ends_with(['s', 'm', 'h']));
+    humantime::parse_duration(&text.collect::<Vec<_>>().join(" ")).expect("a duration")
+}
+
+/// Each poll checks a wished set by its summary (`ipset list -terse`), not
+/// its members: a set emptied, destroyed, or made again (even with as many
+/// members) is seen by the next poll, which reads it in full and repairs
+/// it (the log says what moved); a member swapped for another (the count
+/// and size unchanged) is seen by the full resync, which the daemon says
+/// when it comes. Between, the members are not read.
+#[test]
+fn a_set_is_checked_each_poll_by_its_summary_and_resynced_in_full() {
+    let Some(ns) = Ns::new("set_checks") else {
+        return;
+    };
+    ns.restore(
+        "iptables-restore",
+        &["-w"],
+        &spec("docker-after-reboot.save"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let wishes = dir.path().join("wishes.yaml");
+    std::fs::write(&wishes, wishes_with_blocked()).unwrap();
+    let daemon = Daemon::start(&ns, &wishes, FAST);
+    daemon.wait_log("ready: netfilter matches");
+    let wished = ["192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"].map(String::from);
+    let trusted_polls = || {
+        daemon
+            .log_lines_with("ipset blocked: unchanged since its last full read")
+            .len()
+    };
+    // A poll after the last change that trusted the set by its summary.
+    let wait_trusted = || {
+        let n = trusted_polls();
+        wait_until(
+            "a poll that trusts `blocked` by its summary",
+            || trusted_polls() > n,
+            || daemon.log(),
+        );
+    };
+    let wait_repaired = |what: &str, within: Duration| {
+        let start = Instant::now();
+        while members_of(&ns, "blocked") != wished {
+            assert!(
+                start.elapsed() < within,
+                "{what}: not repaired within {within:?}\n{}",
+                daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let said = |needle: &str| {
+        assert!(
+            daemon.log().contains(needle),
+            "the log does not say `{needle}`:\n{}",
+            daemon.log()
+        );
+    };
+    wait_trusted();
+
+    ns.ok(&["ipset", "flush", "blocked"]);
+    wait_repaired("emptied", WAIT);
+    said("ipset blocked: 0 members now, 3 before since it was read: reading it in full");
+    wait_trusted();
+
+    ns.ok(&["ipset", "destroy", "blocked"]);
+    wait_repaired("destroyed", WAIT);
+    said("ipset blocked: it is gone since it was read: reading it in full");
+    wait_trusted();
+
+    // Made again by another program, as many members, one of them other.
+    ns.ok(&["ipset", "destroy", "blocked"]);
+    ns.ok(&["ipset", "create", "blocked", "hash:net", "family", "inet"]);
+    for m in ["192.0.2.0/24", "198.51.99.0/24", "203.0.113.0/24"] {
+        ns.ok(&["ipset", "add", "blocked", m]);
+    }
+    wait_repaired("made again", WAIT);
+    said("ipset blocked: it is `hash:net family inet");
+    wait_trusted();
+
+    // A member swapped for another: the summary stays as it was, and the
+    // full resync finds it.
+    let resyncs = || daemon.log_lines_with("ipset blocked: full resync").len();
+    let (before, memory) = (resyncs(), set_memory(&ns, "blocked"));
+    let halfway = || daemon.log_lines_with("ipset blocked: 2 members now").len();
+    let halfway_before = halfway();
+    let due = resync_in(&daemon, "blocked");
+    ns.restore(
+        "ipset",
+        &["restore"],
+        "del blocked 198.51.100.0/24\nadd blocked 198.51.101.0/24\n",
+    );
+    let unchanged = set_memory(&ns, "blocked") == memory;
+    wait_repaired("swapped", due + WAIT);
+    // (Unless a poll fell between the two lines of the swap, or the size
+    // in memory moved: then the summary found it.)
+    if unchanged && halfway() == halfway_before {
+        assert!(
+            resyncs() > before,
+            "the swap was found by the full resync:\n{}",
+            daemon.log()
+        );
+    }
+}

@@ -152,7 +152,7 @@ fn sets_exist_before_rules_use_them_and_go_after_the_rules() {
     let owned = with_record.ipsets.get_mut("pyfw-owned").unwrap();
     for c in &record {
         if c.args[0] == "add" {
-            owned.members.push(c.args[2].clone());
+            owned.members.push(&c.args[2]);
             owned.comments.insert(c.args[2].clone(), c.args[4].clone());
         }
     }

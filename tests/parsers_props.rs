@@ -159,7 +159,7 @@ proptest! {
             let mut set = Ipset {
                 kind: "hash:ip".into(),
                 options: vec!["family".into(), "inet".into(), "comment".into()],
-                members: Vec::new(),
+                members: Default::default(),
                 comments: BTreeMap::new(),
             };
             for (i, c) in comments.into_iter().enumerate() {
@@ -167,7 +167,7 @@ proptest! {
                 if let Some(c) = c {
                     set.comments.insert(member.clone(), c);
                 }
-                set.members.push(member);
+                set.members.push(&member);
             }
             all.insert(name, set);
         }

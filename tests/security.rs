@@ -390,13 +390,13 @@ fn the_daemon_refuses_insecure_wishes_unless_allowed() {
     let _ = daemon.wait();
 }
 
-/// A wishes file over 16 MiB is refused at once, without being parsed.
+/// A wishes file over 64 MiB is refused at once, without being parsed.
 #[test]
 fn an_oversized_wishes_file_is_refused() {
     let dir = secure_dir();
     let wishes = dir.path().join("wishes.yaml");
     let mut text = spec("wishes.yaml");
-    text.push_str(&format!("# {}\n", "x".repeat(17 << 20)));
+    text.push_str(&format!("# {}\n", "x".repeat(65 << 20)));
     std::fs::write(&wishes, text).unwrap();
     chmod(&wishes, 0o644);
     let empty = tempfile::NamedTempFile::new().unwrap();
@@ -411,7 +411,7 @@ fn an_oversized_wishes_file_is_refused() {
         &[],
     );
     assert_eq!(out.code(), Some(1), "{out}");
-    assert!(out.stderr.contains("larger than 16 MiB"), "{out}");
+    assert!(out.stderr.contains("larger than 64 MiB"), "{out}");
 }
 
 /// A FIFO at the wishes path is refused at once with a clear error, by

@@ -192,7 +192,7 @@ fn names_in(lines: &[String], names: &[&str]) -> Vec<String> {
 fn members(ns: &Netns, set: &str) -> Option<BTreeSet<String>> {
     let sets = pyfw::state::parse_ipset_save(&ns.ipset_save()).expect("parse ipset save");
     sets.get(set)
-        .map(|s| s.members.iter().cloned().collect::<BTreeSet<_>>())
+        .map(|s| s.members.iter().map(String::from).collect::<BTreeSet<_>>())
 }
 
 /// A set's type and create options, `None` when it does not exist.

@@ -308,15 +308,28 @@ impl Printer {
     fn event(&mut self, e: Event) {
         match e {
             Event::Executing {
-                index, total, line, ..
+                index,
+                total,
+                count,
+                line,
+                ..
             } => {
                 let digits = total.checked_ilog10().map_or(1, |d| d as usize + 1);
                 self.width = self.width.max(digits);
                 let width = self.width;
-                let _ = writeln!(
-                    self.out,
-                    "Executing command {index:>width$}/{total}: {line}"
-                );
+                // A run of more than a thousand member commands is one line
+                // (`pyfw plan` lists them one by one).
+                let _ = match count {
+                    0 | 1 => writeln!(
+                        self.out,
+                        "Executing command {index:>width$}/{total}: {line}"
+                    ),
+                    n => writeln!(
+                        self.out,
+                        "Executing commands {index}-{}/{total}: {line}",
+                        index + n - 1
+                    ),
+                };
             }
             Event::Transaction {
                 index,

@@ -37,6 +37,7 @@ pub fn offline(cli: &Cli, command: &Cmd) -> Result<ExitCode, Error> {
         .collect();
     crate::cli::print_plan_warnings(&wishes, &warnings);
     if plan_json(command) {
+        let plan = plan.expanded();
         let doc = PlanDoc::new(&wishes.path, Comparison::Builtin, true, &plan, |c| {
             c.program.name().to_string()
         });

@@ -38,13 +38,10 @@ pub fn show(
     }
     if plan_json(command) {
         let backend = reconciler.backend();
-        let doc = PlanDoc::new(
-            &wishes.path,
-            planned.comparison,
-            false,
-            &planned.plan,
-            |c| backend.binary(c.program),
-        );
+        let plan = planned.plan.expanded();
+        let doc = PlanDoc::new(&wishes.path, planned.comparison, false, &plan, |c| {
+            backend.binary(c.program)
+        });
         print!("{}", doc.to_json()?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -84,9 +81,11 @@ pub fn plan_json(command: &Cmd) -> bool {
 }
 
 /// A plan as printed: each command's reason (when it changes) as a `#`
-/// line, then the command as the backend would run it (an nft script, on
-/// the lines after its command, as one entry).
+/// line, then the command as the backend would run it: an nft script on
+/// the lines after its command, as one entry; a run of member commands one
+/// by one.
 pub fn plan_lines(plan: &Plan, show: impl Fn(&crate::plan::Command) -> String) -> Vec<String> {
+    let plan = plan.expanded();
     let mut out = Vec::new();
     let mut last_reason = "";
     for c in &plan.commands {

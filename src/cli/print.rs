@@ -69,8 +69,8 @@ pub fn print_changes(
 }
 
 /// More member changes than this in one set are summarised in "State
-/// changes" rather than listed.
-const LIST_MAX: usize = 1000;
+/// changes" rather than listed (as many as make a run of commands).
+const LIST_MAX: usize = crate::plan::RUN_OVER;
 
 /// The sets whose members `plan` changes more than [`LIST_MAX`] times,
 /// with how many members it adds and removes.
@@ -86,8 +86,8 @@ pub fn big_set_changes(plan: &Plan) -> BTreeMap<String, (usize, usize)> {
             continue;
         };
         let (added, removed) = match op.as_str() {
-            "add" => (1, 0),
-            "del" => (0, 1),
+            "add" => (c.count(), 0),
+            "del" => (0, c.count()),
             _ => continue,
         };
         // The name is copied once per set, not per member.
@@ -171,7 +171,7 @@ fn print_set_changes(
         set.map(|s| {
             s.members
                 .iter()
-                .map(|m| (m.as_str(), s.comments.get(m).map(String::as_str)))
+                .map(|m| (m, s.comments.get(m).map(String::as_str)))
                 .collect()
         })
         .unwrap_or_default()
@@ -188,15 +188,15 @@ fn print_set_changes(
         }
         let _ = writeln!(out);
     };
-    for m in old.map(|s| s.members.as_slice()).unwrap_or_default() {
-        let comment = was.get(m.as_str()).copied().flatten();
-        if is.get(m.as_str()) != Some(&comment) {
+    for m in old.iter().flat_map(|s| s.members.iter()) {
+        let comment = was.get(m).copied().flatten();
+        if is.get(m) != Some(&comment) {
             line("-", m, comment);
         }
     }
-    for m in new.map(|s| s.members.as_slice()).unwrap_or_default() {
-        let comment = is.get(m.as_str()).copied().flatten();
-        if was.get(m.as_str()) != Some(&comment) {
+    for m in new.iter().flat_map(|s| s.members.iter()) {
+        let comment = is.get(m).copied().flatten();
+        if was.get(m) != Some(&comment) {
             line("+", m, comment);
         }
     }

@@ -64,6 +64,9 @@ pub trait Reconcile: Send + 'static {
     /// What stops an apply in flight at its next transaction, putting back
     /// what ran.
     fn interrupt(&self) -> Interrupt;
+    /// The next plan reads every wished set in full, not trusting any
+    /// summary (SIGHUP: the operator asked for a fresh look).
+    fn read_all_sets_next(&mut self) {}
 }
 
 impl<B: Backend + Send + 'static> Reconcile for Reconciler<B> {
@@ -82,6 +85,10 @@ impl<B: Backend + Send + 'static> Reconcile for Reconciler<B> {
     fn interrupt(&self) -> Interrupt {
         Reconciler::interrupt(self)
     }
+
+    fn read_all_sets_next(&mut self) {
+        Reconciler::read_all_sets_next(self)
+    }
 }
 
 /// Wishes and the bytes they were read from.
@@ -91,12 +98,36 @@ pub struct Loaded {
     pub text: Vec<u8>,
     /// The file's modification time when it was read.
     pub modified: Option<SystemTime>,
+    /// What the read found, to skip reading an unchanged file on a poll
+    /// (see [`file::Stamp`]); `None` for wishes not read from the file.
+    pub stamp: Option<file::Stamp>,
+    /// `file::version` without the time, worked out once: hashing a 22 MB
+    /// file for `STATUS=` after every poll was a third of the poll's CPU.
+    enforced: String,
 }
 
 impl Loaded {
+    /// The wishes read by `read`.
+    fn new(wishes: Wishes, read: Read) -> Loaded {
+        Loaded {
+            wishes,
+            stamp: Some(read.stamp()),
+            enforced: file::version(&read.text, None),
+            text: read.text,
+            modified: read.modified,
+        }
+    }
+
     /// `content HASH, modified TIME`, for the log.
     fn version(&self) -> String {
-        file::version(&self.text, self.modified)
+        match self.modified {
+            Some(t) => format!(
+                "{}, modified {}",
+                self.enforced,
+                humantime::format_rfc3339_seconds(t)
+            ),
+            None => self.enforced.clone(),
+        }
     }
 }
 
@@ -105,11 +136,7 @@ impl Loaded {
 pub fn load(path: &Path) -> Result<Loaded, LoadError> {
     let read = Read::from(path).map_err(|e| file_error(path, format!("cannot read: {e}")))?;
     let wishes = parse(path, &read.text)?;
-    Ok(Loaded {
-        wishes,
-        text: read.text,
-        modified: read.modified,
-    })
+    Ok(Loaded::new(wishes, read))
 }
 
 fn parse(path: &Path, text: &[u8]) -> Result<Wishes, LoadError> {
@@ -375,7 +402,7 @@ impl<R: Reconcile> Core<R> {
     /// Which wishes are enforced, and what is wrong with the file.
     fn enforcing(&self) -> String {
         let path = self.path.display();
-        let enforced = file::version(&self.active.text, None);
+        let enforced = &self.active.enforced;
         let what = match self.proven {
             true => "the last wishes that applied",
             false => "the last good wishes",
@@ -444,6 +471,9 @@ impl<R: Reconcile> Core<R> {
         } else {
             "timer"
         };
+        if sighup {
+            self.rec.read_all_sets_next();
+        }
         let mut retry_new = false;
         loop {
             match self.reconcile(named, &job.held) {
@@ -488,6 +518,16 @@ impl<R: Reconcile> Core<R> {
             self.say_writing(force);
             return false;
         }
+        // A poll (no file event, no signal, no retry) with nothing
+        // reported or settling need not read an unchanged file again.
+        let poll = !force
+            && !job.triggers.contains(Trigger::FileEvent)
+            && !job.triggers.contains(Trigger::Retry);
+        if poll && self.reported.is_none() && self.active.stamp.is_some_and(|s| s.unchanged(&path))
+        {
+            self.settling.clear();
+            return false;
+        }
         let read = match Read::from(&path) {
             Ok(read) => read,
             Err(e) => {
@@ -496,6 +536,7 @@ impl<R: Reconcile> Core<R> {
             }
         };
         if read.text == self.active.text {
+            self.active.stamp = Some(read.stamp());
             self.settling.clear();
             self.back_in_force(force);
             return false;
@@ -588,11 +629,7 @@ impl<R: Reconcile> Core<R> {
         match parse(&path, &read.text) {
             Ok(wishes) => {
                 let (chains, sets) = (wishes.chains.len(), wishes.ipsets.len());
-                let loaded = Loaded {
-                    wishes,
-                    text: read.text,
-                    modified: read.modified,
-                };
+                let loaded = Loaded::new(wishes, read);
                 match retrying {
                     true => tracing::info!(
                         file = %shown,
@@ -785,14 +822,16 @@ impl<R: Reconcile> Core<R> {
         }
         // New wishes: what each command serves, to name the wish whose
         // transaction the kernel refuses.
-        let serves: Vec<String> = match self.proven {
+        let serves: Vec<(usize, String)> = match self.proven {
             true => Vec::new(),
-            false => plan.commands.iter().map(serves).collect(),
+            false => numbered(plan).map(|(at, c)| (at, serves(c))).collect(),
         };
         let started = Instant::now();
         // Commands announced and not yet reported: a transaction announces
         // all its commands, runs them at once, then reports each as done.
-        let mut pending: VecDeque<(usize, usize, String, Command)> = VecDeque::new();
+        // Each is known by its command's address: a run of 100,000
+        // members is not copied to be matched.
+        let mut pending: VecDeque<Announced> = VecDeque::new();
         let mut transaction: Option<String> = None;
         let mut in_flight: Range<usize> = 0..0;
         let metrics = self.metrics.as_deref();
@@ -816,27 +855,36 @@ impl<R: Reconcile> Core<R> {
             Event::Executing {
                 index,
                 total,
+                count,
                 command,
                 line,
-            } => pending.push_back((index, total, line, command.clone())),
+            } => pending.push_back(Announced {
+                address: std::ptr::from_ref(command) as usize,
+                numbers: numbers(index, count, total),
+                line,
+                target: command.target.clone(),
+                wish: command.wish.clone(),
+            }),
             Event::Done { command } => {
                 if let Some(m) = metrics {
                     m.observe_correction(command);
                 }
-                let at = pending.iter().position(|p| p.3 == *command).unwrap_or(0);
-                if let Some((index, total, line, command)) = pending.remove(at) {
-                    let at = Label::parse(&command.target);
+                let address = std::ptr::from_ref(command) as usize;
+                let at = pending.iter().position(|p| p.address == address);
+                if let Some(done) = pending.remove(at.unwrap_or(0)) {
+                    let at = Label::parse(&done.target);
+                    let (numbers, line) = (&done.numbers, &done.line);
                     tracing::info!(
                         trigger,
                         family = at.family,
                         table = at.table,
                         chain = at.chain,
                         ipset = at.ipset,
-                        wish = command.wish.as_deref(),
+                        wish = done.wish.as_deref(),
                         command = %line,
                         result = "ok",
                         exit_status = 0,
-                        "ran {index}/{total}: {line}"
+                        "ran {numbers}: {line}"
                     );
                 }
             }
@@ -880,7 +928,11 @@ impl<R: Reconcile> Core<R> {
                 drop(pending);
                 // Commands are numbered from 1 in the events.
                 let failing = in_flight.start.saturating_sub(1)..in_flight.end.saturating_sub(1);
-                self.failure(e, name_wishes(serves.get(failing).unwrap_or_default()))
+                let named: Vec<String> = (serves.into_iter())
+                    .filter(|(at, _)| failing.contains(at))
+                    .map(|(_, label)| label)
+                    .collect();
+                self.failure(e, name_wishes(&named))
             }
         }
     }
@@ -1067,6 +1119,35 @@ fn serves(c: &Command) -> String {
     }
 }
 
+/// A command announced by an apply and not yet reported done: known by
+/// its address, with what its log line says.
+struct Announced {
+    address: usize,
+    /// `i/N`, or `i-j/N` for a run.
+    numbers: String,
+    line: String,
+    target: String,
+    wish: Option<String>,
+}
+
+/// `index/total`, or `index-last/total` for a run of `count` commands.
+fn numbers(index: usize, count: usize, total: usize) -> String {
+    match count {
+        0 | 1 => format!("{index}/{total}"),
+        n => format!("{index}-{}/{total}", index + n - 1),
+    }
+}
+
+/// Each command of `plan` with the number (0-based) of the first command
+/// it stands for, a run counting as its members.
+fn numbered(plan: &Plan) -> impl Iterator<Item = (usize, &Command)> {
+    plan.commands.iter().scan(0, |next, c| {
+        let at = *next;
+        *next += c.count();
+        Some((at, c))
+    })
+}
+
 /// The distinct wishes `serves` names, as one label (`a, b, c and 2
 /// more`); `None` for none.
 fn name_wishes(serves: &[String]) -> Option<String> {
@@ -1219,6 +1300,7 @@ pub(crate) mod fake {
                 reason: format!("filter/INPUT: {name} missing"),
                 target: "filter/INPUT".into(),
                 wish: Some(name),
+                members: Default::default(),
             })
             .collect();
         Plan {
@@ -1350,6 +1432,7 @@ pub(crate) mod fake {
                 on(Event::Executing {
                     index: i + 1,
                     total,
+                    count: 1,
                     command,
                     line: command.to_string(),
                 });

@@ -358,7 +358,7 @@ impl Metrics {
                 chain,
                 wish: command.wish.clone().unwrap_or_default(),
             })
-            .inc();
+            .inc_by(command.count() as u64);
     }
 
     /// An apply (successful or not) took `took`.

@@ -249,6 +249,16 @@ pub trait Backend {
     fn binary(&self, program: Program) -> String {
         program.name().to_string()
     }
+    /// The summaries, without members, of the sets `names` that exist
+    /// (`ipset list -terse`), by name; `None` when this backend cannot
+    /// tell, and the sets must be read.
+    fn set_summaries(
+        &mut self,
+        names: &std::collections::BTreeSet<String>,
+    ) -> Result<Option<std::collections::BTreeMap<String, SetSummary>>, Error> {
+        let _ = names;
+        Ok(None)
+    }
     /// The owned nftables table `family name` as `listing` prints it;
     /// `None` when it does not exist. A backend without nftables has none
     /// to read, and says so.
@@ -308,9 +318,14 @@ fn no_nft() -> Error {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SetSummary {
     pub kind: String,
-    /// Create options, as `ipset save` prints them.
+    /// Create options, as `ipset save` prints them. A set made again has
+    /// another `initval` (the kernel picks one at random), so this tells
+    /// a recreated set from the one before.
     pub options: Vec<String>,
     pub members: usize,
+    /// The kernel's `Size in memory`: it moves with most member changes,
+    /// and never on its own.
+    pub memory: Option<u64>,
 }
 
 /// A batch that failed, and which of its commands (an index into the

@@ -114,9 +114,20 @@ impl Runner {
         // The buffer grew by doubling: a 15 MB save could hold 30 MB while
         // it is parsed. Shrinking a buffer that size moves pages, not bytes.
         stdout.shrink_to_fit();
-        let stdout = String::from_utf8(stdout)
-            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-        Ok(Output { stdout, stderr })
+        Ok(Output {
+            stdout: stdout_text(stdout),
+            stderr,
+        })
+    }
+
+    /// [`Runner::exec`], with the input written by `feed` as the tool
+    /// reads it (on a thread of its own), never held whole.
+    pub fn exec_fed(&self, program: &str, args: &[String], feed: &Feed) -> Result<Output, Error> {
+        let (stdout, stderr) = self.exec_feeding(program, args, Some(feed), Vec::new())?;
+        Ok(Output {
+            stdout: stdout_text(stdout),
+            stderr,
+        })
     }
 
     /// [`System::exec`], with stdout handed to `sink` as it arrives rather
@@ -126,6 +137,24 @@ impl Runner {
         program: &str,
         args: &[String],
         input: Option<&str>,
+        sink: S,
+    ) -> Result<(S, String), Error> {
+        match input {
+            Some(text) => {
+                let feed = |w: &mut dyn Write| w.write_all(text.as_bytes());
+                self.exec_feeding(program, args, Some(&feed), sink)
+            }
+            None => self.exec_feeding(program, args, None, sink),
+        }
+    }
+
+    /// Runs the tool, its input written by `feed`, its stdout handed to
+    /// `sink`.
+    fn exec_feeding<S: Sink>(
+        &self,
+        program: &str,
+        args: &[String],
+        feed: Option<&Feed>,
         sink: S,
     ) -> Result<(S, String), Error> {
         let command = format!("{program} {}", crate::state::rule::display_args(args));
@@ -156,7 +185,7 @@ impl Runner {
             .process_group(0)
             .args(args)
             .env("LC_ALL", "C")
-            .stdin(if input.is_some() {
+            .stdin(if feed.is_some() {
                 Stdio::piped()
             } else {
                 Stdio::null()
@@ -176,19 +205,48 @@ impl Runner {
                 source: std::io::Error::new(e.kind(), format!("no thread for its pipes: {e}")),
             }
         };
-        let writer = match (input, child.stdin.take()) {
-            (Some(text), Some(mut stdin)) => {
-                let text = text.to_string();
-                // A tool that exits early closes the pipe; its own error says why.
-                let spawned =
-                    std::thread::Builder::new()
+        let stdin = child.stdin.take();
+        // The input is written on a thread of this scope, from what the
+        // caller holds: no copy of it is made.
+        std::thread::scope(|scope| {
+            let writer = match (feed, stdin) {
+                (Some(feed), Some(mut stdin)) => {
+                    // A tool that exits early closes the pipe; its own
+                    // error says why.
+                    let spawned = std::thread::Builder::new()
                         .name("pyfw-stdin".into())
-                        .spawn(move || {
-                            let _ = stdin.write_all(text.as_bytes());
+                        .spawn_scoped(scope, move || {
+                            let _ = feed(&mut stdin);
                         });
-                Some(spawned.map_err(|e| no_thread(&mut child, e))?)
+                    Some(spawned.map_err(|e| no_thread(&mut child, e))?)
+                }
+                _ => None,
+            };
+            self.wait_for(&command, program, child, writer, sink)
+        })
+    }
+
+    /// Drains the started tool's output into `sink` and waits for it (and
+    /// for the thread writing its input, if any), within the timeout.
+    fn wait_for<S: Sink>(
+        &self,
+        command: &str,
+        program: &str,
+        mut child: Child,
+        writer: Option<std::thread::ScopedJoinHandle<'_, ()>>,
+        sink: S,
+    ) -> Result<(S, String), Error> {
+        let command = command.to_string();
+        let spawn_err = |source: std::io::Error| Error::Spawn {
+            command: command.clone(),
+            source,
+        };
+        let no_thread = |child: &mut Child, e: std::io::Error| {
+            kill(child);
+            Error::Spawn {
+                command: command.clone(),
+                source: std::io::Error::new(e.kind(), format!("no thread for its pipes: {e}")),
             }
-            _ => None,
         };
         let stdout = drain(child.stdout.take(), self.max_output, sink)
             .map_err(|e| no_thread(&mut child, e))?;
@@ -238,6 +296,25 @@ impl Runner {
         }
         Ok((stdout, stderr))
     }
+}
+
+/// The CPU this process has used so far, with that of the children it has
+/// waited for (user and system time): what a daemon's poll costs, tools
+/// included.
+pub fn cpu_used() -> Duration {
+    let of = |who| {
+        // SAFETY: getrusage(2) only fills the struct it is given.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(who, &mut usage) } != 0 {
+            return Duration::ZERO;
+        }
+        let time = |t: libc::timeval| {
+            Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+                + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+        };
+        time(usage.ru_utime) + time(usage.ru_stime)
+    };
+    of(libc::RUSAGE_SELF) + of(libc::RUSAGE_CHILDREN)
 }
 
 /// The processes this pyfw started lately, so that the daemon can tell its
@@ -330,6 +407,9 @@ fn kill(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// What writes a tool's input, as the tool reads it.
+pub type Feed<'a> = dyn Fn(&mut dyn Write) -> std::io::Result<()> + Sync + 'a;
+
 /// Where a tool's output goes, as it arrives, on the thread that drains
 /// its pipe.
 pub(crate) trait Sink: Send + 'static {
@@ -343,6 +423,12 @@ impl Sink for Vec<u8> {
     fn feed(&mut self, bytes: &[u8]) {
         self.extend_from_slice(bytes);
     }
+}
+
+/// What a tool printed on stdout, as text: no copy when it is UTF-8, as
+/// it always is under `LC_ALL=C` (the parsers refuse the odd byte).
+fn stdout_text(stdout: Vec<u8>) -> String {
+    String::from_utf8(stdout).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// What a tool printed on stderr, as text (bytes that are not UTF-8

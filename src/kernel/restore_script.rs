@@ -61,30 +61,6 @@ pub(crate) fn batch_program(
     }
 }
 
-/// The program, arguments and input that run `commands` as one batch.
-pub(crate) fn batch_input(
-    restore: impl Fn(Family) -> String,
-    commands: &[&Command],
-) -> (String, Vec<String>, String) {
-    match commands[0].program {
-        Program::Iptables(family) => {
-            let args = ["--noflush", "--wait"].map(String::from).to_vec();
-            (restore(family), args, iptables_restore_input(commands))
-        }
-        Program::Ipset => {
-            let (program, args) = batch_program(restore, commands);
-            (program, args, RestoreScript::new(commands).text)
-        }
-        Program::Nft => {
-            let (program, args) = batch_program(restore, commands);
-            let scripts = commands
-                .iter()
-                .filter_map(|c| crate::plan::nft::script_of(c));
-            (program, args, scripts.collect())
-        }
-    }
-}
-
 /// The input of one `iptables-restore --noflush` transaction running
 /// `commands` (one family and table, as [`crate::kernel::transactions`]
 /// groups them).
@@ -276,44 +252,73 @@ pub const FILL_PREFIX: &str = "_pyfw_fill_";
 /// that change type or options are rebuilt the same way by the planner and
 /// swapped in (`plan::plan_ipset`). The plan still lists the commands as
 /// the spec writes them (`ipset create NAME`, `ipset add NAME ...`).
-#[derive(Clone, Debug, Default)]
-pub struct RestoreScript {
-    pub text: String,
-    /// For each input line, how many of the commands had taken effect
-    /// before it.
-    done_before: Vec<usize>,
+///
+/// The input is written as the tool reads it ([`RestoreScript::write`]),
+/// from the commands themselves: a 100,000-member fill is some 3 MB of
+/// text, which is never held whole. A run of member commands
+/// ([`Command::members`]) is a line per member. Input lines are numbered
+/// as the plan numbers commands, a run counting as its members
+/// ([`RestoreScript::command_at`]).
+#[derive(Clone, Debug)]
+pub struct RestoreScript<'a> {
+    commands: &'a [&'a Command],
+    /// What each stretch of input lines is, in order.
+    spans: Vec<Span>,
     /// Each temporary set and its lines (0-based), creation to rename.
     fills: Vec<(String, std::ops::Range<usize>)>,
 }
 
-impl RestoreScript {
-    pub fn new(commands: &[&Command]) -> RestoreScript {
-        // Sized up front: a 100,000-member fill is some 3 MB of text, which
-        // doubling its way up would copy and fault in several times over.
-        let words: usize = commands.iter().map(|c| c.args.len()).sum();
-        let bytes: usize = commands.iter().flat_map(|c| &c.args).map(String::len).sum();
+/// A stretch of input lines.
+#[derive(Clone, Debug)]
+struct Span {
+    /// Its lines (0-based).
+    lines: std::ops::Range<usize>,
+    /// The batch's numbered commands that had taken effect before it (a
+    /// run's member counts as one; a fill's lines all count from its
+    /// `create`), and whether each line of it adds one (a command's lines)
+    /// or none (a fill's lines).
+    done_before: usize,
+    each: bool,
+    what: Piece,
+}
+
+#[derive(Clone, Debug)]
+enum Piece {
+    /// Command `index`'s line, or lines (a run), with the set name (the
+    /// second word) replaced by `rename` when given.
+    Command {
+        index: usize,
+        rename: Option<String>,
+    },
+    /// A line of the script's own (a fill's `destroy` and `rename`).
+    Own(Vec<String>),
+}
+
+impl<'a> RestoreScript<'a> {
+    pub fn new(commands: &'a [&'a Command]) -> RestoreScript<'a> {
         let mut out = RestoreScript {
-            text: String::with_capacity(bytes + words + 128),
-            done_before: Vec::with_capacity(commands.len() + 2),
+            commands,
+            spans: Vec::with_capacity(commands.len() + 2),
             fills: Vec::new(),
         };
-        // One line: `args`, with the set name (the second word) replaced by
-        // `name` when given.
-        let line = |out: &mut RestoreScript, args: &[&str], name: Option<&str>, before: usize| {
-            for (i, a) in args.iter().enumerate() {
-                if i > 0 {
-                    out.text.push(' ');
-                }
-                let a = match (i, name) {
-                    (1, Some(n)) => n,
-                    _ => a,
-                };
-                push_word(&mut out.text, a);
-            }
-            out.text.push('\n');
-            out.done_before.push(before);
+        // Numbered commands before each command.
+        let mut numbered = Vec::with_capacity(commands.len());
+        let mut n = 0;
+        for c in commands {
+            numbered.push(n);
+            n += c.count();
+        }
+        let mut line = 0;
+        let mut push = |out: &mut RestoreScript, lines: usize, done, each, what| {
+            out.spans.push(Span {
+                lines: line..line + lines,
+                done_before: done,
+                each,
+                what,
+            });
+            line += lines;
+            line
         };
-        let mut words: Vec<&str> = Vec::new();
         let mut i = 0;
         while i < commands.len() {
             let args = &commands[i].args;
@@ -332,33 +337,95 @@ impl RestoreScript {
                 _ => 0,
             };
             if adds == 0 {
-                words.clear();
-                words.extend(args.iter().map(String::as_str));
-                line(&mut out, &words, None, i);
+                let piece = Piece::Command {
+                    index: i,
+                    rename: None,
+                };
+                push(&mut out, commands[i].count(), numbered[i], true, piece);
                 i += 1;
                 continue;
             }
             let mut tmp = format!("{FILL_PREFIX}{name}");
             tmp.truncate(31);
-            line(&mut out, &["destroy", &tmp], None, i);
-            let first = out.done_before.len();
-            for c in &commands[i..=i + adds] {
-                words.clear();
-                words.extend(c.args.iter().map(String::as_str));
-                line(&mut out, &words, Some(&tmp), i);
+            let done = numbered[i];
+            let own = |words: &[&str]| Piece::Own(words.iter().map(|w| w.to_string()).collect());
+            // A restore stopped at the `destroy` left no temporary set.
+            let first = push(&mut out, 1, done, false, own(&["destroy", &tmp]));
+            for (k, c) in commands[i..=i + adds].iter().enumerate() {
+                let piece = Piece::Command {
+                    index: i + k,
+                    rename: Some(tmp.clone()),
+                };
+                push(&mut out, c.count(), done, false, piece);
             }
-            line(&mut out, &["rename", &tmp, name], None, i);
-            out.fills.push((tmp.clone(), first..out.done_before.len()));
+            let end = push(&mut out, 1, done, false, own(&["rename", &tmp, name]));
+            out.fills.push((tmp, first..end));
             i += adds + 1;
         }
         out
     }
 
-    /// The command input line `line` (1-based, as ipset reports it) came
-    /// from (a fill's lines all come from its `create`); as many commands
-    /// had taken effect before it.
+    /// Writes the input, a line at a time, into `to` (buffered here).
+    pub fn write(&self, to: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, to);
+        let mut line = String::new();
+        let mut words: Vec<&str> = Vec::new();
+        for span in &self.spans {
+            match &span.what {
+                Piece::Own(own) => {
+                    words.clear();
+                    words.extend(own.iter().map(String::as_str));
+                    write_line(&mut out, &mut line, &words)?;
+                }
+                Piece::Command { index, rename } => {
+                    let c = self.commands[*index];
+                    words.clear();
+                    words.extend(c.args.iter().map(String::as_str));
+                    if let (Some(name), Some(word)) = (rename, words.get_mut(1)) {
+                        *word = name;
+                    }
+                    if !c.is_run() {
+                        write_line(&mut out, &mut line, &words)?;
+                        continue;
+                    }
+                    let ops = words.len();
+                    for member in c.members.iter() {
+                        words.truncate(ops);
+                        words.extend(crate::state::set_type::member_words(member));
+                        write_line(&mut out, &mut line, &words)?;
+                    }
+                }
+            }
+        }
+        std::io::Write::flush(&mut out)
+    }
+
+    /// The whole input as text (for tests and small batches).
+    pub fn text(&self) -> String {
+        let mut bytes = Vec::new();
+        // Writing into memory does not fail.
+        let _ = self.write(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// How many of the batch's numbered commands took effect when the
+    /// restore stopped at input line `line` (1-based, as ipset reports
+    /// it).
+    pub fn applied_before(&self, line: usize) -> usize {
+        self.command_at(line).unwrap_or(0)
+    }
+
+    /// The numbered command (0-based, within the batch, a run counting as
+    /// its members) that input line `line` (1-based, as ipset reports it)
+    /// came from; a fill's lines all come from its `create`.
     pub fn command_at(&self, line: usize) -> Option<usize> {
-        self.done_before.get(line.checked_sub(1)?).copied()
+        let l = line.checked_sub(1)?;
+        let at = self.spans.partition_point(|s| s.lines.end <= l);
+        let span = self.spans.get(at).filter(|s| s.lines.contains(&l))?;
+        Some(match span.each {
+            true => span.done_before + (l - span.lines.start),
+            false => span.done_before,
+        })
     }
 
     /// Temporary sets a restore that stopped at `line` (1-based; `None`:
@@ -381,6 +448,23 @@ impl RestoreScript {
                 && a.get(1) == b.get(1)
         })
     }
+}
+
+/// One `ipset restore` line of `words`, through the reused `line`.
+fn write_line(
+    out: &mut impl std::io::Write,
+    line: &mut String,
+    words: &[&str],
+) -> std::io::Result<()> {
+    line.clear();
+    for (i, w) in words.iter().enumerate() {
+        if i > 0 {
+            line.push(' ');
+        }
+        push_word(line, w);
+    }
+    line.push('\n');
+    out.write_all(line.as_bytes())
 }
 
 /// One word of an `ipset restore` line. ipset reads a line as words apart
@@ -412,6 +496,7 @@ mod tests {
             reason: String::new(),
             target: String::new(),
             wish: None,
+            members: Default::default(),
         }
     }
 
@@ -430,7 +515,7 @@ mod tests {
         let refs: Vec<&Command> = commands.iter().collect();
         let script = RestoreScript::new(&refs);
         assert_eq!(
-            script.text,
+            script.text(),
             "del old 10.0.0.9\n\
              destroy _pyfw_fill_allowed\n\
              create _pyfw_fill_allowed hash:ip maxelem 131072\n\
@@ -463,7 +548,52 @@ mod tests {
         ]
         .map(ipset);
         let refs: Vec<&Command> = swap.iter().collect();
-        assert!(!RestoreScript::new(&refs).text.contains("fill"));
+        assert!(!RestoreScript::new(&refs).text().contains("fill"));
+    }
+
+    /// A run of member commands is written, and its lines numbered, as
+    /// the commands it stands for, inside a fill and out of one.
+    #[test]
+    fn a_run_is_written_and_numbered_as_its_members() {
+        let run = |args: &str, members: &[&str]| {
+            let mut c = ipset(args);
+            c.members = members.iter().copied().collect();
+            c
+        };
+        let commands = [
+            ipset("create allowed hash:ip"),
+            run(
+                "add allowed",
+                &["10.0.0.1", "10.0.0.2 comment \"a b\"", "10.0.0.3"],
+            ),
+            ipset("add other 10.9.9.9"),
+            run("del other", &["10.0.1.1", "10.0.1.2"]),
+            ipset("del other 10.0.2.1"),
+        ];
+        let runs: Vec<&Command> = commands.iter().collect();
+        let each: Vec<Command> = commands.iter().flat_map(Command::expand).collect();
+        assert_eq!(each.len(), 8);
+        let each: Vec<&Command> = each.iter().collect();
+        let (script, plain) = (RestoreScript::new(&runs), RestoreScript::new(&each));
+        assert_eq!(script.text(), plain.text());
+        assert!(
+            script
+                .text()
+                .contains("add _pyfw_fill_allowed 10.0.0.2 comment \"a b\"\n"),
+            "{}",
+            script.text()
+        );
+        let lines = script.text().lines().count();
+        for line in 0..=lines + 1 {
+            assert_eq!(
+                script.command_at(line),
+                plain.command_at(line),
+                "line {line}"
+            );
+            assert_eq!(script.leftovers(Some(line)), plain.leftovers(Some(line)));
+        }
+        // The second member deleted is numbered 7 (0-based 6), on line 9.
+        assert_eq!(script.command_at(9), Some(6));
     }
 
     /// A planned iptables command on filter/INPUT: `line` after `-w -t
@@ -483,6 +613,7 @@ mod tests {
             reason: String::new(),
             target: String::new(),
             wish: None,
+            members: Default::default(),
         }
     }
 

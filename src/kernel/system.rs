@@ -8,7 +8,8 @@ use crate::kernel::backend::{Backend, BatchError, Error, Learned, Listing, RuleC
 use crate::kernel::legacy_cache::LegacyCache;
 use crate::kernel::process::{Output, Runner, Sink};
 use crate::kernel::restore_script::{
-    batch_input, batch_program, command_at_line, ipset_error_line, restore_error_line,
+    RestoreScript, batch_program, command_at_line, ipset_error_line, iptables_restore_input,
+    restore_error_line,
 };
 use crate::kernel::scope::Scope;
 use crate::plan::{Command, Program};
@@ -77,6 +78,18 @@ impl System {
     ) -> Result<Output, Error> {
         self.ran(program);
         self.runner.exec(program, args, input)
+    }
+
+    /// [`System::exec`], with the input written by `feed` as the tool
+    /// reads it.
+    pub fn exec_fed(
+        &self,
+        program: &str,
+        args: &[String],
+        feed: &crate::kernel::process::Feed,
+    ) -> Result<Output, Error> {
+        self.ran(program);
+        self.runner.exec_fed(program, args, feed)
     }
 
     /// [`System::exec`], with stdout handed to `sink` as it arrives.
@@ -151,8 +164,8 @@ impl Backend for System {
     }
 
     fn run(&mut self, command: &Command) -> Result<(), Error> {
-        if command.program == Program::Nft {
-            return self.run_nft(&[command]).map_err(|e| e.cause);
+        if command.program == Program::Nft || command.is_run() {
+            return self.run_batch(&[command]).map_err(|e| e.cause);
         }
         self.exec(&self.binary(command.program), &command.args, None)
             .map(|_| ())
@@ -165,47 +178,53 @@ impl Backend for System {
         if first.program == Program::Nft {
             return self.run_nft(commands);
         }
-        if commands.len() == 1 {
+        if let [one] = commands
+            && !one.is_run()
+        {
             return self.run(first).map_err(|cause| BatchError {
                 failed_at: Some(0),
                 cause,
             });
         }
-        let (program, args, text) = batch_input(|f| self.tool(f, "-restore"), commands);
-        let Err(cause) = self.exec(&program, &args, Some(&text)) else {
-            return Ok(());
-        };
-        let stderr = match &cause {
-            Error::Failed { stderr, .. } => stderr.as_str(),
-            _ => "",
-        };
-        let failed_at = match first.program {
+        let (program, args) = batch_program(|f| self.tool(f, "-restore"), commands);
+        match first.program {
             Program::Iptables(_) => {
-                restore_error_line(stderr).and_then(|n| command_at_line(&text, n, commands))
+                let text = iptables_restore_input(commands);
+                let Err(cause) = self.exec(&program, &args, Some(&text)) else {
+                    return Ok(());
+                };
+                let failed_at = restore_error_line(stderr_of(&cause))
+                    .and_then(|n| command_at_line(&text, n, commands));
+                Err(BatchError { failed_at, cause })
             }
-            // ipset restore stops at the failing line; a set it was
-            // filling under a temporary name never got its own name.
+            // Written as ipset reads it (a 100,000-member fill is never
+            // held as text). ipset restore stops at the failing line; a
+            // set it was filling under a temporary name never got its own
+            // name.
             Program::Ipset => {
-                let line = ipset_error_line(stderr);
-                let script = crate::kernel::restore_script::RestoreScript::new(commands);
+                let script = RestoreScript::new(commands);
+                let feed = |w: &mut dyn std::io::Write| script.write(w);
+                let Err(cause) = self.exec_fed(&program, &args, &feed) else {
+                    return Ok(());
+                };
+                let line = ipset_error_line(stderr_of(&cause));
                 for tmp in script.leftovers(line) {
                     let _ = self.exec("ipset", &["-exist", "destroy", tmp].map(String::from), None);
                 }
-                line.and_then(|l| script.command_at(l))
+                let failed_at = line.and_then(|l| script.command_at(l));
+                Err(BatchError { failed_at, cause })
             }
-            Program::Nft => None,
-        };
-        Err(BatchError { failed_at, cause })
+            Program::Nft => self.run_nft(commands),
+        }
     }
 
     fn batch_line(&self, commands: &[&Command]) -> String {
         match commands {
             [] => String::new(),
-            [one] => format!("{} (a single command)", self.binary(one.program)),
+            [one] if !one.is_run() => format!("{} (a single command)", self.binary(one.program)),
             _ => {
                 let (program, args) = batch_program(|f| self.tool(f, "-restore"), commands);
-                let fills = commands[0].program == Program::Ipset
-                    && crate::kernel::restore_script::RestoreScript::fills(commands);
+                let fills = commands[0].program == Program::Ipset && RestoreScript::fills(commands);
                 let note = match fills {
                     false => "",
                     true => " (a new set is filled under a temporary name, then renamed)",
@@ -213,6 +232,13 @@ impl Backend for System {
                 format!("{program} {}{note}", args.join(" "))
             }
         }
+    }
+
+    fn set_summaries(
+        &mut self,
+        names: &std::collections::BTreeSet<String>,
+    ) -> Result<Option<std::collections::BTreeMap<String, crate::kernel::SetSummary>>, Error> {
+        self.ipset_summaries(names).map(Some)
     }
 
     /// The variant's binary: `iptables`, or `iptables-legacy` where plain
@@ -309,4 +335,12 @@ fn nft_refusal(scripts: &[&str], e: Error) -> (Option<usize>, Error) {
         line -= lines;
     }
     (None, e)
+}
+
+/// The words a failed tool printed on stderr.
+fn stderr_of(cause: &Error) -> &str {
+    match cause {
+        Error::Failed { stderr, .. } => stderr.as_str(),
+        _ => "",
+    }
 }

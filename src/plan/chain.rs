@@ -527,6 +527,7 @@ impl ChainSim {
             reason: reason.to_string(),
             target: self.label.clone(),
             wish: wish.map(String::from),
+            members: Default::default(),
         });
     }
 

@@ -3,9 +3,9 @@
 
 use std::fmt;
 
-use crate::state::Family;
 use crate::state::nft::NftFamily;
 use crate::state::rule::{Rule, display_args};
+use crate::state::{Family, Members};
 
 /// The program a command runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,9 +42,69 @@ pub struct Command {
     pub target: String,
     /// The wished rule or set name it serves, if any.
     pub wish: Option<String>,
+    /// Empty, but for a run: the commands `args MEMBER` for each of these
+    /// members of a set (`add SET` with wished members, `del SET` with
+    /// elements), in one. A set's member changes of one kind come in a run
+    /// when there are more than [`RUN_OVER`]: 100,000 commands with their
+    /// undo, reason and target cost 50 MB, these members 1.6. A run is
+    /// numbered, run, and printed where it counts as its members, one
+    /// command each ([`Command::count`], [`Command::expand`]); its `undo`
+    /// is that of every member, given the member's element (`del SET`
+    /// for `add SET`).
+    pub members: Members,
 }
 
+/// More member changes of one kind than this, in one set, make a run (see
+/// [`Command::members`]); "State changes" summarises such a set instead
+/// of listing its members, and `apply` prints one line for the run.
+pub const RUN_OVER: usize = 1000;
+
 impl Command {
+    /// How many commands this stands for: a run's members, else one.
+    pub fn count(&self) -> usize {
+        self.members.len().max(1)
+    }
+
+    /// Whether this is a run of member commands.
+    pub fn is_run(&self) -> bool {
+        !self.members.is_empty()
+    }
+
+    /// The arguments of the command a run's `member` stands for.
+    pub fn member_args(&self, member: &str) -> Vec<String> {
+        let mut args = self.args.clone();
+        args.extend(crate::state::set_type::member_words(member).map(String::from));
+        args
+    }
+
+    /// The `k`th command this stands for (0-based): a run's member, or
+    /// this command itself.
+    pub fn nth(&self, k: usize) -> Option<Command> {
+        if !self.is_run() {
+            return (k == 0).then(|| self.clone());
+        }
+        let member = self.members.get(k)?;
+        let element = crate::plan::sets::element(member);
+        Some(Command {
+            program: self.program,
+            args: self.member_args(member),
+            undo: self.undo.as_ref().map(|undo| {
+                let mut undo = undo.clone();
+                undo.push(element.to_string());
+                undo
+            }),
+            reason: self.reason.clone(),
+            target: self.target.clone(),
+            wish: self.wish.clone(),
+            members: Members::default(),
+        })
+    }
+
+    /// The commands this stands for, one by one.
+    pub fn expand(&self) -> Vec<Command> {
+        (0..self.count()).filter_map(|k| self.nth(k)).collect()
+    }
+
     /// The command line as `binary` runs it, for output and audit logs.
     ///
     /// Arguments that need no quoting (every one of a set's members, mostly)
@@ -53,6 +113,9 @@ impl Command {
     pub fn line(&self, binary: &str) -> String {
         if let Some(script) = script_of(self) {
             return line(binary, script);
+        }
+        if self.is_run() {
+            return self.run_line(binary);
         }
         let plain = !self.args.is_empty()
             && self.args.iter().all(|a| {
@@ -79,12 +142,34 @@ impl Command {
     }
 }
 
+impl Command {
+    /// A run in one line: its first and last commands, and how many.
+    fn run_line(&self, binary: &str) -> String {
+        let n = self.members.len();
+        let one = |k: usize| {
+            let member = self.members.get(k).unwrap_or_default();
+            let mut line = binary.to_string();
+            line.push(' ');
+            line.push_str(&display_args(&self.member_args(member)));
+            line
+        };
+        format!(
+            "{} ... {} ({n} commands, one per member)",
+            one(0),
+            one(n.saturating_sub(1))
+        )
+    }
+}
+
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if script_of(self).is_some() {
             return f.write_str(&self.line(self.program.name()));
         }
-        write!(f, "{} {}", self.program.name(), display_args(&self.args))
+        match self.is_run() {
+            true => write!(f, "{}", self.run_line(self.program.name())),
+            false => write!(f, "{} {}", self.program.name(), display_args(&self.args)),
+        }
     }
 }
 
@@ -115,6 +200,21 @@ impl Plan {
     /// True when netfilter already matches the wishes.
     pub fn is_empty(&self) -> bool {
         self.commands.is_empty()
+    }
+
+    /// How many commands the plan runs, a run counting as its members.
+    pub fn count(&self) -> usize {
+        self.commands.iter().map(Command::count).sum()
+    }
+
+    /// The same plan with each run expanded into its commands, one per
+    /// member: what `plan` lists.
+    pub fn expanded(&self) -> Plan {
+        Plan {
+            commands: self.commands.iter().flat_map(Command::expand).collect(),
+            record: self.record.clone(),
+            printed: self.printed.clone(),
+        }
     }
 }
 
@@ -183,6 +283,7 @@ pub(crate) fn ipset_cmd(
         reason,
         target: format!("ipset {set}"),
         wish: Some(set.to_string()),
+        members: Members::default(),
     }
 }
 
@@ -214,6 +315,7 @@ mod tests {
                     reason: String::new(),
                     target: String::new(),
                     wish: None,
+                    members: Members::default(),
                 };
                 let want = format!("ipset {}", display_args(&command.args));
                 assert_eq!(command.line("ipset"), want, "{w:?}");

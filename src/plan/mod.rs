@@ -48,14 +48,21 @@ pub mod revert;
 pub mod sets;
 pub mod warnings;
 
-pub use command::{Command, Plan, PrintedAs, Program};
+pub use command::{Command, Plan, PrintedAs, Program, RUN_OVER};
 
 /// Plans the commands that make `state` match `wishes`: sets (and the
 /// owned nftables tables' record entries), then chains
 /// and their rules, then sets whose type changes under their rules, then
 /// chains withdrawn, policies, sets withdrawn, and the record's changes.
 pub fn plan(wishes: &Wishes, state: &State) -> Plan {
-    let mut p = Planner::new(wishes, state);
+    plan_leaving(wishes, state, &BTreeSet::new())
+}
+
+/// [`plan`], leaving alone the wished sets `trusted` (known to be as
+/// wished; `state` holds their type and options, not their members: see
+/// `reconcile::set_checks`).
+pub fn plan_leaving(wishes: &Wishes, state: &State, trusted: &BTreeSet<String>) -> Plan {
+    let mut p = Planner::new(wishes, state, trusted);
     let retargets = p.sets();
     p.nft_tables();
     let (chains, withdrawn) = p.chains_to_plan();
@@ -79,6 +86,8 @@ type Withdrawals = HashMap<ChainKey, Vec<(String, String)>>;
 struct Planner<'a> {
     wishes: &'a Wishes,
     state: &'a State,
+    /// Wished sets known to be as wished, left alone.
+    trusted: &'a BTreeSet<String>,
     /// pyfw's ownership record as read.
     record: Vec<Owned>,
     /// What pyfw owns once the plan has run.
@@ -93,10 +102,11 @@ struct Planner<'a> {
 }
 
 impl<'a> Planner<'a> {
-    fn new(wishes: &'a Wishes, state: &'a State) -> Planner<'a> {
+    fn new(wishes: &'a Wishes, state: &'a State, trusted: &'a BTreeSet<String>) -> Planner<'a> {
         Planner {
             wishes,
             state,
+            trusted,
             record: ownership::read(state),
             keep: BTreeSet::new(),
             out: Plan::default(),
@@ -124,15 +134,18 @@ impl<'a> Planner<'a> {
         let mut sets: Vec<&IpsetWish> = self.wishes.ipsets.iter().collect();
         sets.sort_by_key(|s| s.kind.name() == "list:set");
         for set in sets {
+            self.keep.insert(Owned::Set {
+                name: set.name.clone(),
+            });
+            if self.trusted.contains(&set.name) {
+                continue;
+            }
             let have = self.state.ipsets.get(&set.name);
             if let SetChange::Retarget { tmp } =
                 plan_ipset(set, have, &mut self.out.commands, &mut self.last)
             {
                 retargets.push((set, tmp));
             }
-            self.keep.insert(Owned::Set {
-                name: set.name.clone(),
-            });
         }
         retargets
     }
@@ -234,6 +247,7 @@ impl<'a> Planner<'a> {
                     reason: format!("{}: chain missing", wish.label()),
                     target: wish.label(),
                     wish: None,
+                    members: Default::default(),
                 });
                 self.keep.insert(owned);
             } else if self.record.contains(&owned) {
@@ -329,8 +343,9 @@ impl<'a> Planner<'a> {
     fn rebuild(&mut self, wish: &IpsetWish) {
         let name = wish.name.as_str();
         let fresh = spare_name("_pyfw_new_", name);
-        let have = self.state.ipsets.get(name).map_or(&[][..], |h| &h.members);
-        let members = wish.members.as_deref().unwrap_or(have);
+        let none = crate::state::Members::new();
+        let have = self.state.ipsets.get(name).map_or(&none, |h| &h.members);
+        let members = wish.members.as_ref().unwrap_or(have);
         let sized = hash_size(wish, members.len());
         let create = create_args(&fresh, wish, &sized);
         let commands = &mut self.out.commands;
@@ -341,7 +356,7 @@ impl<'a> Planner<'a> {
             format!("ipset {name}: rebuild as {}", wish.kind.name()),
         ));
         let rebuild = MemberCmds::new(&fresh, &fresh, "rebuild");
-        commands.extend(members.iter().map(|m| rebuild.add(m)));
+        rebuild.adds(members.iter(), commands);
         commands.push(ipset_cmd(
             name,
             &["destroy", name],
@@ -399,6 +414,7 @@ impl<'a> Planner<'a> {
                 ),
                 target: label,
                 wish: None,
+                members: Default::default(),
             });
         }
     }
@@ -420,6 +436,7 @@ impl<'a> Planner<'a> {
                     reason: format!("{}: policy is {current}, wished {policy}", wish.label()),
                     target: wish.label(),
                     wish: None,
+                    members: Default::default(),
                 });
             }
         }
@@ -531,7 +548,7 @@ fn sets_in_use<'a>(
         let members = wished
             .and_then(|w| w.members.as_ref())
             .unwrap_or(&set.members);
-        used.extend(members.iter().map(|m| element(m)));
+        used.extend(members.iter().map(element));
     }
     used
 }

@@ -196,6 +196,7 @@ pub fn command(script: String, reason: String, target: String) -> Command {
         reason,
         target,
         wish: None,
+        members: Default::default(),
     }
 }
 

@@ -20,6 +20,7 @@ pub(crate) fn record_changes(
         reason,
         target: format!("ipset {RECORD_SET}"),
         wish: None,
+        members: Default::default(),
     };
     let have: BTreeSet<&Owned> = record.iter().collect();
     if !state.ipsets.contains_key(RECORD_SET) && !keep.is_empty() {

@@ -114,6 +114,7 @@ fn ipset(args: Vec<String>, set: &str, why: &str) -> Command {
         reason: format!("revert ipset {set}: {why}"),
         target: format!("ipset {set}"),
         wish: None,
+        members: Default::default(),
     }
 }
 
@@ -122,14 +123,45 @@ fn create_filled(name: &str, set: &Ipset, why: &str) -> Vec<Command> {
     let mut create = vec!["create".to_string(), name.to_string(), set.kind.clone()];
     create.extend(set.options.iter().cloned());
     out.push(ipset(create, name, why));
-    for m in &set.members {
-        let mut add = vec!["add".to_string(), name.to_string(), m.clone()];
-        if let Some(c) = set.comments.get(m) {
-            add.extend(["comment".to_string(), c.clone()]);
-        }
-        out.push(ipset(add, name, why));
-    }
+    adds(name, set.members.iter(), set, why, &mut out);
     out
+}
+
+/// `add NAME MEMBER` (with the member's comment in `set`, if any) for each
+/// of `members`, onto `out`: one run of them when more than
+/// [`crate::plan::RUN_OVER`] carry no comment (see [`Command::members`]).
+fn adds<'m>(
+    name: &str,
+    members: impl Iterator<Item = &'m str>,
+    set: &Ipset,
+    why: &str,
+    out: &mut Vec<Command>,
+) {
+    let mut run = ipset(vec!["add".into(), name.to_string()], name, why);
+    let mut each = Vec::new();
+    for m in members {
+        match set.comments.get(m) {
+            None => run.members.push(m),
+            Some(c) => {
+                let comment = ["comment".to_string(), c.clone()];
+                let args = ["add", name, m]
+                    .map(String::from)
+                    .into_iter()
+                    .chain(comment);
+                each.push(ipset(args.collect(), name, why));
+            }
+        }
+    }
+    if run.members.len() > crate::plan::RUN_OVER {
+        out.push(run);
+    } else {
+        let plain = run
+            .members
+            .iter()
+            .map(|m| ["add", name, m].map(String::from).to_vec());
+        out.extend(plain.map(|args| ipset(args, name, why)));
+    }
+    out.extend(each);
 }
 
 fn set_family(set: &Ipset) -> Option<&str> {
@@ -232,33 +264,29 @@ fn same_header(a: &Ipset, b: &Ipset) -> bool {
 /// (`ipset restore -exist` replaces a member's comment), extra ones go.
 fn member_edits(name: &str, was: &Ipset, now: &Ipset) -> Vec<Command> {
     let why = "put back its members";
-    let had: HashMap<&str, Option<&String>> = was
-        .members
-        .iter()
-        .map(|m| (m.as_str(), was.comments.get(m)))
+    let had: HashMap<&str, Option<&String>> = (was.members.iter())
+        .map(|m| (m, was.comments.get(m)))
         .collect();
-    let has: HashMap<&str, Option<&String>> = now
-        .members
-        .iter()
-        .map(|m| (m.as_str(), now.comments.get(m)))
+    let has: HashMap<&str, Option<&String>> = (now.members.iter())
+        .map(|m| (m, now.comments.get(m)))
         .collect();
-    let mut out: Vec<Command> = now
-        .members
-        .iter()
-        .filter(|m| !had.contains_key(m.as_str()))
-        .map(|m| ipset(vec!["del".into(), name.to_string(), m.clone()], name, why))
+    let mut out = Vec::new();
+    let mut gone = ipset(vec!["del".into(), name.to_string()], name, why);
+    gone.members = (now.members.iter())
+        .filter(|m| !had.contains_key(m))
         .collect();
-    for m in &was.members {
-        let comment = had.get(m.as_str()).copied().flatten();
-        if has.get(m.as_str()) == Some(&comment) {
-            continue;
-        }
-        let mut add = vec!["add".to_string(), name.to_string(), m.clone()];
-        if let Some(c) = comment {
-            add.extend(["comment".to_string(), c.clone()]);
-        }
-        out.push(ipset(add, name, why));
+    match gone.members.len() > crate::plan::RUN_OVER {
+        true => out.push(gone),
+        false => out.extend(gone.members.iter().map(|m| {
+            let args = ["del", name, m].map(String::from).to_vec();
+            ipset(args, name, why)
+        })),
     }
+    let back = (was.members.iter()).filter(|m| {
+        let comment = had.get(m).copied().flatten();
+        has.get(m) != Some(&comment)
+    });
+    adds(name, back, was, why, &mut out);
     out
 }
 
@@ -312,6 +340,7 @@ impl TableCmds<'_> {
             reason: format!("revert {label}"),
             target: label,
             wish: None,
+            members: Default::default(),
         }
     }
 }
@@ -496,6 +525,7 @@ mod tests {
             reason: String::new(),
             target: String::new(),
             wish: None,
+            members: Default::default(),
         }
     }
 

@@ -308,7 +308,7 @@ mod tests {
         let record = crate::state::Ipset {
             kind: "hash:ip".into(),
             options: Vec::new(),
-            members: vec![owned.element()],
+            members: [owned.element()].into_iter().collect(),
             comments: [(owned.element(), owned.key())].into(),
         };
         state

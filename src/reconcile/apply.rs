@@ -40,11 +40,16 @@ pub enum Event<'a> {
         commands: std::ops::Range<usize>,
     },
     /// Command `index` (1-based) of `total` ran: its transaction committed.
+    /// A run of member commands ([`Command::members`]) is the commands
+    /// `index` to `index + count - 1`, said at once.
     Executing {
         index: usize,
         total: usize,
+        /// How many commands this is: a run's members, else 1.
+        count: usize,
         command: &'a Command,
-        /// The command line as it runs, with the backend's binary.
+        /// The command line as it runs, with the backend's binary (a run's
+        /// first and last, and how many).
         line: String,
     },
     /// A command ran (after its `Executing`).
@@ -360,7 +365,7 @@ pub fn apply(
         cause: Cause::RecordAfter(e),
         left: Left::Applied,
     })?;
-    Ok(plan.commands.len())
+    Ok(plan.count())
 }
 
 /// What to put back on failure, and whether anything may have changed.
@@ -405,7 +410,8 @@ fn left_after(done: &Reverted) -> Left {
 }
 
 /// Runs the plan's transactions in order; on the first failure or an
-/// interrupt between two, puts the snapshot back.
+/// interrupt between two, puts the snapshot back. Commands are numbered as
+/// the plan counts them, a run as its members.
 fn run_transactions(
     backend: &mut dyn Backend,
     plan: &Plan,
@@ -414,14 +420,17 @@ fn run_transactions(
     undo: &mut Undo,
     on: &mut dyn FnMut(Event),
 ) -> Result<(), ApplyError> {
-    let total = plan.commands.len();
+    let total = plan.count();
     let groups = transactions(&plan.commands);
     let mut checked = false;
+    // Numbered commands before this transaction.
+    let mut before = 0;
     for (t, range) in groups.iter().enumerate() {
         if let Some(signo) = interrupt.signal() {
             return Err(undo.fail(backend, Cause::Interrupted(signo), on));
         }
         let batch: Vec<&Command> = plan.commands[range.clone()].iter().collect();
+        let size: usize = batch.iter().map(|c| c.count()).sum();
         // ipsets come first in a plan and may be what the rules reference,
         // so the check runs once they exist and before any rule changes.
         if !checked && matches!(batch[0].program, Program::Iptables(_)) {
@@ -434,16 +443,19 @@ fn run_transactions(
             index: t + 1,
             total: groups.len(),
             line: backend.batch_line(&batch),
-            commands: range.start + 1..range.end + 1,
+            commands: before + 1..before + size + 1,
         });
         undo.wrote = true;
         if let Err(e) = backend.run_batch(&batch) {
-            let cause = match e.failed_at.and_then(|k| batch.get(k).map(|c| (k, c))) {
+            let cause = match e
+                .failed_at
+                .and_then(|k| numbered(&batch, k).map(|c| (k, c)))
+            {
                 Some((k, command)) => Cause::Refused {
                     refused: Box::new(Refused {
-                        index: range.start + k + 1,
+                        index: before + k + 1,
                         total,
-                        line: command_line(backend, command),
+                        line: command_line(backend, &command),
                         // nft names the line, and so the wish, it refused:
                         // a rule or set of the table the command replaces.
                         target: match &e.cause {
@@ -454,8 +466,8 @@ fn run_transactions(
                             kernel::Error::NftRejected { .. } => None,
                             _ => command.wish.clone(),
                         },
-                        transaction: range.start + 1..range.end + 1,
-                        words: refusal_words(plan, undo.snapshot, command, &e.cause),
+                        transaction: before + 1..before + size + 1,
+                        words: refusal_words(plan, undo.snapshot, &command, &e.cause),
                     }),
                     error: e.cause,
                 },
@@ -463,35 +475,51 @@ fn run_transactions(
             };
             return Err(undo.fail(backend, cause, on));
         }
-        report_ran(backend, &batch, range.start, total, on);
+        report_ran(backend, &batch, before, total, on);
+        before += size;
     }
     Ok(())
 }
 
-/// `Executing` and `Done` for each command of a committed batch that
-/// starts at plan index `first`.
+/// The `k`th (0-based) of the commands `batch` stands for, a run counting
+/// as its members.
+fn numbered(batch: &[&Command], mut k: usize) -> Option<Command> {
+    for c in batch {
+        if k < c.count() {
+            return c.nth(k);
+        }
+        k -= c.count();
+    }
+    None
+}
+
+/// `Executing` and `Done` for each command of a committed batch, numbered
+/// after the plan's first `before` commands.
 fn report_ran(
     backend: &dyn Backend,
     batch: &[&Command],
-    first: usize,
+    before: usize,
     total: usize,
     on: &mut dyn FnMut(Event),
 ) {
     // A batch is one program's commands: its binary is asked once, not
     // once per line (100,000 lines for a set filled from nothing).
     let mut binary: Option<(Program, String)> = None;
-    for (k, command) in batch.iter().enumerate() {
+    let mut index = before + 1;
+    for command in batch {
         if binary.as_ref().is_none_or(|(p, _)| *p != command.program) {
             binary = Some((command.program, backend.binary(command.program)));
         }
         let bin = binary.as_ref().map_or("", |(_, b)| b.as_str());
         on(Event::Executing {
-            index: first + k + 1,
+            index,
             total,
+            count: command.count(),
             command,
             line: command.line(bin),
         });
         on(Event::Done { command });
+        index += command.count();
     }
 }
 

@@ -20,14 +20,16 @@ pub mod nft;
 pub mod reach;
 pub mod rollback;
 pub mod scope;
+pub mod set_checks;
 
 pub use scope::scope_for;
 
 use crate::kernel::scope::merge;
-use crate::kernel::{self, Backend, RuleCheck, Rules, Scope, Sets};
+use crate::kernel::{self, Backend, RuleCheck, Rules, Scope, SetSummary, Sets};
 use crate::plan::revert::Snapshot;
 use crate::plan::{self, Plan};
 use crate::reconcile::apply::{ApplyError, Event, Interrupt};
+use crate::reconcile::set_checks::{SetChecks, Verdict};
 use crate::state::canon::Comparison;
 use crate::state::ownership::{self, Owned, RECORD_SET};
 use crate::state::{Family, State};
@@ -136,6 +138,18 @@ pub struct Reconciler<B: Backend> {
     /// The kernel's renderings of owned nftables tables, and which were
     /// last found as wished.
     nft: nft::Memory,
+    /// For a reader that polls (the daemon): which wished sets need not be
+    /// read in full (see [`set_checks`]).
+    set_checks: Option<SetChecks>,
+}
+
+/// One plan's use of the [`SetChecks`]: the summaries taken before its
+/// read, the sets it trusts, and where its CPU and clock started.
+struct Checking {
+    summaries: std::collections::BTreeMap<String, SetSummary>,
+    trusted: BTreeSet<String>,
+    cpu: std::time::Duration,
+    now: std::time::Instant,
 }
 
 type ChainKey = (Family, String, String);
@@ -148,6 +162,22 @@ impl<B: Backend> Reconciler<B> {
             interrupt: Interrupt::new(),
             reached: HashSet::new(),
             nft: nft::Memory::default(),
+            set_checks: None,
+        }
+    }
+
+    /// For a reader that polls: wished sets are checked by their summary
+    /// and read in full only when it moved or their resync is due (see
+    /// [`set_checks`]). A one-shot command reads every set in full.
+    pub fn checking_sets(mut self, checks: SetChecks) -> Self {
+        self.set_checks = Some(checks);
+        self
+    }
+
+    /// The next plan reads every wished set in full (SIGHUP).
+    pub fn read_all_sets_next(&mut self) {
+        if let Some(checks) = &mut self.set_checks {
+            checks.read_all_next();
         }
     }
 
@@ -235,11 +265,14 @@ impl<B: Backend> Reconciler<B> {
         // wished chains are read in any case: they are read beside the sets
         // (see `Backend::read_state`), and only a record naming other
         // chains, or a set that may go, takes a second read.
+        let mut checking = self.check_sets(wishes);
+        let trusted = checking.as_ref().map(|c| &c.trusted);
         let mut first = scope_for(wishes, &State::default());
         first.sets = Sets::Named(
             wishes
                 .ipsets
                 .iter()
+                .filter(|s| trusted.is_none_or(|t| !t.contains(&s.name)))
                 .map(|s| s.name.clone())
                 .chain([RECORD_SET.to_string()])
                 .collect(),
@@ -264,14 +297,26 @@ impl<B: Backend> Reconciler<B> {
             }
         };
         let mut scope = scope_for(wishes, &read);
-        let state = self.read_more(read, &had, &scope)?;
+        let every_set = scope.sets == Sets::All;
+        let mut state = self.read_more(read, &had, &scope)?;
         if scope.sets == Sets::Skip {
             // What was read, sets included, to read the same again.
             scope.sets = had.sets;
         }
+        let mut leave = BTreeSet::new();
+        if let Some(c) = checking.as_mut() {
+            if every_set {
+                c.trusted.clear();
+            }
+            stand_in(&mut state, c);
+            leave = c.trusted.clone();
+        }
         self.drop_dead_scratch_chains(&state);
         let canonical = self.canonicalize(wishes, &state)?;
-        let mut plan = plan::plan(&canonical.wishes, &state);
+        let mut plan = plan::plan_leaving(&canonical.wishes, &state, &leave);
+        if let Some(c) = checking {
+            self.checked_sets(wishes, &plan, c);
+        }
         let mut warnings = canonical.warnings;
         warnings.extend(self.unreached(&canonical.wishes, &state, &scope)?);
         let record = ownership::read(&state);
@@ -340,6 +385,73 @@ impl<B: Backend> Reconciler<B> {
             }
         }
         Ok(found.into_iter().map(|u| u.warning).collect())
+    }
+
+    /// Takes every set's summary and says which wished sets this plan need
+    /// not read in full; `None` when sets are not checked (a one-shot
+    /// command), or cannot be (then every set is read, as without checks).
+    fn check_sets(&mut self, wishes: &Wishes) -> Option<Checking> {
+        let checks = self.set_checks.as_mut()?;
+        if wishes.ipsets.is_empty() {
+            return None;
+        }
+        let cpu = kernel::process::cpu_used();
+        let now = std::time::Instant::now();
+        let names = wishes.ipsets.iter().map(|s| s.name.clone()).collect();
+        let summaries = match self.backend.set_summaries(&names) {
+            Ok(Some(summaries)) => summaries,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::debug!("cannot list the sets' summaries ({e}); reading them in full");
+                return None;
+            }
+        };
+        let mut trusted = BTreeSet::new();
+        for (name, verdict) in checks.trusted(&wishes.ipsets, &summaries, now) {
+            match verdict {
+                Verdict::Trusted => {
+                    trusted.insert(name);
+                }
+                Verdict::Unknown => {}
+                Verdict::Moved(why) => {
+                    tracing::debug!("ipset {name}: {why} since it was read: reading it in full")
+                }
+                Verdict::Resync => {
+                    tracing::debug!("ipset {name}: full resync: reading it in full")
+                }
+            }
+        }
+        Some(Checking {
+            summaries,
+            trusted,
+            cpu,
+            now,
+        })
+    }
+
+    /// Notes which wished sets this plan read in full and left alone.
+    fn checked_sets(&mut self, wishes: &Wishes, plan: &Plan, c: Checking) {
+        let Some(checks) = self.set_checks.as_mut() else {
+            return;
+        };
+        let touched: BTreeSet<&str> = (plan.commands.iter())
+            .filter(|c| c.program == plan::Program::Ipset)
+            .filter_map(|c| c.target.strip_prefix("ipset "))
+            .collect();
+        let read = (wishes.ipsets.iter())
+            .map(|w| w.name.as_str())
+            .filter(|n| !c.trusted.contains(*n));
+        let cost = kernel::process::cpu_used().saturating_sub(c.cpu);
+        checks.read_in_full(read, &c.summaries, &touched, cost, c.now);
+        for name in &c.trusted {
+            if let Some(left) = checks.resync_in(name, c.now) {
+                tracing::debug!(
+                    "ipset {name}: unchanged since its last full read (summary); members not \
+                     read, full resync in {}",
+                    humantime::format_duration(std::time::Duration::from_secs(left.as_secs()))
+                );
+            }
+        }
     }
 
     /// `read` (what `had` says was read) completed to `scope`: only what
@@ -444,6 +556,26 @@ fn tables_not_read_whole(found: &[plan::warnings::Unreached], scope: &Scope) -> 
         }
     }
     more
+}
+
+/// Each trusted set, in `state`, as its summary says (type and options;
+/// no members, which the plan leaves alone): what learning rule forms
+/// needs of a set a rule names.
+fn stand_in(state: &mut State, c: &Checking) {
+    for name in &c.trusted {
+        let Some(summary) = c.summaries.get(name) else {
+            continue;
+        };
+        state
+            .ipsets
+            .entry(name.clone())
+            .or_insert_with(|| crate::state::Ipset {
+                kind: summary.kind.clone(),
+                options: summary.options.clone(),
+                members: crate::state::Members::new(),
+                comments: Default::default(),
+            });
+    }
 }
 
 #[cfg(test)]

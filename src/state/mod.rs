@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 pub mod canon;
+pub mod members;
 pub mod nft;
 pub mod ownership;
 pub mod parse;
@@ -18,6 +19,7 @@ pub mod rule;
 pub mod set_type;
 pub mod text;
 
+pub use members::Members;
 pub use parse::{
     IpsetSaveReader, ParseError, lines_after, parse_chain_listing, parse_ipset_save,
     parse_iptables_save,
@@ -107,7 +109,7 @@ pub struct Ipset {
     /// Create options as `ipset save` prints them (`family inet hashsize ...`).
     pub options: Vec<String>,
     /// Elements only (the first word of each `add` line), in saved order.
-    pub members: Vec<String>,
+    pub members: Members,
     /// `comment "..."` of the members that carry one, by element.
     pub comments: BTreeMap<String, String>,
 }

@@ -337,7 +337,18 @@ pub fn lines_after(line: &str, next: &std::str::Lines<'_>, buf: &mut Vec<u8>) ->
     if !line.contains('"') {
         return 0;
     }
-    read_rule(line, 0, next, buf).map_or(0, |(_, _, more)| more)
+    // Only a value left open takes more lines: the rule itself is made
+    // only then (a Kubernetes save quotes a comment in each of 200,000
+    // rules, and making each rule to throw it away was most of the cost of
+    // skipping them).
+    let rest = line.strip_prefix("-A ").and_then(|body| {
+        let at = body.find(|c: char| c.is_ascii_whitespace())?;
+        Some(&body[at + 1..])
+    });
+    match rest.map(|rest| split_rule(rest.trim_end(), buf)) {
+        Some(Saved::Open) => read_rule(line, 0, next, buf).map_or(0, |(_, _, more)| more),
+        _ => 0,
+    }
 }
 
 /// [`split_saved`] into `buf`, emptied first.
@@ -478,7 +489,7 @@ impl IpsetSaveReader {
             && let Some((name, element)) = plain_add(raw)
             && let Some(set) = sets.get_mut(name)
         {
-            set.members.push(element.to_string());
+            set.members.push(element);
             return Ok(());
         }
         // `body` keeps what a comment running on over lines ends with.
@@ -493,7 +504,7 @@ impl IpsetSaveReader {
             let set = Ipset {
                 kind: kind.to_string(),
                 options: options.map(String::from).collect(),
-                members: Vec::new(),
+                members: crate::state::Members::new(),
                 comments: BTreeMap::new(),
             };
             if sets.insert(name.to_string(), set).is_some() {
@@ -521,7 +532,7 @@ impl IpsetSaveReader {
         let Some(set) = sets.get_mut(&name) else {
             return Err(err(n, line, format!("member for unknown set {name}")));
         };
-        set.members.push(element.to_string());
+        set.members.push(element);
         // ` comment "` follows the element and its plain options
         // (`timeout 30 packets 0 bytes 0`): the first one after the
         // element is it.

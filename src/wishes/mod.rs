@@ -112,7 +112,7 @@ pub struct IpsetWish {
     /// Create options as written (`family inet6 maxelem 1048576`), split.
     pub header: Vec<String>,
     /// Members as `ipset save` prints them; `None` leaves membership alone.
-    pub members: Option<Vec<String>>,
+    pub members: Option<crate::state::Members>,
     pub line: u64,
 }
 

@@ -729,21 +729,21 @@ impl Validator {
             return Some(Vec::new());
         };
         let list_line = list.referenced.line();
-        let mut out = Vec::with_capacity(list.value.0.len());
+        let mut out = Vec::with_capacity(list.value.len());
         let mut ok = true;
-        for m in list.value.0 {
-            let line = m.line.unwrap_or(list_line);
-            let Some(text) = m.text else {
+        for (text, line) in list.value.iter() {
+            let line = line.unwrap_or(list_line);
+            let Some(text) = text else {
                 self.error(line, Some(label), "an element must be a single value");
                 ok = false;
                 continue;
             };
-            if let Err(why) = check_nft_text(&text, false, false) {
+            if let Err(why) = check_nft_text(text, false, false) {
                 self.error(line, Some(label), &format!("bad element `{text}`: {why}"));
                 ok = false;
                 continue;
             }
-            out.push(text);
+            out.push(text.to_string());
         }
         ok.then_some(out)
     }

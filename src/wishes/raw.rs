@@ -53,18 +53,41 @@ pub(crate) struct RawIpset {
 
 /// A set's members: each a single value (`text`), or `None` for a nested
 /// list or mapping; with its line when [`MEMBER_LINES`] asks for it.
-pub(crate) struct Members(pub(crate) Vec<Member>);
+pub(crate) enum Members {
+    /// The pass without lines: every member a plain string, kept compactly
+    /// (a lifted run of them moves in whole: `lift`).
+    Plain(crate::state::Members),
+    /// The pass with lines.
+    Each(Vec<Member>),
+}
 
 pub(crate) struct Member {
     pub(crate) text: Option<String>,
     pub(crate) line: Option<u64>,
 }
 
+impl Members {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Members::Plain(m) => m.len(),
+            Members::Each(m) => m.len(),
+        }
+    }
+
+    /// Each member's text (`None`: not a single value) and line.
+    pub(crate) fn iter(&self) -> Box<dyn Iterator<Item = (Option<&str>, Option<u64>)> + '_> {
+        match self {
+            Members::Plain(m) => Box::new(m.iter().map(|t| (Some(t), None))),
+            Members::Each(m) => Box::new(m.iter().map(|m| (m.text.as_deref(), m.line))),
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for Members {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         if MEMBER_LINES.get() {
             let Seq(items) = Seq::deserialize(d)?;
-            return Ok(Members(
+            return Ok(Members::Each(
                 items
                     .into_iter()
                     .map(|m| Member {
@@ -81,30 +104,24 @@ impl<'de> Deserialize<'de> for Members {
                 f.write_str("a list")
             }
             fn visit_unit<E: de::Error>(self) -> Result<Members, E> {
-                Ok(Members(Vec::new()))
+                Ok(Members::Plain(Default::default()))
             }
             fn visit_none<E: de::Error>(self) -> Result<Members, E> {
-                Ok(Members(Vec::new()))
+                Ok(Members::Plain(Default::default()))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Members, A::Error> {
-                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                let mut out = crate::state::Members::new();
                 // A plain string each: anything else fails here, and the
                 // file is read again with lines to say what and where.
                 while let Some(text) = seq.next_element::<String>()? {
-                    let Some(run) = lift::claim(&text) else {
-                        out.push(Member {
-                            text: Some(text),
-                            line: None,
-                        });
-                        continue;
-                    };
-                    out.reserve(run.len());
-                    out.extend(run.into_iter().map(|text| Member {
-                        text: Some(text),
-                        line: None,
-                    }));
+                    match lift::claim(&text) {
+                        // The commonest list: one lifted run, moved in.
+                        Some(run) if out.is_empty() => out = run,
+                        Some(run) => out.extend(run.iter()),
+                        None => out.push(&text),
+                    }
                 }
-                Ok(Members(out))
+                Ok(Members::Plain(out))
             }
         }
         d.deserialize_any(Fast)

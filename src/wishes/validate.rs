@@ -176,35 +176,31 @@ impl Validator {
         if let Some(list) = raw.members_equal {
             // Only the pass with lines indexes members as they come.
             let lines = MEMBER_LINES.get();
-            let mut seen = Elements::with_capacity(if lines { list.value.0.len() } else { 0 });
-            let mut out: Vec<String> = Vec::with_capacity(list.value.0.len());
+            let count = list.value.len();
+            let mut seen = Elements::with_capacity(if lines { count } else { 0 });
+            // Compactly: a copy per member that is already as ipset prints
+            // it, no allocation (see `state::Members`).
+            let mut out = crate::state::Members::with_capacity(count, 0);
             let list_line = list.referenced.line();
-            for m in list.value.0 {
-                let mline = m.line.unwrap_or(list_line);
-                let Some(text) = m.text else {
+            for (text, line) in list.value.iter() {
+                let mline = line.unwrap_or(list_line);
+                let Some(text) = text else {
                     self.error(mline, label, "a member must be a single value");
                     ok = false;
                     continue;
                 };
-                // The text is needed again only for a message, and only
-                // messages from the pass with lines are shown.
                 let start = out.len();
-                let (expanded, text) = if m.line.is_some() {
-                    let expanded = kind.expand_member(&text, family);
-                    (expanded.map(|e| out.extend(e)), Some(text))
-                } else {
-                    (kind.expand_into(text, family, &mut out), None)
-                };
+                let expanded = kind.expand_into(text, family, &mut out);
                 if expanded.is_ok() {
-                    let written = text.as_deref();
-                    if let Some(why) = self.member_problem(&kind, &out[start..], written, range) {
+                    let elements = || out.iter().skip(start);
+                    if let Some(why) = self.member_problem(&kind, elements(), text, range) {
                         let msg = format!("bad member for {}: {why}", kind.name());
                         self.error(mline, label, &msg);
                         ok = false;
                         continue;
                     }
                     if kind.name() == "list:set" {
-                        self.listed_set(&out[start..], m.line, mline, label);
+                        self.listed_set(elements(), line, mline, label);
                     }
                 }
                 match expanded {
@@ -214,7 +210,6 @@ impl Validator {
                     Ok(()) => {
                         for k in start..out.len() {
                             if seen.insert(&out, k) {
-                                let text = text.as_deref().unwrap_or(out[k].as_str());
                                 self.error(mline, label, &format!("member `{text}` listed twice"));
                                 ok = false;
                             }
@@ -245,6 +240,7 @@ impl Validator {
                     ok = false;
                 }
             }
+            out.shrink_to_fit();
             members = Some(out);
         }
         ok.then_some(IpsetWish {
@@ -438,21 +434,25 @@ impl Validator {
 impl Validator {
     /// Why the elements one member stands for do not fit its set (a
     /// bitmap set's `range`), if they do not.
-    fn member_problem(
+    fn member_problem<'e>(
         &self,
         kind: &SetType,
-        elements: &[String],
-        written: Option<&str>,
+        mut elements: impl Iterator<Item = &'e str>,
+        written: &str,
         range: Option<(&str, u128, u128)>,
     ) -> Option<String> {
         let range = range?;
-        elements
-            .iter()
-            .find_map(|e| checks::outside_range(kind, e, written.unwrap_or(e), range))
+        elements.find_map(|e| checks::outside_range(kind, e, written, range))
     }
 
     /// Warns of a list:set member naming a set the file declares nowhere.
-    fn listed_set(&mut self, elements: &[String], line: Option<u64>, at: u64, label: Option<&str>) {
+    fn listed_set<'e>(
+        &mut self,
+        elements: impl Iterator<Item = &'e str>,
+        line: Option<u64>,
+        at: u64,
+        label: Option<&str>,
+    ) {
         for e in elements {
             let name = element(e);
             if self.declared.contains_key(name) {
@@ -475,7 +475,7 @@ impl Validator {
 /// How many elements the kernel stores for `members` (see
 /// [`SetType::element_count`]): one each in a set of single addresses,
 /// whose networks and ranges are already expanded.
-fn element_count(kind: &SetType, members: &[String]) -> u128 {
+fn element_count(kind: &SetType, members: &crate::state::Members) -> u128 {
     if kind.name() == "hash:ip" {
         return members.len() as u128;
     }
@@ -496,7 +496,7 @@ impl Elements {
 
     /// Notes the element of `members[k]`; true when an earlier member has
     /// the same element.
-    pub(crate) fn insert(&mut self, members: &[String], k: usize) -> bool {
+    pub(crate) fn insert(&mut self, members: &crate::state::Members, k: usize) -> bool {
         let Some(member) = members.get(k) else {
             return false;
         };
@@ -512,7 +512,10 @@ impl Elements {
         match members.get(first) {
             Some(m) if element(m) == element(member) => true,
             // Two elements with one hash: rare enough to settle by a scan.
-            _ => members[..k].iter().any(|m| element(m) == element(member)),
+            _ => members
+                .iter()
+                .take(k)
+                .any(|m| element(m) == element(member)),
         }
     }
 }
@@ -523,7 +526,7 @@ impl Elements {
 /// every insert. The first pass over a file (without lines) asks this once
 /// per list; when it says yes, the pass with lines names each member
 /// listed twice by [`Elements`].
-fn listed_twice(members: &[String]) -> bool {
+fn listed_twice(members: &crate::state::Members) -> bool {
     let mut keys: Vec<(u64, usize)> = (members.iter().enumerate())
         .map(|(i, m)| (crate::state::rule::text_key(element(m).as_bytes()), i))
         .collect();

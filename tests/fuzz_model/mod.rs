@@ -138,7 +138,7 @@ pub fn scenario(data: &[u8]) -> Scenario {
                 Ipset {
                     kind: kind.to_string(),
                     options: set_options(kind),
-                    members: set_members(kind, b.below(16)),
+                    members: set_members(kind, b.below(16)).into_iter().collect(),
                     comments: BTreeMap::new(),
                 },
             );
@@ -153,7 +153,9 @@ pub fn scenario(data: &[u8]) -> Scenario {
             } else {
                 kind
             };
-            let members = b.chance(80).then(|| set_members(kind, b.below(16)));
+            let members = b
+                .chance(80)
+                .then(|| set_members(kind, b.below(16)).into_iter().collect());
             ipsets.push(IpsetWish {
                 name: name.to_string(),
                 kind: SetType::parse(kind).unwrap(),
@@ -331,11 +333,11 @@ pub fn scenario(data: &[u8]) -> Scenario {
                 .split(' ')
                 .map(String::from)
                 .collect(),
-            members: Vec::new(),
+            members: Default::default(),
             comments: BTreeMap::new(),
         };
         for o in &record {
-            set.members.push(o.element());
+            set.members.push(&o.element());
             set.comments.insert(o.element(), o.key());
         }
         state.ipsets.insert(RECORD_SET.to_string(), set);
@@ -532,7 +534,7 @@ fn step(state: &mut State, c: &Command) -> Result<(), String> {
                         Ipset {
                             kind: a[2].clone(),
                             options: a[3..].to_vec(),
-                            members: Vec::new(),
+                            members: Default::default(),
                             comments: BTreeMap::new(),
                         },
                     );
@@ -544,12 +546,12 @@ fn step(state: &mut State, c: &Command) -> Result<(), String> {
                         s.comments.insert(m.clone(), a[at + 1].clone());
                     }
                     if !s.members.contains(&m) {
-                        s.members.push(m);
+                        s.members.push(&m);
                     }
                 }
                 "del" => {
                     let s = state.ipsets.get_mut(&name).ok_or(format!("no set: {c}"))?;
-                    s.members.retain(|m| *m != a[2]);
+                    s.members.retain(|m| m != a[2]);
                     s.comments.remove(&a[2]);
                 }
                 "destroy" => {
@@ -696,6 +698,7 @@ impl Kernel {
                 reason: String::new(),
                 target: String::new(),
                 wish: None,
+                members: Default::default(),
             };
             self.line(&c, &mut t)
                 .map_err(|e| format!("line {}: {e}", n + 2))?;
