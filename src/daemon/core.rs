@@ -65,8 +65,9 @@ pub trait Reconcile: Send + 'static {
     /// what ran.
     fn interrupt(&self) -> Interrupt;
     /// The next plan reads every wished set in full, not trusting any
-    /// summary (SIGHUP: the operator asked for a fresh look).
-    fn read_all_sets_next(&mut self) {}
+    /// summary, nor any chain found lonely before (SIGHUP: the operator
+    /// asked for a fresh look).
+    fn read_afresh_next(&mut self) {}
 }
 
 impl<B: Backend + Send + 'static> Reconcile for Reconciler<B> {
@@ -86,8 +87,8 @@ impl<B: Backend + Send + 'static> Reconcile for Reconciler<B> {
         Reconciler::interrupt(self)
     }
 
-    fn read_all_sets_next(&mut self) {
-        Reconciler::read_all_sets_next(self)
+    fn read_afresh_next(&mut self) {
+        Reconciler::read_afresh_next(self)
     }
 }
 
@@ -472,7 +473,7 @@ impl<R: Reconcile> Core<R> {
             "timer"
         };
         if sighup {
-            self.rec.read_all_sets_next();
+            self.rec.read_afresh_next();
         }
         let mut retry_new = false;
         loop {

@@ -135,6 +135,11 @@ pub struct Reconciler<B: Backend> {
     /// does not read a table whole on every run for a chain jumped to from
     /// a chain it does not read.
     reached: HashSet<ChainKey>,
+    /// Wished chains that a read of their whole table found nothing jumps
+    /// to: warned of again from the chains a plan reads, without reading
+    /// the table whole on every poll (a chain that the wishes no longer
+    /// leave alone is looked at again; SIGHUP forgets them all).
+    lonely: HashSet<ChainKey>,
     /// The kernel's renderings of owned nftables tables, and which were
     /// last found as wished.
     nft: nft::Memory,
@@ -161,6 +166,7 @@ impl<B: Backend> Reconciler<B> {
             canonical: HashMap::new(),
             interrupt: Interrupt::new(),
             reached: HashSet::new(),
+            lonely: HashSet::new(),
             nft: nft::Memory::default(),
             set_checks: None,
         }
@@ -174,8 +180,11 @@ impl<B: Backend> Reconciler<B> {
         self
     }
 
-    /// The next plan reads every wished set in full (SIGHUP).
-    pub fn read_all_sets_next(&mut self) {
+    /// The next plan reads every wished set in full, and looks again in
+    /// whole tables for jumps to the wished chains found lonely (SIGHUP:
+    /// the operator asked for a fresh look).
+    pub fn read_afresh_next(&mut self) {
+        self.lonely.clear();
         if let Some(checks) = &mut self.set_checks {
             checks.read_all_next();
         }
@@ -340,7 +349,8 @@ impl<B: Backend> Reconciler<B> {
     /// `iptables-save -t TABLE`, and only where a wished chain is not
     /// reached from the chains read (a chain jumped to from FORWARD, when
     /// the wishes do not name FORWARD), and once a chain is found reached,
-    /// it is not looked for again by this reconciler.
+    /// it is not looked for again by this reconciler; once found lonely
+    /// in its whole table, it is warned of again without that read.
     fn unreached(
         &mut self,
         wishes: &Wishes,
@@ -355,7 +365,12 @@ impl<B: Backend> Reconciler<B> {
         let mut found: Vec<_> = (plan::warnings::unreached(wishes, state).into_iter())
             .filter(known)
             .collect();
-        let more = tables_not_read_whole(&found, scope);
+        let key = |u: &plan::warnings::Unreached| (u.family, u.table.clone(), u.chain.clone());
+        let unsure: Vec<_> = (found.iter())
+            .filter(|u| !self.lonely.contains(&key(u)))
+            .cloned()
+            .collect();
+        let more = tables_not_read_whole(&unsure, scope);
         if !more.is_empty() {
             let extra = self.backend.read_state(more.clone()).map_err(Error::Read)?;
             // Only the rules and pyfw's record matter here: no copy of the
@@ -374,7 +389,10 @@ impl<B: Backend> Reconciler<B> {
             found = (plan::warnings::unreached(wishes, &view).into_iter())
                 .filter(known)
                 .collect();
+            self.lonely.extend(found.iter().map(key));
         }
+        // Looked at afresh when the partial view finds them reached.
+        self.lonely.retain(|k| found.iter().any(|u| key(u) == *k));
         for (family, table, chain) in plan::warnings::checked(wishes) {
             let still = found
                 .iter()
@@ -797,7 +815,7 @@ mod tests {
 
     /// A wished chain reached only from a chain the plan does not read
     /// costs a read of its table the first time, and no more once found
-    /// reached; a chain nothing jumps to is warned of every time.
+    /// reached.
     #[test]
     fn a_chain_found_reached_once_is_not_looked_for_again() {
         let wishes = |chain: &str| {
@@ -831,11 +849,17 @@ mod tests {
             assert_eq!(planned.warnings, []);
             assert_eq!(whole(&rec), 1);
         }
-        for n in 2..4 {
+        // A chain nothing jumps to: its table is read whole once, and it
+        // is warned of every time; SIGHUP looks again.
+        for _ in 0..3 {
             let planned = rec.plan(&wishes("LONELY")).unwrap();
             assert_eq!(planned.warnings.len(), 1, "{:?}", planned.warnings);
-            assert_eq!(whole(&rec), n);
+            assert_eq!(whole(&rec), 2);
         }
+        rec.read_afresh_next();
+        let planned = rec.plan(&wishes("LONELY")).unwrap();
+        assert_eq!(planned.warnings.len(), 1, "{:?}", planned.warnings);
+        assert_eq!(whole(&rec), 3);
     }
 
     #[test]
