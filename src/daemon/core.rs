@@ -519,12 +519,14 @@ impl<R: Reconcile> Core<R> {
             self.say_writing(force);
             return false;
         }
-        // A poll (no file event, no signal, no retry) with nothing
-        // reported or settling need not read an unchanged file again.
-        let poll = !force
-            && !job.triggers.contains(Trigger::FileEvent)
-            && !job.triggers.contains(Trigger::Retry);
-        if poll && self.reported.is_none() && self.active.stamp.is_some_and(|s| s.unchanged(&path))
+        // A run with nothing reported or settling need not read a file
+        // its stamp vouches for (no signal, no retry: those always read).
+        // File events included: the watch wakes a run for anything in the
+        // file's directory (another file created, renamed, a log written
+        // beside it), and reading a 22 MB blocklist for each was most of
+        // an idle daemon's CPU.
+        let quiet = !force && !job.triggers.contains(Trigger::Retry);
+        if quiet && self.reported.is_none() && self.active.stamp.is_some_and(|s| s.unchanged(&path))
         {
             self.settling.clear();
             return false;
