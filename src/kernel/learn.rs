@@ -709,6 +709,22 @@ impl Place<'_> {
         Ok(())
     }
 
+    /// The head of a transaction that starts from the forms just loaded
+    /// (`loaded`, their lines). The private namespace's table is replaced
+    /// whole at each run: its head declares the chains and loads them
+    /// again. A scratch chain of the real tables holds them already, and is
+    /// not declared again: that would flush it, and iptables-nft's `-D`
+    /// then looks for a rule among the flushed ones (`RULE_DELETE failed`),
+    /// which made every form look lossy without CAP_SYS_ADMIN (the unit).
+    fn holding_loaded(&self, loaded: impl Iterator<Item = String>) -> Vec<String> {
+        if self.chains.contains_key("") {
+            return Vec::new();
+        }
+        let mut head = self.head.clone();
+        head.extend(loaded);
+        head
+    }
+
     /// `said` with the scratch chain named as the rule's own chain.
     fn in_words(&self, said: &str, chain: &str) -> String {
         match self.chains.get("") {
@@ -838,8 +854,7 @@ impl Place<'_> {
                 forms[k] = Form::Reloads(reloaded);
             }
         }
-        let mut head = self.head.clone();
-        head.extend(loads.iter().map(|&k| line(k)));
+        let head = self.holding_loaded(loads.iter().map(|&k| line(k)));
         let deletes = (loads.iter())
             .filter(|&&k| forms[k] == Form::Stable)
             .map(|&k| {
