@@ -169,6 +169,13 @@ impl Fakes {
         // `ip` itself must still be found: the new PATH only matters inside.
         cmd.env("PATH", format!("{}:{path}", self.bin().display()))
             .env("PYFW_FAKE_CTL", &self.ctl);
+        // Each run through the fakes learns every rule form, as the first
+        // run with its wishes does: the calls counted in a clean run are
+        // then the calls of the next, and a fault at any of them, learning
+        // included, is tried.
+        let state = self.ctl.join("state");
+        let _ = std::fs::remove_file(state.join("iptables-forms.json"));
+        cmd.env("PYFW_STATE_DIR", &state);
         for (k, v) in env {
             cmd.env(k, v);
         }

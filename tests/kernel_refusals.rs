@@ -19,6 +19,8 @@ on_both_backends!(
     a_rule_marked_for_ipv6_in_an_ipv4_chain_is_named,
     a_set_over_its_maxelem_names_the_set_and_the_fix,
     printed_forms_that_do_not_load_back_as_themselves_are_warned_about,
+    a_form_kept_from_an_earlier_run_is_trusted_only_while_what_it_names_is_there,
+    ordinary_rules_learned_in_a_scratch_chain_are_not_called_lossy,
 );
 
 fn write_wishes(dir: &Path, text: &str) -> PathBuf {
@@ -362,4 +364,90 @@ fn printed_forms_that_do_not_load_back_as_themselves_are_warned_about(backend: B
     let again = ns.run_pyfw(&wishes, &["apply"]);
     again.expect_ok("a second apply");
     assert!(again.stdout.contains("Nothing to do"), "no churn\n{again}");
+}
+
+/// A second run with the same wishes takes the rule forms the first
+/// learned (kept in pyfw's state directory) instead of loading its rules
+/// again; but a kept verdict on a rule holds only while what the rule
+/// names is surely there: a jump to a chain pyfw does not read is asked of
+/// the kernel again, and once that chain is gone the rule is refused by
+/// wish, as on a first run.
+fn a_form_kept_from_an_earlier_run_is_trusted_only_while_what_it_names_is_there(backend: Backend) {
+    let Some(ns) = Netns::new("kept_forms", backend) else {
+        return;
+    };
+    ns.iptables(&["-N", "FOREIGN"]);
+    let dir = tempfile::tempdir().unwrap();
+    let wishes = write_wishes(
+        dir.path(),
+        "pyfw_wishes:\n  iptables:\n    filter:\n      INPUT:\n        rules:\n        \
+         - allow_ssh: -p tcp --dport 22 -j ACCEPT\n        \
+         - to_foreign: -p tcp --dport 80 -j FOREIGN\n",
+    );
+    let debug = |args: &[&str]| {
+        let mut argv = vec![common::PYFW, "--wishes", wishes.to_str().unwrap()];
+        argv.extend_from_slice(args);
+        let mut cmd = ns.command_for(&argv);
+        cmd.env("PYFW_LOG", "debug");
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.success(), text)
+    };
+    let (ok, first) = debug(&["plan"]);
+    assert!(ok, "first plan\n{first}");
+    assert!(!first.contains("kept from an earlier run"), "{first}");
+    let (ok, second) = debug(&["plan"]);
+    assert!(ok, "second plan\n{second}");
+    // The jump to a chain pyfw does not read is asked again each run.
+    assert!(
+        second.contains("1 of 2 rule forms kept from an earlier run; 1 to learn"),
+        "the second run learns only the jump again\n{second}"
+    );
+    ns.iptables(&["-X", "FOREIGN"]);
+    let out = ns.run_pyfw(&wishes, &["plan"]);
+    assert_ne!(out.code(), Some(0), "a jump to a chain that is gone\n{out}");
+    let said = said_about(&out, &wishes, "to_foreign", "filter/INPUT/to_foreign");
+    assert!(
+        said.contains("jumps to chain FOREIGN, which neither the wishes nor the kernel have"),
+        "{said}\n{out}"
+    );
+    nothing_internal(&out);
+}
+
+/// Rules that iptables prints otherwise than written (`--dport` gains
+/// `-m tcp`) but that load back as themselves draw no warning where their
+/// forms are learned in a scratch chain of the real tables: without
+/// CAP_SYS_ADMIN (the systemd unit), and for a jump to a chain of the host
+/// that pyfw does not read. (On nft, declaring the scratch chain again to
+/// check the forms flushed it, and `-D` then missed: every such rule was
+/// said to be one pyfw "cannot tell" from another.)
+fn ordinary_rules_learned_in_a_scratch_chain_are_not_called_lossy(backend: Backend) {
+    let Some(ns) = Netns::new("scratch_forms", backend) else {
+        return;
+    };
+    ns.iptables(&["-N", "FOREIGN"]);
+    let dir = tempfile::tempdir().unwrap();
+    let wishes = write_wishes(
+        dir.path(),
+        "pyfw_wishes:\n  iptables:\n    filter:\n      INPUT:\n        rules:\n        \
+         - web: -p tcp --dport 81 -j ACCEPT\n        \
+         - to_mine: -p tcp --dport 82 -j MINE\n        \
+         - to_foreign: -p tcp --dport 80 -j FOREIGN\n      \
+         MINE:\n        rules:\n        - mine: -p udp --dport 53 -j ACCEPT\n",
+    );
+    // The scratch chain first: a form learned once is kept for the next
+    // run (see the test above), which would then learn nothing.
+    for (how, out) in [
+        (
+            "without CAP_SYS_ADMIN",
+            pyfw_without_sys_admin(&ns, &wishes, &["plan"]),
+        ),
+        ("with a private namespace", ns.run_pyfw(&wishes, &["plan"])),
+    ] {
+        out.expect_ok(how);
+        assert!(
+            !out.stderr.contains("warning"),
+            "{how}: no rule is lossy\n{out}"
+        );
+    }
 }

@@ -292,6 +292,13 @@ pub trait Backend {
     fn nft_version(&mut self) -> String {
         String::new()
     }
+    /// What learned forms depend on (see [`Backend::canonicalize`]): the
+    /// variant, the iptables tools as the files they are, and the kernel's
+    /// release. Empty (the default, and for fakes): learned forms are not
+    /// kept beyond this process.
+    fn forms_key(&mut self) -> String {
+        String::new()
+    }
     /// The generation pyfw's last nft script committed, when nothing else
     /// committed between the generations read before and after it.
     fn nft_committed(&mut self) -> Option<u32> {

@@ -38,6 +38,7 @@ pub mod run_dir;
 pub mod scope;
 pub mod state_dir;
 pub mod system;
+pub mod tool_id;
 pub mod variant;
 pub mod words;
 pub mod xtlock;

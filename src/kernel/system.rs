@@ -277,6 +277,21 @@ impl Backend for System {
         crate::kernel::nft::version(&self.runner)
     }
 
+    fn forms_key(&mut self) -> String {
+        let mut key = format!("kernel {}", kernel_release());
+        for family in [Family::V4, Family::V6] {
+            for suffix in ["", "-restore"] {
+                let id = crate::kernel::tool_id::identity(&self.tool(family, suffix));
+                if id.is_empty() {
+                    return String::new();
+                }
+                key.push(' ');
+                key.push_str(&id);
+            }
+        }
+        key
+    }
+
     fn nft_committed(&mut self) -> Option<u32> {
         self.nft_commit
     }
@@ -343,4 +358,11 @@ fn stderr_of(cause: &Error) -> &str {
         Error::Failed { stderr, .. } => stderr.as_str(),
         _ => "",
     }
+}
+
+/// The running kernel's release (what it accepts and how it renders).
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|r| r.trim().to_string())
+        .unwrap_or_default()
 }

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use crate::kernel::learn::SCRATCH_PREFIX;
 use crate::kernel::process::ProcessName;
 use crate::kernel::{self, Backend, Form, Learned, Rejection, RuleCheck, SetShape};
-use crate::reconcile::{Error, PlanWarning, Reconciler, Refusal};
+use crate::reconcile::{Error, PlanWarning, Reconciler, Refusal, kept_forms};
 use crate::state::canon;
 use crate::state::rule::Rule;
 use crate::state::{Family, State};
@@ -36,7 +36,8 @@ impl<B: Backend> Reconciler<B> {
         wishes: &Wishes,
         state: &State,
     ) -> Result<Canonical, Error> {
-        let (learn, mut rejected) = self.wished_checks(wishes, state);
+        let (mut learn, mut rejected) = self.wished_checks(wishes, state);
+        let kept_key = self.use_kept_forms(wishes, state, &mut learn);
         let new_sets: Vec<SetShape> = (wishes.ipsets.iter())
             .filter(|w| !state.ipsets.contains_key(&w.name))
             .map(|w| SetShape {
@@ -48,13 +49,18 @@ impl<B: Backend> Reconciler<B> {
         let mut deferred = Vec::new();
         match self.backend.canonicalize(&learn, state, &new_sets) {
             Ok(learned) => {
+                let mut any = false;
                 for (check, learned) in learn.into_iter().zip(learned) {
                     match learned {
                         Some(l) => {
                             self.canonical.insert(key_of(&check), l);
+                            any = true;
                         }
                         None => deferred.push(check),
                     }
+                }
+                if any {
+                    kept_forms::save(&kept_key, wishes, &self.canonical);
                 }
             }
             Err(kernel::Error::Rejected(list)) => rejected.extend(list),
@@ -81,6 +87,33 @@ impl<B: Backend> Reconciler<B> {
             deferred,
             warnings,
         })
+    }
+
+    /// Takes what an earlier run learned of the rules in `learn` (see
+    /// [`kept_forms`]) and leaves in `learn` only the rules still to learn.
+    /// Returns the key the forms are kept under (empty: none are).
+    fn use_kept_forms(
+        &mut self,
+        wishes: &Wishes,
+        state: &State,
+        learn: &mut Vec<RuleCheck>,
+    ) -> String {
+        if learn.is_empty() {
+            return String::new();
+        }
+        let key = self.backend.forms_key();
+        let kept = kept_forms::load(&key, wishes, state);
+        if !kept.is_empty() {
+            let before = learn.len();
+            self.canonical.extend(kept);
+            learn.retain(|check| !self.canonical.contains_key(&key_of(check)));
+            tracing::debug!(
+                "{} of {before} rule forms kept from an earlier run; {} to learn",
+                before - learn.len(),
+                learn.len()
+            );
+        }
+        key
     }
 
     /// The wished rules to learn (not cached, not printed by the kernel as

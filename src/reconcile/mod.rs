@@ -16,6 +16,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 pub mod apply;
 mod canonicalize;
 pub mod confirm;
+mod kept_forms;
 pub mod nft;
 pub mod reach;
 pub mod rollback;

@@ -299,6 +299,10 @@ pub struct Netns {
     /// The legacy symlinks and the namespace's xtables lock, kept as long
     /// as the namespace.
     bin: Option<tempfile::TempDir>,
+    /// pyfw's state directory for the runs in this namespace (learned rule
+    /// forms, nft renderings): a test's own, never the host's
+    /// `/var/lib/pyfw` nor another test's. A test may still set another.
+    state: tempfile::TempDir,
 }
 
 impl Netns {
@@ -395,9 +399,14 @@ impl Netns {
         if !added {
             return None;
         }
+        let state = tempfile::Builder::new()
+            .prefix("pyfw-state-")
+            .tempdir()
+            .expect("create temp dir for pyfw's state");
         let ns = Netns {
             name,
             backend,
+            state,
             path,
             bin,
         };
@@ -443,6 +452,7 @@ impl Netns {
         if let Some(bin) = &self.bin {
             cmd.env("XTABLES_LOCKFILE", bin.path().join("xtables.lock"));
         }
+        cmd.env("PYFW_STATE_DIR", self.state.path());
         let mut shown = vec![format!("[netns {}]", self.name)];
         shown.extend(argv.iter().map(|s| s.to_string()));
         (cmd, shown)
