@@ -4,7 +4,9 @@
 //! What pyfw keeps there outlives a restart: the kernel's rendering of each
 //! owned nftables table's wishes (see `reconcile::nft`), so that a restart
 //! finds an unchanged table in sync instead of replacing it (and resetting
-//! its counters). Whoever can write there could make pyfw take a changed
+//! its counters); and the forms iptables prints the wished rules in (see
+//! `reconcile::kept_forms`), so that a run need not learn them again.
+//! Whoever can write there could make pyfw take a changed
 //! table for the wished one, so the directory must be root's (or this
 //! user's) alone, as the run directory must: pyfw makes it, mode 0700,
 //! when it is missing, and refuses one that others can write. A directory
