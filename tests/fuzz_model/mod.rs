@@ -23,8 +23,6 @@
 //! - a chain's DROP policy is set only once its wished rules are in place;
 //! - afterwards, planning again finds nothing to do.
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
