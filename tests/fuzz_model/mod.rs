@@ -1,6 +1,6 @@
 //! The planner on arbitrary state, shared by the cargo-fuzz target
 //! `planner` (`fuzz/fuzz_targets/planner.rs`) and the proptest run in
-//! `tests/fuzz_props.rs`.
+//! `tests/offline/fuzz_props.rs`.
 //!
 //! [`scenario`] decodes any byte string into valid wishes and a host state
 //! (several chains in two tables and both families, foreign rules, wished

@@ -2,7 +2,7 @@
 //! Docker keeps its rules in nftables (Docker 29, `--firewall-backend=
 //! nftables`), with real packets between network namespaces.
 //!
-//! The spec's network (`tests/topology/mod.rs`: a LAN, the Docker host with
+//! The spec's network (`tests/kernel/topology.rs`: a LAN, the Docker host with
 //! eth0 192.168.122.190 and docker0 172.17.0.1, container 1 serving "nginx"
 //! on :80 behind `-p 8000:80`, container 2, Host 2 192.168.122.193 and
 //! another host 192.168.122.194); Docker's own `ip docker-bridges` table for

@@ -1,5 +1,5 @@
 //! The spec's story (firewalling-docker.md) with real packets: the spec's
-//! network built from namespaces (`tests/topology/mod.rs`), Docker's rules
+//! network built from namespaces (`tests/kernel/topology.rs`), Docker's rules
 //! for `docker run -d -p 8000:80 nginx`, and at each stage of the story the
 //! spec's "check what works" list, asserted with real TCP connections that
 //! tell "connection refused" from a timeout. On both iptables backends.

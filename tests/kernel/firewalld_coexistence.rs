@@ -7,8 +7,8 @@
 //! firewalld's table, not even when it repairs its own.
 //!
 //! That pyfw refuses to own `inet firewalld` at all is
-//! `tests/nft_wishes.rs` (the message); here it is refused beside the real
-//! table, which stays as it was.
+//! `tests/offline/nft_wishes.rs` (the message); here it is refused beside the
+//! real table, which stays as it was.
 //!
 //! Needs root; see `tests/common/mod.rs` for how a test skips (or, with
 //! `PYFW_REQUIRE_NETNS=1`, fails) where namespaces are unavailable.

@@ -29,7 +29,8 @@
 //! `ProtectKernel*=`), and `IPAddressDeny=` (a cgroup BPF program on IP
 //! packets, which netlink and socket options do not go through). Where
 //! systemd is missing the tests print SKIP, even under
-//! `PYFW_REQUIRE_NETNS=1` (as `the_unit_files_pass_systemd_checks` does).
+//! `PYFW_REQUIRE_NETNS=1` (as
+//! `tests/offline/daemon.rs::the_unit_files_pass_systemd_checks` does).
 
 use crate::common;
 

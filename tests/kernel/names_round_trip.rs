@@ -9,7 +9,8 @@
 //! show exactly the wished names and comments.
 //!
 //! What another program alone can create (a chain `x"y`), pyfw reads but
-//! cannot wish for: see `tests/daemon.rs::odd_foreign_names_never_stop_the_daemon`.
+//! cannot wish for: see
+//! `tests/kernel/daemon.rs::odd_foreign_names_never_stop_the_daemon`.
 
 use crate::common;
 

@@ -171,7 +171,7 @@ fn table(ns: &Netns, name: &str) -> String {
 /// unhooked scratch chain, cannot see that jump, so the failure comes from
 /// the kernel, at the second command of the nat transaction, after the
 /// filter transaction committed. (MASQUERADE written in PREROUTING itself
-/// is refused before anything runs: `tests/kernel_refusals.rs`.) Then:
+/// is refused before anything runs: `tests/kernel/kernel_refusals.rs`.) Then:
 /// - nat is exactly as before, and no nat command is rolled back (there was
 ///   nothing to undo: its transaction changed nothing);
 /// - filter, whose transaction had committed, is rolled back to exactly as

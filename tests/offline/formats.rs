@@ -1,7 +1,8 @@
 //! `pyfw state --format yaml|json|iptables-save` and `pyfw plan --format
 //! text|json`, from the spec's saved dumps: no kernel, no root. The
-//! documents are snapshots (tests/snapshots/formats__*.snap): a change to
-//! them is a change to a documented, stable format (docs/formats.md).
+//! documents are snapshots (tests/offline/snapshots/offline__formats__*.snap):
+//! a change to them is a change to a documented, stable format
+//! (docs/formats.md).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -113,7 +113,8 @@ proptest! {
 }
 
 /// Inputs the fuzzers found, kept whatever `cargo fuzz cmin` keeps: each
-/// broke a property once (the planner's two are in `tests/ordering.rs`).
+/// broke a property once (the planner's two are in
+/// `tests/offline/ordering.rs`).
 #[test]
 fn fuzz_findings_stay_fixed() {
     // A list:set member named `comment`: the member's comment is the one

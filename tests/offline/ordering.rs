@@ -2,10 +2,11 @@
 //! `tests/fuzz_model/mod.rs` checks them on arbitrary state too):
 //!
 //! 1. allow rules land before a DROP policy, in the same transaction;
-//! 2. a moved rule is never missing (see also `tests/planner_props.rs` and
-//!    `tests/netns.rs::a_move_inside_one_transaction_never_shows_a_gap`);
+//! 2. a moved rule is never missing (see also
+//!    `tests/offline/planner_props.rs` and
+//!    `tests/kernel/netns.rs::a_move_inside_one_transaction_never_shows_a_gap`);
 //! 3. every table and family is one transaction: all or nothing (see also
-//!    `tests/faults.rs::a_failure_at_any_step_leaves_nothing_half_applied`);
+//!    `tests/kernel/faults.rs::a_failure_at_any_step_leaves_nothing_half_applied`);
 //! 4. ipsets exist before the rules that use them, and are destroyed only
 //!    after those rules are gone.
 

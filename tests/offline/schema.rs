@@ -109,7 +109,7 @@ fn valid_examples() -> Vec<(String, String)> {
         "deploy/ansible/roles/pyfw/defaults/main.yml".into(),
         serde_json::to_string(&wishes).unwrap(),
     ));
-    // Valid corners of the language, from tests/wishes_errors.rs.
+    // Valid corners of the language, from tests/offline/wishes_errors.rs.
     for (name, yaml) in [
         ("nothing on purpose", "pyfw_wishes: {}\n"),
         (
