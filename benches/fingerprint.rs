@@ -8,7 +8,7 @@
 //! builds this and returns at once: a measurement is not a check.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(unused_macros)]
+#[allow(dead_code, unused_macros)] // the bench needs only Netns from the tests' harness
 mod common;
 
 use std::time::{Duration, Instant};

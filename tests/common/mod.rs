@@ -13,12 +13,13 @@
 //! Without root, or where namespaces cannot be created, a test prints a
 //! `SKIP` line and returns, unless `PYFW_REQUIRE_NETNS=1`, in which case it
 //! panics with the reason. It never skips silently.
-
-#![allow(dead_code)] // each test binary uses its own part of the harness
+//!
+//! Both test targets include this file (`#[path = "../common/mod.rs"]`), as
+//! does `benches/fingerprint.rs`. `tests/kernel/` uses all of it; the
+//! offline target and the bench use a part, and say so where they include it.
 
 /// Runs a scenario `fn(Backend)` as two tests, `NAME::nft` and
-/// `NAME::legacy` (with `#[macro_use] mod common;`).
-#[allow(unused_macros)] // not every test binary runs scenarios on both
+/// `NAME::legacy` (with `#[macro_use]` on the `mod common;` of the target).
 macro_rules! on_both_backends {
     ($($scenario:ident),* $(,)?) => {$(
         mod $scenario {
@@ -140,6 +141,7 @@ impl Out {
     }
 
     /// The stdout lines not starting with `prefix`, byte for byte.
+    #[allow(dead_code)] // only tests/offline/netns.rs uses it, so tests/kernel/ does not
     pub fn lines_not_starting_with(&self, prefix: &str) -> String {
         self.stdout
             .split_inclusive('\n')

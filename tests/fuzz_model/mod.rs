@@ -1,6 +1,6 @@
 //! The planner on arbitrary state, shared by the cargo-fuzz target
 //! `planner` (`fuzz/fuzz_targets/planner.rs`) and the proptest run in
-//! `tests/fuzz_props.rs`.
+//! `tests/offline/fuzz_props.rs`.
 //!
 //! [`scenario`] decodes any byte string into valid wishes and a host state
 //! (several chains in two tables and both families, foreign rules, wished
@@ -22,8 +22,6 @@
 //!   only when no rule names it;
 //! - a chain's DROP policy is set only once its wished rules are in place;
 //! - afterwards, planning again finds nothing to do.
-
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
