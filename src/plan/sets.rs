@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::plan::chain::ChainSim;
-use crate::plan::command::{Command, Program, RUN_OVER, ipset_cmd};
+use crate::plan::command::{Command, Program, RUN_OVER, element, ipset_cmd};
 use crate::state::rule::{Rule, TEMP_PREFIX};
 use crate::state::{Family, Ipset, Members};
 use crate::wishes::IpsetWish;
@@ -283,10 +283,6 @@ fn ipv4_member_diff(have: &Members, wished: &Members) -> Option<(Vec<usize>, Vec
     gone.sort_unstable();
     missing.sort_unstable();
     Some((gone, missing))
-}
-
-pub(crate) fn element(member: &str) -> &str {
-    member.split(' ').next().unwrap_or(member)
 }
 
 /// Where each of a set's elements first appears in its member list.
