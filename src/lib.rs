@@ -13,6 +13,8 @@
 //! - [`cli`] and [`daemon`]: the one-shot commands and the long-running
 //!   reconciler.
 
+#![warn(clippy::too_many_lines)]
+
 pub mod cli;
 pub mod daemon;
 pub mod kernel;

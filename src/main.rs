@@ -1,5 +1,7 @@
 //! The `pyfw` command: parse the arguments, then run them.
 
+#![warn(clippy::too_many_lines)]
+
 use std::process::ExitCode;
 
 use clap::Parser;

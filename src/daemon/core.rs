@@ -766,18 +766,9 @@ impl<R: Reconcile> Core<R> {
         named: Option<&'static str>,
         held: &HashSet<String>,
     ) -> Result<RunResult, Untaken> {
-        let _lock = match &self.writer_lock {
-            None => None,
-            Some(name) => match crate::kernel::lock::wait(
-                name,
-                crate::kernel::lock::WRITER_WAIT,
-                &mut |busy| {
-                    tracing::info!("{busy}; waiting for it to finish");
-                },
-            ) {
-                Ok(lock) => Some(lock),
-                Err(e) => return Ok(RunResult::Failed(e.to_string())),
-            },
+        let _lock = match self.writer_turn() {
+            Ok(lock) => lock,
+            Err(e) => return Ok(RunResult::Failed(e)),
         };
         // `pyfw apply --confirm` reverted this very content: applying it
         // again would undo the revert (see `crate::reconcile::confirm`).
@@ -806,102 +797,43 @@ impl<R: Reconcile> Core<R> {
             return Ok(RunResult::Held);
         }
         let trigger = named.unwrap_or("drift");
-        let mut last_reason = "";
-        for c in &plan.commands {
-            if c.reason != last_reason {
-                let at = Label::parse(&c.target);
-                tracing::info!(
-                    trigger,
-                    family = at.family,
-                    table = at.table,
-                    chain = at.chain,
-                    ipset = at.ipset,
-                    wish = c.wish.as_deref(),
-                    "drift ({trigger}): {}",
-                    c.reason
-                );
-                last_reason = &c.reason;
-            }
-        }
+        log_drift(trigger, plan);
+        self.repair(planned, trigger, fixes)
+    }
+
+    /// Waits for the writer's turn when the daemon takes it (see
+    /// [`crate::kernel::lock`]); `Err` says why it could not.
+    fn writer_turn(&self) -> Result<Option<crate::kernel::lock::Lock>, String> {
+        let Some(name) = &self.writer_lock else {
+            return Ok(None);
+        };
+        crate::kernel::lock::wait(name, crate::kernel::lock::WRITER_WAIT, &mut |busy| {
+            tracing::info!("{busy}; waiting for it to finish");
+        })
+        .map(Some)
+        .map_err(|e| e.to_string())
+    }
+
+    /// Applies a plan that changes netfilter, logging each transaction and
+    /// command as it goes (see [`Progress`]).
+    fn repair(
+        &mut self,
+        planned: Planned,
+        trigger: &'static str,
+        fixes: Vec<Fix>,
+    ) -> Result<RunResult, Untaken> {
         // New wishes: what each command serves, to name the wish whose
         // transaction the kernel refuses.
         let serves: Vec<(usize, String)> = match self.proven {
             true => Vec::new(),
-            false => numbered(plan).map(|(at, c)| (at, serves(c))).collect(),
+            false => numbered(&planned.plan)
+                .map(|(at, c)| (at, serves(c)))
+                .collect(),
         };
         let started = Instant::now();
-        // Commands announced and not yet reported: a transaction announces
-        // all its commands, runs them at once, then reports each as done.
-        // Each is known by its command's address: a run of 100,000
-        // members is not copied to be matched.
-        let mut pending: VecDeque<Announced> = VecDeque::new();
-        let mut transaction: Option<String> = None;
-        let mut in_flight: Range<usize> = 0..0;
         let metrics = self.metrics.as_deref();
-        let mut on = |event: Event| match event {
-            Event::Transaction {
-                index,
-                total,
-                line,
-                commands,
-            } => {
-                tracing::info!(
-                    trigger,
-                    transaction = %line,
-                    "transaction {index}/{total} (commands {}-{}): {line}",
-                    commands.start,
-                    commands.end.saturating_sub(1)
-                );
-                transaction = Some(line);
-                in_flight = commands;
-            }
-            Event::Executing {
-                index,
-                total,
-                count,
-                command,
-                line,
-            } => pending.push_back(Announced {
-                address: std::ptr::from_ref(command) as usize,
-                numbers: numbers(index, count, total),
-                line,
-                target: command.target.clone(),
-                wish: command.wish.clone(),
-            }),
-            Event::Done { command } => {
-                if let Some(m) = metrics {
-                    m.observe_correction(command);
-                }
-                let address = std::ptr::from_ref(command) as usize;
-                let at = pending.iter().position(|p| p.address == address);
-                if let Some(done) = pending.remove(at.unwrap_or(0)) {
-                    let at = Label::parse(&done.target);
-                    let (numbers, line) = (&done.numbers, &done.line);
-                    tracing::info!(
-                        trigger,
-                        family = at.family,
-                        table = at.table,
-                        chain = at.chain,
-                        ipset = at.ipset,
-                        wish = done.wish.as_deref(),
-                        command = %line,
-                        result = "ok",
-                        exit_status = 0,
-                        "ran {numbers}: {line}"
-                    );
-                }
-            }
-            Event::RollingBack { command } => {
-                tracing::warn!(trigger, command = %command, "rolling back: {command}");
-            }
-            Event::Recording { line } => {
-                tracing::debug!(trigger, command = %line, "recording ownership: {line}");
-            }
-            // Progress events added later are logged, if only for debugging.
-            #[allow(unreachable_patterns)]
-            other => tracing::debug!(trigger, "{other:?}"),
-        };
-        let result = self.rec.apply(planned, &mut on);
+        let mut progress = Progress::new(trigger, metrics);
+        let result = self.rec.apply(planned, &mut |event| progress.on(event));
         if let Some(m) = metrics {
             m.observe_apply(started.elapsed());
         }
@@ -923,12 +855,12 @@ impl<R: Reconcile> Core<R> {
                 tracing::debug!(
                     trigger,
                     "the apply failed{}: {e}",
-                    transaction
-                        .as_deref()
+                    (progress.transaction.as_deref())
                         .map(|t| format!(" (in `{t}`)"))
                         .unwrap_or_default()
                 );
-                drop(pending);
+                let in_flight = progress.in_flight;
+                drop(progress.pending);
                 // Commands are numbered from 1 in the events.
                 let failing = in_flight.start.saturating_sub(1)..in_flight.end.saturating_sub(1);
                 let named: Vec<String> = (serves.into_iter())
@@ -1122,6 +1054,126 @@ fn serves(c: &Command) -> String {
     }
 }
 
+/// Logs what a plan corrects, a line per reason (commands in a row with
+/// the same reason share it).
+fn log_drift(trigger: &str, plan: &Plan) {
+    let mut last_reason = "";
+    for c in &plan.commands {
+        if c.reason != last_reason {
+            let at = Label::parse(&c.target);
+            tracing::info!(
+                trigger,
+                family = at.family,
+                table = at.table,
+                chain = at.chain,
+                ipset = at.ipset,
+                wish = c.wish.as_deref(),
+                "drift ({trigger}): {}",
+                c.reason
+            );
+            last_reason = &c.reason;
+        }
+    }
+}
+
+/// An apply's progress as its events tell it, logged as it goes.
+struct Progress<'m> {
+    trigger: &'static str,
+    metrics: Option<&'m Metrics>,
+    /// Commands announced and not yet reported: a transaction announces
+    /// all its commands, runs them at once, then reports each as done.
+    /// Each is known by its command's address: a run of 100,000 members is
+    /// not copied to be matched.
+    pending: VecDeque<Announced>,
+    /// The transaction in flight, as it runs, and its commands (numbered
+    /// from 1).
+    transaction: Option<String>,
+    in_flight: Range<usize>,
+}
+
+impl<'m> Progress<'m> {
+    fn new(trigger: &'static str, metrics: Option<&'m Metrics>) -> Progress<'m> {
+        Progress {
+            trigger,
+            metrics,
+            pending: VecDeque::new(),
+            transaction: None,
+            in_flight: 0..0,
+        }
+    }
+
+    fn on(&mut self, event: Event) {
+        let trigger = self.trigger;
+        match event {
+            Event::Transaction {
+                index,
+                total,
+                line,
+                commands,
+            } => {
+                tracing::info!(
+                    trigger,
+                    transaction = %line,
+                    "transaction {index}/{total} (commands {}-{}): {line}",
+                    commands.start,
+                    commands.end.saturating_sub(1)
+                );
+                self.transaction = Some(line);
+                self.in_flight = commands;
+            }
+            Event::Executing {
+                index,
+                total,
+                count,
+                command,
+                line,
+            } => self.pending.push_back(Announced {
+                address: std::ptr::from_ref(command) as usize,
+                numbers: numbers(index, count, total),
+                line,
+                target: command.target.clone(),
+                wish: command.wish.clone(),
+            }),
+            Event::Done { command } => self.done(command),
+            Event::RollingBack { command } => {
+                tracing::warn!(trigger, command = %command, "rolling back: {command}");
+            }
+            Event::Recording { line } => {
+                tracing::debug!(trigger, command = %line, "recording ownership: {line}");
+            }
+            // Progress events added later are logged, if only for debugging.
+            #[allow(unreachable_patterns)]
+            other => tracing::debug!(trigger, "{other:?}"),
+        }
+    }
+
+    /// A command ran: the one announced at its address (else the first
+    /// announced).
+    fn done(&mut self, command: &Command) {
+        if let Some(m) = self.metrics {
+            m.observe_correction(command);
+        }
+        let address = std::ptr::from_ref(command) as usize;
+        let at = self.pending.iter().position(|p| p.address == address);
+        if let Some(done) = self.pending.remove(at.unwrap_or(0)) {
+            let at = Label::parse(&done.target);
+            let (numbers, line) = (&done.numbers, &done.line);
+            tracing::info!(
+                trigger = self.trigger,
+                family = at.family,
+                table = at.table,
+                chain = at.chain,
+                ipset = at.ipset,
+                wish = done.wish.as_deref(),
+                command = %line,
+                result = "ok",
+                exit_status = 0,
+                "ran {numbers}: {line}"
+            );
+        }
+    }
+}
+
 /// A command announced by an apply and not yet reported done: known by
 /// its address, with what its log line says.
 struct Announced {
@@ -1312,6 +1364,74 @@ pub(crate) mod fake {
         }
     }
 
+    /// The failure a wish named to fail scripts: `bad` (rejected), `refused`
+    /// (the tool's error), `refused_tx` (a command refused in a
+    /// transaction), `busy` (the xtables lock, while `busy` lasts).
+    fn scripted_failure(w: &mut World, plan: &Plan, added: &[String]) -> Option<reconcile::Error> {
+        let total = plan.commands.len();
+        let failing = |w: &mut World, wish: &str, cause: kernel::Error| {
+            w.failed.push(wish.to_string());
+            reconcile::Error::Apply(ApplyError {
+                cause: Cause::Kernel(cause),
+                left: Left::RolledBack { transactions: 1 },
+            })
+        };
+        let failed = |status: &str, stderr: &str| kernel::Error::Failed {
+            command: "iptables-restore --noflush --wait".into(),
+            status: status.into(),
+            stderr: stderr.into(),
+        };
+        if added.iter().any(|n| n == "bad") {
+            let e = kernel::Error::Rejected(vec![kernel::Rejection {
+                label: "filter/INPUT/bad".into(),
+                message: "iptables v1.8.9 (nf_tables): Bad ctstate \"BOGUS\"".into(),
+            }]);
+            return Some(failing(w, "bad", e));
+        }
+        if added.iter().any(|n| n == "refused") {
+            let e = failed(
+                "exit status: 2",
+                "iptables v1.8.9 (nf_tables): Can't use -o with INPUT",
+            );
+            return Some(failing(w, "refused", e));
+        }
+        if let Some(k) = added.iter().position(|n| n == "refused_tx") {
+            // The tool named the command it refused, in a transaction
+            // of all the plan's commands.
+            w.failed.push("refused_tx".into());
+            let command = &plan.commands[k];
+            return Some(reconcile::Error::Apply(ApplyError {
+                cause: Cause::Refused {
+                    refused: Box::new(crate::reconcile::apply::Refused {
+                        index: k + 1,
+                        total,
+                        line: command.to_string(),
+                        target: command.target.clone(),
+                        wish: command.wish.clone(),
+                        transaction: 1..total + 1,
+                        words: "RULE_INSERT failed (Invalid argument)".into(),
+                    }),
+                    error: failed(
+                        "exit status: 4",
+                        "iptables-restore v1.8.9 (nf_tables): \nline 3: RULE_INSERT failed \
+                         (Invalid argument): rule in chain INPUT",
+                    ),
+                },
+                left: Left::RolledBack { transactions: 1 },
+            }));
+        }
+        if added.iter().any(|n| n == "busy") && w.busy > 0 {
+            w.busy -= 1;
+            let e = failed(
+                "exit status: 4",
+                "Another app is currently holding the xtables lock. Stopped waiting after \
+                 10s.",
+            );
+            return Some(failing(w, "busy", e));
+        }
+        None
+    }
+
     impl Reconcile for Fake {
         fn plan(&mut self, wishes: &Wishes) -> Result<Planned, reconcile::Error> {
             let gate = self.world().gate.take();
@@ -1371,65 +1491,8 @@ pub(crate) mod fake {
                 line: "iptables-restore --noflush --wait".into(),
                 commands: 1..total + 1,
             });
-            let failing = |w: &mut World, wish: &str, cause: kernel::Error| {
-                w.failed.push(wish.to_string());
-                Err(reconcile::Error::Apply(ApplyError {
-                    cause: Cause::Kernel(cause),
-                    left: Left::RolledBack { transactions: 1 },
-                }))
-            };
-            let failed = |status: &str, stderr: &str| kernel::Error::Failed {
-                command: "iptables-restore --noflush --wait".into(),
-                status: status.into(),
-                stderr: stderr.into(),
-            };
-            if added.iter().any(|n| n == "bad") {
-                let e = kernel::Error::Rejected(vec![kernel::Rejection {
-                    label: "filter/INPUT/bad".into(),
-                    message: "iptables v1.8.9 (nf_tables): Bad ctstate \"BOGUS\"".into(),
-                }]);
-                return failing(&mut w, "bad", e);
-            }
-            if added.iter().any(|n| n == "refused") {
-                let e = failed(
-                    "exit status: 2",
-                    "iptables v1.8.9 (nf_tables): Can't use -o with INPUT",
-                );
-                return failing(&mut w, "refused", e);
-            }
-            if let Some(k) = added.iter().position(|n| n == "refused_tx") {
-                // The tool named the command it refused, in a transaction
-                // of all the plan's commands.
-                w.failed.push("refused_tx".into());
-                let command = &plan.commands[k];
-                return Err(reconcile::Error::Apply(ApplyError {
-                    cause: Cause::Refused {
-                        refused: Box::new(crate::reconcile::apply::Refused {
-                            index: k + 1,
-                            total,
-                            line: command.to_string(),
-                            target: command.target.clone(),
-                            wish: command.wish.clone(),
-                            transaction: 1..total + 1,
-                            words: "RULE_INSERT failed (Invalid argument)".into(),
-                        }),
-                        error: failed(
-                            "exit status: 4",
-                            "iptables-restore v1.8.9 (nf_tables): \nline 3: RULE_INSERT failed \
-                             (Invalid argument): rule in chain INPUT",
-                        ),
-                    },
-                    left: Left::RolledBack { transactions: 1 },
-                }));
-            }
-            if added.iter().any(|n| n == "busy") && w.busy > 0 {
-                w.busy -= 1;
-                let e = failed(
-                    "exit status: 4",
-                    "Another app is currently holding the xtables lock. Stopped waiting after \
-                     10s.",
-                );
-                return failing(&mut w, "busy", e);
+            if let Some(e) = scripted_failure(&mut w, &plan, &added) {
+                return Err(e);
             }
             for (i, command) in plan.commands.iter().enumerate() {
                 on(Event::Executing {
@@ -2004,6 +2067,8 @@ mod tests {
         })
     }
 
+    // A scenario script read top to bottom: each step's metrics follow it.
+    #[allow(clippy::too_many_lines)]
     #[test]
     fn runs_report_to_the_metrics() {
         let Setup {

@@ -41,7 +41,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::{Metric, Registry, Unit};
 
 use crate::plan::{Command, Plan, Program};
 use crate::state::Family as IpFamily;
@@ -114,6 +114,81 @@ struct TableLabels {
     table: String,
 }
 
+/// A new metric (its default), registered under `name` (with `unit`, if
+/// any); returns it (a handle to what the registry holds).
+fn registered<M: Metric + Clone + Default>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    unit: Option<Unit>,
+) -> M {
+    let metric = M::default();
+    match unit {
+        Some(unit) => registry.register_with_unit(name, help, unit, metric.clone()),
+        None => registry.register(name, help, metric.clone()),
+    }
+    metric
+}
+
+/// Time since the last success (+Inf before it) and its Unix time.
+fn success_gauges(registry: &mut Registry) -> (Gauge<f64, AtomicU64>, Gauge<f64, AtomicU64>) {
+    let seconds_since_success = Gauge::<f64, AtomicU64>::default();
+    seconds_since_success.set(f64::INFINITY);
+    registry.register(
+        "seconds_since_last_successful_reconcile",
+        "Seconds since netfilter was last seen matching the wishes (+Inf before the first time)",
+        seconds_since_success.clone(),
+    );
+    let last_success_timestamp = registered(
+        registry,
+        "last_successful_reconcile_timestamp",
+        "Unix time netfilter was last seen matching the wishes (0 before the first time)",
+        Some(Unit::Seconds),
+    );
+    (seconds_since_success, last_success_timestamp)
+}
+
+/// Each chain's, set's and owned table's drift at the last read.
+fn drift_gauges(
+    registry: &mut Registry,
+) -> (
+    Family<ChainLabels, Gauge>,
+    Family<SetLabels, Gauge>,
+    Family<TableLabels, Gauge>,
+) {
+    let drift = registered(
+        registry,
+        "drift",
+        "1 when the chain differed from the wishes at the last read, else 0",
+        None,
+    );
+    let ipset_drift = registered(
+        registry,
+        "ipset_drift",
+        "1 when the set differed from the wishes at the last read, else 0",
+        None,
+    );
+    let nft_drift = registered(
+        registry,
+        "nft_table_drift",
+        "1 when the owned nftables table differed from the wishes at the last read, else 0",
+        None,
+    );
+    (drift, ipset_drift, nft_drift)
+}
+
+/// How long applies take: 1 ms to about 33 s.
+fn apply_histogram(registry: &mut Registry) -> Histogram {
+    let apply_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+    registry.register_with_unit(
+        "apply_duration",
+        "Time to apply a plan (all its commands, or up to the failure and its rollback)",
+        Unit::Seconds,
+        apply_duration.clone(),
+    );
+    apply_duration
+}
+
 /// The daemon's metrics. Cheap to update from any thread.
 pub struct Metrics {
     registry: Registry,
@@ -150,73 +225,37 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("pyfw");
-        let reconciles = Family::<ReconcileLabels, Counter>::default();
-        registry.register(
+        let r = &mut registry;
+        let reconciles = registered(
+            r,
             "reconciles",
             "Reconciles run, by what triggered them and how they ended",
-            reconciles.clone(),
+            None,
         );
-        let corrections = Family::<CorrectionLabels, Counter>::default();
-        registry.register(
+        let corrections = registered(
+            r,
             "corrections",
             "Commands run to repair drift, by chain (family ipv4/ipv6), set (family ipset) or \
              owned nftables table (family nft, table `inet pyfw`) and the wish they serve",
-            corrections.clone(),
+            None,
         );
-        let seconds_since_success = Gauge::<f64, AtomicU64>::default();
-        seconds_since_success.set(f64::INFINITY);
-        registry.register(
-            "seconds_since_last_successful_reconcile",
-            "Seconds since netfilter was last seen matching the wishes (+Inf before the first time)",
-            seconds_since_success.clone(),
-        );
-        let last_success_timestamp = Gauge::<f64, AtomicU64>::default();
-        registry.register_with_unit(
-            "last_successful_reconcile_timestamp",
-            "Unix time netfilter was last seen matching the wishes (0 before the first time)",
-            Unit::Seconds,
-            last_success_timestamp.clone(),
-        );
-        // 1 ms to about 33 s.
-        let apply_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
-        registry.register_with_unit(
-            "apply_duration",
-            "Time to apply a plan (all its commands, or up to the failure and its rollback)",
-            Unit::Seconds,
-            apply_duration.clone(),
-        );
-        let drift = Family::<ChainLabels, Gauge>::default();
-        registry.register(
-            "drift",
-            "1 when the chain differed from the wishes at the last read, else 0",
-            drift.clone(),
-        );
-        let ipset_drift = Family::<SetLabels, Gauge>::default();
-        registry.register(
-            "ipset_drift",
-            "1 when the set differed from the wishes at the last read, else 0",
-            ipset_drift.clone(),
-        );
-        let nft_drift = Family::<TableLabels, Gauge>::default();
-        registry.register(
-            "nft_table_drift",
-            "1 when the owned nftables table differed from the wishes at the last read, else 0",
-            nft_drift.clone(),
-        );
-        let wishes_loaded = Gauge::default();
-        registry.register(
+        let (seconds_since_success, last_success_timestamp) = success_gauges(r);
+        let apply_duration = apply_histogram(r);
+        let (drift, ipset_drift, nft_drift) = drift_gauges(r);
+        let wishes_loaded = registered(
+            r,
             "wishes_loaded",
             "1 when the wishes file loaded and validated at its last read, 0 when it did not \
              (the last good wishes stay in force)",
-            wishes_loaded.clone(),
+            None,
         );
-        let wishes_load_failures = Counter::default();
-        registry.register(
+        let wishes_load_failures = registered(
+            r,
             "wishes_load_failures",
             "Reads of the wishes file that failed to load or validate",
-            wishes_load_failures.clone(),
+            None,
         );
-        registry.register(
+        r.register(
             "build",
             "pyfw's version",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),

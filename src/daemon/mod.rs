@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod timing;
 pub mod watch;
 
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -217,17 +218,7 @@ fn start(path: &Path, variant: Variant, args: &Args) -> Result<ExitCode, String>
     one_heap();
     // First of all, so that SIGTERM is ours to handle from here on.
     let signals = forward_signals()?;
-    let daemon_lock =
-        crate::kernel::lock::try_lock(crate::kernel::lock::DAEMON).map_err(|e| match e {
-            crate::kernel::lock::LockError::Busy { holder, .. } => format!(
-                "a pyfw daemon is already running in this network namespace{}. One daemon per \
-             namespace: stop it first, or make it re-read {} with SIGHUP \
-             (`systemctl reload pyfw`)",
-                holder.map(|h| format!(" ({h})")).unwrap_or_default(),
-                path.display()
-            ),
-            other => other.to_string(),
-        })?;
+    let daemon_lock = lock_the_namespace(path)?;
     // After the lock, so that a second daemon is refused for being a second
     // daemon, not for a busy port.
     let served = serve_metrics(args);
@@ -249,39 +240,14 @@ fn start(path: &Path, variant: Variant, args: &Args) -> Result<ExitCode, String>
     for w in warnings {
         tracing::warn!("{w}");
     }
-    let binaries: Vec<String> = [
-        Program::Iptables(Family::V4),
-        Program::Iptables(Family::V6),
-        Program::Ipset,
-    ]
-    .into_iter()
-    .map(|p| system.binary(p))
-    .collect();
     let mut config = Config::new(args.interval);
     config.watchdog = sd_notify::watchdog_enabled();
-    tracing::info!(
-        "pyfw daemon starting: wishes {}, poll every {}, tools {}{}",
-        path.display(),
-        humantime::format_duration(args.interval),
-        binaries.join(", "),
-        config
-            .watchdog
-            .map(|w| format!(", watchdog {}", humantime::format_duration(w)))
-            .unwrap_or_default()
-    );
+    log_start(path, args, &system, &config);
     let (events, lock) = follow_netfilter(&system, &loaded.wishes, args.interval);
     // Polls of an unchanged legacy table skip the read (its fingerprint),
     // and while the xtables lock stays quiet, the fingerprint too.
     let system = system.remember_legacy_reads(lock);
-    // Big sets are checked by their summary each poll, and read in full on
-    // a longer period (see `reconcile::set_checks`).
-    let checks = crate::reconcile::set_checks::SetChecks::for_interval(args.interval);
-    let mut core = Core::new(
-        Reconciler::new(system).checking_sets(checks),
-        path.to_path_buf(),
-        loaded,
-        Some(crate::kernel::lock::WRITER.to_string()),
-    );
+    let mut core = daemon_core(system, path, loaded, args);
     if let Some((metrics, _)) = &served {
         core = core.with_metrics(metrics.clone());
     }
@@ -300,6 +266,60 @@ fn start(path: &Path, variant: Variant, args: &Args) -> Result<ExitCode, String>
     drop(served);
     drop(daemon_lock);
     Ok(code)
+}
+
+/// Takes the daemon's lock: one daemon per network namespace.
+fn lock_the_namespace(path: &Path) -> Result<crate::kernel::lock::Lock, String> {
+    crate::kernel::lock::try_lock(crate::kernel::lock::DAEMON).map_err(|e| match e {
+        crate::kernel::lock::LockError::Busy { holder, .. } => format!(
+            "a pyfw daemon is already running in this network namespace{}. One daemon per \
+             namespace: stop it first, or make it re-read {} with SIGHUP \
+             (`systemctl reload pyfw`)",
+            holder.map(|h| format!(" ({h})")).unwrap_or_default(),
+            path.display()
+        ),
+        other => other.to_string(),
+    })
+}
+
+/// Says what the daemon enforces, how often it polls, with which tools.
+fn log_start(path: &Path, args: &Args, system: &System, config: &Config) {
+    let binaries: Vec<String> = [
+        Program::Iptables(Family::V4),
+        Program::Iptables(Family::V6),
+        Program::Ipset,
+    ]
+    .into_iter()
+    .map(|p| system.binary(p))
+    .collect();
+    tracing::info!(
+        "pyfw daemon starting: wishes {}, poll every {}, tools {}{}",
+        path.display(),
+        humantime::format_duration(args.interval),
+        binaries.join(", "),
+        config
+            .watchdog
+            .map(|w| format!(", watchdog {}", humantime::format_duration(w)))
+            .unwrap_or_default()
+    );
+}
+
+/// The daemon's core: the real reconciler, taking the writer's turn.
+fn daemon_core(
+    system: System,
+    path: &Path,
+    loaded: core::Loaded,
+    args: &Args,
+) -> Core<Reconciler<System>> {
+    // Big sets are checked by their summary each poll, and read in full on
+    // a longer period (see `reconcile::set_checks`).
+    let checks = crate::reconcile::set_checks::SetChecks::for_interval(args.interval);
+    Core::new(
+        Reconciler::new(system).checking_sets(checks),
+        path.to_path_buf(),
+        loaded,
+        Some(crate::kernel::lock::WRITER.to_string()),
+    )
 }
 
 /// The metrics of `--metrics ADDR`, served in the background (see
@@ -368,79 +388,10 @@ fn follow_netfilter(
     wishes: &crate::wishes::Wishes,
     interval: Duration,
 ) -> (Option<Events>, Option<crate::kernel::xtlock::LockWatch>) {
-    let every = humantime::format_duration(interval);
     if !system.is_nft() {
-        let path = crate::kernel::xtlock::path();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let tables_tx = tx.clone();
-        let watched = Arc::new(std::sync::Mutex::new(events::watched(wishes)));
-        let tables = watched.clone();
-        // Every iptables run on the host releases the lock, reads
-        // included: a release wakes a reconcile only when a wished table's
-        // fingerprint moved since the last check. (A fingerprint that
-        // cannot be taken stays `None`, so it never wakes one in a loop.)
-        let mut last: std::collections::HashMap<(Family, String), Option<u64>> =
-            std::collections::HashMap::new();
-        let check = move |release: &crate::kernel::xtlock::Release| {
-            let Ok(now) = tables.lock().map(|w| {
-                w.iter()
-                    .map(|(family, table, _)| (*family, table.clone()))
-                    .collect::<std::collections::BTreeSet<_>>()
-            }) else {
-                return false;
-            };
-            let mut changed = Vec::new();
-            for (family, table) in now {
-                // A reconcile's read since these releases (the one after
-                // pyfw's own apply, say) already copied the table.
-                let fp = match release.fingerprinted_since(family, &table) {
-                    Some(fp) => {
-                        tracing::debug!(
-                            "xtables lock released; {family:?} {table} was fingerprinted by a \
-                             read since"
-                        );
-                        Some(fp)
-                    }
-                    None => crate::kernel::fingerprint::legacy_table(family, &table)
-                        .ok()
-                        .flatten(),
-                };
-                if last.insert((family, table.clone()), fp) != Some(fp) {
-                    changed.push(match family {
-                        Family::V4 => table,
-                        Family::V6 => format!("ip6tables:{table}"),
-                    });
-                }
-            }
-            if changed.is_empty() {
-                tracing::debug!("xtables lock released; the wished legacy tables are unchanged");
-                return true;
-            }
-            tx.send(events::Change::XtablesLock { tables: changed })
-                .is_ok()
-        };
-        return match crate::kernel::xtlock::LockWatch::start(&path, check) {
-            Ok(lock) => {
-                tracing::info!(
-                    "iptables-legacy announces no changes; following the xtables lock {} that \
-                     iptables commands take: a wished legacy table is checked when it is \
-                     released, and by the poll every {every}",
-                    path.display()
-                );
-                let mut events = Events::from_channel_watching(rx, watched);
-                follow_owned_tables(&mut events, tables_tx, wishes, interval);
-                (Some(events), Some(lock))
-            }
-            Err(e) => {
-                tracing::warn!(
-                    "iptables-legacy announces no changes, and the xtables lock {} cannot be \
-                     followed ({e}): drift is found by the poll every {every}",
-                    path.display()
-                );
-                (None, None)
-            }
-        };
+        return follow_xtables_lock(wishes, interval);
     }
+    let every = humantime::format_duration(interval);
     match Events::start(events::watched(wishes), events::watched_tables(wishes)) {
         Ok(events) => {
             tracing::info!(
@@ -455,6 +406,102 @@ fn follow_netfilter(
             );
             (None, None)
         }
+    }
+}
+
+/// On legacy iptables, which announces no changes: the xtables lock's
+/// releases (see [`LockReleases`]), and nf_tables' changes to the owned
+/// nftables tables.
+fn follow_xtables_lock(
+    wishes: &crate::wishes::Wishes,
+    interval: Duration,
+) -> (Option<Events>, Option<crate::kernel::xtlock::LockWatch>) {
+    let every = humantime::format_duration(interval);
+    let path = crate::kernel::xtlock::path();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let tables_tx = tx.clone();
+    let watched = Arc::new(std::sync::Mutex::new(events::watched(wishes)));
+    let mut releases = LockReleases {
+        tables: watched.clone(),
+        last: std::collections::HashMap::new(),
+        tx,
+    };
+    match crate::kernel::xtlock::LockWatch::start(&path, move |r| releases.check(r)) {
+        Ok(lock) => {
+            tracing::info!(
+                "iptables-legacy announces no changes; following the xtables lock {} that \
+                 iptables commands take: a wished legacy table is checked when it is \
+                 released, and by the poll every {every}",
+                path.display()
+            );
+            let mut events = Events::from_channel_watching(rx, watched);
+            follow_owned_tables(&mut events, tables_tx, wishes, interval);
+            (Some(events), Some(lock))
+        }
+        Err(e) => {
+            tracing::warn!(
+                "iptables-legacy announces no changes, and the xtables lock {} cannot be \
+                 followed ({e}): drift is found by the poll every {every}",
+                path.display()
+            );
+            (None, None)
+        }
+    }
+}
+
+/// Every iptables run on the host releases the xtables lock, reads
+/// included: a release wakes a reconcile only when a wished table's
+/// fingerprint moved since the last check. (A fingerprint that cannot be
+/// taken stays `None`, so it never wakes one in a loop.)
+struct LockReleases {
+    /// The wished chains, as the events follow them.
+    tables: Arc<Mutex<events::Watched>>,
+    /// Each wished legacy table's fingerprint at the last release.
+    last: std::collections::HashMap<(Family, String), Option<u64>>,
+    tx: mpsc::UnboundedSender<events::Change>,
+}
+
+impl LockReleases {
+    /// One release: sends the wished tables that changed, if any; false
+    /// once nothing listens.
+    fn check(&mut self, release: &crate::kernel::xtlock::Release) -> bool {
+        let Ok(now) = self.tables.lock().map(|w| {
+            w.iter()
+                .map(|(family, table, _)| (*family, table.clone()))
+                .collect::<std::collections::BTreeSet<_>>()
+        }) else {
+            return false;
+        };
+        let mut changed = Vec::new();
+        for (family, table) in now {
+            // A reconcile's read since these releases (the one after
+            // pyfw's own apply, say) already copied the table.
+            let fp = match release.fingerprinted_since(family, &table) {
+                Some(fp) => {
+                    tracing::debug!(
+                        "xtables lock released; {family:?} {table} was fingerprinted by a read \
+                         since"
+                    );
+                    Some(fp)
+                }
+                None => crate::kernel::fingerprint::legacy_table(family, &table)
+                    .ok()
+                    .flatten(),
+            };
+            if self.last.insert((family, table.clone()), fp) != Some(fp) {
+                changed.push(match family {
+                    Family::V4 => table,
+                    Family::V6 => format!("ip6tables:{table}"),
+                });
+            }
+        }
+        if changed.is_empty() {
+            tracing::debug!("xtables lock released; the wished legacy tables are unchanged");
+            return true;
+        }
+        self.tx
+            .send(events::Change::XtablesLock { tables: changed })
+            .is_ok()
     }
 }
 
@@ -553,58 +600,156 @@ async fn sleep_until(at: Option<Instant>) {
 pub async fn run<R: Reconcile, N: Notifier>(
     core: Core<R>,
     config: Config,
-    mut signals: UnboundedReceiver<Signal>,
-    mut hints: UnboundedReceiver<Hint>,
-    mut watch: Option<Watch>,
-    mut events: Option<Events>,
+    signals: UnboundedReceiver<Signal>,
+    hints: UnboundedReceiver<Hint>,
+    watch: Option<Watch>,
+    events: Option<Events>,
     notifier: N,
 ) -> ExitCode {
-    let path = core.path().display().to_string();
     let interrupt = core.reconciler().interrupt();
-    let mut schedule = Schedule::new(Instant::now(), config.interval, config.backoff.clone());
-    let mut debounce = Debounce::new(config.debounce, config.debounce_max);
-    let mut changes = Debounce::new(config.event_quiet, config.event_max);
-    let mut fights = Fights::new(config.fights);
-    let mut idle: Option<Core<R>> = Some(core);
-    let mut running: Option<Running<R>> = None;
-    let mut ready = false;
-    // RELOADING=1 was sent; READY=1 is owed after the SIGHUP run.
-    let mut reloading = false;
-    let ping_every = config.watchdog.map(|w| w / 2);
-    let mut next_ping = ping_every.map(|p| Instant::now() + p);
-    let mut stuck_warned = false;
-    // The STATUS= last sent, to send it again only when it changes.
-    let mut last_status = String::new();
-    // When to look again at new content of the file that had not settled.
-    let mut recheck_at: Option<Instant> = None;
+    let mut daemon = EventLoop::new(core, config, signals, hints, watch, events, notifier);
+    let stop = loop {
+        match daemon.tick().await {
+            ControlFlow::Continue(()) => {}
+            ControlFlow::Break(End::Stop(signal)) => break signal,
+            ControlFlow::Break(End::Exit(code)) => return code,
+        }
+    };
+    tracing::info!(
+        "stopping on {}; the netfilter rules stay in place",
+        stop.name()
+    );
+    daemon.notifier.notify(&[NotifyState::Stopping]);
+    if let Some(r) = daemon.running {
+        finish_in_flight(r, &interrupt, stop).await;
+    }
+    ExitCode::SUCCESS
+}
 
-    let stop = 'main: loop {
+/// Why the event loop ends: a signal to stop on (a run in flight is then
+/// finished), or an exit status right away.
+enum End {
+    Stop(Signal),
+    Exit(ExitCode),
+}
+
+/// The event loop's state: its inputs, the schedule of runs, the core
+/// (idle, or in a run in flight), and what systemd was told.
+struct EventLoop<R, N> {
+    config: Config,
+    notifier: N,
+    /// The wishes file, for the log.
+    path: String,
+    signals: UnboundedReceiver<Signal>,
+    hints: UnboundedReceiver<Hint>,
+    watch: Option<Watch>,
+    events: Option<Events>,
+    schedule: Schedule,
+    /// File events, waiting for quiet.
+    debounce: Debounce,
+    /// Other programs' netfilter changes, waiting for quiet.
+    changes: Debounce,
+    fights: Fights,
+    idle: Option<Core<R>>,
+    running: Option<Running<R>>,
+    ready: bool,
+    /// RELOADING=1 was sent; READY=1 is owed after the SIGHUP run.
+    reloading: bool,
+    ping_every: Option<Duration>,
+    next_ping: Option<Instant>,
+    stuck_warned: bool,
+    /// The STATUS= last sent, to send it again only when it changes.
+    last_status: String,
+    /// When to look again at new content of the file that had not settled.
+    recheck_at: Option<Instant>,
+}
+
+impl<R: Reconcile, N: Notifier> EventLoop<R, N> {
+    fn new(
+        core: Core<R>,
+        config: Config,
+        signals: UnboundedReceiver<Signal>,
+        hints: UnboundedReceiver<Hint>,
+        watch: Option<Watch>,
+        events: Option<Events>,
+        notifier: N,
+    ) -> EventLoop<R, N> {
+        let ping_every = config.watchdog.map(|w| w / 2);
+        EventLoop {
+            path: core.path().display().to_string(),
+            schedule: Schedule::new(Instant::now(), config.interval, config.backoff.clone()),
+            debounce: Debounce::new(config.debounce, config.debounce_max),
+            changes: Debounce::new(config.event_quiet, config.event_max),
+            fights: Fights::new(config.fights),
+            idle: Some(core),
+            running: None,
+            ready: false,
+            reloading: false,
+            ping_every,
+            next_ping: ping_every.map(|p| Instant::now() + p),
+            stuck_warned: false,
+            last_status: String::new(),
+            recheck_at: None,
+            config,
+            notifier,
+            signals,
+            hints,
+            watch,
+            events,
+        }
+    }
+
+    /// One turn: what has arrived already, a run started if one is due,
+    /// then the first thing to happen, each kind of it to its own method.
+    async fn tick(&mut self) -> ControlFlow<End> {
         let now = Instant::now();
-        // Whatever has arrived already is answered together.
-        while let Ok(signal) = signals.try_recv() {
+        self.tick_arrived(now)?;
+        self.start_due(now);
+        let wake = self.schedule.wake_at(now);
+        tokio::select! {
+            signal = self.signals.recv() => self.tick_signal(signal),
+            joined = join(&mut self.running) => self.tick_joined(joined),
+            Some(hint) = self.hints.recv() => self.tick_hint(&hint),
+            () = sleep_until(self.recheck_at) => self.tick_recheck(),
+            change = next_change(&mut self.events) => self.tick_netfilter(&change),
+            () = sleep_until(self.changes.deadline()) => self.tick_netfilter_quiet(),
+            () = sleep_until(self.debounce.deadline()) => self.tick_file_quiet(),
+            () = sleep_until(wake) => ControlFlow::Continue(()),
+            () = sleep_until(self.next_ping) => self.tick_watchdog(),
+        }
+    }
+
+    /// Whatever has arrived already is answered together.
+    fn tick_arrived(&mut self, now: Instant) -> ControlFlow<End> {
+        while let Ok(signal) = self.signals.try_recv() {
             match signal {
-                Signal::Hup => on_sighup(&mut schedule, ready, &mut reloading, &notifier, &path),
-                other => break 'main other,
+                Signal::Hup => self.on_sighup(),
+                other => return ControlFlow::Break(End::Stop(other)),
             }
         }
-        while let Ok(hint) = hints.try_recv() {
-            if noted(&mut watch, &hint) {
-                debounce.hint(now);
+        while let Ok(hint) = self.hints.try_recv() {
+            if noted(&mut self.watch, &hint) {
+                self.debounce.hint(now);
             }
         }
-        if running.is_none()
-            && idle.is_some()
-            && let Some(triggers) = schedule.start(now)
-            && let Some(mut core) = idle.take()
+        ControlFlow::Continue(())
+    }
+
+    /// Starts a run on a pool thread when one is due and the core is idle.
+    fn start_due(&mut self, now: Instant) {
+        if self.running.is_none()
+            && self.idle.is_some()
+            && let Some(triggers) = self.schedule.start(now)
+            && let Some(mut core) = self.idle.take()
         {
             let job = Job {
                 triggers,
-                held: fights.held(now),
-                file: file_view(&watch, &config),
+                held: self.fights.held(now),
+                file: file_view(&self.watch, &self.config),
             };
             tracing::debug!("run for {triggers}");
             let for_thread = job.clone();
-            running = Some(Running {
+            self.running = Some(Running {
                 handle: tokio::task::spawn_blocking(move || {
                     let outcome = core.run(&for_thread);
                     (core, outcome)
@@ -613,162 +758,211 @@ pub async fn run<R: Reconcile, N: Notifier>(
                 job,
             });
         }
-        let wake = schedule.wake_at(now);
-
-        tokio::select! {
-            signal = signals.recv() => match signal {
-                Some(Signal::Hup) => {
-                    on_sighup(&mut schedule, ready, &mut reloading, &notifier, &path);
-                }
-                Some(s) => break s,
-                // The signal thread is gone: without it the daemon could
-                // not be stopped, so stop now.
-                None => break Signal::Term,
-            },
-            joined = join(&mut running) => {
-                let Some(done) = running.take() else { continue };
-                let (core, outcome) = match joined {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        tracing::error!("the reconcile thread died: {e}; exiting");
-                        return ExitCode::from(1);
-                    }
-                };
-                let now = Instant::now();
-                let mut ok = false;
-                match &outcome.result {
-                    RunResult::Fatal(_) => {
-                        notifier.notify(&[NotifyState::Status("wishes rejected; exiting")]);
-                        return ExitCode::from(1);
-                    }
-                    RunResult::Failed(message) => {
-                        let delay = schedule.finish(now, Finished::Failed).unwrap_or_default();
-                        let delay = humantime::format_duration(delay);
-                        tracing::error!(
-                            trigger = outcome.trigger,
-                            "reconcile failed: {message}; retrying in {delay} with a fresh read",
-                        );
-                        let status = format!("reconcile failed, retrying in {delay}: {message}");
-                        notifier.notify(&[NotifyState::Status(&status)]);
-                        last_status = status;
-                    }
-                    RunResult::Skipped => {
-                        schedule.finish(now, Finished::Skipped);
-                        ok = true;
-                    }
-                    RunResult::InSync | RunResult::Held => {
-                        schedule.finish(now, Finished::Ok);
-                        ok = true;
-                        tracing::debug!(trigger = outcome.trigger, "in sync with {path}");
-                    }
-                    RunResult::Repaired { fixes, .. } => {
-                        schedule.finish(now, Finished::Ok);
-                        ok = true;
-                        // Only drift counts towards a fight: what a start,
-                        // a reload or an edit corrects is pyfw's own change.
-                        if outcome.trigger == "drift" {
-                            for news in fights.corrected(now, fixes) {
-                                log_fight(&news);
-                            }
-                        }
-                    }
-                }
-                for news in fights.sweep(now) {
-                    log_fight(&news);
-                }
-                if outcome.retry_new {
-                    let delay = schedule.retry_new_wishes(now);
-                    tracing::info!(
-                        "trying the new wishes again in {}",
-                        humantime::format_duration(delay)
-                    );
-                } else if !core.waiting() {
-                    schedule.no_new_wishes_waiting();
-                }
-                if let Some(after) = outcome.recheck {
-                    let at = now + after;
-                    recheck_at = Some(recheck_at.map_or(at, |r| r.min(at)));
-                }
-                let status = if ok { core.status() } else { last_status.clone() };
-                if !ready && ok && outcome.result != RunResult::Skipped {
-                    ready = true;
-                    tracing::info!("ready: netfilter matches {path}");
-                    notifier.notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
-                } else if reloading && done.job.triggers.contains(Trigger::Sighup) {
-                    reloading = false;
-                    notifier.notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
-                } else if status != last_status {
-                    notifier.notify(&[NotifyState::Status(&status)]);
-                }
-                last_status = status;
-                if let Some(e) = &events {
-                    e.watch(events::watched(core.wishes()));
-                    e.watch_tables(events::watched_tables(core.wishes()));
-                }
-                give_back_memory();
-                idle = Some(core);
-                if let Some(w) = watch.as_mut() {
-                    w.update();
-                }
-            },
-            Some(hint) = hints.recv() => {
-                if noted(&mut watch, &hint) {
-                    debounce.hint(Instant::now());
-                }
-            },
-            () = sleep_until(recheck_at) => {
-                recheck_at = None;
-                schedule.add(Trigger::FileEvent);
-            },
-            change = next_change(&mut events) => {
-                tracing::debug!(trigger = "netfilter", "netfilter change: {change}");
-                changes.hint(Instant::now());
-            },
-            () = sleep_until(changes.deadline()) => {
-                if changes.fire(Instant::now()) {
-                    schedule.add(Trigger::Netfilter);
-                }
-            },
-            () = sleep_until(debounce.deadline()) => {
-                if debounce.fire(Instant::now()) {
-                    schedule.add(Trigger::FileEvent);
-                }
-            },
-            () = sleep_until(wake) => {},
-            () = sleep_until(next_ping) => {
-                let now = Instant::now();
-                next_ping = ping_every.map(|p| now + p);
-                // A run stuck for a whole watchdog period stops the pings,
-                // so that systemd restarts the daemon.
-                let stuck = match (&running, config.watchdog) {
-                    (Some(r), Some(w)) => now.duration_since(r.since) >= w,
-                    _ => false,
-                };
-                if !stuck {
-                    stuck_warned = false;
-                    notifier.notify(&[NotifyState::Watchdog]);
-                } else if !stuck_warned {
-                    stuck_warned = true;
-                    tracing::warn!(
-                        "a reconcile has been running for {}; not pinging the watchdog",
-                        humantime::format_duration(now.duration_since(
-                            running.as_ref().map_or(now, |r| r.since)
-                        ))
-                    );
-                }
-            },
-        }
-    };
-
-    tracing::info!(
-        "stopping on {}; the netfilter rules stay in place",
-        stop.name()
-    );
-    notifier.notify(&[NotifyState::Stopping]);
-    if let Some(r) = running {
-        finish_in_flight(r, &interrupt, stop).await;
     }
-    ExitCode::SUCCESS
+
+    fn tick_signal(&mut self, signal: Option<Signal>) -> ControlFlow<End> {
+        match signal {
+            Some(Signal::Hup) => {
+                self.on_sighup();
+                ControlFlow::Continue(())
+            }
+            Some(s) => ControlFlow::Break(End::Stop(s)),
+            // The signal thread is gone: without it the daemon could not be
+            // stopped, so stop now.
+            None => ControlFlow::Break(End::Stop(Signal::Term)),
+        }
+    }
+
+    /// A run ended: its result taken in, the next runs scheduled, systemd
+    /// told, the core idle again.
+    fn tick_joined(
+        &mut self,
+        joined: Result<(Core<R>, Outcome), tokio::task::JoinError>,
+    ) -> ControlFlow<End> {
+        let Some(done) = self.running.take() else {
+            return ControlFlow::Continue(());
+        };
+        let (core, outcome) = match joined {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::error!("the reconcile thread died: {e}; exiting");
+                return ControlFlow::Break(End::Exit(ExitCode::from(1)));
+            }
+        };
+        let now = Instant::now();
+        let ok = self.take_result(now, &outcome)?;
+        for news in self.fights.sweep(now) {
+            log_fight(&news);
+        }
+        self.schedule_after(now, &outcome, &core);
+        self.tell_status(ok, &core, &outcome, &done);
+        if let Some(e) = &self.events {
+            e.watch(events::watched(core.wishes()));
+            e.watch_tables(events::watched_tables(core.wishes()));
+        }
+        give_back_memory();
+        self.idle = Some(core);
+        if let Some(w) = self.watch.as_mut() {
+            w.update();
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// A run's result, for the schedule, the fights and the log: whether
+    /// it went well (a failure is told here, with its retry).
+    fn take_result(&mut self, now: Instant, outcome: &Outcome) -> ControlFlow<End, bool> {
+        match &outcome.result {
+            RunResult::Fatal(_) => {
+                (self.notifier).notify(&[NotifyState::Status("wishes rejected; exiting")]);
+                ControlFlow::Break(End::Exit(ExitCode::from(1)))
+            }
+            RunResult::Failed(message) => {
+                let delay = self.schedule.finish(now, Finished::Failed);
+                let delay = humantime::format_duration(delay.unwrap_or_default());
+                tracing::error!(
+                    trigger = outcome.trigger,
+                    "reconcile failed: {message}; retrying in {delay} with a fresh read",
+                );
+                let status = format!("reconcile failed, retrying in {delay}: {message}");
+                self.notifier.notify(&[NotifyState::Status(&status)]);
+                self.last_status = status;
+                ControlFlow::Continue(false)
+            }
+            RunResult::Skipped => {
+                self.schedule.finish(now, Finished::Skipped);
+                ControlFlow::Continue(true)
+            }
+            RunResult::InSync | RunResult::Held => {
+                self.schedule.finish(now, Finished::Ok);
+                tracing::debug!(trigger = outcome.trigger, "in sync with {}", self.path);
+                ControlFlow::Continue(true)
+            }
+            RunResult::Repaired { fixes, .. } => {
+                self.schedule.finish(now, Finished::Ok);
+                // Only drift counts towards a fight: what a start, a reload
+                // or an edit corrects is pyfw's own change.
+                if outcome.trigger == "drift" {
+                    for news in self.fights.corrected(now, fixes) {
+                        log_fight(&news);
+                    }
+                }
+                ControlFlow::Continue(true)
+            }
+        }
+    }
+
+    /// New wishes that failed for a reason that may pass are tried again
+    /// soon; new content that had not settled is looked at again.
+    fn schedule_after(&mut self, now: Instant, outcome: &Outcome, core: &Core<R>) {
+        if outcome.retry_new {
+            let delay = self.schedule.retry_new_wishes(now);
+            tracing::info!(
+                "trying the new wishes again in {}",
+                humantime::format_duration(delay)
+            );
+        } else if !core.waiting() {
+            self.schedule.no_new_wishes_waiting();
+        }
+        if let Some(after) = outcome.recheck {
+            let at = now + after;
+            self.recheck_at = Some(self.recheck_at.map_or(at, |r| r.min(at)));
+        }
+    }
+
+    /// READY=1 after the first good run and after a SIGHUP's run, and
+    /// STATUS= when it changes.
+    fn tell_status(&mut self, ok: bool, core: &Core<R>, outcome: &Outcome, done: &Running<R>) {
+        let status = if ok {
+            core.status()
+        } else {
+            self.last_status.clone()
+        };
+        if !self.ready && ok && outcome.result != RunResult::Skipped {
+            self.ready = true;
+            tracing::info!("ready: netfilter matches {}", self.path);
+            (self.notifier).notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        } else if self.reloading && done.job.triggers.contains(Trigger::Sighup) {
+            self.reloading = false;
+            (self.notifier).notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        } else if status != self.last_status {
+            self.notifier.notify(&[NotifyState::Status(&status)]);
+        }
+        self.last_status = status;
+    }
+
+    fn tick_hint(&mut self, hint: &Hint) -> ControlFlow<End> {
+        if noted(&mut self.watch, hint) {
+            self.debounce.hint(Instant::now());
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn tick_recheck(&mut self) -> ControlFlow<End> {
+        self.recheck_at = None;
+        self.schedule.add(Trigger::FileEvent);
+        ControlFlow::Continue(())
+    }
+
+    fn tick_netfilter(&mut self, change: &events::Change) -> ControlFlow<End> {
+        tracing::debug!(trigger = "netfilter", "netfilter change: {change}");
+        self.changes.hint(Instant::now());
+        ControlFlow::Continue(())
+    }
+
+    fn tick_netfilter_quiet(&mut self) -> ControlFlow<End> {
+        if self.changes.fire(Instant::now()) {
+            self.schedule.add(Trigger::Netfilter);
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn tick_file_quiet(&mut self) -> ControlFlow<End> {
+        if self.debounce.fire(Instant::now()) {
+            self.schedule.add(Trigger::FileEvent);
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Pings systemd's watchdog, unless a run has been stuck for a whole
+    /// watchdog period: then the pings stop, so that systemd restarts the
+    /// daemon.
+    fn tick_watchdog(&mut self) -> ControlFlow<End> {
+        let now = Instant::now();
+        self.next_ping = self.ping_every.map(|p| now + p);
+        let stuck = match (&self.running, self.config.watchdog) {
+            (Some(r), Some(w)) => now.duration_since(r.since) >= w,
+            _ => false,
+        };
+        if !stuck {
+            self.stuck_warned = false;
+            self.notifier.notify(&[NotifyState::Watchdog]);
+        } else if !self.stuck_warned {
+            self.stuck_warned = true;
+            tracing::warn!(
+                "a reconcile has been running for {}; not pinging the watchdog",
+                humantime::format_duration(
+                    now.duration_since(self.running.as_ref().map_or(now, |r| r.since))
+                )
+            );
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// SIGHUP: a run that re-reads the wishes; systemd hears RELOADING=1
+    /// (with the MONOTONIC_USEC that systemd 253+ requires) until the run is
+    /// done.
+    fn on_sighup(&mut self) {
+        tracing::info!(trigger = "sighup", "SIGHUP: re-reading {}", self.path);
+        self.schedule.add(Trigger::Sighup);
+        if self.ready && !self.reloading {
+            self.reloading = true;
+            let mut states = vec![NotifyState::Reloading];
+            if let Ok(m) = NotifyState::monotonic_usec_now() {
+                states.push(m);
+            }
+            self.notifier.notify(&states);
+        }
+    }
 }
 
 /// A stop with a run in flight: the run is asked to stop before its next
@@ -792,27 +986,6 @@ async fn finish_in_flight<R: Reconcile>(r: Running<R>, interrupt: &Interrupt, st
             _ => tracing::info!("the reconcile in flight changed nothing"),
         },
         Err(e) => tracing::error!("the reconcile thread died while stopping: {e}"),
-    }
-}
-
-/// SIGHUP: a run that re-reads the wishes; systemd hears RELOADING=1 (with
-/// the MONOTONIC_USEC that systemd 253+ requires) until the run is done.
-fn on_sighup<N: Notifier>(
-    schedule: &mut Schedule,
-    ready: bool,
-    reloading: &mut bool,
-    notifier: &N,
-    path: &str,
-) {
-    tracing::info!(trigger = "sighup", "SIGHUP: re-reading {path}");
-    schedule.add(Trigger::Sighup);
-    if ready && !*reloading {
-        *reloading = true;
-        let mut states = vec![NotifyState::Reloading];
-        if let Ok(m) = NotifyState::monotonic_usec_now() {
-            states.push(m);
-        }
-        notifier.notify(&states);
     }
 }
 

@@ -141,33 +141,37 @@ fn edit(c: &Command) -> (Edit, Option<&[String]>) {
 /// chains as `commands`, without the rules inserted and deleted again. A
 /// chain with a command of unknown effect is left as it is.
 fn net_edit<'a>(commands: &[&'a Command]) -> Vec<std::borrow::Cow<'a, [String]>> {
-    use std::borrow::Cow;
-    use std::collections::{HashMap, HashSet};
-    let chain = |c: &'a Command| c.args.get(4).map_or("", String::as_str);
     let edits: Vec<(Edit, Option<&[String]>)> = commands.iter().map(|c| edit(c)).collect();
-    let unknown: HashSet<&str> = (commands.iter().zip(&edits))
-        .filter(|(_, (e, _))| *e == Edit::Unknown)
-        .map(|(c, _)| chain(c))
-        .collect();
+    let fleeting = fleeting(commands, &edits);
+    renumbered(commands, &edits, &fleeting)
+}
+
+/// The chain a command (`-w -t TABLE OP CHAIN ...`) edits.
+fn chain_of(c: &Command) -> &str {
+    c.args.get(4).map_or("", String::as_str)
+}
+
+/// Which inserts and deletes are of a rule the batch inserts and deletes
+/// again: each followed rule's place, as commands run.
+fn fleeting(commands: &[&Command], edits: &[(Edit, Option<&[String]>)]) -> Vec<bool> {
+    use std::collections::HashMap;
     // The last delete of each text in each chain: only a rule inserted
     // before a delete of its own text can be deleted again, so only those
     // are followed (a chain of 50,000 new rules is not scanned per rule).
     let mut last_delete: HashMap<(&str, &[String]), usize> = HashMap::new();
-    for (k, (c, (e, text))) in commands.iter().zip(&edits).enumerate() {
+    for (k, (c, (e, text))) in commands.iter().zip(edits).enumerate() {
         if let (Edit::Delete(_), Some(text)) = (e, text) {
-            last_delete.insert((chain(c), text), k);
+            last_delete.insert((chain_of(c), text), k);
         }
     }
-    // Which inserts and deletes are of a rule the batch inserts and deletes
-    // again: each followed rule's place, as commands run.
     let mut fleeting = vec![false; commands.len()];
     let mut followed: HashMap<&str, Vec<(usize, usize)>> = HashMap::new();
-    for (k, (c, (e, text))) in commands.iter().zip(&edits).enumerate() {
-        let here = followed.entry(chain(c)).or_default();
+    for (k, (c, (e, text))) in commands.iter().zip(edits).enumerate() {
+        let here = followed.entry(chain_of(c)).or_default();
         match *e {
             Edit::Insert(n) => {
                 shift(here.iter_mut().map(|(_, at)| at), n, true);
-                let again = text.and_then(|t| last_delete.get(&(chain(c), t)));
+                let again = text.and_then(|t| last_delete.get(&(chain_of(c), t)));
                 if again.is_some_and(|&d| d > k) {
                     here.push((k, n));
                 }
@@ -183,17 +187,32 @@ fn net_edit<'a>(commands: &[&'a Command]) -> Vec<std::borrow::Cow<'a, [String]>>
             Edit::Still | Edit::Unknown => {}
         }
     }
-    // The commands that stay, numbered as if the fleeting rules were never
-    // there: less one for each of them above.
+    fleeting
+}
+
+/// The commands that stay (not `fleeting`), numbered as if the fleeting
+/// rules were never there: less one for each of them above. A chain with a
+/// command of unknown effect is left as it is.
+fn renumbered<'a>(
+    commands: &[&'a Command],
+    edits: &[(Edit, Option<&[String]>)],
+    fleeting: &[bool],
+) -> Vec<std::borrow::Cow<'a, [String]>> {
+    use std::borrow::Cow;
+    use std::collections::{HashMap, HashSet};
+    let unknown: HashSet<&str> = (commands.iter().zip(edits))
+        .filter(|(_, (e, _))| *e == Edit::Unknown)
+        .map(|(c, _)| chain_of(c))
+        .collect();
     let mut out = Vec::with_capacity(commands.len());
     let mut present: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (k, (c, (e, _))) in commands.iter().zip(&edits).enumerate() {
+    for (k, (c, (e, _))) in commands.iter().zip(edits).enumerate() {
         let args = c.args.get(3..).unwrap_or(&[]);
-        if unknown.contains(chain(c)) {
+        if unknown.contains(chain_of(c)) {
             out.push(Cow::Borrowed(args));
             continue;
         }
-        let here = present.entry(chain(c)).or_default();
+        let here = present.entry(chain_of(c)).or_default();
         let (n, insert) = match *e {
             Edit::Insert(n) => (n, true),
             Edit::Delete(n) => (n, false),
@@ -234,6 +253,26 @@ fn shift<'p>(places: impl Iterator<Item = &'p mut usize>, n: usize, insert: bool
         } else if !insert && *at > n {
             *at -= 1;
         }
+    }
+}
+
+/// How many `add`s to the set that command `i` creates follow it: a fill.
+/// Only a `create` can start one (counting the adds after every add would
+/// make a run of n adds cost n² comparisons), and not of a set of pyfw's
+/// own making (`_pyfw_...`).
+fn fill_adds(commands: &[&Command], i: usize) -> usize {
+    let args = &commands[i].args;
+    let op = args.first().map(String::as_str);
+    let name = args.get(1).map(String::as_str).unwrap_or("");
+    match op {
+        Some("create") if !name.starts_with("_pyfw_") => commands[i + 1..]
+            .iter()
+            .take_while(|c| {
+                c.args.first().map(String::as_str) == Some("add")
+                    && c.args.get(1).map(String::as_str) == Some(name)
+            })
+            .count(),
+        _ => 0,
     }
 }
 
@@ -308,61 +347,57 @@ impl<'a> RestoreScript<'a> {
             numbered.push(n);
             n += c.count();
         }
-        let mut line = 0;
-        let mut push = |out: &mut RestoreScript, lines: usize, done, each, what| {
-            out.spans.push(Span {
-                lines: line..line + lines,
-                done_before: done,
-                each,
-                what,
-            });
-            line += lines;
-            line
-        };
         let mut i = 0;
         while i < commands.len() {
-            let args = &commands[i].args;
-            let op = args.first().map(String::as_str);
-            let name = args.get(1).map(String::as_str).unwrap_or("");
-            // Only a `create` can start a fill: counting the adds after
-            // every add would make a run of n adds cost n² comparisons.
-            let adds = match op {
-                Some("create") if !name.starts_with("_pyfw_") => commands[i + 1..]
-                    .iter()
-                    .take_while(|c| {
-                        c.args.first().map(String::as_str) == Some("add")
-                            && c.args.get(1).map(String::as_str) == Some(name)
-                    })
-                    .count(),
-                _ => 0,
-            };
+            let adds = fill_adds(commands, i);
             if adds == 0 {
                 let piece = Piece::Command {
                     index: i,
                     rename: None,
                 };
-                push(&mut out, commands[i].count(), numbered[i], true, piece);
+                out.push(commands[i].count(), numbered[i], true, piece);
                 i += 1;
                 continue;
             }
-            let mut tmp = format!("{FILL_PREFIX}{name}");
-            tmp.truncate(31);
-            let done = numbered[i];
-            let own = |words: &[&str]| Piece::Own(words.iter().map(|w| w.to_string()).collect());
-            // A restore stopped at the `destroy` left no temporary set.
-            let first = push(&mut out, 1, done, false, own(&["destroy", &tmp]));
-            for (k, c) in commands[i..=i + adds].iter().enumerate() {
-                let piece = Piece::Command {
-                    index: i + k,
-                    rename: Some(tmp.clone()),
-                };
-                push(&mut out, c.count(), done, false, piece);
-            }
-            let end = push(&mut out, 1, done, false, own(&["rename", &tmp, name]));
-            out.fills.push((tmp, first..end));
+            out.push_fill(i, adds, numbered[i]);
             i += adds + 1;
         }
         out
+    }
+
+    /// The next `lines` input lines are `what`; returns the line after
+    /// them.
+    fn push(&mut self, lines: usize, done_before: usize, each: bool, what: Piece) -> usize {
+        let line = self.spans.last().map_or(0, |s| s.lines.end);
+        self.spans.push(Span {
+            lines: line..line + lines,
+            done_before,
+            each,
+            what,
+        });
+        line + lines
+    }
+
+    /// Commands `i..=i + adds`, a `create` and the `add`s that fill it,
+    /// under the set's temporary name: destroyed first, renamed last.
+    fn push_fill(&mut self, i: usize, adds: usize, done: usize) {
+        let commands = self.commands;
+        let name = commands[i].args.get(1).map(String::as_str).unwrap_or("");
+        let mut tmp = format!("{FILL_PREFIX}{name}");
+        tmp.truncate(31);
+        let own = |words: &[&str]| Piece::Own(words.iter().map(|w| w.to_string()).collect());
+        // A restore stopped at the `destroy` left no temporary set: the
+        // set's lines start after it.
+        let first = self.push(1, done, false, own(&["destroy", &tmp]));
+        for (k, c) in commands[i..=i + adds].iter().enumerate() {
+            let piece = Piece::Command {
+                index: i + k,
+                rename: Some(tmp.clone()),
+            };
+            self.push(c.count(), done, false, piece);
+        }
+        let end = self.push(1, done, false, own(&["rename", &tmp, name]));
+        self.fills.push((tmp, first..end));
     }
 
     /// Writes the input, a line at a time, into `to` (buffered here).

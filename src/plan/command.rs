@@ -84,7 +84,7 @@ impl Command {
             return (k == 0).then(|| self.clone());
         }
         let member = self.members.get(k)?;
-        let element = crate::plan::sets::element(member);
+        let element = element(member);
         Some(Command {
             program: self.program,
             args: self.member_args(member),
@@ -285,6 +285,12 @@ pub(crate) fn ipset_cmd(
         wish: Some(set.to_string()),
         members: Members::default(),
     }
+}
+
+/// A set member's element: its first word, before any options
+/// (`timeout`, `comment`...).
+pub(crate) fn element(member: &str) -> &str {
+    member.split(' ').next().unwrap_or(member)
 }
 
 #[cfg(test)]

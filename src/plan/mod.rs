@@ -28,10 +28,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::plan::chain::plan_chain;
-use crate::plan::command::{ipset_cmd, ipt_args};
+use crate::plan::command::{element, ipset_cmd, ipt_args};
 use crate::plan::record::record_changes;
 use crate::plan::sets::{
-    MemberCmds, SetChange, create_args, element, hash_size, plan_ipset, retarget, spare_name,
+    MemberCmds, SetChange, create_args, hash_size, plan_ipset, retarget, spare_name,
 };
 use crate::state::ownership::{self, Owned};
 use crate::state::rule::Rule;

@@ -183,75 +183,122 @@ fn set_family(set: &Ipset) -> Option<&str> {
 /// keep their counters and nft handles), a set keeps the members it had.
 pub fn revert_steps(snap: &Snapshot, now: Option<&State>) -> Vec<Vec<Command>> {
     let blind = State::default();
-    let known = now.unwrap_or(&blind);
+    let sets = SetSteps::new(snap, now.unwrap_or(&blind));
     let mut steps: Vec<Vec<Command>> = Vec::new();
-    // Sets whose type changed: the kernel neither swaps nor renames them
-    // while rules use them, so the rules use a scratch copy meanwhile.
-    let mut retyped: BTreeMap<String, String> = BTreeMap::new();
-    let mut sets_first = Vec::new();
-    let mut sets_last = Vec::new();
-    for (name, before) in &snap.sets {
-        let current = known.ipsets.get(name);
-        match (before, current) {
-            (None, None) => {}
-            (None, Some(_)) => sets_last.push(ipset(
-                vec!["destroy".into(), name.clone()],
-                name,
-                "the apply created it",
-            )),
-            (Some(b), None) => sets_first.extend(create_filled(name, b, "the apply removed it")),
-            (Some(b), Some(c)) if b == c => {}
-            (Some(b), Some(c)) if same_header(b, c) => sets_first.extend(member_edits(name, b, c)),
-            (Some(b), Some(c)) => {
-                let tmp = scratch_set(name);
-                let why = "put back its type, options and members";
-                sets_first.extend(create_filled(&tmp, b, why));
-                if b.kind == c.kind && set_family(b) == set_family(c) {
-                    sets_first.push(ipset(
-                        vec!["swap".into(), tmp.clone(), name.clone()],
-                        name,
-                        why,
-                    ));
-                    sets_first.push(ipset(vec!["destroy".into(), tmp], name, why));
-                } else {
-                    retyped.insert(name.clone(), tmp);
-                }
-            }
-        }
+    if !sets.first.is_empty() {
+        steps.push(sets.first);
     }
-    if !sets_first.is_empty() {
-        steps.push(sets_first);
+    steps.extend(chains_back(snap, now, &sets.retyped));
+    if !sets.retyped.is_empty() {
+        retyped_back(snap, now, &sets.retyped, &mut steps);
     }
-    let chains = |now: Option<&State>, renamed: &BTreeMap<String, String>| match now {
-        Some(now) => chain_steps(snap, now, renamed),
-        None => blind_chain_steps(snap, renamed),
-    };
-    steps.extend(chains(now, &retyped));
-    if !retyped.is_empty() {
-        let mut rebuild = Vec::new();
-        for name in retyped.keys() {
-            let Some(Some(b)) = snap.sets.get(name) else {
-                continue;
-            };
-            let why = "rebuild with its old type";
-            rebuild.push(ipset(vec!["destroy".into(), name.clone()], name, why));
-            rebuild.extend(create_filled(name, b, why));
-        }
-        steps.push(rebuild);
-        // The chains are the snapshot's now, with the scratch copies in
-        // them: name the rebuilt sets again.
-        let between = snapshot_state(snap, &retyped);
-        steps.extend(chains(now.map(|_| &between), &BTreeMap::new()));
-        let drop: Vec<Command> = retyped
-            .iter()
-            .map(|(name, tmp)| ipset(vec!["destroy".into(), tmp.clone()], name, "scratch copy"))
-            .collect();
-        steps.push(drop);
-    }
-    if !sets_last.is_empty() {
-        steps.push(sets_last);
+    if !sets.last.is_empty() {
+        steps.push(sets.last);
     }
     steps
+}
+
+/// The chains' steps back to the snapshot, with the sets `renamed` (name
+/// to scratch copy) named by their copies: edits when `now` is known, else
+/// blind.
+fn chains_back(
+    snap: &Snapshot,
+    now: Option<&State>,
+    renamed: &BTreeMap<String, String>,
+) -> Vec<Vec<Command>> {
+    match now {
+        Some(now) => chain_steps(snap, now, renamed),
+        None => blind_chain_steps(snap, renamed),
+    }
+}
+
+/// The set commands that go before the chains' steps and after them.
+struct SetSteps {
+    first: Vec<Command>,
+    last: Vec<Command>,
+    /// Sets whose type changed: the kernel neither swaps nor renames them
+    /// while rules use them, so the rules use a scratch copy meanwhile
+    /// (name to scratch copy).
+    retyped: BTreeMap<String, String>,
+}
+
+impl SetSteps {
+    fn new(snap: &Snapshot, known: &State) -> SetSteps {
+        let mut sets = SetSteps {
+            first: Vec::new(),
+            last: Vec::new(),
+            retyped: BTreeMap::new(),
+        };
+        for (name, before) in &snap.sets {
+            let current = known.ipsets.get(name);
+            match (before, current) {
+                (None, None) => {}
+                (None, Some(_)) => sets.last.push(ipset(
+                    vec!["destroy".into(), name.clone()],
+                    name,
+                    "the apply created it",
+                )),
+                (Some(b), None) => {
+                    sets.first
+                        .extend(create_filled(name, b, "the apply removed it"))
+                }
+                (Some(b), Some(c)) if b == c => {}
+                (Some(b), Some(c)) if same_header(b, c) => {
+                    sets.first.extend(member_edits(name, b, c))
+                }
+                (Some(b), Some(c)) => sets.put_back(name, b, c),
+            }
+        }
+        sets
+    }
+
+    /// A set whose type or options changed (`b` before, `c` now): a filled
+    /// scratch copy, swapped in when the kernel can, else retyped.
+    fn put_back(&mut self, name: &str, b: &Ipset, c: &Ipset) {
+        let tmp = scratch_set(name);
+        let why = "put back its type, options and members";
+        self.first.extend(create_filled(&tmp, b, why));
+        if b.kind == c.kind && set_family(b) == set_family(c) {
+            self.first.push(ipset(
+                vec!["swap".into(), tmp.clone(), name.to_string()],
+                name,
+                why,
+            ));
+            self.first
+                .push(ipset(vec!["destroy".into(), tmp], name, why));
+        } else {
+            self.retyped.insert(name.to_string(), tmp);
+        }
+    }
+}
+
+/// After the chains use the scratch copies of the `retyped` sets: rebuild
+/// each with its old type, name them in the chains again, drop the copies.
+fn retyped_back(
+    snap: &Snapshot,
+    now: Option<&State>,
+    retyped: &BTreeMap<String, String>,
+    steps: &mut Vec<Vec<Command>>,
+) {
+    let mut rebuild = Vec::new();
+    for name in retyped.keys() {
+        let Some(Some(b)) = snap.sets.get(name) else {
+            continue;
+        };
+        let why = "rebuild with its old type";
+        rebuild.push(ipset(vec!["destroy".into(), name.clone()], name, why));
+        rebuild.extend(create_filled(name, b, why));
+    }
+    steps.push(rebuild);
+    // The chains are the snapshot's now, with the scratch copies in
+    // them: name the rebuilt sets again.
+    let between = snapshot_state(snap, retyped);
+    steps.extend(chains_back(snap, now.map(|_| &between), &BTreeMap::new()));
+    let drop: Vec<Command> = retyped
+        .iter()
+        .map(|(name, tmp)| ipset(vec!["destroy".into(), tmp.clone()], name, "scratch copy"))
+        .collect();
+    steps.push(drop);
 }
 
 /// True when two sets differ at most in their members.

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::plan::chain::ChainSim;
-use crate::plan::command::{Command, Program, RUN_OVER, ipset_cmd};
+use crate::plan::command::{Command, Program, RUN_OVER, element, ipset_cmd};
 use crate::state::rule::{Rule, TEMP_PREFIX};
 use crate::state::{Family, Ipset, Members};
 use crate::wishes::IpsetWish;
@@ -99,6 +99,8 @@ fn family_word(wish: &IpsetWish) -> &'static str {
     }
 }
 
+/// One wished set: created when missing, replaced when its type or options
+/// differ (see [`replace_set`]), else its members brought in line.
 pub(crate) fn plan_ipset(
     wish: &IpsetWish,
     have: Option<&Ipset>,
@@ -106,64 +108,26 @@ pub(crate) fn plan_ipset(
     last: &mut Vec<Command>,
 ) -> SetChange {
     let name = wish.name.as_str();
-    let none = Members::new();
-    let members = wish.members.as_ref().unwrap_or(&none);
     // What a created set is filled with: the wished members, or (when the
     // wish leaves membership alone) the set's own.
     let fill = wish.members.as_ref().or(have.map(|h| &h.members));
     let sized = hash_size(wish, fill.map_or(0, Members::len));
-    let create = create_args(name, wish, &sized);
     let Some(have) = have else {
+        let create = create_args(name, wish, &sized);
         out.push(ipset_cmd(
             name,
             &create,
             Some(&["destroy", name]),
             format!("ipset {name}: missing"),
         ));
+        let none = Members::new();
         let missing = MemberCmds::new(name, name, "missing");
-        missing.adds(members.iter(), out);
+        missing.adds(wish.members.as_ref().unwrap_or(&none).iter(), out);
         return SetChange::None;
     };
     if have.kind != wish.kind.name() || !options_match(wish, have) {
-        // Build the new set beside the old one, filled, so that rules
-        // referencing the set never see it missing or empty.
-        let tmp = swap_name(name);
-        let tmp_create = create_args(&tmp, wish, &sized);
-        let why = format!(
-            "ipset {name}: is `{} {}`, wished `{} {}`",
-            have.kind,
-            have.options.join(" "),
-            wish.kind.name(),
-            wish.header.join(" ")
-        );
-        out.push(ipset_cmd(
-            name,
-            &tmp_create,
-            Some(&["destroy", &tmp]),
-            why.clone(),
-        ));
         let keep = fill.unwrap_or(&have.members);
-        let fill = MemberCmds::new(&tmp, name, "fill the replacement");
-        fill.adds(keep.iter(), out);
-        let same_family = have_family(have).is_none_or(|f| f == family_word(wish));
-        if same_family && wish.kind.swappable_with(&have.kind) {
-            out.push(ipset_cmd(
-                name,
-                &["swap", &tmp, name],
-                Some(&["swap", &tmp, name]),
-                why,
-            ));
-            last.push(ipset_cmd(
-                name,
-                &["destroy", &tmp],
-                None,
-                format!("ipset {name}: drop the old set"),
-            ));
-            return SetChange::None;
-        }
-        // The kernel will not swap sets of unlike types: point every rule at
-        // the replacement instead, then give it the old name.
-        return SetChange::Retarget { tmp };
+        return replace_set(wish, have, keep, &sized, out, last);
     }
     let Some(wished) = &wish.members else {
         return SetChange::None;
@@ -173,6 +137,56 @@ pub(crate) fn plan_ipset(
     cmds.dels(gone.iter().map(|&i| &have.members[i]), out);
     cmds.adds(missing.iter().map(|&i| &wished[i]), out);
     SetChange::None
+}
+
+/// A set whose type or options differ: the new one is built beside the old
+/// one, filled with `keep`, so that rules referencing the set never see it
+/// missing or empty; then swapped in, or (unlike types) retargeted.
+fn replace_set(
+    wish: &IpsetWish,
+    have: &Ipset,
+    keep: &Members,
+    sized: &Option<String>,
+    out: &mut Vec<Command>,
+    last: &mut Vec<Command>,
+) -> SetChange {
+    let name = wish.name.as_str();
+    let tmp = swap_name(name);
+    let tmp_create = create_args(&tmp, wish, sized);
+    let why = format!(
+        "ipset {name}: is `{} {}`, wished `{} {}`",
+        have.kind,
+        have.options.join(" "),
+        wish.kind.name(),
+        wish.header.join(" ")
+    );
+    out.push(ipset_cmd(
+        name,
+        &tmp_create,
+        Some(&["destroy", &tmp]),
+        why.clone(),
+    ));
+    let fill = MemberCmds::new(&tmp, name, "fill the replacement");
+    fill.adds(keep.iter(), out);
+    let same_family = have_family(have).is_none_or(|f| f == family_word(wish));
+    if same_family && wish.kind.swappable_with(&have.kind) {
+        out.push(ipset_cmd(
+            name,
+            &["swap", &tmp, name],
+            Some(&["swap", &tmp, name]),
+            why,
+        ));
+        last.push(ipset_cmd(
+            name,
+            &["destroy", &tmp],
+            None,
+            format!("ipset {name}: drop the old set"),
+        ));
+        return SetChange::None;
+    }
+    // The kernel will not swap sets of unlike types: point every rule at
+    // the replacement instead, then give it the old name.
+    SetChange::Retarget { tmp }
 }
 
 /// Which of the kernel's members (`have`, elements only) no wished member
@@ -283,10 +297,6 @@ fn ipv4_member_diff(have: &Members, wished: &Members) -> Option<(Vec<usize>, Vec
     gone.sort_unstable();
     missing.sort_unstable();
     Some((gone, missing))
-}
-
-pub(crate) fn element(member: &str) -> &str {
-    member.split(' ').next().unwrap_or(member)
 }
 
 /// Where each of a set's elements first appears in its member list.

@@ -126,6 +126,22 @@ pub struct Owning {
     state: State,
 }
 
+/// What a plan reads first: what the wishes name, every wished set not
+/// `trusted` (known to be as wished) and pyfw's record.
+fn first_scope(wishes: &Wishes, trusted: Option<&BTreeSet<String>>) -> Scope {
+    let mut first = scope_for(wishes, &State::default());
+    first.sets = Sets::Named(
+        wishes
+            .ipsets
+            .iter()
+            .filter(|s| trusted.is_none_or(|t| !t.contains(&s.name)))
+            .map(|s| s.name.clone())
+            .chain([RECORD_SET.to_string()])
+            .collect(),
+    );
+    first
+}
+
 /// Runs reconciles against one backend, remembering canonical rule forms.
 pub struct Reconciler<B: Backend> {
     backend: B,
@@ -277,35 +293,8 @@ impl<B: Backend> Reconciler<B> {
         // chains, or a set that may go, takes a second read.
         let mut checking = self.check_sets(wishes);
         let trusted = checking.as_ref().map(|c| &c.trusted);
-        let mut first = scope_for(wishes, &State::default());
-        first.sets = Sets::Named(
-            wishes
-                .ipsets
-                .iter()
-                .filter(|s| trusted.is_none_or(|t| !t.contains(&s.name)))
-                .map(|s| s.name.clone())
-                .chain([RECORD_SET.to_string()])
-                .collect(),
-        );
-        let (read, had) = match owning.and_then(|o| Some((first.union(&o.scope)?, o))) {
-            Some((had, owning)) => {
-                let more = first.beyond(&owning.scope);
-                let read = if more.is_empty() {
-                    owning.state
-                } else {
-                    let extra = self.backend.read_state(more.clone()).map_err(Error::Read)?;
-                    merge(owning.state, extra, &more)
-                };
-                (read, had)
-            }
-            None => {
-                let read = self
-                    .backend
-                    .read_state(first.clone())
-                    .map_err(Error::Read)?;
-                (read, first.clone())
-            }
-        };
+        let first = first_scope(wishes, trusted);
+        let (read, had) = self.read_first(first, owning)?;
         let mut scope = scope_for(wishes, &read);
         let every_set = scope.sets == Sets::All;
         let mut state = self.read_more(read, &had, &scope)?;
@@ -341,6 +330,35 @@ impl<B: Backend> Reconciler<B> {
             warnings,
             nft,
         })
+    }
+
+    /// Reads the `first` scope, or (given what [`Reconciler::read_owned`]
+    /// read) only what of it that lacks; returns what was read and its
+    /// scope.
+    fn read_first(
+        &mut self,
+        first: Scope,
+        owning: Option<Owning>,
+    ) -> Result<(State, Scope), Error> {
+        match owning.and_then(|o| Some((first.union(&o.scope)?, o))) {
+            Some((had, owning)) => {
+                let more = first.beyond(&owning.scope);
+                let read = if more.is_empty() {
+                    owning.state
+                } else {
+                    let extra = self.backend.read_state(more.clone()).map_err(Error::Read)?;
+                    merge(owning.state, extra, &more)
+                };
+                Ok((read, had))
+            }
+            None => {
+                let read = self
+                    .backend
+                    .read_state(first.clone())
+                    .map_err(Error::Read)?;
+                Ok((read, first))
+            }
+        }
     }
 
     /// The wished chains nothing jumps to (see

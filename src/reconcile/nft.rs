@@ -210,19 +210,7 @@ pub fn plan_tables(
     record: &[Owned],
     plan: &mut Plan,
 ) -> Result<NftPlanned, kernel::Error> {
-    let withdrawn: Vec<TableId> = record
-        .iter()
-        .filter_map(|o| match o {
-            Owned::NftTable { family, name } => Some((*family, name.clone())),
-            _ => None,
-        })
-        .filter(|(f, n)| {
-            !wishes
-                .nftables
-                .iter()
-                .any(|t| t.family == *f && t.name == *n)
-        })
-        .collect();
+    let withdrawn = withdrawn_tables(wishes, record);
     let mut out = NftPlanned::default();
     if wishes.nftables.is_empty() && withdrawn.is_empty() {
         return Ok(out);
@@ -244,21 +232,7 @@ pub fn plan_tables(
             present.push((table.family, table.name.clone(), exists));
         }
     }
-    let mut delete = Vec::new();
-    for (family, name) in withdrawn {
-        let Some(text) = backend.nft_list(family, &name, Listing::Text)? else {
-            // Gone already: nothing to delete, nothing to remember.
-            memory.forget(&(family, name));
-            continue;
-        };
-        delete.push(plan::nft::command(
-            plan::nft::delete_script(family, &name),
-            format!("{}: withdrawn from the wishes", table_label(family, &name)),
-            table_label(family, &name),
-        ));
-        out.before.insert((family, name.clone()), Some(text));
-        out.deleted.push((family, name));
-    }
+    let delete = delete_withdrawn(backend, memory, withdrawn, &mut out)?;
     let at = plan
         .commands
         .iter()
@@ -281,6 +255,50 @@ pub fn plan_tables(
     plan.commands.splice(at..at, replace);
     plan.commands.extend(delete);
     Ok(out)
+}
+
+/// The tables pyfw's record names that are no longer wished.
+fn withdrawn_tables(wishes: &Wishes, record: &[Owned]) -> Vec<TableId> {
+    record
+        .iter()
+        .filter_map(|o| match o {
+            Owned::NftTable { family, name } => Some((*family, name.clone())),
+            _ => None,
+        })
+        .filter(|(f, n)| {
+            !wishes
+                .nftables
+                .iter()
+                .any(|t| t.family == *f && t.name == *n)
+        })
+        .collect()
+}
+
+/// The commands that delete the `withdrawn` tables still there, each
+/// table's text kept in `out` for a rollback; those gone already are
+/// forgotten.
+fn delete_withdrawn(
+    backend: &mut dyn Backend,
+    memory: &mut Memory,
+    withdrawn: Vec<TableId>,
+    out: &mut NftPlanned,
+) -> Result<Vec<Command>, kernel::Error> {
+    let mut delete = Vec::new();
+    for (family, name) in withdrawn {
+        let Some(text) = backend.nft_list(family, &name, Listing::Text)? else {
+            // Gone already: nothing to delete, nothing to remember.
+            memory.forget(&(family, name));
+            continue;
+        };
+        delete.push(plan::nft::command(
+            plan::nft::delete_script(family, &name),
+            format!("{}: withdrawn from the wishes", table_label(family, &name)),
+            table_label(family, &name),
+        ));
+        out.before.insert((family, name.clone()), Some(text));
+        out.deleted.push((family, name));
+    }
+    Ok(delete)
 }
 
 /// One wished table's part of a plan.

@@ -34,11 +34,7 @@ fn err(line: usize, text: &str, message: impl Into<String>) -> ParseError {
 /// as [`Rule::opaque`], in its place: one odd rule of another program's
 /// never stops the read.
 pub fn parse_iptables_save(text: &str) -> Result<Ruleset, ParseError> {
-    let mut ruleset = Ruleset::default();
-    let mut current: Option<(String, Table)> = None;
-    // Chain name to index in the current table: hosts have thousands of
-    // chains, so a linear search per rule line would be quadratic.
-    let mut index: HashMap<String, usize, crate::state::rule::TextHash> = HashMap::default();
+    let mut tables = SavedTables::default();
     // One buffer for splitting every rule line.
     let mut buf: Vec<u8> = Vec::new();
     let mut lines = text.lines();
@@ -59,82 +55,147 @@ pub fn parse_iptables_save(text: &str) -> Result<Ruleset, ParseError> {
             continue;
         }
         if let Some(name) = line.strip_prefix('*') {
-            if current.is_some() {
-                return Err(err(n, line, "table starts before the previous COMMIT"));
-            }
-            if name.is_empty() || name.contains(char::is_whitespace) {
-                return Err(err(n, line, "bad table name"));
-            }
-            current = Some((name.to_string(), Table::default()));
-            index.clear();
+            tables.start(n, line, name)?;
             continue;
         }
-        let Some((table_name, table)) = current.as_mut() else {
+        if tables.current.is_none() {
             return Err(err(n, line, "expected `*TABLE` before this line"));
-        };
+        }
         if line == "COMMIT" {
-            if let Some((name, table)) = current.take() {
-                ruleset.tables.insert(name, table);
-            }
+            tables.commit();
         } else if let Some(decl) = line.strip_prefix(':') {
-            // `:NAME POLICY [p:b]`: a chain name holds no blank.
-            let mut words = decl.split_ascii_whitespace();
-            let (Some(name), Some(policy)) = (words.next(), words.next()) else {
-                return Err(err(n, line, "chain line needs a name and a policy"));
-            };
-            if index.insert(name.to_string(), table.chains.len()).is_some() {
-                return Err(err(
-                    n,
-                    line,
-                    format!("chain {name} declared twice in {table_name}"),
-                ));
-            }
-            let policy = (policy != "-").then(|| policy.to_string());
-            table.chains.push((
-                name.to_string(),
-                Chain {
-                    policy,
-                    rules: Vec::new(),
-                },
-            ));
+            tables.declare(n, line, decl)?;
         } else if line.starts_with("-A ") || line.starts_with("[") {
-            // `[pkts:bytes] -A CHAIN ...` is the `iptables-save -c` form.
-            let skip = match line.strip_prefix('[') {
-                Some(rest) => match rest.split_once("] ") {
-                    Some((counters, _)) => counters.len() + 3,
-                    None => return Err(err(n, line, "unterminated counters")),
-                },
-                None => 0,
-            };
+            let skip = counters_width(n, line)?;
             let Some((chain_name, rule, more)) = read_rule(raw, skip, &lines, &mut buf) else {
                 return Err(err(n, line, "expected `-A CHAIN ...`"));
             };
             skip_lines(&mut lines, &mut n, more);
-            match index.get(chain_name).and_then(|&i| table.chains.get_mut(i)) {
-                Some((_, chain)) => chain.rules.push(rule),
-                None => {
-                    return Err(err(
-                        n,
-                        line,
-                        format!("rule for undeclared chain {chain_name}"),
-                    ));
-                }
-            }
+            tables.append(n, line, chain_name, rule)?;
         } else {
             return Err(err(n, line, "not an iptables-save line"));
         }
     }
-    if let Some((name, _)) = current {
-        return Err(err(
-            text.lines().count(),
-            "",
-            format!("table {name} has no COMMIT (truncated output?)"),
-        ));
-    }
-    Ok(ruleset)
+    tables.finish(text)
 }
 
-/// Moves `lines` (and the line number `n`) past `more` lines.
+/// What [`parse_iptables_save`] has read so far: the tables committed, the
+/// table being read.
+#[derive(Default)]
+struct SavedTables {
+    ruleset: Ruleset,
+    current: Option<(String, Table)>,
+    /// Chain name to index in the current table: hosts have thousands of
+    /// chains, so a linear search per rule line would be quadratic.
+    index: HashMap<String, usize, crate::state::rule::TextHash>,
+}
+
+impl SavedTables {
+    /// `*NAME`: a table starts.
+    fn start(&mut self, n: usize, line: &str, name: &str) -> Result<(), ParseError> {
+        if self.current.is_some() {
+            return Err(err(n, line, "table starts before the previous COMMIT"));
+        }
+        if name.is_empty() || name.contains(char::is_whitespace) {
+            return Err(err(n, line, "bad table name"));
+        }
+        self.current = Some((name.to_string(), Table::default()));
+        self.index.clear();
+        Ok(())
+    }
+
+    /// `COMMIT`: the current table is done.
+    fn commit(&mut self) {
+        if let Some((name, table)) = self.current.take() {
+            self.ruleset.tables.insert(name, table);
+        }
+    }
+
+    /// `:NAME POLICY [p:b]` (`decl` without the colon): a chain name holds
+    /// no blank.
+    fn declare(&mut self, n: usize, line: &str, decl: &str) -> Result<(), ParseError> {
+        let Some((table_name, table)) = self.current.as_mut() else {
+            return Err(err(n, line, "expected `*TABLE` before this line"));
+        };
+        let mut words = decl.split_ascii_whitespace();
+        let (Some(name), Some(policy)) = (words.next(), words.next()) else {
+            return Err(err(n, line, "chain line needs a name and a policy"));
+        };
+        if self
+            .index
+            .insert(name.to_string(), table.chains.len())
+            .is_some()
+        {
+            return Err(err(
+                n,
+                line,
+                format!("chain {name} declared twice in {table_name}"),
+            ));
+        }
+        let policy = (policy != "-").then(|| policy.to_string());
+        table.chains.push((
+            name.to_string(),
+            Chain {
+                policy,
+                rules: Vec::new(),
+            },
+        ));
+        Ok(())
+    }
+
+    /// A rule of the chain `chain_name`, declared earlier in this table.
+    fn append(
+        &mut self,
+        n: usize,
+        line: &str,
+        chain_name: &str,
+        rule: Rule,
+    ) -> Result<(), ParseError> {
+        let Some((_, table)) = self.current.as_mut() else {
+            return Err(err(n, line, "expected `*TABLE` before this line"));
+        };
+        match self
+            .index
+            .get(chain_name)
+            .and_then(|&i| table.chains.get_mut(i))
+        {
+            Some((_, chain)) => chain.rules.push(rule),
+            None => {
+                return Err(err(
+                    n,
+                    line,
+                    format!("rule for undeclared chain {chain_name}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The end of the text: every table committed.
+    fn finish(self, text: &str) -> Result<Ruleset, ParseError> {
+        if let Some((name, _)) = self.current {
+            return Err(err(
+                text.lines().count(),
+                "",
+                format!("table {name} has no COMMIT (truncated output?)"),
+            ));
+        }
+        Ok(self.ruleset)
+    }
+}
+
+/// How far a rule line's `-A` is from its start: past `[pkts:bytes] ` in
+/// the `iptables-save -c` form, else 0.
+fn counters_width(n: usize, line: &str) -> Result<usize, ParseError> {
+    match line.strip_prefix('[') {
+        Some(rest) => match rest.split_once("] ") {
+            Some((counters, _)) => Ok(counters.len() + 3),
+            None => Err(err(n, line, "unterminated counters")),
+        },
+        None => Ok(0),
+    }
+}
+
 fn skip_lines(lines: &mut std::str::Lines<'_>, n: &mut usize, more: usize) {
     for _ in 0..more {
         lines.next();
@@ -481,13 +542,12 @@ impl IpsetSaveReader {
             self.comment_goes_on(raw);
             return Ok(());
         }
-        let (n, sets) = (self.n, &mut self.sets);
         // Nearly every line of a big set: `add`, the name and the element,
         // one space apart, nothing to trim, no fourth word (so no comment:
         // see below). Read as the general case below reads it.
         if self.shortcut
             && let Some((name, element)) = plain_add(raw)
-            && let Some(set) = sets.get_mut(name)
+            && let Some(set) = self.sets.get_mut(name)
         {
             set.members.push(element);
             return Ok(());
@@ -498,20 +558,33 @@ impl IpsetSaveReader {
         if line.is_empty() || line.starts_with('#') {
             return Ok(());
         }
-        if let Some(rest) = line.strip_prefix("create ") {
-            let (name, kind, options) =
-                create_parts(rest).ok_or_else(|| err(n, line, "expected `create NAME TYPE`"))?;
-            let set = Ipset {
-                kind: kind.to_string(),
-                options: options.map(String::from).collect(),
-                members: crate::state::Members::new(),
-                comments: BTreeMap::new(),
-            };
-            if sets.insert(name.to_string(), set).is_some() {
-                return Err(err(n, line, format!("set {name} created twice")));
-            }
-            return Ok(());
+        match line.strip_prefix("create ") {
+            Some(rest) => self.create(line, rest),
+            None => self.add(line, body),
         }
+    }
+
+    /// `create NAME TYPE OPTIONS...` (`rest` after `create `).
+    fn create(&mut self, line: &str, rest: &str) -> Result<(), ParseError> {
+        let n = self.n;
+        let (name, kind, options) =
+            create_parts(rest).ok_or_else(|| err(n, line, "expected `create NAME TYPE`"))?;
+        let set = Ipset {
+            kind: kind.to_string(),
+            options: options.map(String::from).collect(),
+            members: crate::state::Members::new(),
+            comments: BTreeMap::new(),
+        };
+        if self.sets.insert(name.to_string(), set).is_some() {
+            return Err(err(n, line, format!("set {name} created twice")));
+        }
+        Ok(())
+    }
+
+    /// `add NAME MEMBER...`, perhaps with a comment (`body` is the line
+    /// with its trailing blanks, which a comment running on keeps).
+    fn add(&mut self, line: &str, body: &str) -> Result<(), ParseError> {
+        let (n, sets) = (self.n, &mut self.sets);
         let Some(rest) = line.strip_prefix("add ") else {
             return Err(err(
                 n,

@@ -451,7 +451,17 @@ impl Validator {
         line: u64,
         raw: &RawNftChain,
     ) -> Result<Option<NftBaseChain>, ()> {
-        let at = |s: &Option<Spanned<String>>| s.as_ref().map(|s| s.referenced.line());
+        let values_ok = self.nft_base_values(family, label, raw);
+        let base = self.nft_base_header(label, line, raw);
+        match (values_ok, base) {
+            (true, Ok(base)) => Ok(base),
+            _ => Err(()),
+        }
+    }
+
+    /// Checks each value a base chain's header states: false when one was
+    /// wrong (said already).
+    fn nft_base_values(&mut self, family: NftFamily, label: &str, raw: &RawNftChain) -> bool {
         let mut ok = true;
         let mut check = |v: &Option<Spanned<String>>, f: &dyn Fn(&str) -> Result<(), String>| {
             if let Some(v) = v
@@ -475,9 +485,22 @@ impl Validator {
                 })
                 .map_err(|why| format!("bad `device`: {why}"))
         });
-        let header = (&raw.kind, &raw.hook, &raw.priority);
-        let base = match header {
+        ok
+    }
+
+    /// A base chain's header as `type`, `hook` and `priority` make it (all
+    /// three, or none for a regular chain, which then has no `policy` or
+    /// `device` either); `Err` when they do not fit (said already).
+    fn nft_base_header(
+        &mut self,
+        label: &str,
+        line: u64,
+        raw: &RawNftChain,
+    ) -> Result<Option<NftBaseChain>, ()> {
+        let at = |s: &Option<Spanned<String>>| s.as_ref().map(|s| s.referenced.line());
+        match (&raw.kind, &raw.hook, &raw.priority) {
             (None, None, None) => {
+                let mut ok = true;
                 for (key, v) in [("policy", &raw.policy), ("device", &raw.device)] {
                     if let Some(l) = at(v) {
                         let msg = format!(
@@ -487,15 +510,15 @@ impl Validator {
                         ok = false;
                     }
                 }
-                None
+                if ok { Ok(None) } else { Err(()) }
             }
-            (Some(kind), Some(hook), Some(priority)) => Some(NftBaseChain {
+            (Some(kind), Some(hook), Some(priority)) => Ok(Some(NftBaseChain {
                 kind: kind.value.clone(),
                 hook: hook.value.clone(),
                 device: raw.device.as_ref().map(|d| d.value.clone()),
                 priority: priority.value.trim().to_string(),
                 policy: raw.policy.as_ref().map(|p| p.value.clone()),
-            }),
+            })),
             _ => {
                 let l = at(&raw.kind)
                     .or(at(&raw.hook))
@@ -504,13 +527,8 @@ impl Validator {
                 let msg = "a base chain needs all of `type`, `hook` and `priority` (a regular \
                            chain none of them)";
                 self.error(l, Some(label), msg);
-                ok = false;
-                None
+                Err(())
             }
-        };
-        match ok {
-            true => Ok(base),
-            false => Err(()),
         }
     }
 
@@ -529,55 +547,81 @@ impl Validator {
         let mut ok = true;
         let mut names = std::collections::HashMap::new();
         for (index, item) in items.into_iter().enumerate() {
-            let line = item.referenced.line();
-            let (name, text, line) = match item.value {
-                Node::Scalar(text) => (None, text, line),
-                Node::Map(entries) if entries.len() == 1 => {
-                    let Some((key, value)) = entries.into_iter().next() else {
-                        continue;
-                    };
-                    let Some(text) = value.value.scalar() else {
-                        let wish = format!("{label}/{}", key.value);
-                        self.error(key.referenced.line(), Some(&wish), "the value must be text");
-                        ok = false;
-                        continue;
-                    };
-                    (Some(key.value), text, key.referenced.line())
-                }
-                _ => {
-                    let msg = "each rule must be text (`- RULE`) or a one-key map (`- NAME: \
-                               RULE`); quote a rule that holds `: `";
-                    self.error(line, Some(label), msg);
+            let rule = match self.nft_rule(label, item) {
+                Ok(Some(rule)) => rule,
+                Ok(None) => continue,
+                Err(()) => {
                     ok = false;
                     continue;
                 }
             };
-            let rule = NftRuleWish { name, text, line };
-            let wish = format!("{label}/{}", rule.tag(index));
-            if let Some(name) = &rule.name {
-                if let Err(why) = check_rule_name(name) {
-                    let why = format!(
-                        "{why}; a rule holding `: ` must be quoted, or it reads as `NAME: RULE`"
-                    );
-                    self.error(line, Some(&wish), &why);
-                    ok = false;
-                    continue;
-                }
-                if let Some(first) = names.insert(name.clone(), line) {
-                    let msg = format!("duplicate rule name (first defined on line {first})");
-                    self.error(line, Some(&wish), &msg);
-                    ok = false;
-                    continue;
-                }
-            }
-            if let Err(why) = check_nft_text(&rule.text, true, true) {
-                self.error(line, Some(&wish), &format!("bad rule text: {why}"));
+            if self.nft_rule_fits(label, index, &rule, &mut names) {
+                out.push(rule);
+            } else {
                 ok = false;
-                continue;
             }
-            out.push(rule);
         }
         ok.then_some(out)
+    }
+
+    /// One item of `rules`: `- RULE` or `- NAME: RULE`; `Err` when it is
+    /// neither (said already).
+    fn nft_rule(&mut self, label: &str, item: Spanned<Node>) -> Result<Option<NftRuleWish>, ()> {
+        let line = item.referenced.line();
+        let (name, text, line) = match item.value {
+            Node::Scalar(text) => (None, text, line),
+            Node::Map(entries) if entries.len() == 1 => {
+                let Some((key, value)) = entries.into_iter().next() else {
+                    return Ok(None);
+                };
+                let Some(text) = value.value.scalar() else {
+                    let wish = format!("{label}/{}", key.value);
+                    self.error(key.referenced.line(), Some(&wish), "the value must be text");
+                    return Err(());
+                };
+                (Some(key.value), text, key.referenced.line())
+            }
+            _ => {
+                let msg = "each rule must be text (`- RULE`) or a one-key map (`- NAME: \
+                           RULE`); quote a rule that holds `: `";
+                self.error(line, Some(label), msg);
+                return Err(());
+            }
+        };
+        Ok(Some(NftRuleWish { name, text, line }))
+    }
+
+    /// Checks a rule's name (good, and not taken already: `names` holds
+    /// the names taken, with their lines) and its text; false when one is
+    /// wrong (said already).
+    fn nft_rule_fits(
+        &mut self,
+        label: &str,
+        index: usize,
+        rule: &NftRuleWish,
+        names: &mut std::collections::HashMap<String, u64>,
+    ) -> bool {
+        let line = rule.line;
+        let wish = format!("{label}/{}", rule.tag(index));
+        if let Some(name) = &rule.name {
+            if let Err(why) = check_rule_name(name) {
+                let why = format!(
+                    "{why}; a rule holding `: ` must be quoted, or it reads as `NAME: RULE`"
+                );
+                self.error(line, Some(&wish), &why);
+                return false;
+            }
+            if let Some(first) = names.insert(name.clone(), line) {
+                let msg = format!("duplicate rule name (first defined on line {first})");
+                self.error(line, Some(&wish), &msg);
+                return false;
+            }
+        }
+        if let Err(why) = check_nft_text(&rule.text, true, true) {
+            self.error(line, Some(&wish), &format!("bad rule text: {why}"));
+            return false;
+        }
+        true
     }
 
     fn nft_set(

@@ -113,28 +113,7 @@ impl Validator {
         let line = name.referenced.line();
         let label = format!("ipset {}", name.value);
         let label = Some(label.as_str());
-        let mut ok = true;
-        if name.value.starts_with('-') {
-            let msg = format!(
-                "bad set name `{}`: ipset reads a word starting with `-` as an option \
-                 (`-exist`, `-q`, ...), so no set name may start with one",
-                name.value
-            );
-            self.error(line, label, &msg);
-            ok = false;
-        } else if !valid_set_name(&name.value) {
-            self.error(
-                line,
-                label,
-                "bad set name (1-31 printable ASCII characters, no blanks, commas or `\"`: \
-                 `ipset restore` reads `\"` as a quote, so no set with one can be made)",
-            );
-            ok = false;
-        }
-        if let Err(why) = check_reserved("set", &name.value) {
-            self.error(line, label, &why);
-            ok = false;
-        }
+        let mut ok = self.set_name(line, label, &name.value);
         let raw = raw.value;
         let kind = SetType::parse(&raw.kind.value);
         if kind.is_none() {
@@ -172,77 +151,17 @@ impl Validator {
             },
             _ => None,
         };
-        let mut members = None;
-        if let Some(list) = raw.members_equal {
-            // Only the pass with lines indexes members as they come.
-            let lines = MEMBER_LINES.get();
-            let count = list.value.len();
-            let mut seen = Elements::with_capacity(if lines { count } else { 0 });
-            // Compactly: a copy per member that is already as ipset prints
-            // it, no allocation (see `state::Members`).
-            let mut out = crate::state::Members::with_capacity(count, 0);
-            let list_line = list.referenced.line();
-            for (text, line) in list.value.iter() {
-                let mline = line.unwrap_or(list_line);
-                let Some(text) = text else {
-                    self.error(mline, label, "a member must be a single value");
-                    ok = false;
-                    continue;
-                };
-                let start = out.len();
-                let expanded = kind.expand_into(text, family, &mut out);
-                if expanded.is_ok() {
-                    let elements = || out.iter().skip(start);
-                    if let Some(why) = self.member_problem(&kind, elements(), text, range) {
-                        let msg = format!("bad member for {}: {why}", kind.name());
-                        self.error(mline, label, &msg);
-                        ok = false;
-                        continue;
-                    }
-                    if kind.name() == "list:set" {
-                        self.listed_set(elements(), line, mline, label);
-                    }
-                }
-                match expanded {
-                    // Without lines (the first pass), duplicates are looked
-                    // for once the list is whole (see `listed_twice`).
-                    Ok(()) if !lines => {}
-                    Ok(()) => {
-                        for k in start..out.len() {
-                            if seen.insert(&out, k) {
-                                self.error(mline, label, &format!("member `{text}` listed twice"));
-                                ok = false;
-                            }
-                        }
-                    }
-                    Err(why) => {
-                        let msg = format!("bad member for {}: {why}", kind.name());
-                        self.error(mline, label, &msg);
-                        ok = false;
-                    }
-                }
-            }
-            if ok && !lines && listed_twice(&out) {
-                // Only the pass with lines says which member and where.
-                self.error(list_line, label, "a member is listed twice");
-                ok = false;
-            }
-            if kind.is_hash() {
-                let count = element_count(&kind, &out);
-                let full = checks::over_maxelem(count, options.maxelem, options.forceadd);
-                if let Some(msg) = full {
-                    let at = if options.maxelem.is_some() {
-                        header_line
-                    } else {
-                        line
-                    };
-                    self.error(at, label, &msg);
-                    ok = false;
-                }
-            }
-            out.shrink_to_fit();
-            members = Some(out);
-        }
+        let set = SetShape {
+            kind: &kind,
+            options: &options,
+            range,
+            label,
+            line,
+            header_line,
+        };
+        let members = raw
+            .members_equal
+            .map(|list| self.set_members(&set, &list, &mut ok));
         ok.then_some(IpsetWish {
             name: name.value,
             kind,
@@ -251,6 +170,132 @@ impl Validator {
             members,
             line,
         })
+    }
+
+    /// Checks a set's name: false when it is bad (said already).
+    fn set_name(&mut self, line: u64, label: Option<&str>, name: &str) -> bool {
+        let mut ok = true;
+        if name.starts_with('-') {
+            let msg = format!(
+                "bad set name `{name}`: ipset reads a word starting with `-` as an option \
+                 (`-exist`, `-q`, ...), so no set name may start with one",
+            );
+            self.error(line, label, &msg);
+            ok = false;
+        } else if !valid_set_name(name) {
+            self.error(
+                line,
+                label,
+                "bad set name (1-31 printable ASCII characters, no blanks, commas or `\"`: \
+                 `ipset restore` reads `\"` as a quote, so no set with one can be made)",
+            );
+            ok = false;
+        }
+        if let Err(why) = check_reserved("set", name) {
+            self.error(line, label, &why);
+            ok = false;
+        }
+        ok
+    }
+
+    /// A set's `members_equal`, each member expanded to the elements it
+    /// stands for and checked; `ok` turns false when one is wrong (said
+    /// already), and a list of members found twice is looked for only
+    /// while it is still true.
+    fn set_members(
+        &mut self,
+        set: &SetShape,
+        list: &Spanned<crate::wishes::raw::Members>,
+        ok: &mut bool,
+    ) -> crate::state::Members {
+        // Only the pass with lines indexes members as they come.
+        let lines = MEMBER_LINES.get();
+        let count = list.value.len();
+        let mut seen = Elements::with_capacity(if lines { count } else { 0 });
+        // Compactly: a copy per member that is already as ipset prints
+        // it, no allocation (see `state::Members`).
+        let mut out = crate::state::Members::with_capacity(count, 0);
+        let list_line = list.referenced.line();
+        for (text, line) in list.value.iter() {
+            let mline = line.unwrap_or(list_line);
+            let Some(text) = text else {
+                self.error(mline, set.label, "a member must be a single value");
+                *ok = false;
+                continue;
+            };
+            let seen = lines.then_some(&mut seen);
+            *ok &= self.set_member(set, text, (line, mline), &mut out, seen);
+        }
+        if *ok && !lines && listed_twice(&out) {
+            // Only the pass with lines says which member and where.
+            self.error(list_line, set.label, "a member is listed twice");
+            *ok = false;
+        }
+        if set.kind.is_hash() {
+            let count = element_count(set.kind, &out);
+            let options = set.options;
+            let full = checks::over_maxelem(count, options.maxelem, options.forceadd);
+            if let Some(msg) = full {
+                let at = if options.maxelem.is_some() {
+                    set.header_line
+                } else {
+                    set.line
+                };
+                self.error(at, set.label, &msg);
+                *ok = false;
+            }
+        }
+        out.shrink_to_fit();
+        out
+    }
+
+    /// One member, `text`, expanded into `out` and checked (on its line as
+    /// read, if any, and the line it is said to be on); `seen` (the pass
+    /// with lines) finds it listed twice. False when it is wrong (said
+    /// already).
+    fn set_member(
+        &mut self,
+        set: &SetShape,
+        text: &str,
+        (line, mline): (Option<u64>, u64),
+        out: &mut crate::state::Members,
+        seen: Option<&mut Elements>,
+    ) -> bool {
+        let kind = set.kind;
+        let start = out.len();
+        let expanded = kind.expand_into(text, set.options.family, out);
+        if expanded.is_ok() {
+            let elements = || out.iter().skip(start);
+            if let Some(why) = self.member_problem(kind, elements(), text, set.range) {
+                let msg = format!("bad member for {}: {why}", kind.name());
+                self.error(mline, set.label, &msg);
+                return false;
+            }
+            if kind.name() == "list:set" {
+                self.listed_set(elements(), line, mline, set.label);
+            }
+        }
+        match (expanded, seen) {
+            // Without lines (the first pass), duplicates are looked for
+            // once the list is whole (see `listed_twice`).
+            (Ok(()), None) => true,
+            (Ok(()), Some(seen)) => {
+                let mut ok = true;
+                for k in start..out.len() {
+                    if seen.insert(out, k) {
+                        let msg = format!("member `{text}` listed twice");
+                        self.error(mline, set.label, &msg);
+                        ok = false;
+                    }
+                }
+                ok
+            }
+            (Err(why), _) => {
+                let msg = format!("bad member for {}: {why}", kind.name());
+                self.error(mline, set.label, &msg);
+                false
+            }
+        }
     }
 
     pub(crate) fn chain(
@@ -329,106 +374,157 @@ impl Validator {
         let mut ok = true;
         let mut names = std::collections::HashMap::new();
         for item in items {
-            let line = item.referenced.line();
-            let entries = match item.value {
-                Node::Map(entries) if entries.len() == 1 => entries,
-                _ => {
-                    let msg =
-                        "each rule must be a one-key map: `- NAME: RULE TEXT` or `- ~match: REGEX`";
-                    self.error(line, Some(label), msg);
-                    ok = false;
-                    continue;
-                }
+            let item = match self.rule_entry(label, item) {
+                Ok(Some(entry)) => match entry.name == MATCH_KEY {
+                    true => self.match_rule(entry),
+                    false => self.named_rule(family, table, entry, &mut names),
+                },
+                Ok(None) => continue,
+                Err(()) => Err(()),
             };
-            let Some((key, value)) = entries.into_iter().next() else {
-                continue;
-            };
-            let name = key.value;
-            let line = key.referenced.line();
-            let wish = format!("{label}/{name}");
-            let Some(text) = value.value.scalar() else {
-                self.error(line, Some(&wish), "the value must be text");
-                ok = false;
-                continue;
-            };
-            if name == MATCH_KEY {
-                match Regex::new(&text) {
-                    Ok(regex) => out.push(RuleItem::Match(MatchRule { regex, line })),
-                    Err(e) => {
-                        self.error(line, Some(&wish), &format!("bad regex: {e}"));
-                        ok = false;
-                    }
-                }
-                continue;
+            match item {
+                Ok(item) => out.push(item),
+                Err(()) => ok = false,
             }
-            if let Err(why) = check_rule_name(&name) {
-                self.error(line, Some(&wish), &why);
-                ok = false;
-                continue;
-            }
-            if let Some(first) = names.insert(name.clone(), line) {
-                let msg = format!("duplicate rule name (first defined on line {first})");
-                self.error(line, Some(&wish), &msg);
-                ok = false;
-                continue;
-            }
-            let rule = match Rule::parse(&text) {
-                Ok(rule) => rule,
-                Err(e) => {
-                    self.error(line, Some(&wish), &format!("bad rule text: {e}"));
-                    ok = false;
-                    continue;
-                }
-            };
-            if let Some(bad) = rule
-                .tokens()
-                .find_map(|a| a.chars().find(|c| c.is_control()))
-            {
-                let msg = format!(
-                    "bad rule text: an argument holds the control character {bad:?}; no iptables \
-                     argument can"
-                );
-                self.error(line, Some(&wish), &msg);
-                ok = false;
-                continue;
-            }
-            if let Some(comment) = rule.comment()
-                && comment != name
-            {
-                let msg = format!(
-                    "the rule's comment `{comment}` differs from its name; pyfw finds its \
-                         rules by `--comment NAME`"
-                );
-                self.error(line, Some(&wish), &msg);
-                ok = false;
-                continue;
-            }
-            if let Some(octal) = octal_port(&rule) {
-                self.warn(line, Some(&wish), &octal);
-            }
-            let mut refused = checks::rule_errors(&rule, family, table);
-            let (set_errors, set_warnings) = checks::set_names(&rule, family, &self.declared);
-            refused.extend(set_errors);
-            for msg in &set_warnings {
-                self.warn(line, Some(&wish), msg);
-            }
-            if !refused.is_empty() {
-                for msg in &refused {
-                    self.error(line, Some(&wish), msg);
-                }
-                ok = false;
-                continue;
-            }
-            let rule = rule.with_comment(&name);
-            out.push(RuleItem::Named(NamedRule {
-                name,
-                rule,
-                printed: None,
-                line,
-            }));
         }
         ok.then_some(out)
     }
+
+    /// One item of `rules`, a one-key map: its name, text and line; `Err`
+    /// when it is not one (said already).
+    fn rule_entry(&mut self, label: &str, item: Spanned<Node>) -> Result<Option<RuleEntry>, ()> {
+        let line = item.referenced.line();
+        let entries = match item.value {
+            Node::Map(entries) if entries.len() == 1 => entries,
+            _ => {
+                let msg =
+                    "each rule must be a one-key map: `- NAME: RULE TEXT` or `- ~match: REGEX`";
+                self.error(line, Some(label), msg);
+                return Err(());
+            }
+        };
+        let Some((key, value)) = entries.into_iter().next() else {
+            return Ok(None);
+        };
+        let name = key.value;
+        let line = key.referenced.line();
+        let wish = format!("{label}/{name}");
+        let Some(text) = value.value.scalar() else {
+            self.error(line, Some(&wish), "the value must be text");
+            return Err(());
+        };
+        Ok(Some(RuleEntry {
+            name,
+            text,
+            line,
+            wish,
+        }))
+    }
+
+    /// `- ~match: REGEX`.
+    fn match_rule(&mut self, entry: RuleEntry) -> Result<RuleItem, ()> {
+        let line = entry.line;
+        match Regex::new(&entry.text) {
+            Ok(regex) => Ok(RuleItem::Match(MatchRule { regex, line })),
+            Err(e) => {
+                self.error(line, Some(&entry.wish), &format!("bad regex: {e}"));
+                Err(())
+            }
+        }
+    }
+
+    /// `- NAME: RULE TEXT`: its name (good, and not taken already: `names`
+    /// holds the names taken, with their lines), its text and what the
+    /// rule does checked.
+    fn named_rule(
+        &mut self,
+        family: Family,
+        table: &str,
+        entry: RuleEntry,
+        names: &mut std::collections::HashMap<String, u64>,
+    ) -> Result<RuleItem, ()> {
+        let RuleEntry {
+            name,
+            text,
+            line,
+            wish,
+        } = entry;
+        if let Err(why) = check_rule_name(&name) {
+            self.error(line, Some(&wish), &why);
+            return Err(());
+        }
+        if let Some(first) = names.insert(name.clone(), line) {
+            let msg = format!("duplicate rule name (first defined on line {first})");
+            self.error(line, Some(&wish), &msg);
+            return Err(());
+        }
+        let rule = self.rule_text(&name, &text, line, &wish)?;
+        if let Some(octal) = octal_port(&rule) {
+            self.warn(line, Some(&wish), &octal);
+        }
+        let mut refused = checks::rule_errors(&rule, family, table);
+        let (set_errors, set_warnings) = checks::set_names(&rule, family, &self.declared);
+        refused.extend(set_errors);
+        for msg in &set_warnings {
+            self.warn(line, Some(&wish), msg);
+        }
+        if !refused.is_empty() {
+            for msg in &refused {
+                self.error(line, Some(&wish), msg);
+            }
+            return Err(());
+        }
+        let rule = rule.with_comment(&name);
+        Ok(RuleItem::Named(NamedRule {
+            name,
+            rule,
+            printed: None,
+            line,
+        }))
+    }
+
+    /// A named rule's text, split into arguments: none may hold a control
+    /// character, and a comment must be the rule's name.
+    fn rule_text(&mut self, name: &str, text: &str, line: u64, wish: &str) -> Result<Rule, ()> {
+        let rule = match Rule::parse(text) {
+            Ok(rule) => rule,
+            Err(e) => {
+                self.error(line, Some(wish), &format!("bad rule text: {e}"));
+                return Err(());
+            }
+        };
+        if let Some(bad) = rule
+            .tokens()
+            .find_map(|a| a.chars().find(|c| c.is_control()))
+        {
+            let msg = format!(
+                "bad rule text: an argument holds the control character {bad:?}; no iptables \
+                 argument can"
+            );
+            self.error(line, Some(wish), &msg);
+            return Err(());
+        }
+        if let Some(comment) = rule.comment()
+            && comment != name
+        {
+            let msg = format!(
+                "the rule's comment `{comment}` differs from its name; pyfw finds its \
+                     rules by `--comment NAME`"
+            );
+            self.error(line, Some(wish), &msg);
+            return Err(());
+        }
+        Ok(rule)
+    }
+}
+
+/// One item of a chain's `rules`, as written: `NAME: TEXT` on `line`;
+/// `wish` labels it.
+struct RuleEntry {
+    name: String,
+    text: String,
+    line: u64,
+    wish: String,
 }
 
 impl Validator {
@@ -543,6 +639,18 @@ fn listed_twice(members: &crate::state::Members) -> bool {
 /// A member's element: its first word, before any options.
 fn element(member: &str) -> &str {
     member.split(' ').next().unwrap_or("")
+}
+
+/// What a set's members are checked against: its type, header options and
+/// bitmap range (as written, and its ends), and where to point.
+struct SetShape<'a> {
+    kind: &'a SetType,
+    options: &'a Options<'a>,
+    range: Option<(&'a str, u128, u128)>,
+    label: Option<&'a str>,
+    /// The set's line, and its header's (the set's when it has none).
+    line: u64,
+    header_line: u64,
 }
 
 /// What a set's header says that its members must fit.
