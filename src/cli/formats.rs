@@ -5,7 +5,7 @@
 //! only ever added within a version, and a field's meaning never changes.
 //! The serializations here are written by hand, not derived, so that renaming
 //! a Rust field can never change the output. `docs/formats.md` describes
-//! every field; `tests/formats.rs` holds snapshots of both.
+//! every field; `tests/offline/formats.rs` holds snapshots of both.
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -728,7 +728,7 @@ fn header_options(header: &[String]) -> Result<Options<'_>, String> {
 /// not starting with `-` or `!`, and not a verdict. A `"` is refused too:
 /// pyfw records each chain it creates in a member comment of its record
 /// set, and ipset refuses `"` in a comment. Every other printable ASCII
-/// character reads back (tests/names_round_trip.rs): iptables prints a
+/// character reads back (tests/kernel/names_round_trip.rs): iptables prints a
 /// chain name as it is, and pyfw quotes it for iptables-restore.
 pub fn check_chain_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
