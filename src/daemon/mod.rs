@@ -246,7 +246,7 @@ fn start(path: &Path, variant: Variant, args: &Args) -> Result<ExitCode, String>
     let (events, lock) = follow_netfilter(&system, &loaded.wishes, args.interval);
     // Polls of an unchanged legacy table skip the read (its fingerprint),
     // and while the xtables lock stays quiet, the fingerprint too.
-    let system = system.remember_legacy_reads(lock);
+    let system = system.remember_legacy_reads(lock).remember_nft_reads();
     let mut core = daemon_core(system, path, loaded, args);
     if let Some((metrics, _)) = &served {
         core = core.with_metrics(metrics.clone());

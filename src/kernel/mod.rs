@@ -30,6 +30,7 @@ pub mod legacy_cache;
 pub mod lock;
 pub mod netns;
 pub mod nft;
+pub mod nft_reads;
 pub mod privilege;
 pub mod process;
 pub mod read;

@@ -235,6 +235,25 @@ impl System {
     }
 
     /// One family's rules in `scope`; `None` when it is not read.
+    /// Some chains on nft, each read alone; while the ruleset's generation
+    /// stays, a poll need not read them again (see
+    /// [`crate::kernel::nft_reads::NftReads`]).
+    fn nft_chains(
+        &self,
+        family: Family,
+        chains: &BTreeSet<(String, String)>,
+    ) -> Result<state::Ruleset, Error> {
+        match &self.nft_reads {
+            Some(reads) => reads.read(
+                family,
+                chains,
+                || self.list_chains(family, chains),
+                crate::kernel::nft::generation,
+            ),
+            None => self.list_chains(family, chains),
+        }
+    }
+
     fn read_rules(&self, family: Family, scope: &Scope) -> Result<Option<state::Ruleset>, Error> {
         Ok(Some(match &scope.rules(family) {
             Rules::Skip => return Ok(None),
@@ -297,7 +316,7 @@ impl System {
                 }
                 rs
             }
-            Rules::Chains(chains) => self.list_chains(family, chains)?,
+            Rules::Chains(chains) => self.nft_chains(family, chains)?,
         }))
     }
 

@@ -32,6 +32,9 @@ pub struct System {
     /// The generation pyfw's last nft script committed (see
     /// [`Backend::nft_committed`]).
     nft_commit: Option<u32>,
+    /// nft chains last read, kept with the ruleset's generation; only for
+    /// a long-running reader (see [`System::remember_nft_reads`]).
+    pub(crate) nft_reads: Option<crate::kernel::nft_reads::NftReads>,
 }
 
 impl Default for System {
@@ -43,6 +46,7 @@ impl Default for System {
             nft: true,
             legacy_cache: None,
             nft_commit: None,
+            nft_reads: None,
         }
     }
 }
@@ -58,6 +62,16 @@ impl System {
             tables: Default::default(),
             lock,
         });
+        self
+    }
+
+    /// For a reader that polls, the daemon: on nft, chains are read again
+    /// only when the ruleset's generation moved (see `NftReads`). A
+    /// one-shot command reads once anyway.
+    pub fn remember_nft_reads(mut self) -> Self {
+        if self.nft {
+            self.nft_reads = Some(Default::default());
+        }
         self
     }
 

@@ -1523,6 +1523,36 @@ fn an_idle_daemon_does_not_trigger_itself() {
     daemon.assert_alive();
 }
 
+/// On nft, an idle poll reads no chain while nothing commits in the
+/// namespace (the ruleset's generation stays); any commit makes the next
+/// read real, so drift is still found and repaired, and then the polls
+/// are quiet again.
+#[test]
+fn an_idle_nft_poll_reads_no_chain_until_something_commits() {
+    let Some((ns, mut daemon)) = started_on("nft_reads", "1s", false) else {
+        return;
+    };
+    let skipped = |d: &Daemon| {
+        d.log_lines_with("chains unchanged since nf_tables generation")
+            .len()
+    };
+    wait_until(
+        "polls that read no chain",
+        || skipped(&daemon) >= 4,
+        || daemon.log(),
+    );
+    delete_allow_ssh(&ns);
+    daemon.wait_rules(&ns, &spec("after-apply.save"), "the repair");
+    daemon.wait_log("repaired (drift)");
+    let after = skipped(&daemon);
+    wait_until(
+        "quiet polls after the repair",
+        || skipped(&daemon) >= after + 2,
+        || daemon.log(),
+    );
+    daemon.assert_alive();
+}
+
 // --- whatever happens to the wishes file -----------------------------------
 
 /// Deletes the wished `allow_ssh` rule by hand: drift to repair.
