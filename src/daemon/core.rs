@@ -318,9 +318,9 @@ pub struct Core<R> {
     /// the ones loaded before (`false`).
     fallback: Option<(Loaded, bool)>,
     reported: Option<Bad>,
-    /// The content whose plan warnings were logged: they are said once
-    /// per content (and again on SIGHUP).
-    warned: Option<Vec<u8>>,
+    /// The content (its hash) whose plan warnings were logged: they are
+    /// said once per content (and again on SIGHUP).
+    warned: Option<String>,
     /// New content waiting to settle.
     settling: Settling,
     /// The lock held while netfilter is read and changed (`kernel::lock`).
@@ -879,7 +879,9 @@ impl<R: Reconcile> Core<R> {
         if warnings.is_empty() {
             return;
         }
-        let content = &self.active.text;
+        // By content hash: comparing the text itself cost a poll the
+        // length of a big wishes file in memcmp.
+        let content = &self.active.enforced;
         if !again && self.warned.as_ref() == Some(content) {
             return;
         }

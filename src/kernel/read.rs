@@ -358,7 +358,7 @@ impl System {
     }
 
     /// The summaries of the sets `names` that exist, by name: a few sets
-    /// each by its own `ipset list -terse NAME`, side by side, more by one
+    /// each by its own `ipset list -terse NAME`, in turn, more by one
     /// `ipset list -terse` of every set. A summary is not free: for a hash
     /// set the kernel walks every bucket to count the members and their
     /// memory (some 15 ms for 1,000,000 members), so other programs' big
@@ -375,10 +375,12 @@ impl System {
             all.retain(|name, _| names.contains(name));
             return Ok(all);
         }
-        let each = parallel(names.iter().map(|name| move || self.ipset_terse(name)));
+        // One after another: side by side, each walk waits for the
+        // other's on the ipset subsystem's mutex, spinning (a sixth of an
+        // idle poll's CPU with two sets).
         let mut out = BTreeMap::new();
-        for (name, summary) in names.iter().zip(each) {
-            if let Some(summary) = summary? {
+        for name in names {
+            if let Some(summary) = self.ipset_terse(name)? {
                 out.insert(name.clone(), summary);
             }
         }
