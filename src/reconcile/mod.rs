@@ -17,6 +17,7 @@ pub mod apply;
 mod canonicalize;
 pub mod confirm;
 mod kept_forms;
+mod kept_record;
 pub mod nft;
 pub mod reach;
 pub mod rollback;
@@ -163,6 +164,9 @@ pub struct Reconciler<B: Backend> {
     /// For a reader that polls (the daemon): which wished sets need not be
     /// read in full (see [`set_checks`]).
     set_checks: Option<SetChecks>,
+    /// For a reader that polls: pyfw's record as last read (see
+    /// [`kept_record`]).
+    record: kept_record::KeptRecord,
 }
 
 /// One plan's use of the [`SetChecks`]: the summaries taken before its
@@ -186,6 +190,7 @@ impl<B: Backend> Reconciler<B> {
             lonely: HashSet::new(),
             nft: nft::Memory::default(),
             set_checks: None,
+            record: kept_record::KeptRecord::default(),
         }
     }
 
@@ -202,6 +207,7 @@ impl<B: Backend> Reconciler<B> {
     /// the operator asked for a fresh look).
     pub fn read_afresh_next(&mut self) {
         self.lonely.clear();
+        self.record.forget();
         if let Some(checks) = &mut self.set_checks {
             checks.read_all_next();
         }
@@ -293,8 +299,18 @@ impl<B: Backend> Reconciler<B> {
         // chains, or a set that may go, takes a second read.
         let mut checking = self.check_sets(wishes);
         let trusted = checking.as_ref().map(|c| &c.trusted);
-        let first = first_scope(wishes, trusted);
-        let (read, had) = self.read_first(first, owning)?;
+        let mut first = first_scope(wishes, trusted);
+        let read_at = std::time::Instant::now();
+        let known = self.known_record(read_at);
+        if known.is_some() {
+            kept_record::KeptRecord::leave_out(&mut first);
+        }
+        let (mut read, had) = self.read_first(first, owning)?;
+        match &known {
+            Some(record) => kept_record::KeptRecord::stand_in(&mut read, record),
+            None if self.set_checks.is_some() => self.record.remember(&read, read_at),
+            None => {}
+        }
         let mut scope = scope_for(wishes, &read);
         let every_set = scope.sets == Sets::All;
         let mut state = self.read_more(read, &had, &scope)?;
@@ -335,6 +351,13 @@ impl<B: Backend> Reconciler<B> {
     /// Reads the `first` scope, or (given what [`Reconciler::read_owned`]
     /// read) only what of it that lacks; returns what was read and its
     /// scope.
+    /// pyfw's record, when a polling reader read it recently enough (see
+    /// [`kept_record`]); `None`: read it.
+    fn known_record(&self, now: std::time::Instant) -> Option<Option<crate::state::Ipset>> {
+        let period = self.set_checks.as_ref()?.resync_period();
+        self.record.fresh(period, now).cloned()
+    }
+
     fn read_first(
         &mut self,
         first: Scope,
@@ -523,6 +546,8 @@ impl<B: Backend> Reconciler<B> {
     /// chains and sets are put back as they were. Reads nothing more
     /// unless something fails.
     pub fn apply(&mut self, planned: Planned, on: &mut dyn FnMut(Event)) -> Result<Applied, Error> {
+        // pyfw writes its record: the next plan reads it.
+        self.record.forget();
         let Planned {
             state,
             plan,

@@ -94,6 +94,11 @@ impl SetChecks {
         }
     }
 
+    /// The longest a set goes unread in full: [`RESYNC_POLLS`] intervals.
+    pub fn resync_period(&self) -> Duration {
+        self.min_resync
+    }
+
     /// The next poll reads every set in full (SIGHUP).
     pub fn read_all_next(&mut self) {
         self.full_next = true;

@@ -1553,6 +1553,52 @@ fn an_idle_nft_poll_reads_no_chain_until_something_commits() {
     daemon.assert_alive();
 }
 
+/// pyfw's record is read once and kept between polls (only pyfw writes
+/// it); one destroyed by hand is still seen and made again, by the next
+/// full read within the sets' resync period (18 intervals), and at once
+/// on SIGHUP.
+#[test]
+fn a_record_destroyed_by_hand_is_made_again() {
+    let Some((ns, mut daemon)) = started_on("record_kept", "1s", false) else {
+        return;
+    };
+    let record = |ns: &Ns| {
+        ns.ok(&["ipset", "list", "-n"])
+            .lines()
+            .any(|l| l == "pyfw-owned")
+    };
+    let back = |ns: &Ns, what: &str, limit: Duration| {
+        let start = Instant::now();
+        while !record(ns) {
+            assert!(start.elapsed() < limit, "{what}\n{}", daemon.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    assert!(record(&ns), "the first apply wrote the record");
+    // Quiet polls: the record is read and kept by now.
+    wait_until(
+        "quiet polls",
+        || daemon.log_lines_with("not read again").len() >= 2,
+        || daemon.log(),
+    );
+    let quiet_polls = daemon.log_lines_with("run for timer").len();
+    ns.ok(&["ipset", "destroy", "pyfw-owned"]);
+    back(
+        &ns,
+        "made again within the resync period",
+        Duration::from_secs(60),
+    );
+    assert!(
+        daemon.log_lines_with("run for timer").len() > quiet_polls + 1,
+        "kept between polls, not read by every one\n{}",
+        daemon.log()
+    );
+    ns.ok(&["ipset", "destroy", "pyfw-owned"]);
+    daemon.signal(libc::SIGHUP);
+    back(&ns, "made again after SIGHUP", WAIT);
+    daemon.assert_alive();
+}
+
 // --- whatever happens to the wishes file -----------------------------------
 
 /// Deletes the wished `allow_ssh` rule by hand: drift to repair.
