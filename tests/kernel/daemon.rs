@@ -962,24 +962,7 @@ fn sighup_reloads() {
     daemon.wait_log("drift (sighup): filter/INPUT: allow_http missing");
 
     // SIGHUP also repairs drift at once, without waiting for a poll.
-    ns.ok(&[
-        "iptables",
-        "-w",
-        "-D",
-        "INPUT",
-        "-p",
-        "tcp",
-        "-m",
-        "tcp",
-        "--dport",
-        "22",
-        "-m",
-        "comment",
-        "--comment",
-        "allow_ssh",
-        "-j",
-        "ACCEPT",
-    ]);
+    delete_allow_ssh(&ns);
     daemon.signal(libc::SIGHUP);
     wait_until(
         "allow_ssh back after SIGHUP",
