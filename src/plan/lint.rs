@@ -729,52 +729,8 @@ impl Traffic {
     }
 }
 
-/// Targets that are extensions, not chains.
-const EXTENSIONS: &[&str] = &[
-    "ACCEPT",
-    "DROP",
-    "REJECT",
-    "RETURN",
-    "LOG",
-    "NFLOG",
-    "ULOG",
-    "MARK",
-    "CONNMARK",
-    "QUEUE",
-    "NFQUEUE",
-    "TRACE",
-    "AUDIT",
-    "CT",
-    "NOTRACK",
-    "SET",
-    "TCPMSS",
-    "DNAT",
-    "SNAT",
-    "MASQUERADE",
-    "REDIRECT",
-    "NETMAP",
-    "CHECKSUM",
-    "CLASSIFY",
-    "DSCP",
-    "TOS",
-    "TTL",
-    "HL",
-    "ECN",
-    "TEE",
-    "TPROXY",
-    "SECMARK",
-    "CONNSECMARK",
-    "IDLETIMER",
-    "LED",
-    "RATEEST",
-    "SYNPROXY",
-    "TCPOPTSTRIP",
-    "HMARK",
-    "CLUSTERIP",
-];
-
 fn is_user_chain(target: &str) -> bool {
-    !target.is_empty() && !EXTENSIONS.contains(&target)
+    crate::state::rule::names_a_chain(target)
 }
 
 /// How a rule's matches take the traffic in question, from least to most.

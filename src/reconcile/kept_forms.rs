@@ -25,43 +25,6 @@ use crate::wishes::{ChainWish, RuleItem, Wishes};
 /// The file in the state directory.
 const FILE: &str = "iptables-forms.json";
 
-/// Targets that are no chain: a kept verdict on them holds.
-const NOT_CHAINS: &[&str] = &[
-    "ACCEPT",
-    "DROP",
-    "RETURN",
-    "QUEUE",
-    "REJECT",
-    "LOG",
-    "NFLOG",
-    "NFQUEUE",
-    "MASQUERADE",
-    "SNAT",
-    "DNAT",
-    "REDIRECT",
-    "NETMAP",
-    "MARK",
-    "CONNMARK",
-    "CT",
-    "NOTRACK",
-    "TCPMSS",
-    "TPROXY",
-    "DSCP",
-    "TOS",
-    "TTL",
-    "HL",
-    "CLASSIFY",
-    "CHECKSUM",
-    "AUDIT",
-    "TRACE",
-    "SECMARK",
-    "CONNSECMARK",
-    "TEE",
-    "IDLETIMER",
-    "LED",
-    "SYNPROXY",
-];
-
 #[derive(Serialize, Deserialize)]
 struct Kept {
     key: String,
@@ -179,7 +142,7 @@ fn may_keep(rule: &Rule, chain: &ChainWish, wishes: &Wishes, state: &State) -> b
     let Some(target) = rule.target() else {
         return true;
     };
-    if NOT_CHAINS.contains(&target) {
+    if !crate::state::rule::names_a_chain(target) {
         return true;
     }
     let wished = (wishes.chains.iter())

@@ -670,6 +670,56 @@ impl fmt::Display for Rule {
     }
 }
 
+/// Targets that are verdicts or extensions, not chains.
+pub const NOT_CHAINS: &[&str] = &[
+    "ACCEPT",
+    "DROP",
+    "REJECT",
+    "RETURN",
+    "LOG",
+    "NFLOG",
+    "ULOG",
+    "MARK",
+    "CONNMARK",
+    "QUEUE",
+    "NFQUEUE",
+    "TRACE",
+    "AUDIT",
+    "CT",
+    "NOTRACK",
+    "SET",
+    "TCPMSS",
+    "DNAT",
+    "SNAT",
+    "MASQUERADE",
+    "REDIRECT",
+    "NETMAP",
+    "CHECKSUM",
+    "CLASSIFY",
+    "DSCP",
+    "TOS",
+    "TTL",
+    "HL",
+    "ECN",
+    "TEE",
+    "TPROXY",
+    "SECMARK",
+    "CONNSECMARK",
+    "IDLETIMER",
+    "LED",
+    "RATEEST",
+    "SYNPROXY",
+    "TCPOPTSTRIP",
+    "HMARK",
+    "CLUSTERIP",
+];
+
+/// Whether a `-j`/`-g` target names a chain: anything but a verdict or an
+/// extension target.
+pub fn names_a_chain(target: &str) -> bool {
+    !target.is_empty() && !NOT_CHAINS.contains(&target)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
