@@ -36,6 +36,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Duration, Instant};
 
 use self::metrics::{Endpoint, Listen, Metrics};
+use crate::kernel::xtlock::Answer;
 use crate::kernel::{Backend, System, Variant};
 use crate::plan::Program;
 use crate::reconcile::Reconciler;
@@ -449,6 +450,35 @@ fn follow_xtables_lock(
     }
 }
 
+/// A run and the xtables-lock thread's fingerprint take turns. The
+/// fingerprint copies a whole legacy table out of the kernel (24 MB with a
+/// 50,000-rule chain); a run holds the wishes it reads, what it reads and
+/// its plan (new wishes of 100,000 members, their text and the old ones'
+/// at once). Side by side, the daemon's peak memory was their sum (42 MB
+/// on the benchmark's host, BENCHMARKS.md "rss"); in turn, it is the
+/// larger. A check that finds a run under way is asked again shortly
+/// (`xtlock::Answer::Busy`), the lock's closes meanwhile still counted, and
+/// a run that read the table spares it the copy
+/// (`Release::fingerprinted_since`).
+static RUN_OR_COPY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds [`RUN_OR_COPY`] until dropped (a poisoned lock is as good: it
+/// guards no data).
+fn run_or_copy() -> std::sync::MutexGuard<'static, ()> {
+    RUN_OR_COPY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// [`RUN_OR_COPY`] if no run holds it.
+fn copy_if_no_run() -> Option<std::sync::MutexGuard<'static, ()>> {
+    match RUN_OR_COPY.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
 /// Every iptables run on the host releases the xtables lock, reads
 /// included: a release wakes a reconcile only when a wished table's
 /// fingerprint moved since the last check. (A fingerprint that cannot be
@@ -462,21 +492,35 @@ struct LockReleases {
 }
 
 impl LockReleases {
-    /// One release: sends the wished tables that changed, if any; false
-    /// once nothing listens.
-    fn check(&mut self, release: &crate::kernel::xtlock::Release) -> bool {
+    /// One release: sends the wished tables that changed, if any; stops
+    /// once nothing listens; busy while a run is under way and a table
+    /// must be copied (see [`RUN_OR_COPY`]).
+    fn check(&mut self, release: &crate::kernel::xtlock::Release) -> Answer {
         let Ok(now) = self.tables.lock().map(|w| {
             w.iter()
                 .map(|(family, table, _)| (*family, table.clone()))
                 .collect::<std::collections::BTreeSet<_>>()
         }) else {
-            return false;
+            return Answer::Stop;
+        };
+        // A reconcile's read since these releases (the one after pyfw's
+        // own apply, say) already copied the table.
+        let taken: Vec<_> = (now.into_iter())
+            .map(|(family, table)| {
+                let fp = release.fingerprinted_since(family, &table);
+                (family, table, fp)
+            })
+            .collect();
+        let _turn = match taken.iter().any(|(_, _, fp)| fp.is_none()) {
+            true => match copy_if_no_run() {
+                Some(turn) => Some(turn),
+                None => return Answer::Busy,
+            },
+            false => None,
         };
         let mut changed = Vec::new();
-        for (family, table) in now {
-            // A reconcile's read since these releases (the one after
-            // pyfw's own apply, say) already copied the table.
-            let fp = match release.fingerprinted_since(family, &table) {
+        for (family, table, taken) in taken {
+            let fp = match taken {
                 Some(fp) => {
                     tracing::debug!(
                         "xtables lock released; {family:?} {table} was fingerprinted by a read \
@@ -497,11 +541,15 @@ impl LockReleases {
         }
         if changed.is_empty() {
             tracing::debug!("xtables lock released; the wished legacy tables are unchanged");
-            return true;
+            return Answer::Checked;
         }
-        self.tx
+        match self
+            .tx
             .send(events::Change::XtablesLock { tables: changed })
-            .is_ok()
+        {
+            Ok(()) => Answer::Checked,
+            Err(_) => Answer::Stop,
+        }
     }
 }
 
@@ -751,6 +799,7 @@ impl<R: Reconcile, N: Notifier> EventLoop<R, N> {
             let for_thread = job.clone();
             self.running = Some(Running {
                 handle: tokio::task::spawn_blocking(move || {
+                    let _turn = run_or_copy();
                     let outcome = core.run(&for_thread);
                     (core, outcome)
                 }),

@@ -145,6 +145,21 @@ pub fn hold(wait: Duration) -> io::Result<Held> {
 /// quiet spell is answered at once.
 pub const CHECK_SHARE: u32 = 20;
 
+/// What a check of the lock's releases answered (see [`LockWatch::start`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Checked: the next close is answered as the spacing allows.
+    Checked,
+    /// Cannot look now (the daemon is running a reconcile): asked again
+    /// after [`BUSY_RETRY`], the closes meanwhile still counted.
+    Busy,
+    /// Stop watching.
+    Stop,
+}
+
+/// How soon a check that answered [`Answer::Busy`] is asked again.
+pub const BUSY_RETRY: Duration = Duration::from_millis(50);
+
 /// Counts the closes of the lock file since the watch began. Clones share
 /// the count, and the fingerprints reads took (see [`Release`]).
 #[derive(Clone, Debug)]
@@ -188,11 +203,11 @@ impl Release<'_> {
 impl LockWatch {
     /// Watches the lock file at `path`, creating it as iptables does if it
     /// does not exist yet, and calls `on_close` after closes, once the
-    /// count has moved, spaced as [`CHECK_SHARE`] says. `on_close`
-    /// returning `false` ends the watch.
+    /// count has moved, spaced as [`CHECK_SHARE`] says; see [`Answer`] for
+    /// what `on_close` may answer.
     pub fn start(
         path: &Path,
-        mut on_close: impl FnMut(&Release) -> bool + Send + 'static,
+        mut on_close: impl FnMut(&Release) -> Answer + Send + 'static,
     ) -> io::Result<LockWatch> {
         let mut inotify = Inotify::init()?;
         watch(&mut inotify, path)?;
@@ -297,7 +312,7 @@ fn follow(
     inotify: &mut Inotify,
     path: &Path,
     closes: &AtomicU64,
-    on_close: &mut impl FnMut(u64) -> bool,
+    on_close: &mut impl FnMut(u64) -> Answer,
 ) -> Option<String> {
     let mut buf = [0u8; 4096];
     // When the next call may be made.
@@ -312,10 +327,18 @@ fn follow(
         if due == Some(Duration::ZERO) {
             owed = false;
             let started = Instant::now();
-            if !on_close(closes.load(Ordering::SeqCst)) {
-                return None;
+            match on_close(closes.load(Ordering::SeqCst)) {
+                Answer::Stop => return None,
+                Answer::Checked => {
+                    next_call =
+                        Instant::now().checked_add(started.elapsed().saturating_mul(CHECK_SHARE));
+                }
+                // Still owed; the events meanwhile are read and counted.
+                Answer::Busy => {
+                    owed = true;
+                    next_call = Instant::now().checked_add(BUSY_RETRY);
+                }
             }
-            next_call = Instant::now().checked_add(started.elapsed().saturating_mul(CHECK_SHARE));
             continue;
         }
         match readable(inotify, due) {
@@ -393,13 +416,55 @@ mod tests {
 
     fn started(path: &Path) -> (LockWatch, mpsc::Receiver<()>) {
         let (tx, rx) = mpsc::channel();
-        let watch = LockWatch::start(path, move |_| tx.send(()).is_ok()).expect("watch");
+        let watch = LockWatch::start(path, move |_| match tx.send(()) {
+            Ok(()) => Answer::Checked,
+            Err(_) => Answer::Stop,
+        })
+        .expect("watch");
         (watch, rx)
     }
 
     fn wait(rx: &mpsc::Receiver<()>) {
         rx.recv_timeout(Duration::from_secs(10))
             .expect("a close is reported");
+    }
+
+    /// A check that cannot look now (a run under way) is asked again
+    /// without a new close, and closes meanwhile are still counted: a
+    /// blocked check would leave the count behind, and a run would take
+    /// the table for quiet.
+    #[test]
+    fn a_busy_check_is_asked_again_while_closes_are_still_counted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("xtables.lock");
+        let busy = Arc::new(AtomicBool::new(true));
+        let (tx, rx) = mpsc::channel();
+        let answer = busy.clone();
+        let watch = LockWatch::start(&path, move |r: &Release| {
+            let busy = answer.load(Ordering::SeqCst);
+            match tx.send((r.closes, busy)) {
+                Ok(()) if busy => Answer::Busy,
+                Ok(()) => Answer::Checked,
+                Err(_) => Answer::Stop,
+            }
+        })
+        .expect("watch");
+        let release = || drop(std::fs::File::open(&path).expect("open"));
+        let call = || rx.recv_timeout(Duration::from_secs(10)).expect("a call");
+        release();
+        assert!(call().1, "the first call finds the check busy");
+        assert!(call().1, "and is asked again with no new close");
+        let counted = watch.closes().expect("live");
+        release();
+        let mut seen = call();
+        while seen.0 <= counted {
+            seen = call();
+        }
+        assert!(seen.1, "the second close is counted while still busy");
+        busy.store(false, Ordering::SeqCst);
+        while call().1 {}
+        // Checked: no call without a new close.
+        assert_eq!(rx.recv_timeout(Duration::from_millis(300)).ok(), None);
     }
 
     #[test]
@@ -435,7 +500,10 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         let watch = LockWatch::start(&path, move |r: &Release| {
             let used = r.fingerprinted_since(Family::V4, "filter");
-            tx.send((r.closes, used)).is_ok()
+            match tx.send((r.closes, used)) {
+                Ok(()) => Answer::Checked,
+                Err(_) => Answer::Stop,
+            }
         })
         .expect("watch");
         let release = || drop(std::fs::File::open(&path).expect("open"));
@@ -479,7 +547,7 @@ mod tests {
     fn stops_when_told() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("lock");
-        let watch = LockWatch::start(&path, |_| false).expect("watch");
+        let watch = LockWatch::start(&path, |_| Answer::Stop).expect("watch");
         drop(std::fs::File::open(&path).expect("open"));
         for _ in 0..1000 {
             if watch.closes().is_none() {
