@@ -259,6 +259,12 @@ pub trait Backend {
         let _ = names;
         Ok(None)
     }
+    /// Whether set `name` holds `element` (`ipset test`); `None` when this
+    /// backend cannot tell, and the summaries must be taken.
+    fn set_holds(&mut self, name: &str, element: &str) -> Result<Option<bool>, Error> {
+        let _ = (name, element);
+        Ok(None)
+    }
     /// The owned nftables table `family name` as `listing` prints it;
     /// `None` when it does not exist. A backend without nftables has none
     /// to read, and says so.

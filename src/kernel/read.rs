@@ -357,6 +357,20 @@ impl System {
         Ok(sets.remove(name))
     }
 
+    /// Whether set `name` holds `element` (`ipset test NAME ELEMENT`): a
+    /// lookup in the set's hash, where its summary walks every member.
+    /// False also when the set is gone or no longer takes such an element
+    /// (made again with another type): whatever the tool refuses, the
+    /// caller reads the set in full next, and that read says what is wrong.
+    pub fn ipset_test(&self, name: &str, element: &str) -> Result<bool, Error> {
+        let args = ["test", name, element].map(String::from);
+        match self.exec("ipset", &args, None) {
+            Ok(_) => Ok(true),
+            Err(Error::Failed { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The summaries of the sets `names` that exist, by name: a few sets
     /// each by its own `ipset list -terse NAME`, in turn, more by one
     /// `ipset list -terse` of every set. A summary is not free: for a hash

@@ -255,6 +255,10 @@ impl Backend for System {
         self.ipset_summaries(names).map(Some)
     }
 
+    fn set_holds(&mut self, name: &str, element: &str) -> Result<Option<bool>, Error> {
+        self.ipset_test(name, element).map(Some)
+    }
+
     /// The variant's binary: `iptables`, or `iptables-legacy` where plain
     /// `iptables` is the other variant.
     fn binary(&self, program: Program) -> String {

@@ -11,7 +11,7 @@
 //! written `-p tcp --dport 22` is not seen as drift from the
 //! `-p tcp -m tcp --dport 22` the kernel reports.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 pub mod apply;
 mod canonicalize;
@@ -176,6 +176,18 @@ struct Checking {
     trusted: BTreeSet<String>,
     cpu: std::time::Duration,
     now: std::time::Instant,
+}
+
+/// What a poll's spot check of the wished sets found.
+enum Spotted {
+    /// A summary is due: none was tested.
+    SummaryDue,
+    /// Every tested member there: each set as its last full read found it
+    /// (its summary then).
+    AllThere(BTreeMap<String, SetSummary>),
+    /// These sets lack a tested member, in words: the summaries are taken
+    /// now, and each of these is read in full whatever its summary says.
+    Missing(BTreeMap<String, String>),
 }
 
 type ChainKey = (Family, String, String);
@@ -447,16 +459,31 @@ impl<B: Backend> Reconciler<B> {
         Ok(found.into_iter().map(|u| u.warning).collect())
     }
 
-    /// Takes every set's summary and says which wished sets this plan need
-    /// not read in full; `None` when sets are not checked (a one-shot
-    /// command), or cannot be (then every set is read, as without checks).
+    /// Takes every set's summary, or spot checks them when a summary is
+    /// not due (see [`SetChecks::summary_due`]), and says which wished sets
+    /// this plan need not read in full; `None` when sets are not checked (a
+    /// one-shot command), or cannot be (then every set is read, as without
+    /// checks).
     fn check_sets(&mut self, wishes: &Wishes) -> Option<Checking> {
-        let checks = self.set_checks.as_mut()?;
         if wishes.ipsets.is_empty() {
             return None;
         }
         let cpu = kernel::process::cpu_used();
         let now = std::time::Instant::now();
+        let suspects = match self.spot_check(wishes)? {
+            Spotted::AllThere(summaries) => {
+                let trusted = wishes.ipsets.iter().map(|w| w.name.clone()).collect();
+                return Some(Checking {
+                    summaries,
+                    trusted,
+                    cpu,
+                    now,
+                });
+            }
+            Spotted::Missing(suspects) => suspects,
+            Spotted::SummaryDue => BTreeMap::new(),
+        };
+        let checks = self.set_checks.as_mut()?;
         let names = wishes.ipsets.iter().map(|s| s.name.clone()).collect();
         let summaries = match self.backend.set_summaries(&names) {
             Ok(Some(summaries)) => summaries,
@@ -466,8 +493,15 @@ impl<B: Backend> Reconciler<B> {
                 return None;
             }
         };
+        checks.summarized(kernel::process::cpu_used().saturating_sub(cpu), now);
         let mut trusted = BTreeSet::new();
-        for (name, verdict) in checks.trusted(&wishes.ipsets, &summaries, now) {
+        for (name, mut verdict) in checks.trusted(&wishes.ipsets, &summaries, now) {
+            // The summary as it was, a tested member missing all the same
+            // (swapped for another): read in full.
+            if let (Verdict::Trusted, Some(why)) = (&verdict, suspects.get(&name)) {
+                checks.forget(&name);
+                verdict = Verdict::Moved(why.clone());
+            }
             match verdict {
                 Verdict::Trusted => {
                     trusted.insert(name);
@@ -486,6 +520,35 @@ impl<B: Backend> Reconciler<B> {
             trusted,
             cpu,
             now,
+        })
+    }
+
+    /// Between summaries: tests a few wished members of each set (see
+    /// [`SetChecks::spot_checks`]). `None`: sets are not checked.
+    fn spot_check(&mut self, wishes: &Wishes) -> Option<Spotted> {
+        let checks = self.set_checks.as_mut()?;
+        if checks.summary_due(&wishes.ipsets, std::time::Instant::now()) {
+            return Some(Spotted::SummaryDue);
+        }
+        let mut missing = BTreeMap::new();
+        for (name, element) in checks.spot_checks(&wishes.ipsets) {
+            match self.backend.set_holds(&name, &element) {
+                Ok(Some(true)) => {}
+                Ok(Some(false)) => {
+                    missing
+                        .entry(name)
+                        .or_insert_with(|| format!("a wished member, {element}, is not in it"));
+                }
+                Ok(None) => return Some(Spotted::SummaryDue),
+                Err(e) => {
+                    tracing::debug!("cannot test ipset {name} ({e}); taking the summaries");
+                    return Some(Spotted::SummaryDue);
+                }
+            }
+        }
+        Some(match missing.is_empty() {
+            true => Spotted::AllThere(checks.known_summaries()),
+            false => Spotted::Missing(missing),
         })
     }
 
@@ -720,6 +783,31 @@ mod tests {
         fn run(&mut self, _: &crate::plan::Command) -> Result<(), kernel::Error> {
             Ok(())
         }
+        fn set_summaries(
+            &mut self,
+            names: &BTreeSet<String>,
+        ) -> Result<Option<std::collections::BTreeMap<String, SetSummary>>, kernel::Error> {
+            Ok(Some(
+                (self.state.ipsets.iter())
+                    .filter(|(n, _)| names.contains(*n))
+                    .map(|(n, s)| {
+                        let summary = SetSummary {
+                            kind: s.kind.clone(),
+                            options: s.options.clone(),
+                            members: s.members.len(),
+                            memory: None,
+                        };
+                        (n.clone(), summary)
+                    })
+                    .collect(),
+            ))
+        }
+        fn set_holds(&mut self, name: &str, element: &str) -> Result<Option<bool>, kernel::Error> {
+            let set = self.state.ipsets.get(name);
+            Ok(Some(
+                set.is_some_and(|s| s.members.iter().any(|m| m == element)),
+            ))
+        }
     }
 
     fn wishes() -> Wishes {
@@ -904,6 +992,70 @@ mod tests {
         let planned = rec.plan(&wishes("LONELY")).unwrap();
         assert_eq!(planned.warnings.len(), 1, "{:?}", planned.warnings);
         assert_eq!(whole(&rec), 3);
+    }
+
+    /// Between summaries a poll tests a few wished members instead: all
+    /// there, the set is not read; its members swapped for others, or the
+    /// set emptied, the next poll reads it in full and plans it back.
+    #[test]
+    fn between_summaries_a_spot_check_stands_in_and_sees_a_set_emptied() {
+        let text = "pyfw_wishes:\n  ipsets:\n    big:\n      type: hash:ip\n      \
+                    members_equal:\n      - 10.0.0.1\n      - 10.0.0.2\n      - 10.0.0.3\n";
+        let wishes = crate::wishes::parse(text, Path::new("w.yaml")).unwrap();
+        let mut state = host(&[set("big")]);
+        state.ipsets.insert(
+            "big".into(),
+            Ipset {
+                kind: "hash:ip".into(),
+                options: vec!["family".into(), "inet".into()],
+                members: ["10.0.0.3", "10.0.0.1", "10.0.0.2"].into_iter().collect(),
+                comments: Default::default(),
+            },
+        );
+        let mut r = Reconciler::new(Kernel {
+            state,
+            reads: Vec::new(),
+        })
+        .checking_sets(SetChecks::for_interval(std::time::Duration::from_secs(5)));
+        let read_big = |r: &mut Reconciler<Kernel>| {
+            let reads = std::mem::take(&mut r.backend_mut().reads);
+            (reads.iter()).any(|s| matches!(&s.sets, Sets::Named(n) if n.contains("big")))
+        };
+        assert!(r.plan(&wishes).unwrap().plan.is_empty());
+        assert!(read_big(&mut r), "the first poll reads the set in full");
+        // A summary that cost a second: the next is due in 1,000 s.
+        let now = std::time::Instant::now();
+        r.set_checks
+            .as_mut()
+            .unwrap()
+            .summarized(std::time::Duration::from_secs(1), now);
+        for _ in 0..3 {
+            assert!(r.plan(&wishes).unwrap().plan.is_empty());
+            assert!(!read_big(&mut r), "a spot check found the members there");
+        }
+        // Every member swapped for another: the count, all a summary of
+        // this fake kernel shows, stays; the spot check sees it.
+        r.backend_mut().state.ipsets.get_mut("big").unwrap().members =
+            ["10.9.0.1", "10.9.0.2", "10.9.0.3"].into_iter().collect();
+        let planned = r.plan(&wishes).unwrap();
+        assert!(read_big(&mut r), "the set is read in full");
+        let dels = (planned.plan.commands.iter())
+            .filter(|c| c.args.first().is_some_and(|a| a == "del"))
+            .map(|c| c.count())
+            .sum::<usize>();
+        assert_eq!(dels, 3, "{:?}", planned.plan.commands);
+        r.set_checks
+            .as_mut()
+            .unwrap()
+            .summarized(std::time::Duration::from_secs(1), now);
+        r.backend_mut().state.ipsets.get_mut("big").unwrap().members = Default::default();
+        let planned = r.plan(&wishes).unwrap();
+        assert!(read_big(&mut r), "the emptied set is read in full");
+        let adds = (planned.plan.commands.iter())
+            .filter(|c| c.args.first().is_some_and(|a| a == "add"))
+            .map(|c| c.count())
+            .sum::<usize>();
+        assert_eq!(adds, 3, "{:?}", planned.plan.commands);
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! milliseconds. So, in the manner of Felix (Calico), which resyncs its
 //! ipsets in full on a longer period than it checks them:
 //!
-//! - every poll takes one summary of all sets. A wished set whose summary
+//! - a poll takes one summary of all sets (every poll while summaries cost
+//!   little; spot checks stand in between, see below). A wished set whose summary
 //!   is what it was when a full read last found it as wished is trusted:
 //!   its members are not read, and the plan leaves them alone. Any member
 //!   added or removed (the count moves), the set emptied, destroyed, made
@@ -26,6 +27,21 @@
 //!   the size in memory too) is seen by that resync: the one change the
 //!   summary cannot see;
 //! - new wishes, a SIGHUP and the start read every set in full.
+//!
+//! The summary is not free either: for a hash set the kernel walks every
+//! bucket to count the members (20 ms of CPU for 1,000,000 members, 0.4% of
+//! a core at one a poll). Summaries are therefore taken at most once per
+//! [`SUMMARY_COST_FACTOR`] times the CPU the last one took (0.1% of a
+//! core): every poll for 100,000 members, every fourth poll at 5 s for
+//! 1,000,000. The polls between test [`SPOT_CHECKS`] wished members of each
+//! set, picked at random each poll (`ipset test`, a lookup in the hash):
+//! a set emptied, destroyed, or made again and not yet refilled lacks
+//! them, and that poll takes the summaries and reads the set in full. What
+//! a spot check cannot see (a set made again and refilled with the members
+//! tested, but other options; a count moved by a member added) waits for
+//! the next summary; a member swapped for another is found by a test that
+//! picks it, or by the resync. A wish with no member to test (membership
+//! left alone, or an empty set) is summarised every poll.
 //!
 //! A summary is taken before the read it is kept with, so a change made
 //! between the two makes the next poll's summary differ: it is read again.
@@ -46,6 +62,16 @@ pub const RESYNC_POLLS: u32 = 18;
 /// full read took: resyncs take at most 1/500 = 0.2% of a core.
 pub const RESYNC_COST_FACTOR: u32 = 500;
 
+/// Summaries are taken at most once per this many times the CPU the last
+/// one took: at most 1/1000 = 0.1% of a core. A 100,000-member set's
+/// summary (3 ms with its process) is taken every poll; a
+/// 1,000,000-member set's (20 ms of the kernel walking its hash) every
+/// fourth poll at 5 s, and spot checks stand in between.
+pub const SUMMARY_COST_FACTOR: u32 = 1000;
+
+/// How many wished members of each set a spot check tests.
+pub const SPOT_CHECKS: usize = 2;
+
 /// What the polls know of the wished sets; see the module's text.
 #[derive(Debug)]
 pub struct SetChecks {
@@ -58,6 +84,14 @@ pub struct SetChecks {
     min_resync: Duration,
     /// The next poll reads every set in full.
     full_next: bool,
+    /// When the last summary was taken, and how long until the next one
+    /// is due (its cost times [`SUMMARY_COST_FACTOR`]).
+    summarized: Option<(Instant, Duration)>,
+    /// Picks the members a spot check tests: keyed at random per process,
+    /// so that no other program can tell which members the next poll
+    /// tests.
+    picks: std::collections::hash_map::RandomState,
+    picked: u64,
 }
 
 /// A set a full read found as wished.
@@ -91,12 +125,81 @@ impl SetChecks {
             sets: HashMap::new(),
             min_resync: interval.saturating_mul(RESYNC_POLLS),
             full_next: true,
+            summarized: None,
+            picks: Default::default(),
+            picked: 0,
         }
     }
 
     /// The longest a set goes unread in full: [`RESYNC_POLLS`] intervals.
     pub fn resync_period(&self) -> Duration {
         self.min_resync
+    }
+
+    /// Whether this poll must take the sets' summaries, rather than spot
+    /// check them: when the last summary's cost allows one (see
+    /// [`SUMMARY_COST_FACTOR`]), and always when a set is to be read in
+    /// full (first, after a change, new wishes, SIGHUP, its resync due: a
+    /// full read is kept with the summary taken before it), or a wished set
+    /// has no member to test (a wish that leaves membership alone, or an
+    /// empty one).
+    pub fn summary_due(&self, wishes: &Arc<[IpsetWish]>, now: Instant) -> bool {
+        let aligned = self.wishes.as_ref().is_some_and(|w| Arc::ptr_eq(w, wishes));
+        let Some((at, every)) = self.summarized else {
+            return true;
+        };
+        let unsure = |wish: &IpsetWish| match (self.sets.get(&wish.name), &wish.members) {
+            (Some(known), Some(members)) if !members.is_empty() => {
+                now.saturating_duration_since(known.read_at) >= known.resync_after
+            }
+            _ => true,
+        };
+        self.full_next
+            || !aligned
+            || now.saturating_duration_since(at) >= every
+            || wishes.iter().any(unsure)
+    }
+
+    /// A summary was taken at `now`, costing `cost` of CPU.
+    pub fn summarized(&mut self, cost: Duration, now: Instant) {
+        self.summarized = Some((now, cost.saturating_mul(SUMMARY_COST_FACTOR)));
+    }
+
+    /// The members a spot check tests instead of a summary: for each
+    /// wished set, [`SPOT_CHECKS`] of its wished members' elements, picked
+    /// at random each poll. Only when [`SetChecks::summary_due`] said no:
+    /// every set then has members and an entry.
+    pub fn spot_checks(&mut self, wishes: &[IpsetWish]) -> Vec<(String, String)> {
+        use std::hash::BuildHasher as _;
+        let mut out = Vec::new();
+        for wish in wishes {
+            let Some(members) = wish.members.as_ref().filter(|m| !m.is_empty()) else {
+                continue;
+            };
+            for _ in 0..SPOT_CHECKS.min(members.len()) {
+                self.picked += 1;
+                let at = self.picks.hash_one(self.picked) as usize % members.len();
+                if let Some(m) = members.get(at) {
+                    let element = crate::plan::command::element(m);
+                    out.push((wish.name.clone(), element.to_string()));
+                }
+            }
+        }
+        out
+    }
+
+    /// The summaries the entries hold, as the last full reads found them:
+    /// what a poll that spot checked stands in for the sets.
+    pub fn known_summaries(&self) -> BTreeMap<String, SetSummary> {
+        (self.sets.iter())
+            .map(|(name, known)| (name.clone(), known.summary.clone()))
+            .collect()
+    }
+
+    /// Set `name` is to be read in full (a spot check found a wished member
+    /// missing).
+    pub fn forget(&mut self, name: &str) {
+        self.sets.remove(name);
     }
 
     /// The next poll reads every set in full (SIGHUP).
@@ -350,6 +453,82 @@ mod tests {
         checks.read_in_full(["big"], &s(), &BTreeSet::new(), S, t0);
         checks.read_all_next();
         assert_eq!(checks.trusted(&again, &s(), t0 + S)[0].1, Verdict::Unknown);
+    }
+
+    /// A summary is taken again once its cost times the factor has
+    /// passed: a 20 ms summary every 20 s, spot checks between; sooner when
+    /// a set is due a full read.
+    #[test]
+    fn a_costly_summary_is_taken_again_later_and_spot_checks_stand_in() {
+        let mut checks = SetChecks::for_interval(5 * S);
+        let w = wishes(true);
+        let t0 = Instant::now();
+        assert!(checks.summary_due(&w, t0), "nothing known yet");
+        checks.summarized(Duration::from_millis(20), t0);
+        assert!(checks.summary_due(&w, t0 + S), "the set is not known yet");
+        checks.trusted(&w, &all(summary(2, "0x1")), t0);
+        checks.read_in_full(["big"], &all(summary(2, "0x1")), &BTreeSet::new(), S, t0);
+        for at in [5 * S, 10 * S, 15 * S] {
+            assert!(!checks.summary_due(&w, t0 + at), "{at:?}");
+        }
+        assert!(checks.summary_due(&w, t0 + 20 * S));
+        checks.forget("big");
+        assert!(checks.summary_due(&w, t0 + 5 * S), "a forgotten set");
+        checks.read_in_full(["big"], &all(summary(2, "0x1")), &BTreeSet::new(), S, t0);
+        checks.read_all_next();
+        assert!(checks.summary_due(&w, t0 + 5 * S), "SIGHUP");
+        // Other wishes (the same text loaded again): summaries first.
+        let mut checks = SetChecks::for_interval(5 * S);
+        checks.summarized(Duration::from_millis(20), t0);
+        checks.trusted(&w, &all(summary(2, "0x1")), t0);
+        checks.read_in_full(["big"], &all(summary(2, "0x1")), &BTreeSet::new(), S, t0);
+        assert!(!checks.summary_due(&w, t0 + 5 * S));
+        assert!(checks.summary_due(&wishes(true), t0 + 5 * S));
+        // The resync due (500 s after a read that cost 1 s), though the
+        // next summary is not (1,000 s after one that cost 1 s): a summary
+        // before the full read.
+        checks.summarized(S, t0);
+        assert!(!checks.summary_due(&w, t0 + 499 * S));
+        assert!(checks.summary_due(&w, t0 + 500 * S));
+    }
+
+    /// A wish without members to test is summarised every poll.
+    #[test]
+    fn a_set_without_wished_members_is_summarised_every_poll() {
+        let mut checks = SetChecks::for_interval(5 * S);
+        let w = wishes(false);
+        let t0 = Instant::now();
+        checks.summarized(Duration::from_millis(20), t0);
+        checks.trusted(&w, &all(summary(2, "0x1")), t0);
+        checks.read_in_full(["big"], &all(summary(2, "0x1")), &BTreeSet::new(), S, t0);
+        assert!(checks.summary_due(&w, t0 + 5 * S));
+        assert!(checks.spot_checks(&w).is_empty());
+    }
+
+    /// Spot checks test elements (no options), [`SPOT_CHECKS`] a set,
+    /// picked anew each poll: over polls, every member comes up.
+    #[test]
+    fn spot_checks_pick_elements_at_random_each_poll() {
+        let text = "pyfw_wishes:\n  ipsets:\n    big:\n      type: hash:ip\n      header: \
+                    timeout 600\n      members_equal:\n      - 10.0.0.1 timeout 60\n      \
+                    - 10.0.0.2\n      - 10.0.0.3\n";
+        let w = crate::wishes::parse(text, std::path::Path::new("w.yaml"))
+            .unwrap()
+            .ipsets;
+        let mut checks = SetChecks::for_interval(5 * S);
+        let mut seen = BTreeSet::new();
+        for _ in 0..40 {
+            let picks = checks.spot_checks(&w);
+            assert_eq!(picks.len(), SPOT_CHECKS);
+            for (set, element) in picks {
+                assert_eq!(set, "big");
+                seen.insert(element);
+            }
+        }
+        let all: BTreeSet<String> = ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+            .map(String::from)
+            .into();
+        assert_eq!(seen, all);
     }
 
     /// A wish that leaves membership alone needs only the type and options
