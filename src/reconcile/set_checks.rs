@@ -72,6 +72,9 @@ pub const SUMMARY_COST_FACTOR: u32 = 1000;
 /// How many wished members of each set a spot check tests.
 pub const SPOT_CHECKS: usize = 2;
 
+/// How far a spot check looks past `nomatch` members for one to test.
+const NOMATCH_SCAN: usize = 64;
+
 /// What the polls know of the wished sets; see the module's text.
 #[derive(Debug)]
 pub struct SetChecks {
@@ -168,24 +171,36 @@ impl SetChecks {
     /// The members a spot check tests instead of a summary: for each
     /// wished set, [`SPOT_CHECKS`] of its wished members' elements, picked
     /// at random each poll. Only when [`SetChecks::summary_due`] said no:
-    /// every set then has members and an entry.
-    pub fn spot_checks(&mut self, wishes: &[IpsetWish]) -> Vec<(String, String)> {
+    /// every set then has members and an entry. A member wished `nomatch`
+    /// (an exception carved out of a network) is never tested: `ipset test`
+    /// says it is not in the set. `None` when a set's picks found only
+    /// such members: take the summaries.
+    pub fn spot_checks(&mut self, wishes: &[IpsetWish]) -> Option<Vec<(String, String)>> {
         use std::hash::BuildHasher as _;
         let mut out = Vec::new();
         for wish in wishes {
             let Some(members) = wish.members.as_ref().filter(|m| !m.is_empty()) else {
                 continue;
             };
+            let mut tested = 0;
             for _ in 0..SPOT_CHECKS.min(members.len()) {
                 self.picked += 1;
-                let at = self.picks.hash_one(self.picked) as usize % members.len();
-                if let Some(m) = members.get(at) {
-                    let element = crate::plan::command::element(m);
-                    out.push((wish.name.clone(), element.to_string()));
+                let start = self.picks.hash_one(self.picked) as usize;
+                // From a random member on, the first not wished `nomatch`.
+                let testable = (0..members.len().min(NOMATCH_SCAN))
+                    .filter_map(|k| members.get((start + k) % members.len()))
+                    .find(|m| !m.split(' ').any(|word| word == "nomatch"));
+                if let Some(m) = testable {
+                    let element = crate::plan::command::element(m).to_string();
+                    out.push((wish.name.clone(), element));
+                    tested += 1;
                 }
             }
+            if tested == 0 {
+                return None;
+            }
         }
-        out
+        Some(out)
     }
 
     /// The summaries the entries hold, as the last full reads found them:
@@ -502,7 +517,7 @@ mod tests {
         checks.trusted(&w, &all(summary(2, "0x1")), t0);
         checks.read_in_full(["big"], &all(summary(2, "0x1")), &BTreeSet::new(), S, t0);
         assert!(checks.summary_due(&w, t0 + 5 * S));
-        assert!(checks.spot_checks(&w).is_empty());
+        assert_eq!(checks.spot_checks(&w), Some(Vec::new()));
     }
 
     /// Spot checks test elements (no options), [`SPOT_CHECKS`] a set,
@@ -518,7 +533,7 @@ mod tests {
         let mut checks = SetChecks::for_interval(5 * S);
         let mut seen = BTreeSet::new();
         for _ in 0..40 {
-            let picks = checks.spot_checks(&w);
+            let picks = checks.spot_checks(&w).expect("members to test");
             assert_eq!(picks.len(), SPOT_CHECKS);
             for (set, element) in picks {
                 assert_eq!(set, "big");
@@ -529,6 +544,30 @@ mod tests {
             .map(String::from)
             .into();
         assert_eq!(seen, all);
+    }
+
+    /// `nomatch` members are never tested (`ipset test` says they are not
+    /// in the set); a set with only such members is summarised instead.
+    #[test]
+    fn nomatch_members_are_not_spot_checked() {
+        let parse = |members: &str| {
+            let text = format!(
+                "pyfw_wishes:\n  ipsets:\n    nets:\n      type: hash:net\n      \
+                 members_equal:\n{members}"
+            );
+            crate::wishes::parse(&text, std::path::Path::new("w.yaml"))
+                .unwrap()
+                .ipsets
+        };
+        let mut checks = SetChecks::for_interval(5 * S);
+        let w = parse("      - 10.0.0.0/8\n      - 10.1.0.0/16 nomatch\n");
+        for _ in 0..20 {
+            for (_, element) in checks.spot_checks(&w).expect("one member to test") {
+                assert_eq!(element, "10.0.0.0/8");
+            }
+        }
+        let only = parse("      - 10.1.0.0/16 nomatch\n");
+        assert_eq!(checks.spot_checks(&only), None);
     }
 
     /// A wish that leaves membership alone needs only the type and options

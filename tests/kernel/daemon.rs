@@ -1996,8 +1996,8 @@ fn resync_in(daemon: &Daemon, name: &str) -> Duration {
 }
 
 /// The spot check's test of a member against the real `ipset`: there,
-/// missing, the set gone, or an element the set's type does not take (a
-/// set made again with another type).
+/// missing, the set gone, an element the set's type does not take (a set
+/// made again with another type), or wished `nomatch`.
 #[test]
 fn ipset_test_says_whether_a_set_holds_an_element() {
     let Some(ns) = Ns::new("ipset_test") else {
@@ -2017,6 +2017,11 @@ fn ipset_test_says_whether_a_set_holds_an_element() {
     assert!(!holds("nets", "198.51.100.0/24"));
     assert!(!holds("gone", "192.0.2.0/24"));
     assert!(!holds("nets", "192.0.2.1,tcp:80"));
+    // A `nomatch` member tests as missing: spot checks never pick one.
+    ns.ok(&["ipset", "add", "nets", "10.0.0.0/8"]);
+    ns.ok(&["ipset", "add", "nets", "10.1.0.0/16", "nomatch"]);
+    assert!(holds("nets", "10.0.0.0/8"));
+    assert!(!holds("nets", "10.1.0.0/16"));
     ns.ok(&["ipset", "flush", "nets"]);
     assert!(!holds("nets", "192.0.2.0/24"));
 }
