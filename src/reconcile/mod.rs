@@ -470,7 +470,7 @@ impl<B: Backend> Reconciler<B> {
         }
         let cpu = kernel::process::cpu_used();
         let now = std::time::Instant::now();
-        let suspects = match self.spot_check(wishes)? {
+        let suspects = match self.spot_check(wishes, now)? {
             Spotted::AllThere(summaries) => {
                 let trusted = wishes.ipsets.iter().map(|w| w.name.clone()).collect();
                 return Some(Checking {
@@ -485,6 +485,8 @@ impl<B: Backend> Reconciler<B> {
         };
         let checks = self.set_checks.as_mut()?;
         let names = wishes.ipsets.iter().map(|s| s.name.clone()).collect();
+        // The summary's own cost, without the spot checks' before it.
+        let before = kernel::process::cpu_used();
         let summaries = match self.backend.set_summaries(&names) {
             Ok(Some(summaries)) => summaries,
             Ok(None) => return None,
@@ -493,7 +495,7 @@ impl<B: Backend> Reconciler<B> {
                 return None;
             }
         };
-        checks.summarized(kernel::process::cpu_used().saturating_sub(cpu), now);
+        checks.summarized(kernel::process::cpu_used().saturating_sub(before), now);
         let mut trusted = BTreeSet::new();
         for (name, mut verdict) in checks.trusted(&wishes.ipsets, &summaries, now) {
             // The summary as it was, a tested member missing all the same
@@ -525,15 +527,15 @@ impl<B: Backend> Reconciler<B> {
 
     /// Between summaries: tests a few wished members of each set (see
     /// [`SetChecks::spot_checks`]). `None`: sets are not checked.
-    fn spot_check(&mut self, wishes: &Wishes) -> Option<Spotted> {
+    fn spot_check(&mut self, wishes: &Wishes, now: std::time::Instant) -> Option<Spotted> {
         let checks = self.set_checks.as_mut()?;
-        if checks.summary_due(&wishes.ipsets, std::time::Instant::now()) {
+        if checks.summary_due(&wishes.ipsets, now) {
             return Some(Spotted::SummaryDue);
         }
-        let mut missing = BTreeMap::new();
         let Some(picks) = checks.spot_checks(&wishes.ipsets) else {
             return Some(Spotted::SummaryDue);
         };
+        let mut missing = BTreeMap::new();
         for (name, element) in picks {
             match self.backend.set_holds(&name, &element) {
                 Ok(Some(true)) => {}
@@ -789,7 +791,7 @@ mod tests {
         fn set_summaries(
             &mut self,
             names: &BTreeSet<String>,
-        ) -> Result<Option<std::collections::BTreeMap<String, SetSummary>>, kernel::Error> {
+        ) -> Result<Option<BTreeMap<String, SetSummary>>, kernel::Error> {
             Ok(Some(
                 (self.state.ipsets.iter())
                     .filter(|(n, _)| names.contains(*n))

@@ -107,6 +107,13 @@ struct Checked {
     resync_after: Duration,
 }
 
+impl Checked {
+    /// Whether its full resync is due at `now`.
+    fn resync_due(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.read_at) >= self.resync_after
+    }
+}
+
 /// What [`SetChecks::trusted`] decided for one wished set, for the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -152,9 +159,7 @@ impl SetChecks {
             return true;
         };
         let unsure = |wish: &IpsetWish| match (self.sets.get(&wish.name), &wish.members) {
-            (Some(known), Some(members)) if !members.is_empty() => {
-                now.saturating_duration_since(known.read_at) >= known.resync_after
-            }
+            (Some(known), Some(members)) if !members.is_empty() => known.resync_due(now),
             _ => true,
         };
         self.full_next
@@ -255,9 +260,7 @@ impl SetChecks {
                 Some(now_is) if !same(wish, &known.summary, now_is) => {
                     Verdict::Moved(moved(&known.summary, now_is))
                 }
-                Some(_) if now.saturating_duration_since(known.read_at) >= known.resync_after => {
-                    Verdict::Resync
-                }
+                Some(_) if known.resync_due(now) => Verdict::Resync,
                 Some(_) => Verdict::Trusted,
             };
             if verdict != Verdict::Trusted {
